@@ -1,0 +1,42 @@
+# Every target runs from the project's own virtual environment; setup makes it when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast build-train build-validate build-infer push-train push-validate push-infer submit serve bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kpack demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+build-%: $(STAMP)
+	$(BIN)/kpack build $*
+
+push-train push-validate push-infer: push-%: $(STAMP)
+	$(BIN)/kpack push $*
+
+submit: $(STAMP)
+	$(BIN)/kpack submit
+
+serve: $(STAMP)
+	$(BIN)/kpack local serve
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build runs .pytest_cache

@@ -1,0 +1,117 @@
+"""`kpack`: small verbs over one validated project config. Each command is a thin wrapper; the work lives in
+one module per concern, imported only when its command runs (so `kpack --help` stays fast)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from packager.config import KERNEL_KINDS, load_config
+from packager.errors import UserError
+
+kind_arg = click.argument("kind", type=click.Choice(KERNEL_KINDS))
+config_opt = click.option("--config", "config_path", default=None, help="project config (default: ./kpack.yaml)")
+
+
+@click.group()
+def cli() -> None:
+    """Pack, push and watch Kaggle kernels; run them on the local Kaggle first."""
+
+
+@cli.command()
+@kind_arg
+@config_opt
+def build(kind: str, config_path: str | None) -> None:
+    """Pack kernel_src and the config into one kernel script with its kernel-metadata.json."""
+    from packager.build import build_kernel
+
+    built = build_kernel(load_config(config_path), kind)
+    click.echo(f"built {built.script} ({built.size} bytes, sha256 {built.sha256[:12]})")
+
+
+@cli.command()
+@kind_arg
+@config_opt
+@click.option("--wait/--no-wait", default=True, help="watch the kernel until it ends (and chain sessions)")
+def push(kind: str, config_path: str | None, wait: bool) -> None:
+    """Build, update the datasets that changed, push the kernel and (by default) watch it to the end."""
+    from packager.push import push_kernel
+
+    push_kernel(load_config(config_path), kind, wait=wait)
+
+
+@cli.command()
+@click.argument("kernel")
+@config_opt
+def status(kernel: str, config_path: str | None) -> None:
+    """Status of a kernel (train|validate|infer or owner/slug[/N]); exits non-zero on ERROR."""
+    from packager.watch import show_status
+
+    show_status(load_config(config_path), kernel)
+
+
+@cli.command()
+@click.argument("kernel")
+@click.option("-v", "--version", "version", type=int, default=None, help="kernel version (default: latest)")
+@config_opt
+def output(kernel: str, version: int | None, config_path: str | None) -> None:
+    """Download a kernel version's output to runs/<kernel>/v<N>/."""
+    from packager.watch import download_output
+
+    click.echo(download_output(load_config(config_path), kernel, version))
+
+
+@cli.command()
+@config_opt
+@click.option("-m", "--message", default=None, help="submission description")
+def submit(config_path: str | None, message: str | None) -> None:
+    """Make the code-competition submission from the latest complete infer kernel version."""
+    from packager.submit import submit as do_submit
+
+    do_submit(load_config(config_path), message)
+
+
+@cli.command("probe-image")
+@config_opt
+def probe_image(config_path: str | None) -> None:
+    """Run a probe kernel that records the image's `pip list` into datasets_meta/."""
+    from packager.imageprobe import probe
+
+    click.echo(probe(load_config(config_path)))
+
+
+@cli.command()
+def demo() -> None:
+    """The whole flow on the embedded local Kaggle: demo competition, push, wait, print the output."""
+    from packager.demo import run_demo
+
+    run_demo()
+
+
+def _register_local() -> None:
+    from packager.localkaggle.cli import local
+
+    cli.add_command(local)
+
+
+_register_local()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
