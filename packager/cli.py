@@ -23,9 +23,10 @@ def cli() -> None:
 @config_opt
 def build(kind: str, config_path: str | None) -> None:
     """Pack kernel_src and the config into one kernel script with its kernel-metadata.json."""
+    cfg = load_config(config_path)
     from packager.build import build_kernel
 
-    built = build_kernel(load_config(config_path), kind)
+    built = build_kernel(cfg, kind)
     click.echo(f"built {built.script} ({built.size} bytes, sha256 {built.sha256[:12]})")
 
 
@@ -35,9 +36,10 @@ def build(kind: str, config_path: str | None) -> None:
 @click.option("--wait/--no-wait", default=True, help="watch the kernel until it ends (and chain sessions)")
 def push(kind: str, config_path: str | None, wait: bool) -> None:
     """Build, update the datasets that changed, push the kernel and (by default) watch it to the end."""
+    cfg = load_config(config_path)
     from packager.push import push_kernel
 
-    push_kernel(load_config(config_path), kind, wait=wait)
+    push_kernel(cfg, kind, wait=wait)
 
 
 @cli.command()
@@ -45,9 +47,10 @@ def push(kind: str, config_path: str | None, wait: bool) -> None:
 @config_opt
 def status(kernel: str, config_path: str | None) -> None:
     """Status of a kernel (train|validate|infer or owner/slug[/N]); exits non-zero on ERROR."""
+    cfg = load_config(config_path)
     from packager.watch import show_status
 
-    show_status(load_config(config_path), kernel)
+    show_status(cfg, kernel)
 
 
 @cli.command()
@@ -56,9 +59,10 @@ def status(kernel: str, config_path: str | None) -> None:
 @config_opt
 def output(kernel: str, version: int | None, config_path: str | None) -> None:
     """Download a kernel version's output to runs/<kernel>/v<N>/."""
+    cfg = load_config(config_path)
     from packager.watch import download_output
 
-    click.echo(download_output(load_config(config_path), kernel, version))
+    click.echo(download_output(cfg, kernel, version))
 
 
 @cli.command()
@@ -66,18 +70,20 @@ def output(kernel: str, version: int | None, config_path: str | None) -> None:
 @click.option("-m", "--message", default=None, help="submission description")
 def submit(config_path: str | None, message: str | None) -> None:
     """Make the code-competition submission from the latest complete infer kernel version."""
+    cfg = load_config(config_path)
     from packager.submit import submit as do_submit
 
-    do_submit(load_config(config_path), message)
+    do_submit(cfg, message)
 
 
 @cli.command("probe-image")
 @config_opt
 def probe_image(config_path: str | None) -> None:
     """Run a probe kernel that records the image's `pip list` into datasets_meta/."""
+    cfg = load_config(config_path)
     from packager.imageprobe import probe
 
-    click.echo(probe(load_config(config_path)))
+    click.echo(probe(cfg))
 
 
 @cli.command()

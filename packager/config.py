@@ -124,7 +124,7 @@ class ProjectConfig(Strict):
 
 
 def _describe(error: dict) -> str:
-    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    field = ".".join(str(p) for p in error["loc"] if p != "[key]") or "(top level)"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
     if error["type"] == "extra_forbidden":
         message = "unknown field; remove it or check its spelling"
