@@ -1,0 +1,285 @@
+"""The one door to Kaggle: pick the backend, build an authenticated `KaggleApi`, and retry every call.
+
+`connect(cfg)` returns the `kaggle` client's own `KaggleApi`, pointed at the local Kaggle (backend `local`, the
+default) or at kaggle.com (backend `kaggle`, the user's normal credentials). Nothing here shells out to the CLI.
+
+Every call goes through `call()`: a 429 waits for its Retry-After, a 5xx or a dropped connection backs off and
+tries again, anything else becomes one `UserError` line. Calls that create something (a kernel version, a dataset
+version, a submission) pass `done=`, a check that looks at the server before a retry: when the first attempt
+landed although its answer was lost, the check returns what it made and nothing is made twice.
+
+The client reads `KAGGLE_API_ENVIRONMENT` and `KAGGLE_CONFIG_DIR` when its module is first imported (class
+attributes `args`, `config_dir`). So the environment is applied before the import, and the instance attributes
+are set again after it: a process that talks to both backends, or was imported earlier with another environment,
+still gets the backend it asked for.
+"""
+from __future__ import annotations
+
+import email.utils
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import requests
+
+from packager.errors import UserError
+
+T = TypeVar("T")
+
+class KaggleCallError(UserError):
+    """A Kaggle call that failed for good; `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message, exit_code=1)
+        self.status = status
+
+
+# Environment keys this module set for the local backend, with the values they had before (None: unset).
+_applied: dict[str, str | None] = {}
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 8            # tries per call, the first included
+    base_s: float = 1.0          # first backoff after a 5xx or a dropped connection; doubles each time
+    max_backoff_s: float = 60.0
+    max_retry_after_s: float = 900.0  # a longer Retry-After is reported, not slept through
+
+    @classmethod
+    def from_env(cls) -> "RetryPolicy":
+        policy = cls()
+        if os.environ.get("KPACK_RETRY_BASE_S"):
+            policy.base_s = float(os.environ["KPACK_RETRY_BASE_S"])
+        if os.environ.get("KPACK_RETRY_ATTEMPTS"):
+            policy.attempts = max(1, int(os.environ["KPACK_RETRY_ATTEMPTS"]))
+        return policy
+
+
+policy = RetryPolicy.from_env()
+sleep = time.sleep  # tests replace it to count waits without spending them
+
+
+# --------------------------------------------------------------------------------------------- backends
+
+def _restore_env() -> None:
+    for key, old in _applied.items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+    _applied.clear()
+
+
+def _apply_env(env: dict[str, str | None]) -> None:
+    _restore_env()
+    for key, value in env.items():
+        _applied[key] = os.environ.get(key)
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = str(value)
+
+
+def local_env(cfg) -> dict[str, str | None]:
+    """The environment that points the unmodified client at the local Kaggle, starting it when it is down."""
+    from packager.localkaggle.client_env import ensure_server
+
+    env: dict[str, str | None] = dict(ensure_server(Path(cfg.local.root), cfg.local.port, cfg.kaggle_user))
+    # A stray access token wins over the local credentials (and would be sent to the local server): drop it.
+    env.setdefault("KAGGLE_API_TOKEN", None)
+    return env
+
+
+def _config_dir() -> str:
+    """Where the client looks for kaggle.json, computed as its class body does at import time."""
+    explicit = os.environ.get("KAGGLE_CONFIG_DIR")
+    if explicit:
+        return explicit
+    home = os.path.join(os.path.expanduser("~"), ".kaggle")
+    if sys.platform.startswith("linux") and not os.path.exists(home):
+        xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        return os.path.join(xdg, "kaggle")
+    return home
+
+
+def connect(cfg):
+    """An authenticated `KaggleApi` for `cfg.backend`."""
+    if cfg.backend == "local":
+        _apply_env(local_env(cfg))
+    else:
+        _restore_env()
+    from kaggle.api.kaggle_api_extended import KaggleApi  # after the environment: it is read at import time
+
+    api = KaggleApi()
+    # Instance attributes override what the class body computed at its (possibly earlier) import.
+    extra = [a for a in KaggleApi.args if a in ("--verbose",)]
+    api.args = (["--local"] if cfg.backend == "local" else []) + extra
+    api.config_dir = _config_dir()
+    api.config = os.path.join(api.config_dir, KaggleApi.config_file)
+    try:
+        api.authenticate()
+    except SystemExit:
+        where = "the local Kaggle's credentials" if cfg.backend == "local" else "Kaggle credentials"
+        raise UserError(f"no {where} found: put kaggle.json in ~/.kaggle (or set KAGGLE_USERNAME and "
+                        "KAGGLE_KEY, or KAGGLE_API_TOKEN); see https://www.kaggle.com/settings -> API") from None
+    user = api.config_values.get("username")
+    if user and user.lower() != cfg.kaggle_user.lower():
+        raise UserError(f"kpack.yaml: kaggle_user is {cfg.kaggle_user!r} but the {cfg.backend} credentials are "
+                        f"{user!r}'s; set kaggle_user: {user}")
+    return api
+
+
+# --------------------------------------------------------------------------------------------- retries
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) if response is not None else None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return _status(exc) == 404
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from a Retry-After header (a number or an HTTP date), or None."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _transient(exc: BaseException) -> bool:
+    """A dropped or refused connection, a timeout, a truncated body: worth another try."""
+    import urllib3.exceptions as u3
+
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                            u3.ProtocolError, u3.ConnectTimeoutError, ConnectionError, TimeoutError))
+
+
+def describe(exc: BaseException) -> str:
+    status = _status(exc)
+    text = str(exc).strip() or type(exc).__name__
+    if status is not None:
+        response = exc.response  # type: ignore[attr-defined]
+        detail = text
+        try:
+            body = response.json()
+            detail = body.get("message") or body.get("error") or text
+        except Exception:  # noqa: BLE001 - a non-JSON body: keep the exception's text
+            pass
+        return f"HTTP {status}: {detail}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _say(message: str) -> None:
+    print(f"kaggle: {message}", file=sys.stderr, flush=True)
+
+
+def call(what: str, fn: Callable[..., T], *args: Any, done: Callable[[], T | None] | None = None,
+         **kwargs: Any) -> T:
+    """fn(*args, **kwargs) with retries; `what` names the call in messages ("push kernel alice/x").
+
+    done: for calls that create something. Before any retry that follows an ambiguous failure (a 5xx or a lost
+    connection, where the server may have acted), `done()` looks at the server; a non-None answer is returned
+    as the call's result instead of trying again.
+    """
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sorted below into retry or one clear error
+            status = _status(exc)
+            limited = status == 429
+            if not (limited or (status is not None and status >= 500) or (status is None and _transient(exc))):
+                raise KaggleCallError(f"kaggle: {what} failed: {describe(exc)}", status) from None
+            if attempt == policy.attempts:
+                raise KaggleCallError(f"kaggle: {what} failed after {attempt} attempts: {describe(exc)}",
+                                      status) from None
+            if limited and retry_after(exc) is not None:
+                delay = retry_after(exc)
+                if delay > policy.max_retry_after_s:
+                    raise KaggleCallError(f"kaggle: {what}: rate limited for {delay:.0f}s (Retry-After); try "
+                                          "again later", status) from None
+            else:
+                delay = min(policy.max_backoff_s, policy.base_s * 2 ** (attempt - 1))
+            _say(f"{what}: {describe(exc)}; retry {attempt}/{policy.attempts - 1} in {delay:.1f}s")
+            sleep(delay)
+            if done is not None and not limited:
+                result = done()
+                if result is not None:
+                    _say(f"{what}: the earlier attempt went through; not repeating it")
+                    return result
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------- low-level calls
+
+def rpc(api, what: str, service: str, method: str, request, done: Callable[[], Any] | None = None):
+    """One kagglesdk call the high-level `KaggleApi` does not expose with the fields we need (e.g. a version).
+
+    service: the client attribute path, e.g. "kernels.kernels_api_client"; built from `api` so it uses the
+    same backend and credentials.
+    """
+    def once():
+        with api.build_kaggle_client() as client:
+            target = client
+            for part in service.split("."):
+                target = getattr(target, part)
+            return getattr(target, method)(request)
+
+    return call(what, once, done=done)
+
+
+def version_label(version: int) -> str:
+    """The form `version_label` takes on the wire: 'v3' (a bare '3' is a 404 on Kaggle)."""
+    return f"v{int(version)}"
+
+
+def get_kernel(api, owner: str, slug: str, version: int | None = None):
+    """GetKernel's answer, or None when the kernel does not exist."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+    request = ApiGetKernelRequest()
+    request.user_name, request.kernel_slug = owner, slug
+    if version is not None:
+        request.version_label = version_label(version)
+    try:
+        return rpc(api, f"get kernel {owner}/{slug}", "kernels.kernels_api_client", "get_kernel", request)
+    except KaggleCallError as err:
+        if err.status in (403, 404):
+            return None
+        raise
+
+
+def current_kernel_version(api, owner: str, slug: str) -> int | None:
+    kernel = get_kernel(api, owner, slug)
+    if kernel is None or kernel.metadata is None:
+        return None
+    return kernel.metadata.current_version_number
+
+
+def kernel_status(api, owner: str, slug: str, version: int | None = None):
+    """(status name, failure message) of a kernel version (the latest when version is None)."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+
+    request = ApiGetKernelSessionStatusRequest()
+    request.user_name, request.kernel_slug = owner, slug
+    if version is not None:
+        request.version_label = version_label(version)
+    response = rpc(api, f"status of {owner}/{slug}" + (f" v{version}" if version else ""),
+                   "kernels.kernels_api_client", "get_kernel_session_status", request)
+    status = response.status.name if hasattr(response.status, "name") else str(response.status)
+    return status, (response.failure_message or "")

@@ -1,0 +1,191 @@
+"""The run ledger: one JSON object per kernel version that ran, in `runs/ledger.jsonl`.
+
+JSON lines, not CSV: a row carries a nested metrics dict and stays readable with `jq`, pandas
+(`pd.read_json(path, lines=True)`) or a plain `tail`. It lives beside the outputs it describes (`runs/`,
+git-ignored: it is this machine's history, like the outputs).
+
+Row fields: ts, kernel (owner/slug), kind, version, session, backend, git_commit, git_dirty, config_hash,
+status, seconds, cv_score, lb_score, metrics, output, failure. `lb_score` is filled later, by `kpack submit`.
+
+Never a secret: rows are built from named fields only (no environment dump), and every value that
+`collect_secrets(cfg)` knows is redacted from the serialized line before it is written.
+Appends and updates hold an exclusive lock; an update rewrites the file with an atomic rename.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from packager.fsutil import atomic_write_text
+
+LEDGER = Path("runs") / "ledger.jsonl"
+REDACTED = "[redacted]"
+SCORE_KEYS = ("cv_score", "cv", "oof_score", "score", "best_metric", "val_score", "metric")
+
+
+def ledger_path() -> Path:
+    return Path(os.environ.get("KPACK_LEDGER") or LEDGER)
+
+
+def git_state(repo: str | os.PathLike = ".") -> tuple[str | None, bool | None]:
+    """(HEAD commit, whether the tree has uncommitted changes); (None, None) outside a git repository."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def config_hash(cfg) -> str:
+    """sha256 (16 hex digits) of the validated config, as JSON with sorted keys."""
+    data = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _first_number(data: Any) -> float | None:
+    if isinstance(data, bool):
+        return None
+    if isinstance(data, (int, float)):
+        return float(data)
+    if isinstance(data, dict):
+        for key in SCORE_KEYS + ("mean",):
+            if key in data and _first_number(data[key]) is not None:
+                return _first_number(data[key])
+        return None
+    if isinstance(data, list):
+        values = [v for v in (_first_number(x) for x in data) if v is not None]
+        return sum(values) / len(values) if values else None
+    return None
+
+
+def read_metrics(output_dir: str | os.PathLike | None) -> tuple[float | None, dict]:
+    """(CV score, metrics dict) from a run's output: metrics.json first, then oof_scores.json."""
+    if not output_dir or not Path(output_dir).is_dir():
+        return None, {}
+    for name in ("metrics.json", "oof_scores.json"):
+        for path in sorted(Path(output_dir).rglob(name), key=lambda p: len(p.parts)):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            score = _first_number(data)
+            metrics = data if isinstance(data, dict) else {"values": data}
+            return score, metrics
+    return None, {}
+
+
+def _secrets(cfg) -> list[str]:
+    """Secret values to keep out of the ledger: collect_secrets(cfg) plus the usual credential variables."""
+    values: list[str] = []
+    if cfg is not None:
+        try:
+            from packager.secrets_scan import collect_secrets
+
+            found = collect_secrets(cfg)
+            values += list(found.values()) if isinstance(found, dict) else list(found)
+        except ImportError:
+            pass
+    for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "TELEGRAM_BOT_TOKEN", "KPACK_WEIGHTS_KEY"):
+        if os.environ.get(name):
+            values.append(os.environ[name])
+    if cfg is not None and cfg.notifications.telegram is not None:
+        token = os.environ.get(cfg.notifications.telegram.token_env)
+        if token:
+            values.append(token)
+    return sorted({str(v) for v in values if v and len(str(v)) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+        # json.dumps escapes some characters: redact the escaped form too
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, REDACTED)
+    return text
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def make_row(cfg, *, kernel: str, kind: str | None, version: int | None, session: int, status: str,
+             seconds: float | None, output: str | os.PathLike | None, failure: str = "") -> dict:
+    commit, dirty = git_state()
+    cv, metrics = read_metrics(output)
+    return {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": kernel, "kind": kind, "version": version, "session": session,
+        "backend": cfg.backend, "git_commit": commit, "git_dirty": dirty, "config_hash": config_hash(cfg),
+        "status": status, "seconds": None if seconds is None else round(float(seconds), 1),
+        "cv_score": cv, "lb_score": None, "metrics": metrics,
+        "output": None if output is None else str(output), "failure": (failure or "")[:2000],
+    }
+
+
+def append(row: dict, cfg=None, path: str | os.PathLike | None = None) -> dict:
+    """Append one row (secrets redacted); returns the row as written."""
+    path = Path(path or ledger_path())
+    line = redact(json.dumps(row, sort_keys=True, default=str), _secrets(cfg))
+    with _locked(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return json.loads(line)
+
+
+def read(path: str | os.PathLike | None = None) -> list[dict]:
+    path = Path(path or ledger_path())
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash before this format was atomic: skip it
+    return rows
+
+
+def update(match: dict, fields: dict, cfg=None, path: str | os.PathLike | None = None) -> int:
+    """Set `fields` on every row whose items include `match`; returns how many rows changed."""
+    path = Path(path or ledger_path())
+    secrets = _secrets(cfg)
+    with _locked(path):
+        rows = read(path)
+        changed = 0
+        for row in rows:
+            if all(row.get(k) == v for k, v in match.items()):
+                row.update(fields)
+                changed += 1
+        if changed:
+            text = "".join(redact(json.dumps(r, sort_keys=True, default=str), secrets) + "\n" for r in rows)
+            atomic_write_text(path, text)
+    return changed
+
+
+def latest(path: str | os.PathLike | None = None, **match) -> dict | None:
+    """The last row whose items include `match`."""
+    rows = [r for r in read(path) if all(r.get(k) == v for k, v in match.items())]
+    return rows[-1] if rows else None

@@ -1,0 +1,70 @@
+"""The ledger: one row per run with code, config and scores; appends are whole lines; no secret is ever written."""
+import json
+import multiprocessing
+
+from packager import ledger
+from packager.config import parse_config
+
+SECRET = "kaggle-key-0123456789abcdef"
+
+
+def make_cfg():
+    return parse_config({"competition": "digits-multilabel", "kaggle_user": "alice",
+                         "kernels": {"train": {"entry": "kernel_src/train.py"}},
+                         "notifications": {"telegram": {"token_env": "T_TOKEN", "chat_id_env": "T_CHAT"}}})
+
+
+def test_row_has_code_config_and_cv_score(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "x" / "v1"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"cv_score": 0.91, "epochs": 3}))
+    row = ledger.append(ledger.make_row(make_cfg(), kernel="alice/x", kind="train", version=1, session=1,
+                                        status="COMPLETE", seconds=12.34, output=out), make_cfg())
+    assert row["cv_score"] == 0.91 and row["metrics"]["epochs"] == 3
+    assert row["config_hash"] == ledger.config_hash(make_cfg()) and len(row["config_hash"]) == 16
+    assert {"git_commit", "git_dirty", "ts", "lb_score", "seconds"} <= set(row)
+    assert ledger.read() == [row]
+
+
+def test_oof_scores_mean(tmp_path):
+    (tmp_path / "oof_scores.json").write_text(json.dumps([0.8, 0.9]))
+    assert abs(ledger.read_metrics(tmp_path)[0] - 0.85) < 1e-9
+
+
+def test_no_secret_in_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLE_KEY", SECRET)
+    monkeypatch.setenv("T_TOKEN", "tg-token-secret-value")
+    row = ledger.make_row(make_cfg(), kernel="alice/x", kind="train", version=2, session=1, status="ERROR",
+                          seconds=1, output=None, failure=f"Traceback: bad key {SECRET} / tg-token-secret-value")
+    ledger.append(row, make_cfg())
+    ledger.update({"version": 2}, {"lb_score": 0.5, "note": SECRET}, make_cfg())
+    text = (tmp_path / "runs" / "ledger.jsonl").read_text()
+    assert SECRET not in text and "tg-token-secret-value" not in text
+    assert ledger.REDACTED in text and ledger.read()[0]["lb_score"] == 0.5
+
+
+def _writer(path, n):
+    for i in range(50):
+        ledger.append({"kernel": f"w{n}", "i": i, "pad": "x" * 3000}, path=path)
+
+
+def test_concurrent_appends_stay_whole_lines(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    procs = [multiprocessing.Process(target=_writer, args=(path, n)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 200 and all(json.loads(line)["pad"] for line in lines)
+
+
+def test_update_and_latest(tmp_path):
+    path = tmp_path / "l.jsonl"
+    for v in (1, 2):
+        ledger.append({"kernel": "a/b", "version": v, "status": "COMPLETE", "lb_score": None}, path=path)
+    assert ledger.update({"kernel": "a/b", "version": 2}, {"lb_score": 0.7}, path=path) == 1
+    assert ledger.latest(path, kernel="a/b")["lb_score"] == 0.7
+    assert ledger.latest(path, kernel="a/b", version=1)["lb_score"] is None

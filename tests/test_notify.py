@@ -1,0 +1,102 @@
+"""Notifications: stdout always; Telegram through a local stub of the Bot API; a Telegram failure is one warning
+without the token and never an exception."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from packager.config import parse_config
+from packager.notify import notify
+
+TOKEN = "123456:SECRET-token-value"
+
+
+def make_cfg(telegram=True):
+    data = {"competition": "digits-multilabel", "kaggle_user": "alice",
+            "kernels": {"train": {"entry": "kernel_src/train.py"}}}
+    if telegram:
+        data["notifications"] = {"telegram": {"token_env": "T_TOKEN", "chat_id_env": "T_CHAT"}}
+    return parse_config(data)
+
+
+@pytest.fixture
+def telegram_stub():
+    """A stand-in for api.telegram.org on 127.0.0.1 that records every request; `.fail` makes it answer 500."""
+    received, state = [], {"fail": False}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append({"path": self.path, "body": json.loads(body or b"{}")})
+            code, answer = (500, {"ok": False, "description": "boom"}) if state["fail"] else (200, {"ok": True})
+            payload = json.dumps(answer).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.received, server.state = received, state
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_stdout_and_telegram(telegram_stub, monkeypatch, capsys):
+    monkeypatch.setenv("KPACK_TELEGRAM_API", telegram_stub.url)
+    monkeypatch.setenv("T_TOKEN", TOKEN)
+    monkeypatch.setenv("T_CHAT", "42")
+    notify(make_cfg(), "alice/x v3 COMPLETE in 12s", ok=True)
+    out = capsys.readouterr().out
+    assert "alice/x v3 COMPLETE" in out and TOKEN not in out
+    [request] = telegram_stub.received
+    assert request["path"] == f"/bot{TOKEN}/sendMessage"
+    assert request["body"]["chat_id"] == "42" and "alice/x v3 COMPLETE" in request["body"]["text"]
+
+
+def test_failure_is_announced_as_failure(telegram_stub, monkeypatch, capsys):
+    monkeypatch.setenv("KPACK_TELEGRAM_API", telegram_stub.url)
+    monkeypatch.setenv("T_TOKEN", TOKEN)
+    monkeypatch.setenv("T_CHAT", "42")
+    notify(make_cfg(), "alice/x v3 ERROR: boom", ok=False)
+    assert "FAILED" in capsys.readouterr().out
+    assert "FAILED" in telegram_stub.received[0]["body"]["text"]
+
+
+def test_telegram_error_is_a_warning_without_the_token(telegram_stub, monkeypatch, capsys):
+    monkeypatch.setenv("KPACK_TELEGRAM_API", telegram_stub.url)
+    monkeypatch.setenv("T_TOKEN", TOKEN)
+    monkeypatch.setenv("T_CHAT", "42")
+    telegram_stub.state["fail"] = True
+    notify(make_cfg(), "done", ok=True)  # must not raise
+    captured = capsys.readouterr()
+    assert "warning: Telegram notification not sent" in captured.err
+    assert TOKEN not in captured.err + captured.out
+
+
+def test_unreachable_telegram_is_a_warning_without_the_token(monkeypatch, capsys):
+    monkeypatch.setenv("KPACK_TELEGRAM_API", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setenv("T_TOKEN", TOKEN)
+    monkeypatch.setenv("T_CHAT", "42")
+    notify(make_cfg(), "done", ok=True)
+    captured = capsys.readouterr()
+    assert "warning: Telegram notification not sent" in captured.err
+    assert TOKEN not in captured.err + captured.out
+
+
+def test_no_telegram_without_its_environment(telegram_stub, monkeypatch, capsys):
+    monkeypatch.setenv("KPACK_TELEGRAM_API", telegram_stub.url)
+    monkeypatch.delenv("T_TOKEN", raising=False)
+    notify(make_cfg(), "run one")
+    notify(make_cfg(telegram=False), "run two")
+    assert telegram_stub.received == []
+    out = capsys.readouterr().out
+    assert "run one" in out and "run two" in out
