@@ -4,8 +4,9 @@ JSON lines, not CSV: a row carries a nested metrics dict and stays readable with
 (`pd.read_json(path, lines=True)`) or a plain `tail`. It lives beside the outputs it describes (`runs/`,
 git-ignored: it is this machine's history, like the outputs).
 
-Row fields: ts, kernel (owner/slug), kind, version, session, backend, git_commit, git_dirty, config_hash,
-status, seconds, cv_score, lb_score, metrics, output, failure. `lb_score` is filled later, by `kpack submit`.
+Row fields: ts, kernel (owner/slug), kind, base_slug (the configured slug a session chain grew from),
+version, session, backend, git_commit, git_dirty, config_hash, status, seconds, cv_score, lb_score, metrics,
+output, failure. `lb_score` is filled later, by `kpack submit`.
 
 Never a secret: rows are built from named fields only (no environment dump), and every value that
 `collect_secrets(cfg)` knows is redacted from the serialized line before it is written.
@@ -127,12 +128,13 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def make_row(cfg, *, kernel: str, kind: str | None, version: int | None, session: int, status: str,
-             seconds: float | None, output: str | os.PathLike | None, failure: str = "") -> dict:
+             seconds: float | None, output: str | os.PathLike | None, failure: str = "",
+             base_slug: str | None = None) -> dict:
     commit, dirty = git_state()
     cv, metrics = read_metrics(output)
     return {
         "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "kernel": kernel, "kind": kind, "version": version, "session": session,
+        "kernel": kernel, "kind": kind, "base_slug": base_slug, "version": version, "session": session,
         "backend": cfg.backend, "git_commit": commit, "git_dirty": dirty, "config_hash": config_hash(cfg),
         "status": status, "seconds": None if seconds is None else round(float(seconds), 1),
         "cv_score": cv, "lb_score": None, "metrics": metrics,

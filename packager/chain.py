@@ -1,0 +1,77 @@
+"""Session chaining: keep training going across Kaggle's per-session time limit.
+
+When a session's output holds a state.json whose `done` is false, the next session is pushed: the same script,
+under a distinct slug per session (<slug>, <slug>-s2, <slug>-s3, ...: a kernel reading its own earlier output
+is not a path known to work on Kaggle, a kernel reading another kernel's output is), with the previous
+session's kernel added to its kernel_sources. The kernel finds the checkpoint by searching /kaggle/input.
+The chain stops when state.json says done (or is missing), when a session does not end COMPLETE, or after
+`max_sessions` sessions (kernels.<kind>.max_sessions when the config has it, else KPACK_MAX_SESSIONS, else 20).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from packager.fsutil import atomic_write_text
+
+STATE_FILE = "state.json"
+DEFAULT_MAX_SESSIONS = 20
+SLUG_MAX = 50
+
+
+def session_slug(base: str, session: int) -> str:
+    """The slug of session `session` (1-based): the base slug first, then <base>-s2, <base>-s3, ..."""
+    if session <= 1:
+        return base
+    suffix = f"-s{session}"
+    return base[: SLUG_MAX - len(suffix)].rstrip("-") + suffix
+
+
+def max_sessions(cfg, kind: str) -> int:
+    configured = getattr(cfg.kernel(kind), "max_sessions", None)
+    if configured:
+        return int(configured)
+    return int(os.environ.get("KPACK_MAX_SESSIONS") or DEFAULT_MAX_SESSIONS)
+
+
+def read_state(output_dir: str | os.PathLike) -> dict | None:
+    """The session's state.json (the shallowest one in its output), or None when there is none."""
+    found = sorted(Path(output_dir).rglob(STATE_FILE), key=lambda p: (len(p.parts), str(p)))
+    for path in found:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def needs_another_session(output_dir: str | os.PathLike) -> bool:
+    state = read_state(output_dir)
+    return state is not None and state.get("done") is False
+
+
+def prepare_session(folder: str | os.PathLike, owner: str, base_slug: str, title: str, session: int,
+                    previous: str, out_root: str | os.PathLike = Path("build") / "kernels") -> Path:
+    """A kernel folder for session `session`: the built kernel's script and metadata, with the session's slug
+    and title and the previous session's kernel (`previous`, owner/slug) among its kernel_sources."""
+    folder = Path(folder)
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    slug = session_slug(base_slug, session)
+    dest = Path(out_root) / slug
+    if dest.resolve() == folder.resolve():
+        raise ValueError(f"session {session} would overwrite the built kernel folder {folder}")
+    dest.mkdir(parents=True, exist_ok=True)
+    code = meta["code_file"]
+    shutil.copyfile(folder / code, dest / Path(code).name)
+    meta["code_file"] = Path(code).name
+    meta["id"] = f"{owner}/{slug}"
+    # The title must slugify to the slug; Kaggle derives the slug from it.
+    meta["title"] = session_slug(title, session) if title else slug
+    sources = [s for s in meta.get("kernel_sources", []) if s != previous]
+    meta["kernel_sources"] = sources + [previous]
+    atomic_write_text(dest / "kernel-metadata.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return dest

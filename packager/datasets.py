@@ -1,0 +1,249 @@
+"""Datasets the kernels read (wheels, weights): build, then create or version each one only when its content changed.
+
+For each configured dataset: build it into `build/datasets/<slug>/` (packager.wheels / packager.weights), write
+its dataset-metadata.json, and compare its content hash with the one last pushed, recorded in `pushed.json`
+beside the built files (per backend, with the version number). The server is asked too: a dataset deleted
+there, or never made on this backend, is created again. Unchanged means no call that uploads anything: 0 bytes.
+
+A new version goes up with dir_mode "zip" (top-level folders as archives). Two guards keep a version whole:
+every top-level file must have finished uploading before CreateDatasetVersion is sent (the client would
+otherwise drop an unfinished file from the version silently), and a retry first asks the server whether the
+lost attempt already made the version. The kernel is pushed only once every new version reports "ready".
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packager import kaggle_api
+from packager.errors import UserError
+from packager.fsutil import atomic_write_text
+
+BUILD_ROOT = Path("build") / "datasets"
+PUSHED = "pushed.json"
+METADATA = "dataset-metadata.json"
+IGNORE = [PUSHED]
+READY_TIMEOUT_S = float(os.environ.get("KPACK_DATASET_READY_TIMEOUT_S", 1800))
+
+
+@dataclass
+class PushedDataset:
+    ref: str
+    version: int | None
+    uploaded: bool          # False: unchanged, nothing went up
+    bytes: int = 0          # bytes of the files handed to the client (0 when unchanged)
+    files: list[str] = field(default_factory=list)
+
+
+class IncompleteUpload(ConnectionError):
+    """Some file did not finish uploading; the version must not be made without it (retried as transient)."""
+
+
+def backend_key(cfg) -> str:
+    return "kaggle" if cfg.backend == "kaggle" else f"local:{Path(cfg.local.root).resolve()}"
+
+
+# --------------------------------------------------------------------------------------------- build
+
+def build_all(cfg) -> list:
+    """Build every configured dataset; returns DatasetBuild objects (slug, title, path, content_hash, files)."""
+    builds = []
+    if cfg.datasets.wheels is not None:
+        from packager.wheels import build_wheels_dataset
+
+        builds.append(build_wheels_dataset(cfg, BUILD_ROOT / cfg.datasets.wheels.slug))
+    if cfg.datasets.weights is not None:
+        from packager.weights import build_weights_dataset
+
+        builds.append(build_weights_dataset(cfg, BUILD_ROOT / cfg.datasets.weights.slug))
+    return builds
+
+
+def write_metadata(cfg, build) -> Path:
+    """dataset-metadata.json for a build (packager.metadata owns its content)."""
+    from packager.metadata import dataset_metadata
+
+    path = Path(build.path) / METADATA
+    data = dataset_metadata(cfg, build)
+    if not isinstance(data, (str, bytes)):
+        data = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write_text(path, data if isinstance(data, str) else data.decode())
+    return path
+
+
+def _is_public(cfg, build) -> bool:
+    weights = cfg.datasets.weights
+    return bool(weights is not None and weights.slug == build.slug and weights.public)
+
+
+# --------------------------------------------------------------------------------------------- records
+
+def record_path(build) -> Path:
+    return Path(build.path) / PUSHED
+
+
+def read_record(cfg, build) -> dict | None:
+    try:
+        return json.loads(record_path(build).read_text()).get(backend_key(cfg))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_record(cfg, build, version: int | None) -> None:
+    path = record_path(build)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        records = {}
+    records[backend_key(cfg)] = {"ref": f"{cfg.kaggle_user}/{build.slug}", "content_hash": build.content_hash,
+                                 "version": version, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_text(path, json.dumps(records, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------- server state
+
+def remote_state(api, ref: str) -> tuple[str | None, int | None]:
+    """(status, current version) of a dataset on the server; (None, None) when it does not exist."""
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest, ApiGetDatasetStatusRequest
+
+    owner, slug = ref.split("/")
+    status_req = ApiGetDatasetStatusRequest()
+    status_req.owner_slug, status_req.dataset_slug = owner, slug
+    try:
+        status = kaggle_api.rpc(api, f"dataset status {ref}", "datasets.dataset_api_client", "get_dataset_status",
+                                status_req)
+    except kaggle_api.KaggleCallError as err:
+        if err.status in (403, 404):
+            return None, None
+        raise
+    name = status.status.name.lower() if hasattr(status.status, "name") else str(status.status).lower()
+    if name == "deleted":
+        return None, None
+    get_req = ApiGetDatasetRequest()
+    get_req.owner_slug, get_req.dataset_slug = owner, slug
+    try:
+        dataset = kaggle_api.rpc(api, f"get dataset {ref}", "datasets.dataset_api_client", "get_dataset", get_req)
+        version = dataset.current_version_number
+    except kaggle_api.KaggleCallError as err:
+        if err.status not in (400, 404, 501):
+            raise
+        version = None  # a server without GetDataset: the version is then unknown, status still counts
+    return name, version
+
+
+def wait_ready(api, ref: str, timeout_s: float = READY_TIMEOUT_S) -> int | None:
+    """Poll until the dataset's current version is ready; returns that version number."""
+    deadline, delay = time.monotonic() + timeout_s, 0.5
+    while True:
+        status, version = remote_state(api, ref)
+        if status == "ready":
+            return version
+        if status in ("failed", "error"):
+            raise UserError(f"dataset {ref}: the server failed to process the new version (status {status})",
+                            exit_code=1)
+        if time.monotonic() > deadline:
+            raise UserError(f"dataset {ref}: not ready after {timeout_s:.0f}s (status {status}); "
+                            "check it on the website, then push again", exit_code=1)
+        kaggle_api.sleep(delay)
+        delay = min(10.0, delay * 1.5)
+
+
+# --------------------------------------------------------------------------------------------- upload
+
+def _top_level(api, path: Path) -> list[Path]:
+    """The entries the client will upload from `path`, chosen by the client's own rules (so counts agree)."""
+    from kaggle.api.kaggle_api_extended import DEFAULT_IGNORE_PATTERNS, should_ignore
+
+    skip = {api.DATASET_METADATA_FILE, api.OLD_DATASET_METADATA_FILE, *api.DATASET_COVER_IMAGE_FILES,
+            api.KERNEL_METADATA_FILE, api.MODEL_METADATA_FILE, api.MODEL_INSTANCE_METADATA_FILE}
+    patterns = DEFAULT_IGNORE_PATTERNS + IGNORE
+    return sorted(p for p in path.iterdir() if p.name not in skip and (p.is_file() or p.is_dir())
+                  and not should_ignore(p.name, p.is_dir(), patterns))
+
+
+def _size(paths: list[Path]) -> int:
+    total = 0
+    for p in paths:
+        total += p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return total
+
+
+def _guard_uploads(api, expected: int) -> None:
+    """Make the client refuse to send Create* unless all `expected` top-level entries finished uploading."""
+    original = type(api).upload_files
+
+    def guarded(request, *args, **kwargs):
+        original(api, request, *args, **kwargs)
+        got = len(request.files or [])
+        if got != expected:
+            raise IncompleteUpload(f"{expected - got} of {expected} files did not finish uploading")
+
+    api.upload_files = guarded
+
+
+def _check_response(what: str, response) -> None:
+    if response is None:
+        raise UserError(f"kaggle: {what}: no answer from the server", exit_code=1)
+    error = getattr(response, "error", None)
+    if error:
+        raise UserError(f"kaggle: {what}: {error}", exit_code=1)
+    invalid = getattr(response, "invalid_tags", None)
+    if invalid:
+        print(f"kaggle: {what}: tags not accepted: {', '.join(invalid)}", file=sys.stderr)
+
+
+def push_dataset(api, cfg, build, message: str | None = None) -> PushedDataset:
+    """Create or version one built dataset when its content hash changed; waits until the new version is ready."""
+    ref = f"{cfg.kaggle_user}/{build.slug}"
+    path = Path(build.path)
+    write_metadata(cfg, build)
+    record = read_record(cfg, build)
+    status, version = remote_state(api, ref)
+    unchanged = (record is not None and record.get("content_hash") == build.content_hash and status is not None
+                 and (version is None or record.get("version") in (None, version)))
+    if unchanged:
+        if status != "ready":
+            version = wait_ready(api, ref)
+        print(f"dataset {ref}: unchanged (v{version}), nothing uploaded")
+        return PushedDataset(ref, version, uploaded=False)
+
+    entries = _top_level(api, path)
+    if not entries:
+        raise UserError(f"dataset {ref}: {path} has no files to upload", exit_code=1)
+    size = _size(entries)
+    _guard_uploads(api, len(entries))
+    notes = message or f"kpack content {build.content_hash[:12]}"
+    if status is None:
+        print(f"dataset {ref}: creating ({len(entries)} files, {size} bytes)")
+
+        def created():
+            st, v = remote_state(api, ref)
+            return ("created", v) if st is not None else None
+
+        response = kaggle_api.call(f"create dataset {ref}", api.dataset_create_new, str(path),
+                                   public=_is_public(cfg, build), quiet=True, dir_mode="zip",
+                                   ignore_patterns=IGNORE, done=created)
+    else:
+        print(f"dataset {ref}: content changed, new version ({len(entries)} files, {size} bytes)")
+        before = version
+
+        def versioned():
+            st, v = remote_state(api, ref)
+            return ("versioned", v) if v is not None and before is not None and v > before else None
+
+        response = kaggle_api.call(f"version dataset {ref}", api.dataset_create_version, str(path), notes,
+                                   quiet=True, dir_mode="zip", ignore_patterns=IGNORE, done=versioned)
+    if not isinstance(response, tuple):
+        _check_response(f"dataset {ref}", response)
+    new_version = wait_ready(api, ref)
+    write_record(cfg, build, new_version)
+    print(f"dataset {ref}: v{new_version} ready")
+    return PushedDataset(ref, new_version, uploaded=True, bytes=size, files=[p.name for p in entries])
+
+
+def push_all(api, cfg, builds) -> list[PushedDataset]:
+    return [push_dataset(api, cfg, build) for build in builds]

@@ -1,0 +1,185 @@
+"""`kpack push KIND`: build, update the datasets that changed, push the kernel, and (by default) watch it to the end.
+
+The flow: build the kernel (packager.build) and the datasets (packager.datasets), scan everything that would
+leave the machine for secrets, create or version only the datasets whose content changed and wait until they
+are ready, push the kernel with its session limit and machine shape, then wait: poll the pushed version,
+download its output to runs/<slug>/v<N>/, fill its ledger row, announce the result, and push the next
+session while the output's state.json says training is not done (see packager.chain).
+
+Exit status: 0 when the last session ended COMPLETE; 1 (a UserError) when a session ended ERROR or was
+cancelled, after the failure was announced; a push the server refused is one error line, never a retry loop.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from packager import chain, datasets, kaggle_api, ledger, notify, watch
+from packager.errors import UserError
+
+
+@dataclass
+class PushResult:
+    ref: watch.KernelRef
+    status: str | None = None           # None with wait=False
+    output: Path | None = None
+    sessions: list[watch.KernelRef] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+def scan_for_secrets(cfg, paths: list[Path]) -> None:
+    """Refuse to upload anything that holds a secret value, and public plain weights."""
+    from packager.secrets_scan import collect_secrets, refuse_public_plain_weights, scan
+
+    refuse_public_plain_weights(cfg)
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    findings = scan(files, collect_secrets(cfg))
+    if findings:  # scan raises on a hit; a list of hits is refused here in case it returns them instead
+        raise UserError(f"refusing to upload: a secret value appears in {', '.join(map(str, findings))}")
+
+
+def _metadata_path(built) -> Path:
+    for name in ("metadata", "metadata_path", "meta"):
+        value = getattr(built, name, None)
+        if value:
+            return Path(value)
+    return Path(built.script).parent / "kernel-metadata.json"
+
+
+# --------------------------------------------------------------------------------------------- push
+
+def _check_save_response(ref: str, response) -> int | None:
+    error = getattr(response, "error", None)
+    if error:
+        raise UserError(f"kaggle: push {ref} refused: {error}", exit_code=1)
+    problems = []
+    for kind in ("dataset", "competition", "kernel", "model"):
+        invalid = getattr(response, f"invalid_{kind}_sources", None)
+        if invalid:
+            problems.append(f"{kind} sources not found: {', '.join(invalid)}")
+    if problems:
+        raise UserError(f"kaggle: push {ref} refused: {'; '.join(problems)}", exit_code=1)
+    return getattr(response, "version_number", None)
+
+
+def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
+    """Push one kernel folder (kernel-metadata.json + script); returns owner/slug with the new version."""
+    meta = json.loads((Path(folder) / "kernel-metadata.json").read_text())
+    owner, slug = meta["id"].split("/", 1)
+    kcfg = cfg.kernel(kind)
+    before = kaggle_api.current_kernel_version(api, owner, slug)
+    timeout = str(int(kcfg.session_hours * 3600))
+    accelerator = None if kcfg.accelerator == "None" else kcfg.accelerator
+
+    def landed():
+        # A push whose answer was lost may still have made the version: never push it twice.
+        now = kaggle_api.current_kernel_version(api, owner, slug)
+        if now is not None and (before is None or now > before):
+            return SimpleNamespace(version_number=now, error=None, url=None)
+        return None
+
+    response = kaggle_api.call(f"push kernel {owner}/{slug}", api.kernels_push, str(folder), timeout,
+                               accelerator, done=landed)
+    version = _check_save_response(f"{owner}/{slug}", response) or landed()
+    if not isinstance(version, int):
+        version = getattr(version, "version_number", None)
+    if version is None:
+        raise UserError(f"kaggle: push {owner}/{slug}: the server gave no version number", exit_code=1)
+    url = getattr(response, "url", None)
+    print(f"pushed {owner}/{slug} v{version}" + (f" ({url})" if url else ""), flush=True)
+    return watch.KernelRef(owner, slug, version, kind)
+
+
+# --------------------------------------------------------------------------------------------- one session
+
+def _record_start(cfg, ref: watch.KernelRef, base_slug: str) -> None:
+    row = ledger.make_row(cfg, kernel=ref.ref, kind=ref.kind, version=ref.version, session=ref.session,
+                          status="QUEUED", seconds=None, output=None, base_slug=base_slug)
+    ledger.append(row, cfg)
+
+
+def _record_end(cfg, ref: watch.KernelRef, base_slug: str, outcome: watch.Outcome, out: Path | None) -> dict:
+    row = ledger.make_row(cfg, kernel=ref.ref, kind=ref.kind, version=ref.version, session=ref.session,
+                          status=outcome.status, seconds=outcome.seconds, output=out, failure=outcome.failure,
+                          base_slug=base_slug)
+    fields = {k: v for k, v in row.items() if k not in ("ts", "git_commit", "git_dirty", "config_hash")}
+    fields["finished"] = row["ts"]
+    if not ledger.update({"kernel": ref.ref, "version": ref.version, "backend": cfg.backend}, fields, cfg):
+        ledger.append(row, cfg)
+    return row
+
+
+def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch.Outcome, Path | None]:
+    """Wait for one pushed session, download its output, record and announce it."""
+    # No deadline here: the server enforces the session limit. Interrupting the watch leaves the kernel running;
+    # `kpack status` and `kpack output` pick it up later.
+    outcome = watch.wait_for(api, ref)
+    out = None
+    try:
+        out = watch.download(api, ref)
+    except UserError as err:
+        if outcome.status == "COMPLETE":
+            raise
+        print(f"{ref}: no output ({err})")
+    row = _record_end(cfg, ref, base_slug, outcome, out)
+    score = f", CV {row['cv_score']:.5f}" if isinstance(row.get("cv_score"), float) else ""
+    where = f", output in {out}" if out else ""
+    if outcome.status == "COMPLETE":
+        notify.notify(cfg, f"{ref} ({ref.kind}, session {ref.session}) COMPLETE in {outcome.seconds:.0f}s"
+                           f"{score}{where}", ok=True)
+    else:
+        failure = f": {outcome.failure}" if outcome.failure else ""
+        notify.notify(cfg, f"{ref} ({ref.kind}, session {ref.session}) {outcome.status}{failure}{where}", ok=False)
+    return outcome, out
+
+
+# --------------------------------------------------------------------------------------------- the verb
+
+def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
+    """Build, update changed datasets, push the kernel; with wait, follow it (and its next sessions) to the end."""
+    from packager.build import build_kernel
+
+    kcfg = cfg.kernel(kind)
+    built = build_kernel(cfg, kind)
+    folder = _metadata_path(built).parent
+    builds = datasets.build_all(cfg)
+    scan_for_secrets(cfg, [Path(built.script)] + [Path(b.path) for b in builds])
+
+    api = kaggle_api.connect(cfg)
+    datasets.push_all(api, cfg, builds)
+    ref = push_folder(api, cfg, kind, folder)
+    base_slug = kcfg.slug
+    _record_start(cfg, ref, base_slug)
+    result = PushResult(ref=ref, sessions=[ref])
+    if not wait:
+        print(f"not waiting; follow it with: kpack status {kind}   (output: kpack output {kind})")
+        return result
+
+    limit = chain.max_sessions(cfg, kind)
+    while True:
+        outcome, out = watch_session(api, cfg, ref, base_slug)
+        result.status, result.output = outcome.status, out
+        if outcome.status != "COMPLETE":
+            failure = f": {outcome.failure}" if outcome.failure else ""
+            raise UserError(f"{ref} ended {outcome.status}{failure}", exit_code=1)
+        if out is None or not chain.needs_another_session(out):
+            return result
+        if ref.session >= limit:
+            notify.notify(cfg, f"{kind}: training not done after {limit} sessions; stopping the chain "
+                               "(raise KPACK_MAX_SESSIONS to go on)", ok=False)
+            raise UserError(f"{kind}: training not done after {limit} sessions", exit_code=1)
+        session = ref.session + 1
+        print(f"{ref}: training not done (state.json); pushing session {session}", flush=True)
+        next_folder = chain.prepare_session(folder, cfg.kaggle_user, base_slug, kcfg.title, session, ref.ref)
+        scan_for_secrets(cfg, [next_folder])
+        ref = push_folder(api, cfg, kind, next_folder)
+        ref.session = session
+        _record_start(cfg, ref, base_slug)
+        result.ref = ref
+        result.sessions.append(ref)

@@ -1,0 +1,200 @@
+"""Watching kernels: status of one version, polling until it ends, and downloading its output.
+
+A kernel is named on the command line as a kind from kpack.yaml (train|validate|infer: the latest session the
+ledger knows for it, else the configured slug) or as owner/slug[/N]. Every status request names its version
+(`version_label` "vN"): without it Kaggle answers for the latest version, which right after a push can be an
+older run than the one just pushed (kaggle-cli PR #1177); the kernel's current version number is checked too.
+
+Outputs land in runs/<slug>/v<N>/: downloaded into a temp folder beside it and renamed into place, so a
+folder there is always a whole download.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import requests
+
+from packager import kaggle_api, ledger
+from packager.config import KERNEL_KINDS
+from packager.errors import UserError
+
+RUNS = Path("runs")
+TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
+POLL_MIN_S = float(os.environ.get("KPACK_POLL_MIN_S", 2.0))
+POLL_MAX_S = float(os.environ.get("KPACK_POLL_MAX_S", 60.0))
+
+
+@dataclass
+class KernelRef:
+    owner: str
+    slug: str
+    version: int | None = None
+    kind: str | None = None
+    session: int = 1
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.slug}"
+
+    def __str__(self) -> str:
+        return self.ref + (f" v{self.version}" if self.version else "")
+
+
+@dataclass
+class Outcome:
+    status: str
+    failure: str
+    seconds: float
+
+
+def resolve(cfg, kernel: str) -> KernelRef:
+    """train|validate|infer (the latest session the ledger knows, else the configured slug) or owner/slug[/N]."""
+    if kernel in KERNEL_KINDS:
+        kcfg = cfg.kernel(kernel)
+        row = ledger.latest(kind=kernel, backend=cfg.backend, base_slug=kcfg.slug)
+        if row and row.get("kernel"):
+            owner, slug = row["kernel"].split("/", 1)
+            return KernelRef(owner, slug, None, kernel, row.get("session") or 1)
+        return KernelRef(cfg.kaggle_user, kcfg.slug, None, kernel)
+    parts = kernel.strip("/").split("/")
+    if len(parts) == 3 and parts[2].lstrip("v").isdigit():
+        return KernelRef(parts[0], parts[1], int(parts[2].lstrip("v")))
+    if len(parts) == 2 and all(parts):
+        return KernelRef(parts[0], parts[1])
+    raise UserError(f"{kernel!r}: name a kernel as train, validate, infer or owner/slug[/version]")
+
+
+def latest_version(api, ref: KernelRef) -> int:
+    version = kaggle_api.current_kernel_version(api, ref.owner, ref.slug)
+    if version is None:
+        raise UserError(f"kernel {ref.ref} not found on the {'local Kaggle' if '--local' in api.args else 'server'}"
+                        "; push it first (kpack push KIND)", exit_code=1)
+    return version
+
+
+def status_of(api, ref: KernelRef) -> tuple[str, str]:
+    """(status, failure message) of ref.version, or ("PENDING", "") while the server does not list it yet."""
+    current = kaggle_api.current_kernel_version(api, ref.owner, ref.slug)
+    if current is None or (ref.version is not None and current < ref.version):
+        return "PENDING", ""  # the push is not visible yet: whatever status there is belongs to an older run
+    return kaggle_api.kernel_status(api, ref.owner, ref.slug, ref.version)
+
+
+def wait_for(api, ref: KernelRef, timeout_s: float | None = None) -> Outcome:
+    """Poll (with backoff) until ref.version ends; prints each status change."""
+    start, delay, last = time.monotonic(), POLL_MIN_S, None
+    deadline = start + timeout_s if timeout_s else None
+    while True:
+        status, failure = status_of(api, ref)
+        if status != last:
+            print(f"{ref}: {status}", flush=True)
+            last, delay = status, POLL_MIN_S
+        if status in TERMINAL:
+            return Outcome(status, failure, time.monotonic() - start)
+        if deadline is not None and time.monotonic() > deadline:
+            raise UserError(f"{ref}: still {status} after {timeout_s:.0f}s; check later with "
+                            f"`kpack status {ref.ref}/{ref.version}`", exit_code=1)
+        kaggle_api.sleep(delay)
+        delay = min(POLL_MAX_S, delay * 1.5)
+
+
+# --------------------------------------------------------------------------------------------- output
+
+def output_dir(slug: str, version: int) -> Path:
+    return RUNS / slug / f"v{version}"
+
+
+def _safe_name(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
+        raise UserError(f"kernel output holds a file with an unsafe name {name!r}; not downloading it", exit_code=1)
+    return path
+
+
+def _fetch(url: str, dest: Path) -> int:
+    """GET one output file (a plain unauthenticated URL) with retries; returns its size."""
+    def once():
+        with requests.get(url, stream=True, timeout=60) as response:
+            response.raise_for_status()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "wb") as f:
+                for chunk in response.iter_content(1 << 20):
+                    f.write(chunk)
+        return dest.stat().st_size
+
+    return kaggle_api.call(f"download {dest.name}", once)
+
+
+def download(api, ref: KernelRef, dest: Path | None = None) -> Path:
+    """Download ref.version's output (and its log as <slug>.log) to runs/<slug>/v<N>/; returns the folder."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+    if ref.version is None:
+        ref.version = latest_version(api, ref)
+    dest = Path(dest or output_dir(ref.slug, ref.version))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        token, log, count = None, None, 0
+        while True:
+            request = ApiListKernelSessionOutputRequest()
+            request.user_name, request.kernel_slug = ref.owner, ref.slug
+            request.version_label = kaggle_api.version_label(ref.version)
+            request.page_size = 100
+            if token:
+                request.page_token = token
+            response = kaggle_api.rpc(api, f"list output of {ref}", "kernels.kernels_api_client",
+                                      "list_kernel_session_output", request)
+            for item in response.files or []:
+                _fetch(item.url, tmp / _safe_name(item.file_name))
+                count += 1
+            log = log or response.log
+            token = response.next_page_token
+            if not token:
+                break
+        if log:
+            (tmp / f"{ref.slug}.log").write_text(log)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{ref}: {count} output files in {dest}")
+    return dest
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+def show_status(cfg, kernel: str) -> str:
+    """`kpack status KERNEL`: prints the status (and failure message); exits non-zero on ERROR."""
+    api = kaggle_api.connect(cfg)
+    ref = resolve(cfg, kernel)
+    if ref.version is None:
+        ref.version = latest_version(api, ref)
+    status, failure = status_of(api, ref)
+    print(f"{ref}: {status}")
+    if failure:
+        print(f"failure message: {failure}")
+    if status in ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED"):
+        raise UserError(f"{ref} ended {status}" + (f": {failure}" if failure else ""), exit_code=1)
+    return status
+
+
+def download_output(cfg, kernel: str, version: int | None = None) -> Path:
+    """`kpack output KERNEL [-v N]`: downloads that version's output (default: the latest) to runs/<slug>/v<N>/."""
+    api = kaggle_api.connect(cfg)
+    ref = resolve(cfg, kernel)
+    if version is not None:
+        ref.version = version
+    return download(api, ref)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
