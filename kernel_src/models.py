@@ -1,0 +1,145 @@
+"""Models: any timm backbone by name, pretrained weights only from a local file, normalisation on the device.
+
+    model = build_model(kit.model, num_classes=len(labels), channels=kit.data.channels)
+    logits = model(images_uint8)          # (N, C, H, W) uint8 or float in 0..255; returns (N, num_classes)
+
+Kernels run offline: `pretrained: true` without `weights` would ask timm for a hub download, so it fails
+with one line. `weights` is a file path, or a name resolved by kernel_src.runtime.weights.weights_path when
+that module exists, else searched for in the kernel's inputs and in ./models.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import nn
+
+from kernel_src.settings import ModelSettings
+
+
+class WeightsError(RuntimeError):
+    """One line: what weights were asked for and why they cannot be used."""
+
+
+class Classifier(nn.Module):
+    """A timm backbone behind device-side normalisation: inputs are raw pixel values (uint8 or float)."""
+
+    def __init__(self, backbone: nn.Module, channels: int, channels_last: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.channels_last = channels_last
+        cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+        mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
+        if channels != len(mean):
+            mean, std = mean.mean().repeat(channels), std.mean().repeat(channels)
+        # x / 255 then (x - mean) / std, folded into one multiply-add
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self.shift, x.float(), self.scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+
+def resolve_weights(ref: str) -> Path:
+    """A weights file by path or by name: runtime.weights.weights_path, the inputs, ./models."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    try:
+        from kernel_src.runtime.weights import weights_path  # the weights dataset (decrypted if sealed)
+    except ImportError:
+        weights_path = None
+    if weights_path is not None:
+        try:
+            found = weights_path(ref)
+        except (FileNotFoundError, KeyError, LookupError):
+            found = None
+        if found and Path(found).is_file():
+            return Path(found)
+    from kernel_src.runtime import inputs
+    hits = inputs.find_files(path.name)
+    if hits:
+        return hits[0]
+    local = Path("models") / ref
+    if local.is_file():
+        return local
+    raise WeightsError(f"kit.model.weights: {ref!r} is neither a file nor found in the weights dataset, "
+                       f"the kernel inputs or ./models")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from .safetensors, or a torch file holding one (possibly under state_dict/model)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise WeightsError(f"kit.model.weights: {path} holds no state dict")
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+
+
+def load_backbone_weights(backbone: nn.Module, path: Path) -> list[str]:
+    """Load pretrained weights into a timm backbone; the classifier head may differ (new classes) and
+    the first conv is adapted to the channel count. Returns the keys left at their fresh init."""
+    state = read_state_dict(path)
+    cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    own = backbone.state_dict()
+    first_conv = cfg.get("first_conv")
+    if first_conv and f"{first_conv}.weight" in state and f"{first_conv}.weight" in own:
+        key = f"{first_conv}.weight"
+        if state[key].shape[1] != own[key].shape[1]:
+            state[key] = timm.models.adapt_input_conv(own[key].shape[1], state[key])
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    kept = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    fresh = [k for k in own if k not in kept]
+    not_head = [k for k in fresh if not any(k.startswith(h + ".") for h in heads)]
+    if not_head:
+        raise WeightsError(f"kit.model.weights: {path.name} does not fit this backbone: {len(not_head)} "
+                           f"tensors missing or of another shape, e.g. {not_head[0]}")
+    backbone.load_state_dict(kept, strict=False)
+    return fresh
+
+
+def build_model(model: ModelSettings, num_classes: int, channels: int = 3,
+                weights: Optional[Path] = None) -> Classifier:
+    """The configured backbone with `num_classes` outputs, its pretrained weights loaded when configured."""
+    if model.pretrained and not model.weights and weights is None:
+        raise WeightsError("kit.model.pretrained: true asks timm for a hub download, which an offline kernel "
+                           "cannot do; set kit.model.weights to a local file or a weights-dataset name")
+    try:
+        backbone = timm.create_model(model.name, pretrained=False, num_classes=num_classes, in_chans=channels,
+                                     drop_rate=model.drop_rate)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise WeightsError(f"kit.model.name: timm {timm.__version__} has no model {model.name!r}") from None
+        raise
+    if weights is None and model.weights:
+        weights = resolve_weights(model.weights)
+    if weights is not None:
+        load_backbone_weights(backbone, Path(weights))
+    net = Classifier(backbone, channels, model.channels_last)
+    if model.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def device_for(local_rank: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
+
+
+__all__ = ["Classifier", "WeightsError", "build_model", "device_for", "load_backbone_weights",
+           "read_state_dict", "resolve_weights"]

@@ -1,0 +1,304 @@
+"""The training kit's settings: `config["kit"]` validated into dataclasses, stdlib only.
+
+Every field has a default, so `kit: {}` is a valid (small) run. A wrong value fails with one line that
+names the field, e.g. `kit.optim.lr: expected a number (got 'fast')`. Fields marked `runtime` may differ
+between the sessions of one training run (worker count, cache, session margin); every other field is
+part of the training hash, and a checkpoint written under another hash is refused.
+
+Example (YAML, under `kit:` in kpack.yaml):
+
+    seed: 42
+    data: {style: imet, image_size: 64, folds: 5, fold: 0, num_workers: 2}
+    augment: {train: light, valid: none, tta: [none, hflip]}
+    model: {name: resnet18, weights: resnet18.pth}
+    optim: {name: adamw, lr: 1.0e-3, batch_size: 64}
+    schedule: {name: cosine, warmup_steps: 100}
+    stages:
+      - {epochs: 6, loss: {bce: 1.0}}
+      - {epochs: 2, loss: {soft_fbeta: 1.0}, lr_scale: 0.1}
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+RUNTIME = {"runtime": True}  # field metadata: may change between sessions without breaking resume
+
+
+class SettingsError(ValueError):
+    """A one-line message naming the field, e.g. `kit.optim.lr: expected a number (got 'x')`."""
+
+
+@dataclass
+class DataSettings:
+    style: Literal["imet", "inclusive"] = "imet"
+    root: Optional[str] = field(default=None, metadata=RUNTIME)  # folder holding the CSVs; default: the mounted competition
+    competition: Optional[str] = None       # competition slug to search the inputs for; default: config["competition"]
+    train_csv: str = "train.csv"
+    labels_csv: Optional[str] = "labels.csv"  # attribute_id,attribute_name; names `group::x` make label groups
+    id_column: str = "id"
+    labels_column: str = "attribute_ids"    # Inclusive Images: e.g. "labels"
+    label_sep: str = " "
+    train_images: str = "train"             # folder of training images, relative to root
+    test_images: str = "test"
+    image_ext: str = ".png"
+    image_size: int = 64
+    channels: Literal[1, 3] = 3
+    folds: int = 5
+    fold: int = 0                           # the validation fold; -1 trains on everything, no validation
+    max_samples: Optional[int] = None       # first N training rows only (smoke runs)
+    num_workers: int = field(default=2, metadata=RUNTIME)
+    cache: bool = field(default=False, metadata=RUNTIME)  # pre-resized uint8 cache in the temp dir
+
+
+@dataclass
+class AugmentSettings:
+    train: str = "light"
+    valid: str = "none"
+    tta: list[str] = field(default_factory=lambda: ["none"])
+
+
+@dataclass
+class ModelSettings:
+    name: str = "resnet18"
+    weights: Optional[str] = None           # a file path, or a name inside the weights dataset / inputs
+    pretrained: bool = False                # true without `weights` asks for a hub download: refused
+    drop_rate: float = 0.0
+    channels_last: bool = True
+
+
+@dataclass
+class LossTerm:
+    name: Literal["bce", "focal", "soft_fbeta", "forgiving"] = "bce"
+    weight: float = 1.0
+    gamma: float = 2.0    # focal
+    alpha: float = -1.0   # focal; < 0: no class balancing
+    beta: float = 2.0     # soft_fbeta
+    w: float = 1.0        # forgiving: BCE + w * BCE(logits * y, y)
+
+
+@dataclass
+class StageSettings:
+    epochs: int = 1
+    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
+    lr_scale: float = 1.0
+
+
+@dataclass
+class OptimSettings:
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9                   # sgd
+    nesterov: bool = True                   # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    batch_size: int = 32                    # per process
+    accum_steps: int = 1
+    grad_clip: float = 0.0                  # 0: off
+
+
+@dataclass
+class ScheduleSettings:
+    name: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_steps: int = 0                   # cosine/constant: linear warmup from 0
+    min_lr_ratio: float = 0.01              # cosine: final lr = lr * min_lr_ratio
+    pct_start: float = 0.25                 # onecycle: share of steps rising
+    div_factor: float = 25.0                # onecycle: start lr = lr / div_factor
+    final_div_factor: float = 1e4           # onecycle: final lr = start lr / final_div_factor
+
+
+@dataclass
+class EmaSettings:
+    enabled: bool = False
+    decay: float = 0.999
+    warmup: bool = True                     # decay ramps as min(decay, (1 + step) / (10 + step))
+
+
+@dataclass
+class SessionSettings:
+    margin_seconds: float = field(default=300.0, metadata=RUNTIME)   # kept free before the session limit
+    checkpoint_every_minutes: float = field(default=30.0, metadata=RUNTIME)
+    checkpoint_every_steps: int = field(default=0, metadata=RUNTIME)  # 0: off; tests use it
+    keep_previous: bool = field(default=True, metadata=RUNTIME)
+
+
+@dataclass
+class KitSettings:
+    seed: int = 42
+    data: DataSettings = field(default_factory=DataSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    stages: list[StageSettings] = field(default_factory=lambda: [StageSettings(epochs=5)])
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    ema: EmaSettings = field(default_factory=EmaSettings)
+    amp: Literal["auto", "fp16", "off"] = "auto"      # auto: fp16 + GradScaler on CUDA, fp32 on CPU
+    deterministic: bool = False                       # torch.use_deterministic_algorithms(True)
+    log_every_steps: int = field(default=50, metadata=RUNTIME)
+    session: SessionSettings = field(default_factory=SessionSettings)
+
+    @property
+    def epochs(self) -> int:
+        return sum(stage.epochs for stage in self.stages)
+
+    def stage_at(self, epoch: int) -> tuple[int, StageSettings]:
+        """The stage (index, settings) that epoch `epoch` (0-based) belongs to."""
+        end = 0
+        for index, stage in enumerate(self.stages):
+            end += stage.epochs
+            if epoch < end:
+                return index, stage
+        return len(self.stages) - 1, self.stages[-1]
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+    elif origin is list:
+        if tp == list[LossTerm]:
+            value = _loss_terms(value, where)
+        if isinstance(value, (list, tuple)):
+            return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, where)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    raise SettingsError(f"{where}: expected {_type_name(tp)}{shown}")
+
+
+def _loss_terms(value: Any, where: str) -> Any:
+    """Shorthands: `bce`, `{bce: 1.0, soft_fbeta: 0.5}`, `{focal: {weight: 1, gamma: 2}}`, or a list of terms."""
+    if isinstance(value, str):
+        return [{"name": value}]
+    if isinstance(value, dict):
+        terms = []
+        for name, spec in value.items():
+            if isinstance(spec, dict):
+                terms.append({"name": name, **spec})
+            elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
+                terms.append({"name": name, "weight": spec})
+            else:
+                raise SettingsError(f"{where}.{name}: expected a weight or a mapping (got {spec!r})")
+        return terms
+    return value
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise SettingsError(f"{where}.{key}: unknown field; remove it or check its spelling")
+    values = {key: _convert(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+    obj = cls(**values)
+    _check(obj, where)
+    return obj
+
+
+def _check(obj: Any, where: str) -> None:
+    """Range checks that the types alone do not say."""
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise SettingsError(f"{where}.{name}: {what} (got {getattr(obj, name)!r})")
+
+    if isinstance(obj, DataSettings):
+        need(obj.image_size >= 8, "image_size", "expected at least 8")
+        need(obj.folds >= 2, "folds", "expected at least 2")
+        need(-1 <= obj.fold < obj.folds, "fold", f"expected -1 (no validation) or 0..{obj.folds - 1}")
+        need(obj.num_workers >= 0, "num_workers", "expected 0 or more")
+        need(obj.max_samples is None or obj.max_samples > 0, "max_samples", "expected a positive count")
+        need(obj.image_ext.startswith("."), "image_ext", "expected an extension with its dot, e.g. '.png'")
+    elif isinstance(obj, OptimSettings):
+        need(obj.lr > 0, "lr", "expected a positive learning rate")
+        need(obj.weight_decay >= 0, "weight_decay", "expected 0 or more")
+        need(obj.batch_size >= 1, "batch_size", "expected 1 or more")
+        need(obj.accum_steps >= 1, "accum_steps", "expected 1 or more")
+        need(obj.grad_clip >= 0, "grad_clip", "expected 0 (off) or more")
+        need(len(obj.betas) == 2 and all(0 <= b < 1 for b in obj.betas), "betas", "expected two numbers in [0, 1)")
+    elif isinstance(obj, ScheduleSettings):
+        need(obj.warmup_steps >= 0, "warmup_steps", "expected 0 or more")
+        need(0 <= obj.min_lr_ratio <= 1, "min_lr_ratio", "expected a number in [0, 1]")
+        need(0 < obj.pct_start < 1, "pct_start", "expected a number in (0, 1)")
+    elif isinstance(obj, StageSettings):
+        need(obj.epochs >= 1, "epochs", "expected 1 or more")
+        need(len(obj.loss) >= 1, "loss", "expected at least one loss term")
+        need(obj.lr_scale > 0, "lr_scale", "expected a positive number")
+    elif isinstance(obj, EmaSettings):
+        need(0 < obj.decay < 1, "decay", "expected a number in (0, 1)")
+    elif isinstance(obj, LossTerm):
+        need(obj.beta > 0, "beta", "expected a positive number")
+        need(obj.gamma >= 0, "gamma", "expected 0 or more")
+    elif isinstance(obj, SessionSettings):
+        need(obj.margin_seconds >= 0, "margin_seconds", "expected 0 or more")
+        need(obj.checkpoint_every_minutes > 0, "checkpoint_every_minutes", "expected a positive number")
+        need(obj.checkpoint_every_steps >= 0, "checkpoint_every_steps", "expected 0 (off) or more")
+    elif isinstance(obj, KitSettings):
+        need(len(obj.stages) >= 1, "stages", "expected at least one stage")
+        need(obj.log_every_steps >= 1, "log_every_steps", "expected 1 or more")
+
+
+def parse(kit: Any, where: str = "kit") -> KitSettings:
+    """Validate `config["kit"]` (None or a mapping) into KitSettings; raises SettingsError with one line."""
+    if kit is None:
+        kit = {}
+    if not isinstance(kit, dict):
+        raise SettingsError(f"{where}: expected a mapping of settings (got {kit!r})")
+    return _build(KitSettings, kit, where)
+
+
+def from_config(config: dict) -> KitSettings:
+    """The kit settings of a whole resolved project config (the dict a kernel entry gets)."""
+    return parse(config.get("kit"))
+
+
+def to_dict(settings: Any, *, runtime: bool = True) -> Any:
+    """Plain data (JSON/YAML-ready); runtime=False drops fields that may change between sessions."""
+    if dataclasses.is_dataclass(settings):
+        return {f.name: to_dict(getattr(settings, f.name), runtime=runtime)
+                for f in dataclasses.fields(settings) if runtime or not f.metadata.get("runtime")}
+    if isinstance(settings, list):
+        return [to_dict(v, runtime=runtime) for v in settings]
+    return settings
+
+
+def training_hash(settings: KitSettings) -> str:
+    """sha256 of everything that shapes the trained weights; checkpoints carry it and resume checks it."""
+    text = json.dumps(to_dict(settings, runtime=False), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
