@@ -54,24 +54,22 @@ def needs_another_session(output_dir: str | os.PathLike) -> bool:
     return state is not None and state.get("done") is False
 
 
-def prepare_session(folder: str | os.PathLike, owner: str, base_slug: str, title: str, session: int,
-                    previous: str, out_root: str | os.PathLike = Path("build") / "kernels") -> Path:
-    """A kernel folder for session `session`: the built kernel's script and metadata, with the session's slug
-    and title and the previous session's kernel (`previous`, owner/slug) among its kernel_sources."""
+def prepare_session(cfg, kind: str, folder: str | os.PathLike, session: int, previous: str,
+                    out_root: str | os.PathLike = Path("build") / "kernels") -> Path:
+    """A kernel folder for session `session`: the built kernel's script, and its metadata with the session's
+    slug and title and the previous session's kernel (`previous`, owner/slug) added to its kernel_sources."""
+    from packager.metadata import KERNEL_METADATA, kernel_metadata, title_for
+
     folder = Path(folder)
-    meta = json.loads((folder / "kernel-metadata.json").read_text())
-    slug = session_slug(base_slug, session)
+    built = json.loads((folder / KERNEL_METADATA).read_text())
+    slug = session_slug(cfg.kernel(kind).slug, session)
     dest = Path(out_root) / slug
     if dest.resolve() == folder.resolve():
         raise ValueError(f"session {session} would overwrite the built kernel folder {folder}")
+    sources = [s for s in built.get("kernel_sources", []) if s != previous] + [previous]
+    meta = kernel_metadata(cfg, kind, built["code_file"], built.get("dataset_sources", []), sources,
+                           slug=slug, title=title_for(slug))
     dest.mkdir(parents=True, exist_ok=True)
-    code = meta["code_file"]
-    shutil.copyfile(folder / code, dest / Path(code).name)
-    meta["code_file"] = Path(code).name
-    meta["id"] = f"{owner}/{slug}"
-    # The title must slugify to the slug; Kaggle derives the slug from it.
-    meta["title"] = session_slug(title, session) if title else slug
-    sources = [s for s in meta.get("kernel_sources", []) if s != previous]
-    meta["kernel_sources"] = sources + [previous]
-    atomic_write_text(dest / "kernel-metadata.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(folder / built["code_file"], dest / built["code_file"])
+    atomic_write_text(dest / KERNEL_METADATA, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return dest

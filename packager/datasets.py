@@ -50,16 +50,29 @@ def backend_key(cfg) -> str:
 # --------------------------------------------------------------------------------------------- build
 
 def build_all(cfg) -> list:
-    """Build every configured dataset; returns DatasetBuild objects (slug, title, path, content_hash, files)."""
-    builds = []
+    """Build every configured dataset; returns DatasetBuild objects (slug, title, path, content_hash, files).
+
+    A builder may replace its folder whole: the push record (pushed.json) is carried across the build."""
+    builders = []
     if cfg.datasets.wheels is not None:
         from packager.wheels import build_wheels_dataset
 
-        builds.append(build_wheels_dataset(cfg, BUILD_ROOT / cfg.datasets.wheels.slug))
+        builders.append((cfg.datasets.wheels.slug, build_wheels_dataset))
     if cfg.datasets.weights is not None:
         from packager.weights import build_weights_dataset
 
-        builds.append(build_weights_dataset(cfg, BUILD_ROOT / cfg.datasets.weights.slug))
+        builders.append((cfg.datasets.weights.slug, build_weights_dataset))
+    builds = []
+    for slug, builder in builders:
+        folder = BUILD_ROOT / slug
+        try:
+            record = (folder / PUSHED).read_bytes()
+        except OSError:
+            record = None
+        build = builder(cfg, folder)
+        if record is not None and not (Path(build.path) / PUSHED).exists():
+            (Path(build.path) / PUSHED).write_bytes(record)
+        builds.append(build)
     return builds
 
 

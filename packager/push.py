@@ -35,21 +35,7 @@ def scan_for_secrets(cfg, paths: list[Path]) -> None:
     from packager.secrets_scan import collect_secrets, refuse_public_plain_weights, scan
 
     refuse_public_plain_weights(cfg)
-    files: list[Path] = []
-    for path in paths:
-        path = Path(path)
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    findings = scan(files, collect_secrets(cfg))
-    if findings:  # scan raises on a hit; a list of hits is refused here in case it returns them instead
-        raise UserError(f"refusing to upload: a secret value appears in {', '.join(map(str, findings))}")
-
-
-def _metadata_path(built) -> Path:
-    for name in ("metadata", "metadata_path", "meta"):
-        value = getattr(built, name, None)
-        if value:
-            return Path(value)
-    return Path(built.script).parent / "kernel-metadata.json"
+    scan([Path(p) for p in paths], collect_secrets(cfg))  # raises UserError naming the file
 
 
 # --------------------------------------------------------------------------------------------- push
@@ -147,7 +133,7 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
 
     kcfg = cfg.kernel(kind)
     built = build_kernel(cfg, kind)
-    folder = _metadata_path(built).parent
+    folder = Path(built.folder)
     builds = datasets.build_all(cfg)
     scan_for_secrets(cfg, [Path(built.script)] + [Path(b.path) for b in builds])
 
@@ -176,7 +162,7 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
             raise UserError(f"{kind}: training not done after {limit} sessions", exit_code=1)
         session = ref.session + 1
         print(f"{ref}: training not done (state.json); pushing session {session}", flush=True)
-        next_folder = chain.prepare_session(folder, cfg.kaggle_user, base_slug, kcfg.title, session, ref.ref)
+        next_folder = chain.prepare_session(cfg, kind, folder, session, ref.ref)
         scan_for_secrets(cfg, [next_folder])
         ref = push_folder(api, cfg, kind, next_folder)
         ref.session = session
