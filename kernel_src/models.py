@@ -3,9 +3,10 @@
     model = build_model(kit.model, num_classes=len(labels), channels=kit.data.channels)
     logits = model(images_uint8)          # (N, C, H, W) uint8 or float in 0..255; returns (N, num_classes)
 
-Kernels run offline: `pretrained: true` without `weights` would ask timm for a hub download, so it fails
-with one line. `weights` is a file path, or a name resolved by kernel_src.runtime.weights.weights_path when
-that module exists, else searched for in the kernel's inputs and in ./models.
+Kernels run offline, so timm never downloads: `weights` is a file path, or a file name in the weights
+dataset (kernel_src.runtime.weights, after weights.prepare(config)), the kernel's inputs or ./models.
+`pretrained: true` without `weights` takes the weights dataset's file for the architecture, and fails with
+one line where there is none.
 """
 from __future__ import annotations
 
@@ -46,22 +47,23 @@ class Classifier(nn.Module):
         return self.backbone(x)
 
 
+def _weights_dataset():
+    """kernel_src.runtime.weights (the verified weights dataset), or None where it is not shipped."""
+    try:
+        from kernel_src.runtime import weights
+    except ImportError:
+        return None
+    return weights
+
+
 def resolve_weights(ref: str) -> Path:
-    """A weights file by path or by name: runtime.weights.weights_path, the inputs, ./models."""
+    """A weights file by path or by name: the weights dataset (after weights.prepare), the inputs, ./models."""
     path = Path(ref).expanduser()
     if path.is_file():
         return path
-    try:
-        from kernel_src.runtime.weights import weights_path  # the weights dataset (decrypted if sealed)
-    except ImportError:
-        weights_path = None
-    if weights_path is not None:
-        try:
-            found = weights_path(ref)
-        except (FileNotFoundError, KeyError, LookupError):
-            found = None
-        if found and Path(found).is_file():
-            return Path(found)
+    dataset = _weights_dataset()
+    if dataset is not None and ref in dataset.available():
+        return dataset.weights_path(ref)
     from kernel_src.runtime import inputs
     hits = inputs.find_files(path.name)
     if hits:
@@ -71,6 +73,22 @@ def resolve_weights(ref: str) -> Path:
         return local
     raise WeightsError(f"kit.model.weights: {ref!r} is neither a file nor found in the weights dataset, "
                        f"the kernel inputs or ./models")
+
+
+def pretrained_for(model: ModelSettings) -> Optional[Path]:
+    """The weights file the settings ask for: `weights`, else (pretrained: true) the weights dataset's file
+    for this architecture; None for a fresh init. A hub download is never an option: it fails with one line."""
+    if model.weights:
+        return resolve_weights(model.weights)
+    if not model.pretrained:
+        return None
+    dataset = _weights_dataset()
+    found = dataset.for_architecture(model.name) if dataset is not None else None
+    if found is None:
+        raise WeightsError(f"kit.model.pretrained: true, but the weights dataset has no file for {model.name!r} "
+                           "and a hub download is impossible offline; set kit.model.weights to a local file or a "
+                           "weights-dataset name")
+    return Path(found)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -112,12 +130,10 @@ def load_backbone_weights(backbone: nn.Module, path: Path) -> list[str]:
     return fresh
 
 
-def build_model(model: ModelSettings, num_classes: int, channels: int = 3,
-                weights: Optional[Path] = None) -> Classifier:
-    """The configured backbone with `num_classes` outputs, its pretrained weights loaded when configured."""
-    if model.pretrained and not model.weights and weights is None:
-        raise WeightsError("kit.model.pretrained: true asks timm for a hub download, which an offline kernel "
-                           "cannot do; set kit.model.weights to a local file or a weights-dataset name")
+def build_model(model: ModelSettings, num_classes: int, channels: int = 3, *,
+                pretrained: bool = True) -> Classifier:
+    """The configured backbone with `num_classes` outputs, with its pretrained weights loaded unless
+    pretrained=False (inference loads trained weights afterwards and needs none)."""
     try:
         backbone = timm.create_model(model.name, pretrained=False, num_classes=num_classes, in_chans=channels,
                                      drop_rate=model.drop_rate)
@@ -125,10 +141,9 @@ def build_model(model: ModelSettings, num_classes: int, channels: int = 3,
         if "Unknown model" in str(exc):
             raise WeightsError(f"kit.model.name: timm {timm.__version__} has no model {model.name!r}") from None
         raise
-    if weights is None and model.weights:
-        weights = resolve_weights(model.weights)
+    weights = pretrained_for(model) if pretrained else None
     if weights is not None:
-        load_backbone_weights(backbone, Path(weights))
+        load_backbone_weights(backbone, weights)
     net = Classifier(backbone, channels, model.channels_last)
     if model.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -142,4 +157,4 @@ def device_for(local_rank: int = 0) -> torch.device:
 
 
 __all__ = ["Classifier", "WeightsError", "build_model", "device_for", "load_backbone_weights",
-           "read_state_dict", "resolve_weights"]
+           "pretrained_for", "read_state_dict", "resolve_weights"]
