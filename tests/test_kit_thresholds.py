@@ -1,0 +1,133 @@
+"""Threshold search: known optima on synthetic OOF data, fallbacks, and the fast curves against brute force."""
+import json
+
+import numpy as np
+import pytest
+
+from kernel_src import thresholds as th
+from kernel_src.metrics import fbeta_score
+
+
+def _uniform(rng, lo, hi, shape):
+    return rng.uniform(lo, hi, size=shape)
+
+
+def test_global_threshold_finds_the_gap_and_beats_half():
+    rng = np.random.default_rng(0)
+    y = rng.random((400, 6)) < 0.3
+    p = np.where(y, _uniform(rng, 0.26, 0.4, y.shape), _uniform(rng, 0.0, 0.2, y.shape))
+    result = th.search(p, y, method="global")
+    assert result.name == "global" and result.f2 == pytest.approx(1.0)
+    assert 0.2 < result.rule.thresholds[0] <= 0.26 and len(set(result.rule.thresholds)) == 1
+    assert result.candidates["fixed"] < 0.5
+    assert th.best_global(p, y) == (pytest.approx(result.rule.thresholds[0]), pytest.approx(1.0))
+
+
+def test_per_class_thresholds_find_each_class_gap():
+    rng = np.random.default_rng(1)
+    y = rng.random((500, 2)) < 0.4
+    p = np.empty(y.shape)
+    p[:, 0] = np.where(y[:, 0], _uniform(rng, 0.3, 0.4, 500), _uniform(rng, 0.0, 0.25, 500))
+    p[:, 1] = np.where(y[:, 1], _uniform(rng, 0.75, 0.9, 500), _uniform(rng, 0.5, 0.65, 500))
+    result = th.search(p, y)
+    assert result.name.startswith("per_class") and result.f2 == pytest.approx(1.0)
+    assert result.candidates["global"] < 1.0
+    t0, t1 = result.rule.thresholds
+    assert 0.25 < t0 <= 0.3 and 0.65 < t1 <= 0.75
+
+
+def test_per_class_result_is_coordinatewise_optimal():
+    rng = np.random.default_rng(2)
+    y = rng.random((300, 5)) < 0.25
+    p = np.clip(0.35 * y + rng.random(y.shape) * 0.65, 0, 1)
+    result = th.search(p, y, method="per_class", min_labels=(0,))
+    best = th.score(result.rule, p, y)
+    for j in range(5):
+        for t in th.GRID:
+            moved = result.rule.thresholds.copy()
+            moved[j] = t
+            assert th.score(th.Rule(moved), p, y) <= best + 1e-12
+
+
+@pytest.mark.parametrize("one_of", [(), ((4, 5, 6),)])
+@pytest.mark.parametrize("need", [0, 1, 2])
+def test_fast_global_curve_equals_brute_force(one_of, need):
+    rng = np.random.default_rng(3)
+    y = rng.random((200, 7)) < 0.2
+    p = np.clip(0.3 * y + rng.random(y.shape) * 0.7, 0, 1)
+    base = th.Rule.constant(7, one_of=one_of)
+    free = base.free_columns()
+    curve = th._global_curve(p[:, free], y[:, free], th._fixed_counts(p, y, base), th.GRID,
+                             max(0, need - len(one_of)))
+    brute = [th.score(th.Rule.constant(7, t, min_labels=need, one_of=one_of), p, y) for t in th.GRID]
+    np.testing.assert_allclose(curve, brute, atol=1e-12)
+
+
+def test_top_k_wins_when_scales_differ_per_row():
+    rng = np.random.default_rng(4)
+    n, c = 300, 8
+    y = np.zeros((n, c), dtype=bool)
+    for row in y:
+        row[rng.choice(c, 2, replace=False)] = True
+    scale = rng.uniform(0.05, 1.0, size=(n, 1))             # every row's probabilities on its own scale
+    p = scale * np.where(y, _uniform(rng, 0.8, 1.0, (n, c)), _uniform(rng, 0.0, 0.5, (n, c)))
+    result = th.search(p, y)
+    assert result.name == "top2" and result.f2 == pytest.approx(1.0)
+    assert result.candidates["per_class"] < 1.0
+
+
+def test_at_least_one_label_fallback():
+    y = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=bool)
+    p = np.array([[0.30, 0.1, 0.1], [0.1, 0.35, 0.2], [0.1, 0.1, 0.25], [0.9, 0.8, 0.1]])
+    rule = th.Rule.constant(3, 0.5, min_labels=1)
+    np.testing.assert_array_equal(rule.apply(p), y)
+    assert th.score(th.Rule.constant(3, 0.5), p, y) == pytest.approx(0.25)
+    result = th.search(p, y, method="global")
+    assert result.f2 == pytest.approx(1.0)
+
+
+def test_one_of_groups_take_exactly_the_most_probable_label():
+    p = np.array([[0.9, 0.2, 0.1, 0.3], [0.1, 0.6, 0.45, 0.55]])
+    rule = th.Rule.constant(4, 0.5, one_of=((1, 2, 3),))
+    np.testing.assert_array_equal(rule.apply(p), [[1, 0, 0, 1], [0, 1, 0, 0]])
+    assert (th.Rule.constant(4, 0.5, top_k=1, one_of=((1, 2, 3),)).apply(p)[:, 1:].sum(axis=1) == 1).all()
+
+
+def test_search_with_one_of_group():
+    rng = np.random.default_rng(5)
+    n = 400
+    digits = rng.random((n, 10)) < 0.3
+    digits[~digits.any(axis=1), 0] = True
+    count = np.zeros((n, 4), dtype=bool)
+    count[np.arange(n), np.minimum(digits.sum(axis=1), 4) - 1] = True
+    y = np.concatenate([digits, count], axis=1)
+    p = np.clip(0.45 * y + rng.random(y.shape) * 0.55, 0, 1)
+    result = th.search(p, y, one_of=((10, 11, 12, 13),))
+    assert result.rule.one_of == ((10, 11, 12, 13),)
+    assert (result.rule.apply(p)[:, 10:].sum(axis=1) == 1).all()
+    assert result.f2 >= max(result.candidates.values()) - 1e-12
+
+
+def test_auto_never_loses_to_its_candidates_and_json_round_trips():
+    rng = np.random.default_rng(6)
+    y = rng.random((200, 5)) < 0.3
+    p = np.clip(0.25 * y + rng.random(y.shape) * 0.75, 0, 1)
+    result = th.search(p, y)
+    assert result.f2 == max(result.candidates.values())
+    assert result.f2 == pytest.approx(fbeta_score(y, result.rule.apply(p)))
+    data = json.loads(json.dumps(result.to_dict()))
+    again = th.Rule.from_dict(data["rule"])
+    np.testing.assert_array_equal(again.apply(p), result.rule.apply(p))
+
+
+def test_method_limits_the_candidates():
+    rng = np.random.default_rng(7)
+    y = rng.random((100, 4)) < 0.3
+    p = rng.random(y.shape)
+    assert th.search(p, y, method="fixed").name == "fixed"
+    assert th.search(p, y, method="global").name.startswith("global")
+    assert th.search(p, y, method="top_k", top_k=(2,)).name == "top2"
+    with pytest.raises(ValueError, match="method"):
+        th.search(p, y, method="magic")
+    with pytest.raises(ValueError, match="shape"):
+        th.search(p, y[:, :3])
