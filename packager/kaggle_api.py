@@ -83,6 +83,33 @@ def _apply_env(env: dict[str, str | None]) -> None:
             os.environ[key] = str(value)
 
 
+def outside_env() -> dict[str, str]:
+    """os.environ as it was before the local backend's settings were applied (for traffic not meant for it)."""
+    env = dict(os.environ)
+    for key, old in _applied.items():
+        if old is None:
+            env.pop(key, None)
+        else:
+            env[key] = old
+    return env
+
+
+def outside_proxies(url: str) -> dict[str, str]:
+    """The proxies `url` would use without the local backend's HTTP_PROXY (which points at the local Kaggle):
+    for requests with trust_env off, e.g. the Telegram notification."""
+    from urllib.parse import urlparse
+
+    env = {k.lower(): v for k, v in outside_env().items() if k.lower().endswith("_proxy") and v}
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    for entry in (env.get("no_proxy") or "").split(","):
+        entry = entry.strip().lstrip(".")
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return {}
+    proxy = env.get(f"{parsed.scheme}_proxy") or env.get("all_proxy")
+    return {parsed.scheme: proxy} if proxy else {}
+
+
 def local_env(cfg) -> dict[str, str | None]:
     """The environment that points the unmodified client at the local Kaggle, starting it when it is down."""
     from packager.localkaggle.client_env import ensure_server

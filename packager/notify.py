@@ -29,12 +29,20 @@ def _telegram_settings(cfg) -> tuple[str, str] | None:
 
 def send_telegram(token: str, chat_id: str, text: str) -> bool:
     """True when Telegram accepted the message; False (after one warning) otherwise."""
+    from packager.kaggle_api import outside_proxies
+
     base = (os.environ.get("KPACK_TELEGRAM_API") or DEFAULT_API).rstrip("/")
+    url = f"{base}/bot{token}/sendMessage"
     try:
-        response = requests.post(f"{base}/bot{token}/sendMessage",
-                                 json={"chat_id": chat_id, "text": text[:MAX_TEXT],
-                                       "disable_web_page_preview": True},
-                                 timeout=TIMEOUT_S)
+        with requests.Session() as session:
+            # Not through the local Kaggle's proxy, which the local backend puts into this process's environment.
+            session.trust_env = False
+            session.proxies = outside_proxies(url)
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:
+                session.verify = bundle
+            response = session.post(url, json={"chat_id": chat_id, "text": text[:MAX_TEXT],
+                                               "disable_web_page_preview": True}, timeout=TIMEOUT_S)
         ok = response.status_code == 200
         if ok:
             try:

@@ -53,10 +53,14 @@ class Outcome:
     seconds: float
 
 
-def resolve(cfg, kernel: str) -> KernelRef:
-    """train|validate|infer (the latest session the ledger knows, else the configured slug) or owner/slug[/N]."""
+def resolve(cfg, kernel: str, version: int | None = None) -> KernelRef:
+    """train|validate|infer or owner/slug[/N]. A kind names the latest session of its chain that the ledger
+    knows (else the configured slug); a kind with an explicit version names that version of the configured
+    slug (version numbers belong to one slug, and a chain's sessions each have their own)."""
     if kernel in KERNEL_KINDS:
         kcfg = cfg.kernel(kernel)
+        if version is not None:
+            return KernelRef(cfg.kaggle_user, kcfg.slug, version, kernel)
         row = ledger.latest(kind=kernel, backend=cfg.backend, base_slug=kcfg.slug)
         if row and row.get("kernel"):
             owner, slug = row["kernel"].split("/", 1)
@@ -190,7 +194,7 @@ def show_status(cfg, kernel: str) -> str:
 def download_output(cfg, kernel: str, version: int | None = None) -> Path:
     """`kpack output KERNEL [-v N]`: downloads that version's output (default: the latest) to runs/<slug>/v<N>/."""
     api = kaggle_api.connect(cfg)
-    ref = resolve(cfg, kernel)
+    ref = resolve(cfg, kernel, version)
     if version is not None:
         ref.version = version
     return download(api, ref)

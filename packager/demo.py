@@ -1,0 +1,83 @@
+"""`make demo`: the whole flow on the embedded local Kaggle, with the repository's own kpack.yaml.
+
+1. start the local Kaggle (or use the one already serving kpack.yaml's local.root on local.port);
+2. create the demo competition there when it is missing (packager.democomp: multi-label digits, scored by
+   the local scorer);
+3. `kpack push train`: build the kernel and the datasets, upload what changed, run it, follow its sessions,
+   download the output to runs/, record the ledger;
+4. when an infer kernel is configured and its entry exists: `kpack push infer`, then `kpack submit` and
+   print the leaderboard score;
+5. print the ledger rows of this demo.
+
+The backend is always the local one here, whatever kpack.yaml says.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from packager import kaggle_api, ledger
+from packager.config import load_config
+
+DEMO_DATA = Path("build") / "demo-competition"
+
+
+def ensure_competition(cfg) -> bool:
+    """Create the demo competition on the local Kaggle when it is missing; True when it was created."""
+    from packager.democomp import generate
+    from packager.localkaggle.store import Store
+
+    store = Store(Path(cfg.local.root).resolve())
+    if store.competition(cfg.competition):
+        print(f"competition {cfg.competition}: already on the local Kaggle")
+        return False
+    made = generate(DEMO_DATA)
+    store.create_competition(cfg.competition, made.data_dir, made.solution_csv, code=True,
+                             title=f"{cfg.competition.replace('-', ' ').title()} (kpack demo)")
+    print(f"competition {cfg.competition}: created on the local Kaggle from {made.data_dir}")
+    return True
+
+
+def _show_output(path: Path | None) -> None:
+    if path is None:
+        return
+    print(f"output of the last session ({path}):")
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        print(f"  {file.relative_to(path)}  ({file.stat().st_size} bytes)")
+    for name in ("state.json", "metrics.json"):
+        hits = sorted(path.rglob(name), key=lambda p: len(p.parts))
+        if hits:
+            text = hits[0].read_text()
+            print(f"  {name}: {text.strip()[:600]}")
+
+
+def run_demo(config_path: str | None = None) -> None:
+    from packager.push import push_kernel
+
+    cfg = load_config(config_path)
+    if cfg.backend != "local":
+        print(f"demo: kpack.yaml says backend: {cfg.backend}; the demo runs on the local Kaggle")
+        cfg = cfg.model_copy(update={"backend": "local"})
+    kaggle_api.connect(cfg)  # starts the local Kaggle when it is not running
+    print(f"local Kaggle: http://127.0.0.1:{cfg.local.port} (state in {Path(cfg.local.root).resolve()})")
+    ensure_competition(cfg)
+    start = len(ledger.read())
+
+    train = push_kernel(cfg, "train", wait=True)
+    _show_output(train.output)
+
+    infer = cfg.kernels.get("infer")
+    if infer is not None and Path(infer.entry).is_file():
+        from packager.submit import submit
+
+        push_kernel(cfg, "infer", wait=True)
+        submit(cfg, "kpack demo")
+    elif infer is not None:
+        print(f"demo: {infer.entry} does not exist yet; skipping push-infer and submit")
+
+    rows = ledger.read()[start:]
+    print(f"ledger ({ledger.ledger_path()}), this demo's rows:")
+    for row in rows:
+        shown = {k: row.get(k) for k in ("kernel", "version", "session", "status", "seconds", "cv_score",
+                                         "lb_score")}
+        print("  " + json.dumps(shown))
