@@ -1,0 +1,495 @@
+"""The training loop: one run of `kit` settings, resumable at any optimizer step, across any number of sessions.
+
+    result = run(kit, config, working=Path(...), clock=SessionClock(...))
+
+Reading order: Dist (one process or a torchrun rank) -> Run.__init__ (data, model, optimizer, resume) ->
+Run.train (the loop) -> Run.validate / Run.save / Run.finish (outputs). Exactness rests on three things:
+the lr is a function of the step (schedules.py), the data order and augmentation are functions of
+(seed, epoch, index) (data.py), and a checkpoint holds everything else that changes: weights, optimizer,
+scaler, EMA, RNG states, the position in the epoch.
+
+Files written into `working` (rank 0):
+    checkpoint.pt, checkpoint-prev.pt   the resumable state (checkpoint.py)
+    state.json     {"done", "step", "total_steps", "epoch", "epochs", "best_metric", "session": {...}}
+    metrics.json   per-epoch validation history and the best epoch
+    oof.npy        validation-fold probabilities (rows: oof.csv order, columns: classes.json ids)
+    oof.csv        id,attribute_ids (the true labels) of the validation fold, in oof.npy row order
+    classes.json   {"ids", "names", "groups"}: the label space
+    best.pt        weights of the best validation epoch (EMA weights when EMA is on); model.pt: final ones
+    kit.json       the resolved kit settings
+Files from earlier sessions that this one did not rewrite are carried over from the resumed checkpoint's
+folder, so the last session's output is always complete.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kernel_src import augment, checkpoint, data, folds, losses, models, schedules, settings
+from kernel_src.metrics import fbeta_score
+from kernel_src.settings import KitSettings
+from kernel_src.thresholds import best_global
+
+CARRIED = ("oof.npy", "oof.csv", "metrics.json", "best.pt", "classes.json")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls) -> "Dist":
+        """One process, or a torchrun rank (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        device = models.device_for(local)
+        if world > 1 and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(rank, world, local, device)
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over the ranks (a stop that one rank's clock decides stops them all)."""
+        if self.world == 1:
+            return list(flags)
+        t = torch.tensor([float(f) for f in flags], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v > 0) for v in t.tolist()]
+
+    def gather(self, obj: Any) -> list:
+        if self.world == 1:
+            return [obj]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+
+class Ema:
+    """Exponential moving average of a model's floating-point state; integer buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.warmup = decay, warmup
+        # state_dict tensors share storage with the modules (load_state_dict copies in place): pair them once
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self.floats = ([e for e, _ in pairs if e.dtype.is_floating_point],
+                       [v for e, v in pairs if e.dtype.is_floating_point])
+        self.others = [(e, v) for e, v in pairs if not e.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+        torch._foreach_lerp_(self.floats[0], self.floats[1], 1.0 - d)
+        for e, v in self.others:
+            e.copy_(v)
+
+
+# ------------------------------------------------------------------------------------------ RNG state
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+
+
+# -------------------------------------------------------------------------------------------- the run
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm weights (1-d tensors), as timm's optimizer factory does."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(kit: KitSettings, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    groups = _param_groups(model, kit.optim.weight_decay)
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if kit.optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=kit.optim.lr, momentum=kit.optim.momentum,
+                               nesterov=kit.optim.nesterov, **fast)
+    return torch.optim.AdamW(groups, lr=kit.optim.lr, betas=tuple(kit.optim.betas), **fast)
+
+
+class Run:
+    def __init__(self, kit: KitSettings, config: Optional[dict], working: Path, clock,
+                 log: Callable[[str], None] = print, search: Optional[list[Path]] = None):
+        self.kit, self.working, self.clock, self.log = kit, Path(working), clock, log
+        self.dist = dd = Dist.setup()
+        self.hash = settings.training_hash(kit)
+        set_deterministic(kit.deterministic)
+        torch.manual_seed(kit.seed)  # the same initial weights on every rank
+        np.random.seed(kit.seed % 2**32)
+        random.seed(kit.seed)
+        if dd.main:
+            self.working.mkdir(parents=True, exist_ok=True)
+            checkpoint.clean_temp(self.working)
+
+        # data: the table, this fold's split, datasets and their batch samplers
+        d = kit.data
+        root = data.data_root(kit, config)
+        table = data.read_train(d, root)
+        self.labels = table.labels
+        fold_of = folds.assign(table.targets, d.folds, kit.seed)
+        train_idx, self.valid_idx = folds.split(fold_of, d.fold)
+        self.valid_ids = [table.ids[i] for i in self.valid_idx]
+        self.valid_targets = table.targets[self.valid_idx]
+        cache = data.ImageCache(table.paths, d.image_size, d.channels) if d.cache else None
+
+        def subset(idx: np.ndarray, pipeline: str) -> data.ImageDataset:
+            cached = _Subset(cache, idx) if cache is not None else None
+            return data.ImageDataset([table.paths[i] for i in idx], table.targets[idx],
+                                     augment.build(pipeline, d.image_size), seed=kit.seed, channels=d.channels,
+                                     cache=cached)
+
+        pin = dd.device.type == "cuda"
+        self.train_sampler = data.EpochBatchSampler(len(train_idx), kit.optim.batch_size, kit.seed,
+                                                    shuffle=True, drop_last=True, rank=dd.rank, world=dd.world)
+        self.train_loader = data.make_loader(subset(train_idx, kit.augment.train), self.train_sampler,
+                                             d.num_workers, pin)
+        self.valid_sampler = data.EpochBatchSampler(len(self.valid_idx), kit.optim.batch_size * 2, kit.seed,
+                                                    shuffle=False, drop_last=False, rank=dd.rank, world=dd.world)
+        self.valid_loader = data.make_loader(subset(self.valid_idx, kit.augment.valid), self.valid_sampler,
+                                             d.num_workers, pin, persistent=False)
+        self.batches_per_epoch = len(self.train_sampler)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / kit.optim.accum_steps)
+        self.total_steps = self.steps_per_epoch * kit.epochs
+
+        # model, optimizer, scaler, EMA
+        self.model = models.build_model(kit.model, len(self.labels), d.channels).to(dd.device)
+        self.ema = Ema(self.model, kit.ema.decay, kit.ema.warmup) if kit.ema.enabled else None
+        self.amp = kit.amp != "off" and dd.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.optimizer = build_optimizer(kit, self.model, dd.device)
+        self.net = self.model
+        if dd.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
+        self.loss_fns = [losses.build(stage.loss) for stage in kit.stages]
+        weights_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self.ckpt_bytes = weights_bytes * (4 if self.ema else 3)  # weights, 2 optimizer moments, EMA
+
+        # position: epoch, batches done in it, optimizer steps done; validation record
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.validated = -1          # the last epoch whose validation is done
+        self.best = -math.inf
+        self.best_epoch = -1
+        self.history: list[dict] = []
+        self.written: set[str] = set()
+        self.resumed_from: Optional[Path] = None
+        torch.manual_seed(kit.seed + 1 + dd.rank)  # dropout & co: a stream of its own per rank
+        self._resume(search or [])
+
+    # ---- checkpoints
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step, "validated": self.validated},
+            "best": {"metric": self.best, "epoch": self.best_epoch},
+            "history": self.history,
+            "rng": self.dist.gather(rng_state()),
+            "world": self.dist.world,
+            "kit": settings.to_dict(self.kit),
+        }
+
+    def save(self) -> None:
+        state = self.state()  # every rank takes part in gathering the RNG states
+        if self.dist.main:
+            meta = {"step": self.step, "epoch": self.epoch, "batch": self.batch, "training_hash": self.hash,
+                    "written": time.time(), "world": self.dist.world}
+            seconds = checkpoint.save(self.working / checkpoint.NAME, state, meta,
+                                      keep_previous=self.kit.session.keep_previous)
+            self.clock.record_save(seconds)
+            self.saved_at = (self.step, time.monotonic())
+        self.dist.barrier()
+
+    def _resume(self, search: list[Path]) -> None:
+        from kernel_src.runtime import inputs
+        paths = checkpoint.candidates([self.working] + search,
+                                      inputs.find_files(checkpoint.NAME) + inputs.find_files(checkpoint.PREVIOUS))
+        found = checkpoint.latest(paths, self.hash, log=self.log if self.dist.main else lambda s: None)
+        self.saved_at = (0, time.monotonic())
+        if found is None:
+            return
+        s = found.state
+        if s["world"] != self.dist.world:
+            raise checkpoint.CheckpointError(
+                f"{found.path} was trained with {s['world']} processes, this run has {self.dist.world}; "
+                "the data order depends on it, so resume with the same number")
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scaler.load_state_dict(s["scaler"])
+        if self.ema:
+            self.ema.module.load_state_dict(s["ema"])
+        pos = s["position"]
+        self.epoch, self.batch, self.step, self.validated = pos["epoch"], pos["batch"], pos["step"], pos["validated"]
+        self.best, self.best_epoch = s["best"]["metric"], s["best"]["epoch"]
+        self.history = s["history"]
+        set_rng_state(s["rng"][self.dist.rank])
+        self.resumed_from = found.path
+        self.saved_at = (self.step, time.monotonic())
+        self.log(f"[kpack] resumed from {found.path}: epoch {self.epoch} batch {self.batch} step {self.step}")
+
+    # ---- the loop
+
+    def _lr(self) -> float:
+        _, stage = self.kit.stage_at(self.epoch)
+        return schedules.lr_at(self.step, self.total_steps, self.kit.schedule, self.kit.optim.lr) * stage.lr_scale
+
+    def _checkpoint_due(self) -> bool:
+        s = self.kit.session
+        step0, t0 = self.saved_at
+        by_steps = s.checkpoint_every_steps > 0 and self.step - step0 >= s.checkpoint_every_steps
+        return by_steps or time.monotonic() - t0 >= s.checkpoint_every_minutes * 60
+
+    def train_epoch_part(self) -> bool:
+        """Train from the current batch to the end of the epoch; False when the clock stopped it first."""
+        kit, dev = self.kit, self.dist.device
+        accum = kit.optim.accum_steps
+        stage_index, _ = kit.stage_at(self.epoch)
+        loss_fn = self.loss_fns[stage_index]
+        self.net.train()
+        self.train_sampler.set_epoch(self.epoch, self.batch)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        t_step = time.monotonic()
+        seen = 0
+        for images, targets, _ in self.train_loader:
+            if self.batch % accum == 0:
+                lr = self._lr()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+            images = images.to(dev, non_blocking=True)
+            targets = targets.to(dev, non_blocking=True)
+            last_micro = (self.batch + 1) % accum == 0 or self.batch + 1 == self.batches_per_epoch
+            sync = nullcontext() if last_micro or self.dist.world == 1 else self.net.no_sync()
+            with sync:
+                with autocast:
+                    loss = loss_fn(self.net(images), targets)
+                self.scaler.scale(loss / accum).backward()
+            self.batch += 1
+            seen += len(images)
+            if not last_micro:
+                continue
+            if kit.optim.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), kit.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.ema:
+                self.ema.update(self.step)
+            now = time.monotonic()
+            self.clock.record_step(now - t_step)
+            if self.dist.main and self.step % kit.log_every_steps == 0:
+                self.log(f"[kpack] epoch {self.epoch + 1}/{kit.epochs} step {self.step}/{self.total_steps} "
+                         f"loss {loss.item():.4f} lr {lr:.2e} {seen * self.dist.world / max(1e-9, now - t_step):.0f} img/s")
+            if self.batch < self.batches_per_epoch:
+                stop, due = self.dist.any(self.clock.should_stop(self.ckpt_bytes), self._checkpoint_due())
+                if stop:
+                    return False
+                if due:
+                    self.save()
+            seen = 0
+            t_step = time.monotonic()
+        return True
+
+    @torch.no_grad()
+    def predict_valid(self) -> np.ndarray:
+        """Logits of the validation fold, in valid_idx order (every rank gets them)."""
+        net = self.ema.module if self.ema else self.model
+        net.eval()
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        self.valid_sampler.set_epoch(0)
+        index, outs = [], []
+        for images, _, idx in self.valid_loader:
+            with autocast:
+                logits = net(images.to(self.dist.device, non_blocking=True))
+            outs.append(logits.float().cpu().numpy())
+            index.append(idx.numpy())
+        parts = self.dist.gather((np.concatenate(index) if index else np.zeros(0, np.int64),
+                                  np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)))
+        out = np.zeros((len(self.valid_idx), len(self.labels)), dtype=np.float32)
+        for idx, p in parts:
+            out[idx] = p
+        return out
+
+    def validate(self) -> None:
+        started = time.monotonic()
+        logits = torch.from_numpy(self.predict_valid())
+        y = self.valid_targets
+        stage_index, _ = self.kit.stage_at(self.epoch)
+        loss = float(self.loss_fns[stage_index](logits, torch.from_numpy(y.astype(np.float32))))
+        probs = torch.sigmoid(logits).numpy()
+        f2_half = fbeta_score(y, probs >= 0.5)
+        threshold, f2_best = best_global(probs, y)
+        record = {"epoch": self.epoch + 1, "step": self.step, "loss": loss, "f2@0.5": f2_half,
+                  "f2": f2_best, "threshold": threshold}
+        self.history.append(record)
+        self.validated = self.epoch
+        self.clock.record_validate(time.monotonic() - started)
+        self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} F2@0.5 {f2_half:.4f} "
+                 f"F2 {f2_best:.4f} (threshold {threshold:.2f})")
+        if self.dist.main:
+            if f2_best > self.best:
+                self.best, self.best_epoch = f2_best, self.epoch + 1
+                self._write_model("best.pt")
+                atomic_save_npy(self.working / "oof.npy", probs)
+                rows = "".join(f"{i},{' '.join(self.labels.decode(t))}\n" for i, t in zip(self.valid_ids, y))
+                atomic_write_text(self.working / "oof.csv", "id,attribute_ids\n" + rows)
+                self.written |= {"best.pt", "oof.npy", "oof.csv"}
+            self._write_metrics()
+
+    def _write_model(self, name: str) -> None:
+        weights = (self.ema.module if self.ema else self.model).backbone.state_dict()
+        checkpoint.save_model(self.working / name, weights, {
+            "kit": settings.to_dict(self.kit), "labels": self.labels.to_json(), "epoch": self.epoch + 1,
+            "step": self.step, "metric": self.history[-1] if self.history else None})
+        self.written.add(name)
+
+    def _write_metrics(self) -> None:
+        best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        atomic_write_text(self.working / "metrics.json", json.dumps(
+            {"best": best, "last": self.history[-1] if self.history else None, "history": self.history},
+            indent=1))
+        self.written.add("metrics.json")
+
+    def train(self) -> dict:
+        """Train until done or until the clock says stop; always leaves a checkpoint and state.json."""
+        kit, stopped = self.kit, None
+        self.loop_started = self.clock.elapsed()
+        if self.dist.main:
+            atomic_write_text(self.working / "kit.json", json.dumps(settings.to_dict(kit), indent=1))
+            atomic_write_text(self.working / "classes.json", json.dumps(self.labels.to_json()))
+            self.written |= {"kit.json", "classes.json"}
+        while self.epoch < kit.epochs and stopped is None:
+            if self.batch < self.batches_per_epoch and not self.train_epoch_part():
+                stopped = "clock"
+                break
+            if self.validated < self.epoch and len(self.valid_idx):
+                if self.dist.any(not self.clock.can_validate(self.ckpt_bytes))[0]:
+                    stopped = "clock"
+                    break
+                self.validate()
+            self.epoch, self.batch = self.epoch + 1, 0
+            if self.epoch < kit.epochs:
+                stop, due = self.dist.any(self.clock.should_stop(self.ckpt_bytes), self._checkpoint_due())
+                if stop:
+                    stopped = "clock"
+                elif due:
+                    self.save()
+        self.save()
+        return self.finish(stopped or "done")
+
+    def finish(self, stopped: str) -> dict:
+        done = stopped == "done"
+        clock = self.clock
+        summary = {
+            "done": done, "stopped_by": stopped, "step": self.step, "total_steps": self.total_steps,
+            "epoch": self.epoch, "epochs": self.kit.epochs, "batch": self.batch,
+            "best_metric": self.best if self.best > -math.inf else None, "best_epoch": self.best_epoch,
+            "training_hash": self.hash, "world": self.dist.world,
+            "session": {"budget_s": clock.budget, "elapsed_s": clock.elapsed(), "loop_started_s": self.loop_started,
+                        "train_step_s": clock.step_total, "steps": clock.steps,
+                        "resumed_from": str(self.resumed_from) if self.resumed_from else None},
+        }
+        if self.dist.main:
+            if done:
+                self._write_model("model.pt")
+            self._carry_over()
+            atomic_write_text(self.working / "state.json", json.dumps(summary, indent=1))
+        self.dist.barrier()
+        self.log(f"[kpack] {'training done' if done else 'stopped before the session limit'}: step {self.step}/"
+                 f"{self.total_steps}, epoch {self.epoch}/{self.kit.epochs}, best F2 {summary['best_metric']}")
+        return summary
+
+    def _carry_over(self) -> None:
+        """Copy what earlier sessions wrote and this one did not, from the resumed checkpoint's folder."""
+        if self.resumed_from is None:
+            return
+        source = self.resumed_from.parent
+        if source.resolve() == self.working.resolve():
+            return
+        for name in CARRIED:
+            if name not in self.written and (source / name).is_file():
+                shutil.copyfile(source / name, self.working / name)
+
+
+class _Subset:
+    """The rows `idx` of an ImageCache, indexed 0..len(idx)-1."""
+
+    def __init__(self, cache: data.ImageCache, idx: np.ndarray):
+        self.cache, self.idx = cache, idx
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.cache[int(self.idx[i])]
+
+
+def run(kit: KitSettings, config: Optional[dict], working: Path, clock, log: Callable[[str], None] = print,
+        search: Optional[list[Path]] = None) -> dict:
+    """Train (or go on training) and return the state summary (also written to working/state.json)."""
+    return Run(kit, config, working, clock, log, search).train()

@@ -1,0 +1,78 @@
+"""Multi-label losses on logits (N, C) and 0/1 targets (N, C); each returns a scalar mean.
+
+  bce         binary cross-entropy
+  focal       BCE * (1 - p_t)^gamma, optionally alpha-balanced (Lin et al. 2017)
+  soft_fbeta  1 - per-sample soft F-beta on sigmoid probabilities (beta 2: iMet's metric), averaged
+  forgiving   BCE(x, y) + w * BCE(x * y, y): positives count 1 + w times, negatives once (iMet 2019)
+
+`build(terms)` makes the weighted sum a stage of the config asks for.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernel_src.settings import LossTerm
+
+
+def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float = -1.0) -> torch.Tensor:
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = torch.exp(-ce)  # the probability given to the true value
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss.mean()
+
+
+def soft_fbeta(logits: torch.Tensor, targets: torch.Tensor, beta: float = 2.0, eps: float = 1e-7) -> torch.Tensor:
+    """1 - mean over samples of (1+b^2) tp / ((1+b^2) tp + b^2 fn + fp), with tp/fp/fn from probabilities."""
+    p = torch.sigmoid(logits.float())
+    y = targets.float()
+    tp = (p * y).sum(1)
+    fp = (p * (1 - y)).sum(1)
+    fn = ((1 - p) * y).sum(1)
+    b2 = beta * beta
+    score = (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp + eps)
+    return 1 - score.mean()
+
+
+def forgiving(logits: torch.Tensor, targets: torch.Tensor, w: float = 1.0) -> torch.Tensor:
+    return bce(logits, targets) + w * bce(logits * targets, targets)
+
+
+class WeightedSum(nn.Module):
+    """sum_i weight_i * loss_i(logits, targets); float32 whatever the autocast dtype of the logits."""
+
+    def __init__(self, terms: list[LossTerm]):
+        super().__init__()
+        self.terms = list(terms)
+
+    def _one(self, term: LossTerm, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if term.name == "bce":
+            return bce(logits, targets)
+        if term.name == "focal":
+            return focal(logits, targets, term.gamma, term.alpha)
+        if term.name == "soft_fbeta":
+            return soft_fbeta(logits, targets, term.beta)
+        if term.name == "forgiving":
+            return forgiving(logits, targets, term.w)
+        raise ValueError(f"unknown loss {term.name!r}")
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = logits.float(), targets.float()
+        total = logits.new_zeros(())
+        for term in self.terms:
+            total = total + term.weight * self._one(term, logits, targets)
+        return total
+
+    def extra_repr(self) -> str:
+        return " + ".join(f"{t.weight:g}*{t.name}" for t in self.terms)
+
+
+def build(terms: list[LossTerm]) -> WeightedSum:
+    return WeightedSum(terms)
