@@ -407,3 +407,84 @@ def test_kaggle_target_ships_cp312_wheels_and_site(wheel_cache, tmp_path):
     # and a 3.11 kernel is refused up front
     wrong = run_local_kernel(kaggle, "")
     assert wrong.returncode == 1 and "built for Python 3.12 (kaggle)" in wrong.stderr
+
+
+# --------------------------------------------------------------------------------------------- image probe
+
+from packager import imageprobe  # noqa: E402
+
+
+def test_probe_script_records_this_interpreter(tmp_path):
+    script = tmp_path / imageprobe.CODE_FILE
+    script.write_text(imageprobe.PROBE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "KPACK_KAGGLE_ROOT": str(tmp_path / "kaggle")})
+    assert done.returncode == 0, done.stderr
+    packages, meta = imageprobe.parse_probe((tmp_path / "kaggle" / "working" / imageprobe.PROBE_FILE).read_text())
+    assert meta["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert meta["machine"] and meta["implementation"] == "cpython"
+    from importlib.metadata import version
+
+    assert packages["numpy"] == version("numpy") and packages["pyyaml"] == version("PyYAML")
+
+
+@pytest.mark.parametrize("text, expected", [("numpy==2.0\n", "not a kpack image probe output"),
+                                            ("# kpack image probe\nnumpy==2.0\n", "not a kpack image probe"),
+                                            ("# kpack image probe\n# python: 3.12.1\n", "found no packages")])
+def test_probe_output_is_checked(text, expected):
+    with pytest.raises(UserError, match=expected):
+        imageprobe.parse_probe(text)
+
+
+def test_refresh_rewrites_the_kaggle_snapshot_and_the_target_follows(tmp_path):
+    root = project(tmp_path, "", snapshot="# GUESS\n# source: guess\n# python: 3.12.12\nnumpy==2.0.2\ntimm==1.0.20\n")
+    probe_text = ("# kpack image probe\n# python: 3.13.2\n# implementation: cpython\n# platform: Linux-x86_64\n"
+                  "# machine: x86_64\n# glibc: 2.35\nnumpy==2.1.3\nNumPy==9\ntorch==2.9.0+cu126\nPyYAML==6.0.3\n")
+    summary = imageprobe.refresh_snapshot(make_cfg("kaggle"), probe_text, "alice/kpack-image-probe/4", root,
+                                          when="2026-11-23T17:00:00Z")
+    assert "\n" not in summary
+    assert "3 packages, Python 3.13.2 (from alice/kpack-image-probe/4)" in summary
+    assert "2 added, 1 removed, 1 changed (numpy 2.0.2 -> 2.1.3)" in summary
+    text = (root / wheels.KAGGLE_SNAPSHOT).read_text()
+    assert "GUESS" not in text and "# source: probe" in text and "# probed: 2026-11-23T17:00:00Z" in text
+    packages, meta = wheels.parse_snapshot(text)
+    assert packages == {"numpy": "2.1.3", "pyyaml": "6.0.3", "torch": "2.9.0+cu126"}
+    assert meta["glibc"] == "2.35"
+    assert wheels.target_for(make_cfg("kaggle"), root).abi == "cp313"
+    # the local backend writes its own file and leaves the Kaggle one alone
+    imageprobe.refresh_snapshot(make_cfg("local"), probe_text, "alice/kpack-image-probe/5", root)
+    assert (root / wheels.LOCAL_SNAPSHOT).is_file() and (root / wheels.KAGGLE_SNAPSHOT).read_text() == text
+
+
+def test_probe_kernel_metadata_is_what_the_client_accepts(tmp_path):
+    folder = imageprobe.write_probe_kernel(make_cfg("kaggle"), tmp_path / "probe")
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    assert meta["id"] == f"{OWNER}/{imageprobe.PROBE_SLUG}" and meta["enable_internet"] is False
+    assert meta["machine_shape"] == "NvidiaTeslaT4"  # the train kernel's image, not the CPU one
+    from slugify import slugify
+
+    assert slugify(meta["title"]) == imageprobe.PROBE_SLUG
+    assert (folder / meta["code_file"]).read_text() == imageprobe.PROBE_SCRIPT
+
+
+@pytest.mark.slow
+def test_probe_image_on_the_local_kaggle(local_kaggle, tmp_path):
+    """`kpack probe-image` end to end: push, run in a local kernel, download, refresh the local snapshot."""
+    (tmp_path / "kpack.yaml").write_text(
+        f"competition: digits-multilabel\nkaggle_user: alice\nbackend: local\n"
+        f"local: {{port: {local_kaggle.port}, root: {local_kaggle.root}}}\n"
+        "kernels:\n  train: {entry: kernel_src/train.py, accelerator: 'None'}\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k.lower() not in
+           ("http_proxy", "https_proxy", "no_proxy", "all_proxy")}
+    env.update(HOME=str(home), TMPDIR=str(tmp_path), KPACK_POLL_MIN_S="0.2", KPACK_POLL_MAX_S="1")
+    done = subprocess.run([str(Path(sys.executable).parent / "kpack"), "probe-image"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+    assert "datasets_meta/local-image-packages.txt:" in done.stdout
+    packages, meta = wheels.parse_snapshot((tmp_path / wheels.LOCAL_SNAPSHOT).read_text())
+    assert meta["source"] == "probe" and meta["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}")
+    _, image = local_image()
+    assert packages["torch"] == image["torch"] and packages["numpy"] == image["numpy"]
+    assert "timm" not in packages and "albumentations" not in packages  # the local image lacks them
