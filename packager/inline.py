@@ -1,0 +1,626 @@
+"""Pack Python packages, their data files and a config into ONE self-contained kernel script.
+
+The script carries every packed file under its original path (`kernel_src/losses.py`) and a small
+meta-path importer that serves them from memory: modules, package data through `importlib.resources`
+and `loader.get_data`, and `importlib.metadata` for packed `*.dist-info` folders. Nothing is extracted to
+disk. Each module is compiled with its original path as the filename and its text is registered with
+`linecache`, so a traceback inside the kernel names `kernel_src/losses.py`, the line and its text.
+
+A file is written as a raw string literal when its exact text survives that (and the trip through the
+kaggle client, which reads the script in text mode and so turns `\\r` into `\\n`), else as base64.
+Every literal is checked by parsing it back, and the finished script is parsed once more and compared
+file by file with the inputs before anyone may write it.
+"""
+from __future__ import annotations
+
+import ast
+import base64
+import functools
+import hashlib
+import json
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from packager.errors import UserError
+
+# Files a package folder may hold that are never packed (build litter, type stubs, editor files).
+SKIP_DIRS = ("__pycache__",)
+SKIP_SUFFIXES = (".pyc", ".pyo", ".pyi")
+# A compiled extension cannot be imported from memory: it has to come from the wheels dataset.
+NATIVE_SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
+# Files of a `*.dist-info` folder that importlib.metadata reads (version, entry points, top level names).
+DIST_INFO_FILES = ("METADATA", "entry_points.txt", "top_level.txt")
+# Unicode categories that never go into a raw literal: control, surrogate, private use, unassigned,
+# line and paragraph separators (editors and str.splitlines treat them as line breaks).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n"
+_B64_LINE = 76
+RULE = "# " + "=" * 98
+THIN_RULE = "# " + "-" * 98
+
+
+@dataclass(frozen=True)
+class PackedFile:
+    path: str  # original path, POSIX, relative: kernel_src/losses.py, vendor/attr/_make.py
+    data: bytes
+
+    @property
+    def is_module(self) -> bool:
+        return self.path.endswith(".py")
+
+
+@dataclass(frozen=True)
+class PackedRoot:
+    """A top-level import name and where its files sit in the packed tree (a folder or one .py file)."""
+
+    name: str
+    path: str
+
+
+@dataclass
+class Bundle:
+    """Everything one script carries, in a fixed order."""
+
+    roots: list[PackedRoot]
+    files: list[PackedFile]
+    dists: list[str]  # packed *.dist-info folders
+
+    def module_name(self, file: PackedFile) -> str | None:
+        """The import name a packed .py file is served under (None for data files)."""
+        if not file.is_module:
+            return None
+        for root in self.roots:
+            if file.path == root.path:
+                return root.name
+            if file.path.startswith(root.path + "/"):
+                rel = PurePosixPath(file.path[len(root.path) + 1:]).with_suffix("")
+                parts = [root.name, *rel.parts]
+                if parts[-1] == "__init__":
+                    parts.pop()
+                return ".".join(parts)
+        return None
+
+
+def _label(path: Path, root: Path, name: str) -> str:
+    """The path a packed file is known by: relative to the project root, else under its import name."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return name
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every packable file under `folder`, sorted by relative path (the same order on every machine)."""
+    found = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(part in SKIP_DIRS or part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_file() and not path.name.endswith(SKIP_SUFFIXES):
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _is_native(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(NATIVE_SUFFIXES) or ".so." in name
+
+
+def _dist_info_for(folder: Path) -> Path | None:
+    """The `*.dist-info` beside an unpacked wheel's package folder that owns it, if any."""
+    for dist in sorted(folder.parent.glob("*.dist-info")):
+        record = dist / "RECORD"
+        top = dist / "top_level.txt"
+        names = set()
+        if top.is_file():
+            names |= set(top.read_text(errors="replace").split())
+        if record.is_file():
+            names |= {line.split("/", 1)[0] for line in record.read_text(errors="replace").splitlines() if "/" in line}
+        if folder.name in names:
+            return dist
+    return None
+
+
+def collect(root: Path, sources: list[tuple[str, Path]]) -> Bundle:
+    """Read the packages to pack. `sources`: (what the config calls it, folder or .py file) pairs.
+
+    Refuses, with one line each, what cannot work in a kernel: a missing folder, a name that cannot be
+    imported, two packages with one name, a compiled extension.
+    """
+    roots: list[PackedRoot] = []
+    files: dict[str, PackedFile] = {}
+    dists: list[str] = []
+    for what, src in sources:
+        if not src.exists():
+            raise UserError(f"{what}: no such package folder; check the path (relative to the project root)")
+        if src.is_file() and src.suffix != ".py":
+            raise UserError(f"{what}: neither a package folder nor a .py module")
+        name = src.stem if src.is_file() else src.name
+        if not name.isidentifier():
+            raise UserError(f"{what}: '{name}' is not an importable package name")
+        if any(r.name == name for r in roots):
+            raise UserError(f"{what}: a second package called '{name}'; each packed package needs its own name")
+        label = _label(src, root, name if src.is_dir() else f"{name}.py")
+        roots.append(PackedRoot(name, label))
+        paths = [src] if src.is_file() else _walk(src)
+        if src.is_dir() and not any(p.suffix == ".py" for p in paths):
+            raise UserError(f"{what}: no Python modules in this folder; is it the package folder?")
+        for path in paths:
+            rel = label if src.is_file() else f"{label}/{path.relative_to(src).as_posix()}"
+            if _is_native(path):
+                raise UserError(
+                    f"{rel}: a compiled extension cannot be packed into a kernel script; "
+                    "ship its package as a wheel in the wheels dataset (datasets.wheels) instead")
+            files[rel] = PackedFile(rel, path.read_bytes())
+        dist = _dist_info_for(src) if src.is_dir() else None
+        if dist is not None:
+            dist_label = _label(dist, root, dist.name)
+            if dist_label not in dists:
+                dists.append(dist_label)
+                for fname in DIST_INFO_FILES:
+                    if (dist / fname).is_file():
+                        rel = f"{dist_label}/{fname}"
+                        files[rel] = PackedFile(rel, (dist / fname).read_bytes())
+    return Bundle(roots, [files[k] for k in sorted(files)], dists)
+
+
+def check_compiles(bundle: Bundle) -> None:
+    """Compile every packed module as the kernel will, naming the original file and line on failure."""
+    for file in bundle.files:
+        if not file.is_module:
+            continue
+        try:
+            compile(file.data, file.path, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            where = f"{file.path}:{exc.lineno}" if exc.lineno else file.path
+            raise UserError(f"{where}: syntax error: {exc.msg}; fix it before building") from None
+        except ValueError as exc:  # NUL bytes on Python < 3.12
+            raise UserError(f"{file.path}: cannot be compiled: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Literals: raw text where it stays exact, base64 otherwise
+
+
+def text_obstacle(data: bytes) -> str | None:
+    """Why `data` cannot travel as a raw text literal, or None when it can."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    if data.isascii() and not data.translate(None, _PRINTABLE_ASCII):
+        return None  # the common case, decided without a loop in Python
+    seen = set()
+    for ch in text:
+        if ch in seen or ch in "\t\n":
+            continue
+        seen.add(ch)
+        if ch == "\r":
+            return "carriage returns"
+        if ch == "\x00":
+            return "NUL bytes"
+        if ch == "\ufeff":
+            return "a byte-order mark"
+        if unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            return f"the control character U+{ord(ch):04X}"
+    return None
+
+
+def raw_literal(text: str) -> str | None:
+    """A raw triple-quoted literal whose value is '\\n' + text (so the text starts on its own line),
+    or None when no such literal reproduces the text exactly."""
+    for quote in ("'''", '"""'):
+        literal = f"r{quote}\n{text}{quote}"
+        try:
+            if ast.literal_eval(literal) == "\n" + text:
+                return literal
+        except (SyntaxError, ValueError):
+            pass
+    return _pieces_literal(text)
+
+
+def _pieces_literal(text: str) -> str | None:
+    """Raw literals implicitly concatenated around what a single raw literal cannot hold: each occurrence
+    of the delimiter, and quotes or backslashes at the end of a piece. Still reads as the source text."""
+    quote = "'''" if text.count("'''") <= text.count('"""') else '"""'
+    pieces = []
+    for i, part in enumerate(text.split(quote)):
+        if i:
+            pieces.append(repr(quote))
+        part = "\n" + part if i == 0 else part
+        core = part.rstrip(quote[0] + "\\")
+        if core:
+            pieces.append(f"r{quote}{core}{quote}")
+        if part[len(core):]:
+            pieces.append(repr(part[len(core):]))
+    literal = " ".join(pieces)
+    try:
+        if ast.literal_eval(literal) == "\n" + text:
+            return literal
+    except (SyntaxError, ValueError):
+        pass
+    return None
+
+
+def b64_literal(data: bytes) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    lines = [encoded[i:i + _B64_LINE] for i in range(0, len(encoded), _B64_LINE)]
+    return '"""\n' + "\n".join(lines) + ('\n"""' if lines else '"""')
+
+
+@functools.lru_cache(maxsize=4096)
+def encode(data: bytes) -> tuple[str, str, str | None]:
+    """(method, literal, why base64) for one file: method 'text' or 'b64'."""
+    obstacle = text_obstacle(data)
+    if obstacle is None:
+        literal = raw_literal(data.decode("utf-8"))
+        if literal is not None:
+            return "text", literal, None
+        obstacle = "no raw literal holds it exactly"
+    return "b64", b64_literal(data), obstacle
+
+
+def decode(method: str, value: str) -> bytes:
+    """What the kernel's loader does with a literal's value (kept in step with LOADER below)."""
+    if method == "text":
+        return value[1:].encode("utf-8")
+    return base64.b64decode(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loader, copied verbatim into every script (stdlib only; runs on the kernel's Python)
+
+LOADER = r'''
+import base64 as _kpack_base64
+import importlib.machinery as _kpack_machinery
+import importlib.util as _kpack_util
+import io as _kpack_io
+import linecache as _kpack_linecache
+import os as _kpack_os
+import re as _kpack_re
+import sys as _kpack_sys
+
+
+def _kpack_resource_classes():
+    """Node and reader types for importlib.resources, made on first use (importing it costs startup time)."""
+    global _kpack_resource_types
+    try:
+        return _kpack_resource_types
+    except NameError:
+        pass
+    from importlib.resources.abc import Traversable, TraversableResources
+
+    class KpackNode(Traversable):
+        """A file or folder of the packed tree, for importlib.resources.files(...)."""
+
+        def __init__(self, importer, path):
+            self._importer, self._path = importer, path
+
+        @property
+        def name(self):
+            return self._path.rpartition("/")[2]
+
+        def is_file(self):
+            return self._path in self._importer.files
+
+        def is_dir(self):
+            prefix = self._path + "/"
+            return any(p.startswith(prefix) for p in self._importer.files)
+
+        def iterdir(self):
+            prefix = self._path + "/"
+            names = sorted({p[len(prefix):].split("/", 1)[0] for p in self._importer.files if p.startswith(prefix)})
+            return iter([KpackNode(self._importer, prefix + n) for n in names])
+
+        def joinpath(self, *descendants):
+            path = self._path
+            for part in "/".join(str(d) for d in descendants).split("/"):
+                if part in ("", "."):
+                    continue
+                path = path.rpartition("/")[0] if part == ".." else path + "/" + part
+            return KpackNode(self._importer, path)
+
+        def __truediv__(self, child):
+            return self.joinpath(child)
+
+        def read_bytes(self):
+            try:
+                return self._importer.files[self._path]
+            except KeyError:
+                raise FileNotFoundError(self._path) from None
+
+        def read_text(self, encoding=None, errors=None):
+            return self.read_bytes().decode(encoding or "utf-8", errors or "strict")
+
+        def open(self, mode="r", *args, **kwargs):
+            stream = _kpack_io.BytesIO(self.read_bytes())
+            if "b" in mode:
+                return stream
+            kwargs.setdefault("encoding", "utf-8")
+            return _kpack_io.TextIOWrapper(stream, *args, **kwargs)
+
+        def __repr__(self):
+            return f"<packed {self._path}>"
+
+        __str__ = __repr__
+
+    class KpackReader(TraversableResources):
+        def __init__(self, node):
+            self._node = node
+
+        def files(self):
+            return self._node
+
+    _kpack_resource_types = KpackNode, KpackReader
+    return _kpack_resource_types
+
+
+def _kpack_distribution(importer, path):
+    """An importlib.metadata distribution read from a packed *.dist-info folder."""
+    from importlib.metadata import Distribution
+
+    class KpackDistribution(Distribution):
+        def read_text(self, filename):
+            data = importer.files.get(path + "/" + filename)
+            return None if data is None else data.decode("utf-8")
+
+        def locate_file(self, name):
+            return _kpack_resource_classes()[0](importer, path.rpartition("/")[0] + "/" + str(name))
+
+    return KpackDistribution()
+
+
+def _kpack_norm(name):
+    return _kpack_re.sub(r"[-_.]+", "_", name).lower()
+
+
+class KpackImporter:
+    """Serves the packed modules, package data and dist-info from memory: nothing touches the disk."""
+
+    def __init__(self):
+        self.files = {}  # packed path -> bytes
+        self.roots = {}  # top-level import name -> packed path (a folder, or one .py file)
+        self.dists = []  # packed *.dist-info folders
+
+    # --- filled in by section 2
+    def root(self, name, path):
+        self.roots[name] = path
+
+    def dist(self, path):
+        self.dists.append(path)
+
+    def text(self, path, value):
+        self.files[path] = value[1:].encode("utf-8")
+
+    def b64(self, path, value):
+        self.files[path] = _kpack_base64.b64decode(value)
+
+    def install(self):
+        for name in self.roots:  # a copy from site-packages imported earlier must not shadow the packed one
+            for loaded in [m for m in _kpack_sys.modules if m == name or m.startswith(name + ".")]:
+                del _kpack_sys.modules[loaded]
+        _kpack_sys.meta_path.insert(0, self)
+
+    # --- meta-path finder
+    def _locate(self, fullname):
+        """(file or None, is package, folder) for a packed module, or None."""
+        top, _, rest = fullname.partition(".")
+        base = self.roots.get(top)
+        if base is None:
+            return None
+        if base.endswith(".py"):
+            return (base, False, base.rpartition("/")[0]) if not rest else None
+        stem = base + ("/" + rest.replace(".", "/") if rest else "")
+        if stem + "/__init__.py" in self.files:
+            return stem + "/__init__.py", True, stem
+        if rest and stem + ".py" in self.files:
+            return stem + ".py", False, stem.rpartition("/")[0]
+        if any(p.startswith(stem + "/") for p in self.files):
+            return None, True, stem  # a folder without __init__.py: a namespace package
+        return None
+
+    def find_spec(self, fullname, path=None, target=None):
+        found = self._locate(fullname)
+        if found is None:
+            return None
+        origin, is_package, _ = found
+        spec = _kpack_machinery.ModuleSpec(fullname, self, origin=origin, is_package=is_package)
+        spec.has_location = origin is not None
+        return spec
+
+    def find_distributions(self, context=None):
+        wanted = getattr(context, "name", None)
+        for path in self.dists:
+            if not wanted or _kpack_norm(path.rpartition("/")[2].split("-")[0]) == _kpack_norm(wanted):
+                yield _kpack_distribution(self, path)
+
+    # --- loader
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(self.get_code(module.__spec__.name), module.__dict__)
+
+    def is_package(self, fullname):
+        return self._locate(fullname)[1]
+
+    def get_filename(self, fullname):
+        return self._locate(fullname)[0]
+
+    def get_source(self, fullname):
+        origin = self._locate(fullname)[0]
+        return "" if origin is None else _kpack_util.decode_source(self.files[origin])
+
+    def get_code(self, fullname):
+        origin = self._locate(fullname)[0]
+        if origin is None:
+            return compile("", f"<namespace package {fullname}>", "exec")
+        data = self.files[origin]
+        lines = _kpack_io.StringIO(_kpack_util.decode_source(data)).readlines()
+        _kpack_linecache.cache[origin] = (len(data), None, lines, origin)  # tracebacks show the packed text
+        return compile(data, origin, "exec", dont_inherit=True)
+
+    def get_data(self, path):
+        key = _kpack_os.fspath(path).replace(_kpack_os.sep, "/")
+        while key.startswith("./"):
+            key = key[2:]
+        try:
+            return self.files[key]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+    def get_resource_reader(self, fullname):
+        found = self._locate(fullname)
+        if found is None:
+            return None
+        node, reader = _kpack_resource_classes()
+        return reader(node(self, found[2]))
+
+
+_kpack = KpackImporter()
+'''.lstrip("\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The script
+
+
+@dataclass(frozen=True)
+class Header:
+    title: str  # e.g. kpack/digits-multilabel-train (train)
+    lines: tuple[str, ...]  # free-form "key: value" lines for the banner
+    rebuild: str  # the command that regenerates the script
+
+
+def _comment(lines: list[str]) -> list[str]:
+    return [("# " + line).rstrip() for line in lines]
+
+
+def _describe(bundle: Bundle, file: PackedFile, method: str, why: str | None) -> str:
+    module = bundle.module_name(file)
+    kind = f"module {module}" if module else "data file"
+    extra = f", base64: {why}" if method == "b64" else ""
+    return f"{file.path}  ({kind}, {len(file.data):,} bytes{extra})"
+
+
+def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_banner: str) -> str:
+    """The whole script as text (only '\\n' line ends)."""
+    config_json = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=True)
+    method, config_literal, _ = encode(config_json.encode())
+    config_expr = (f"_kpack_json.loads({config_literal})" if method == "text"
+                   else f"_kpack_json.loads(_kpack_base64.b64decode({config_literal}))")
+    counts = _counts(bundle)
+    out: list[str] = [
+        RULE,
+        f"# {header.title}",
+        "#",
+        *_comment(list(header.lines)),
+        f"# packed: {counts}",
+        "#",
+        "# sections, each under a banner like this one:",
+        "#   1. loader   serves the packed files below from memory (nothing is extracted to disk)",
+        "#   2. packed   one banner per original file, its text verbatim below it (base64 when it must be)",
+        "#   3. config   the resolved project config this kernel runs with",
+        "#   4. run      bootstrap the runtime, then main(config) of the entry",
+        "#",
+        f"# Generated: edit the sources and run `{header.rebuild}` instead of editing this file.",
+        RULE,
+        "",
+        RULE,
+        "# 1. loader",
+        RULE,
+        LOADER.rstrip("\n"),
+        "",
+        "",
+        RULE,
+        "# 2. packed files",
+        RULE,
+    ]
+    for root in bundle.roots:
+        out.append(f"_kpack.root({root.name!r}, {root.path!r})")
+    for dist in bundle.dists:
+        out.append(f"_kpack.dist({dist!r})")
+    for file in bundle.files:
+        method, literal, why = encode(file.data)
+        out += ["", THIN_RULE, f"# {_describe(bundle, file, method, why)}", THIN_RULE,
+                f"_kpack.{method}({file.path!r}, {literal})"]
+    out += [
+        "",
+        "_kpack.install()",
+        "",
+        "",
+        RULE,
+        "# 3. config",
+        RULE,
+        "import json as _kpack_json",
+        "",
+        f"CONFIG = {config_expr}",
+        "",
+        "",
+        RULE,
+        "# 4. run",
+        RULE,
+        "def _kpack_run():",
+        "    import importlib",
+        "    import traceback",
+        "",
+        f"    print({run_banner!r}, flush=True)",
+        "    try:",
+        "        import kernel_src.runtime as rt",
+        "",
+        "        rt.bootstrap(CONFIG)",
+        f"        entry = importlib.import_module({entry_module!r})",
+        "        entry.main(CONFIG)",
+        "    except SystemExit:",
+        "        raise",
+        "    except BaseException:",
+        "        traceback.print_exc()",
+        "        _kpack_sys.stderr.flush()",
+        "        raise SystemExit(1)  # a non-zero exit: Kaggle marks the version ERROR",
+        "",
+        "",
+        "_kpack_run()",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _counts(bundle: Bundle) -> str:
+    parts = []
+    for root in bundle.roots:
+        mine = [f for f in bundle.files if f.path == root.path or f.path.startswith(root.path + "/")]
+        modules = sum(f.is_module for f in mine)
+        data = len(mine) - modules
+        parts.append(f"{root.name} ({modules} module{'s' * (modules != 1)}"
+                     + (f", {data} data file{'s' * (data != 1)}" if data else "") + ")")
+    return ", ".join(parts)
+
+
+def verify(script: str, bundle: Bundle, config: dict) -> None:
+    """Parse the finished script and check that every packed file and the config come back exactly."""
+    tree = ast.parse(script)
+    found: dict[str, bytes] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "_kpack"
+                and node.func.attr in ("text", "b64")):
+            path, value = (ast.literal_eval(arg) for arg in node.args)
+            found[path] = decode(node.func.attr, value)
+    expected = {f.path: f.data for f in bundle.files}
+    if found != expected:
+        bad = sorted(p for p in expected.keys() | found.keys() if found.get(p) != expected.get(p))
+        raise RuntimeError(f"kpack bug: packed files do not round-trip: {bad[:5]}")
+    namespace: dict = {}
+    config_stmt = next(n for n in tree.body if isinstance(n, ast.Assign)
+                       and any(isinstance(t, ast.Name) and t.id == "CONFIG" for t in n.targets))
+    exec(compile(ast.Module([config_stmt], []), "<config>", "exec"),
+         {"_kpack_json": json, "_kpack_base64": base64}, namespace)
+    if namespace["CONFIG"] != config:
+        raise RuntimeError("kpack bug: the embedded config does not round-trip")
+    if "\r" in script:
+        raise RuntimeError("kpack bug: a carriage return in the script")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
