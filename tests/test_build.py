@@ -272,3 +272,52 @@ def test_warns_about_a_large_script(proj):
     (proj / "kernel_src" / "assets" / "big.bin").write_bytes(bytes(range(256)) * 5000)
     built = build(proj)
     assert any("kernel_src/assets/big.bin" in w and "belongs in a dataset" in w for w in built.warnings)
+
+
+# -------------------------------------------------------------------------------------------------------
+# end to end: the unmodified kaggle client pushes the build to the local Kaggle, whose runner runs it
+
+
+@pytest.mark.slow
+def test_built_kernel_runs_on_the_local_kaggle(proj, run_kaggle, local_kaggle, tmp_path):
+    import hashlib
+    import uuid
+
+    tricky = {"crlf.py": b"x = 1\r\ny = 2\r\n", "quotes.py": b"a = '''x'''\nb = \"\"\"y\"\"\"\n",
+              "unicode.py": "s = 'héllo ✓ 日本語'\n".encode(), "trailing.py": b"x = 1\n# \\",
+              "blob.bin": bytes(range(256))}
+    (proj / "kernel_src" / "tricky").mkdir()
+    for name, data in tricky.items():
+        (proj / "kernel_src" / "tricky" / name).write_bytes(data)
+    (proj / "kernel_src" / "check.py").write_text(
+        "import hashlib, importlib, importlib.resources, os\n"
+        "def main(config):\n"
+        "    folder = importlib.resources.files('kernel_src.tricky')\n"
+        "    for name, digest in sorted(config['kit']['expected'].items()):\n"
+        "        assert hashlib.sha256(folder.joinpath(name).read_bytes()).hexdigest() == digest, name\n"
+        "        if name.endswith('.py'):\n"
+        "            importlib.import_module('kernel_src.tricky.' + name[:-3])\n"
+        "    print('checked', len(config['kit']['expected']), 'cwd files', sorted(os.listdir('.')))\n"
+        "    raise RuntimeError('end of the check')\n")
+    expected = {name: hashlib.sha256(data).hexdigest() for name, data in tricky.items()}
+    slug = f"inline-e2e-{uuid.uuid4().hex[:8]}"
+    cfg = parse_config(config(kernel={"entry": "kernel_src/check.py"}, kit={"expected": expected}))
+    built = build_kernel(cfg, "train", root=proj, slug=slug)
+    done = run_kaggle("kernels", "push", "-p", str(built.folder))
+    assert done.returncode == 0 and "successfully pushed" in done.stdout, done.stdout + done.stderr
+    record = local_kaggle.wait_kernel("alice", slug, 1, timeout=300)
+    assert record["status"] == "ERROR"  # the check ends with an exception on purpose: a traceback to read
+
+    target = tmp_path / "out"
+    assert run_kaggle("kernels", "output", f"alice/{slug}", "-p", str(target)).returncode == 0
+    assert sorted(p.name for p in target.iterdir()) == [f"{slug}.log"]  # nothing written into working/
+    log = json.loads((target / f"{slug}.log").read_text())
+    stdout = "".join(e["data"] for e in log if e["stream_name"] == "stdout")
+    stderr = "".join(e["data"] for e in log if e["stream_name"] == "stderr")
+    assert f"checked {len(tricky)} cwd files []" in stdout
+    assert 'File "kernel_src/check.py", line 9, in main' in stderr
+    assert "raise RuntimeError('end of the check')" in stderr
+
+    pulled = tmp_path / "pulled"
+    assert run_kaggle("kernels", "pull", f"alice/{slug}", "-p", str(pulled)).returncode == 0
+    assert (pulled / built.script.name).read_bytes() == built.script.read_bytes()  # exact over the wire
