@@ -580,7 +580,8 @@ def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_
         "        raise SystemExit(1)  # a non-zero exit: Kaggle marks the version ERROR",
         "",
         "",
-        "_kpack_run()",
+        "if __name__ == \"__main__\":  # not in spawned workers (multiprocessing re-runs this file as __mp_main__)",
+        "    _kpack_run()",
         "",
     ]
     return "\n".join(out)

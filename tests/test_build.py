@@ -74,7 +74,7 @@ def test_script_layout_is_readable(proj):
     sub = (proj / "kernel_src" / "pkg" / "sub.py").read_text()
     assert f"_kpack.text('kernel_src/pkg/sub.py', r'''\n{sub}''')" in text  # the source, verbatim
     assert "config sha256: " in text and "built by kpack " in text
-    assert text.rstrip().endswith("_kpack_run()")
+    assert text.rstrip().endswith("    _kpack_run()")
     assert "\r" not in text and str(proj) not in text
 
 

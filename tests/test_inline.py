@@ -345,3 +345,24 @@ def test_kernel_runs_on_the_kaggle_python(tmp_path, python, monkeypatch):
     assert 'File "kernel_src/pkg/sub.py", line 11, in fail' in done.stderr
     assert 'raise RuntimeError(f"fixture failure: {message}")' in done.stderr
     assert list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_worker_processes_import_packed_modules_and_do_not_rerun_main(tmp_path, method):
+    """DataLoader-style workers: a spawned child re-runs the script as __mp_main__; it must get the packed
+    modules (to unpickle kernel_src functions) and must not start main() again."""
+    root, _ = make_project(tmp_path)
+    (root / "kernel_src" / "work.py").write_text(
+        "import multiprocessing\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "def main(config):\n"
+        "    print('main runs', flush=True)\n"
+        f"    with multiprocessing.get_context({method!r}).Pool(2) as pool:\n"
+        "        print('squares', pool.map(square, range(5)), flush=True)\n")
+    cfg = parse_config({"competition": "mini-comp", "kaggle_user": "alice",
+                        "kernels": {"train": {"entry": "kernel_src/work.py"}}})
+    built = build_kernel(cfg, "train", root=root)
+    done = run_script(built.script, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("main runs") == 1 and "squares [0, 1, 4, 9, 16]" in done.stdout
