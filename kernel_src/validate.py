@@ -1,0 +1,139 @@
+"""Validation kernel entry: `main(config)` scores the trained models out of fold and searches the decision rule.
+
+Every trained model the inputs hold (infer.find_models) predicts, with TTA, the validation fold it never
+trained on. A member's OOF matrix gathers its folds; the rows every member covers are blended (weights
+searched on them unless the config fixes them) and the decision rule is searched there (thresholds.py).
+Models trained on everything (fold -1) have no OOF rows and are left out here; infer still uses them.
+
+Files written into working/:
+    oof_scores.json   rows scored, per member F2, the blend, F2 at 0.5 and with the searched rule, overall
+                      and per label group (precision and recall too), and every candidate rule's F2
+    thresholds.json   what infer applies: the label ids, the rule, the blend (method, members, weights)
+
+config["kit"] keys read here (besides the training kit's data/augment/amp/seed):
+    augment.tta                       test-time views for the OOF predictions
+    infer.checkpoint, infer.batch_size
+    thresholds.method                 auto | fixed | global | per_class | top_k
+    thresholds.fixed, .min_labels, .top_k, .one_of, .grid_step, .rounds
+    blend.method, blend.weights       mean | weighted | rank; weights searched when not given
+
+Local use: python -m kernel_src.validate kpack.yaml   [KPACK_KAGGLE_ROOT=... for the folders]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from kernel_src import blend, checkpoint, data, folds, infer, metrics, models, settings, thresholds
+from kernel_src.runtime import inputs
+
+SCORES = "oof_scores.json"
+
+
+def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log) -> tuple[data.Table, dict]:
+    """The training table and, per member, its OOF probabilities over the table's rows (NaN where none)."""
+    root = data.data_root(kit, config)
+    table = data.read_train(kit.data, root)
+    row_of = {image_id: i for i, image_id in enumerate(table.ids)}
+    trained = infer.find_models(ev.infer.checkpoint, log=log)
+    if trained[0].labels.ids != table.labels.ids:
+        raise ValueError(f"{trained[0].path} was trained on another label space than {root}'s")
+    tables: dict[str, data.Table] = {}
+    assigned: dict[tuple, np.ndarray] = {}
+    oof: dict[str, np.ndarray] = {}
+    for name, members in infer.member_groups(trained).items():
+        for model in members:
+            if model.fold < 0:
+                log(f"[kpack] {model.path}: trained on every row (fold -1), so it has no OOF rows; skipped")
+                continue
+            md = model.kit.data
+            key = _key(md)
+            own = tables.setdefault(key, table if key == _key(kit.data) else data.read_train(md, root))
+            fold_of = assigned.setdefault((key, md.folds, model.kit.seed),
+                                          folds.assign(own.targets, md.folds, model.kit.seed))
+            _, valid = folds.split(fold_of, model.fold)
+            rows = np.asarray([row_of.get(own.ids[i], -1) for i in valid], dtype=np.int64)
+            probs = infer.predict(model, [own.paths[i] for i in valid], kit.augment.tta, ev, kit)
+            target = oof.setdefault(name, np.full(table.targets.shape, np.nan, dtype=np.float32))
+            target[rows[rows >= 0]] = probs[rows >= 0]
+            log(f"[kpack] {name} fold {model.fold}: {len(valid)} OOF rows from {model.path}")
+    if not oof:
+        raise FileNotFoundError("no model with a validation fold among the inputs: nothing to score out of fold")
+    return table, oof
+
+
+def _key(d: settings.DataSettings) -> str:
+    return json.dumps(settings.to_dict(d, runtime=False), sort_keys=True)
+
+
+def _blend(names: list[str], member_probs: list[np.ndarray], y: np.ndarray,
+           ev: infer.EvalSettings) -> tuple[str, list[float]]:
+    method, given = ev.blend.method, ev.blend.weights
+    if len(names) == 1 or method == "mean":
+        return "mean", [1.0 / len(names)] * len(names)
+    if given:
+        if len(given) != len(names):
+            raise settings.SettingsError(f"kit.blend.weights: {len(given)} weights for {len(names)} members "
+                                         f"({', '.join(names)})")
+        return method, [float(w) / sum(given) for w in given]
+    weights, _ = blend.search_weights(member_probs, y, method=method)
+    return method, [float(w) for w in weights]
+
+
+def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
+    """Score out of fold, search the rule, write oof_scores.json and thresholds.json; returns the scores."""
+    kit, ev = infer.kit_settings(config)
+    working = Path(working or inputs.working_dir())
+    working.mkdir(parents=True, exist_ok=True)
+    table, oof = _oof(config, kit, ev, log)
+    names = list(oof)
+    covered = np.all([~np.isnan(p).any(axis=1) for p in oof.values()], axis=0)
+    if not covered.any():
+        raise ValueError(f"the members {', '.join(names)} share no OOF rows (each covers other folds)")
+    y = table.targets[covered].astype(bool)
+    member_probs = [oof[n][covered] for n in names]
+    method, weights = _blend(names, member_probs, y, ev)
+    probs = blend.blend(member_probs, method, weights)
+
+    t = ev.thresholds
+    grid = np.round(np.arange(t.grid_step, 1.0, t.grid_step), 6)
+    result = thresholds.search(probs, y, method=t.method, grid=grid, fixed=t.fixed, min_labels=tuple(t.min_labels),
+                               top_k=tuple(t.top_k), one_of=infer.one_of_columns(t.one_of, table.labels),
+                               rounds=t.rounds)
+    groups = table.labels.groups
+    scores = {
+        "rows": int(covered.sum()), "rows_total": len(table.ids),
+        "members": {n: {"f2@0.5": metrics.fbeta_score(y, p >= 0.5), "f2_global": thresholds.best_global(p, y)[1]}
+                    for n, p in zip(names, member_probs)},
+        "blend": {"method": method, "weights": weights},
+        "at_0.5": metrics.report(y, probs >= 0.5, groups),
+        "searched": {"rule": result.name, **metrics.report(y, result.rule.apply(probs), groups)},
+        "candidates": result.candidates,
+    }
+    decision = {"labels": table.labels.ids, **result.to_dict(),
+                "blend": {"method": method, "members": names, "weights": weights}}
+    infer.write_text(working / SCORES, json.dumps(scores, indent=1))
+    infer.write_text(working / infer.THRESHOLDS_FILE, json.dumps(decision, indent=1))
+    log(f"[kpack] OOF rows {scores['rows']}/{scores['rows_total']}: F2 {scores['at_0.5']['f2']:.4f} at 0.5, "
+        f"{result.f2:.4f} with rule {result.name} ({method} of {len(names)} member(s))")
+    return scores
+
+
+def main(config: dict) -> dict:
+    try:
+        return run(config)
+    except (settings.SettingsError, models.WeightsError, checkpoint.CheckpointError, FileNotFoundError,
+            ValueError) as exc:
+        print(f"[kpack] error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    import yaml
+
+    with open(sys.argv[1] if len(sys.argv) > 1 else "kpack.yaml") as f:
+        main(yaml.safe_load(f))
