@@ -125,9 +125,18 @@ def _sources(cfg, kind: str, root: Path) -> list[tuple[str, Path]]:
     return sources
 
 
+def _generator_sha256() -> str:
+    """The code that writes the script is an input too: a changed generator changes the inputs hash."""
+    digest = hashlib.sha256()
+    for module in (inline, metadata):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()
+
+
 def _inputs_sha256(bundle: inline.Bundle, config: dict, entry: str, meta: dict, header_lines: tuple) -> str:
     digest = hashlib.sha256()
-    digest.update(f"kpack-build {FORMAT} {kpack_version()}\n".encode())
+    digest.update(f"kpack-build {FORMAT} {kpack_version()} {_generator_sha256()}\n".encode())
     for root in bundle.roots:
         digest.update(f"root {root.name} {root.path}\n".encode())
     for dist in bundle.dists:
