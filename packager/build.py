@@ -117,6 +117,19 @@ def _entry_module(entry: str, kind: str, root: Path) -> str:
     return ".".join(rel.with_suffix("").parts)
 
 
+def _file_readers(bundle: inline.Bundle) -> list[str]:
+    """kernel_src modules that use __file__: in the kernel it names no file on disk (nothing is extracted)."""
+    found = []
+    for file in bundle.files:
+        if file.is_module and file.path.startswith(KERNEL_SRC + "/") and b"__file__" in file.data:
+            tree = ast.parse(file.data)
+            line = next((n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "__file__"), None)
+            if line:
+                found.append(f"{file.path}:{line} uses __file__; in the kernel no packed file is on disk: "
+                             "read package data with importlib.resources.files(...) instead")
+    return found
+
+
 def _sources(cfg, kind: str, root: Path) -> list[tuple[str, Path]]:
     sources = [(f"{KERNEL_SRC}/", root / KERNEL_SRC)]
     for i, package in enumerate(cfg.kernel(kind).packages):
@@ -195,6 +208,7 @@ def build_kernel(cfg, kind: str, *, root: str | os.PathLike | None = None, out_d
     meta = metadata.kernel_metadata(cfg, kind, code_file, datasets, [*kernel.sources.kernels, *kernel_sources],
                                     slug=slug, title=title)
     warnings = [f"kernels.{kind}.accelerator: {w}" for w in [metadata.accelerator_warning(kernel.accelerator)] if w]
+    warnings += _file_readers(bundle)
 
     version = kpack_version()
     commit = git_describe(root, [r.path for r in bundle.roots]) or "unknown (not a git checkout)"

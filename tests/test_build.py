@@ -321,3 +321,11 @@ def test_built_kernel_runs_on_the_local_kaggle(proj, run_kaggle, local_kaggle, t
     pulled = tmp_path / "pulled"
     assert run_kaggle("kernels", "pull", f"alice/{slug}", "-p", str(pulled)).returncode == 0
     assert (pulled / built.script.name).read_bytes() == built.script.read_bytes()  # exact over the wire
+
+
+def test_warns_about_file_relative_paths_in_kernel_src(proj):
+    assert build(proj).warnings == ()
+    (proj / "kernel_src" / "paths.py").write_text("from pathlib import Path\n\n# __file__ in a comment\n"
+                                                  "HERE = Path(__file__).parent\n")
+    assert build(proj).warnings == ("kernel_src/paths.py:4 uses __file__; in the kernel no packed file is on disk: "
+                                    "read package data with importlib.resources.files(...) instead",)
