@@ -202,7 +202,7 @@ def parse_snapshot(text: str) -> tuple[dict[str, str], dict[str, str]]:
             continue
         if "==" in line:
             name, version = line.split("==", 1)
-            packages[canonicalize_name(name.strip())] = version.strip()
+            packages.setdefault(canonicalize_name(name.strip()), version.strip())  # the first wins, as on sys.path
     return packages, meta
 
 
@@ -254,7 +254,7 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=_tool_env(), check=False)
 
 
@@ -271,11 +271,10 @@ def _index_args(find_links: tuple[Path, ...], no_index: bool) -> list[str]:
 
 _NO_WHEEL = re.compile(r"([A-Za-z0-9_.\-]+)==([^\s,]+) has no (usable wheels|wheels with a matching [^,]+?)"
                        r"(?: \(|,| and)")
-_ONLY = re.compile(r"(?:only|all versions of) ([A-Za-z0-9_.\-]+)(?:==([^\s,]+))? (?:is|are) available")
 
 
 def _uv_reason(stderr: str) -> str:
-    lines = [ln.strip(" ╰─▶×") .strip() for ln in stderr.splitlines() if ln.strip()]
+    lines = [ln.strip().lstrip("╰─▶×").strip() for ln in stderr.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith(("warning:", "cause:", "hint:"))]
     return " ".join(lines)[:400] or "uv gave no reason"
 
@@ -341,12 +340,12 @@ def resolve(pins: list[Pin], target: Target, image: dict[str, str], *, find_link
         base = [uv_bin(), "pip", "compile", str(reqs), "--excludes", str(excludes), "--only-binary", ":all:",
                 "--no-header", "--no-annotate", "--no-config", "--quiet", *target.uv_args(),
                 *_index_args(find_links, no_index)]
-        done = _run(base + ["--constraints", str(constraints)], "resolve")
+        done = _run(base + ["--constraints", str(constraints)])
         if done.returncode != 0:
             refused = _no_wheel_error(done.stderr, target)
             if refused:
                 raise refused
-            retry = _run(base, "resolve")
+            retry = _run(base)
             if retry.returncode != 0:
                 raise _no_wheel_error(retry.stderr, target) or UserError(
                     f"resolving {', '.join(map(str, pins))} for {target.describe()} failed: "
@@ -439,7 +438,7 @@ def fetch_wheels(packages: dict[str, str], target: Target, cache: Path, *, find_
     if missing:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                "--dest", str(cache), *target.pip_args(), *_index_args(find_links, no_index), *missing]
-        done = _run(cmd, "download")
+        done = _run(cmd)
         if done.returncode != 0:
             match = re.search(r"No matching distribution found for (\S+)", done.stderr)
             if match:
@@ -475,7 +474,7 @@ def install_site(wheels: dict[str, Path], packages: dict[str, str], target: Targ
            "--no-config", "--link-mode", "copy", "--no-compile", "--quiet",
            *[a for link in links for a in ("--find-links", str(link))],
            *[f"{n}=={v}" for n, v in sorted(packages.items())]]
-    done = _run(cmd, "install")
+    done = _run(cmd)
     if done.returncode != 0:
         raise UserError(f"installing the wheels into a site folder for {target.describe()} failed: "
                         f"{_uv_reason(done.stderr)}")

@@ -151,3 +151,18 @@ def test_error_is_a_system_exit_with_one_line(kaggle_root, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == ("kpack deps: version check failed (wheels dataset alice/digits-wheels, mode "
                                    "site): kpacktoy: expected 3.0, found 1.0")
+
+
+def test_image_drift_is_a_note_not_a_failure(kaggle_root, tmp_path, capsys):
+    image = tmp_path / "image-site"
+    image.mkdir()
+    dist(image, "kpackimg", "kpackimg", "2.1.0")
+    sys.path.append(str(image))
+    folder = make_dataset(kaggle_root, zipped=False)
+    manifest = json.loads((folder / deps.MANIFEST).read_text())
+    manifest["image"] = {"kpackimg": "2.0.2", "kpack-gone": "1.0"}
+    (folder / deps.MANIFEST).write_text(json.dumps(manifest))
+    assert deps.activate(CONFIG)["mode"] == "site"
+    err = capsys.readouterr().err
+    assert "note: the image differs" in err
+    assert "kpackimg 2.1.0 (resolved against 2.0.2)" in err and "kpack-gone missing" in err

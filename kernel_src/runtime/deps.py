@@ -320,6 +320,22 @@ def check_versions(wanted: dict[str, str], source: str) -> None:
         raise DepsError(f"version check failed ({source}): {'; '.join(problems)}")
 
 
+def image_drift(manifest: dict, limit: int = 5) -> str | None:
+    """A note when the image's versions differ from those the wheels were resolved against (a stale snapshot):
+    not fatal, since the pins themselves were checked, but worth a `kpack probe-image`."""
+    expected = {normalize(k): str(v) for k, v in (manifest.get("image") or {}).items()}
+    if not expected:
+        return None
+    have = _installed_versions(set(expected))
+    drift = [f"{n} {have.get(n, 'missing')} (resolved against {v})" for n, v in sorted(expected.items())
+             if n not in have or not _same(have[n], v)]
+    if not drift:
+        return None
+    more = f" and {len(drift) - limit} more" if len(drift) > limit else ""
+    return (f"kpack deps: note: the image differs from the snapshot the wheels were built against: "
+            f"{', '.join(drift[:limit])}{more}; refresh it with `kpack probe-image`")
+
+
 def activate(config) -> dict | None:
     """Make the wheels dataset importable and check the pinned versions; returns what it did, or None when the
     config has no wheels dataset. Idempotent within a process."""
@@ -338,7 +354,12 @@ def activate(config) -> dict | None:
     folder = site_folder(manifest_path.parent, manifest) if mode == "site" else install(manifest_path.parent,
                                                                                        manifest, mode)
     put_first(folder)
+    # Kernels run offline: albumentations would otherwise try the network for a newer version at import.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     check_versions(expected_versions(manifest), f"wheels dataset {ref}, mode {mode}")
+    drift = image_drift(manifest)
+    if drift:
+        print(drift, file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     shipped = manifest.get("shipped") or {}
     print(f"kpack deps: {len(shipped)} package(s) from {ref} ({mode}) ready in {seconds:.2f}s", flush=True)
