@@ -41,6 +41,7 @@ def scan_for_secrets(cfg, paths: list[Path]) -> None:
 # --------------------------------------------------------------------------------------------- push
 
 def _check_save_response(ref: str, response) -> int | None:
+    """SaveKernel's `error` and invalid*Sources as one error line (the kaggle CLI prints them and exits 0)."""
     error = getattr(response, "error", None)
     if error:
         raise UserError(f"kaggle: push {ref} refused: {error}", exit_code=1)
@@ -49,9 +50,12 @@ def _check_save_response(ref: str, response) -> int | None:
         invalid = getattr(response, f"invalid_{kind}_sources", None)
         if invalid:
             problems.append(f"{kind} sources not found: {', '.join(invalid)}")
+    version = getattr(response, "version_number", None)
     if problems:
-        raise UserError(f"kaggle: push {ref} refused: {'; '.join(problems)}", exit_code=1)
-    return getattr(response, "version_number", None)
+        made = f" (v{version} was made without them)" if version else ""
+        raise UserError(f"kaggle: push {ref}: {'; '.join(problems)}{made}; fix the sources in kpack.yaml and "
+                        "push again", exit_code=1)
+    return version
 
 
 def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:

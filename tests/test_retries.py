@@ -100,3 +100,116 @@ def test_retry_after_http_date():
     import time
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 <= kaggle_api.retry_after(http_error(429, retry_after=when)) <= 31
+
+
+# --------------------------------------------------------------------------------------------- against the local Kaggle
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pushkit import isolate, make_project  # noqa: E402
+
+
+@pytest.fixture
+def project(local_kaggle, tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    local_kaggle.clear_faults()
+    local_kaggle.reset_stats()
+    proj = make_project(tmp_path, local_kaggle, weights_kb=600)
+    monkeypatch.chdir(proj.root)
+    yield proj
+    kaggle_api._restore_env()
+    local_kaggle.clear_faults()
+
+
+def built_files(project) -> dict[str, int]:
+    built = project.root / "build" / "datasets" / project.weights_slug
+    return {p.name: p.stat().st_size for p in built.iterdir()
+            if p.name not in ("dataset-metadata.json", "pushed.json")}
+
+
+def whole_versions(project, *expected: dict[str, int]) -> list[int]:
+    """The dataset's versions, after checking version i holds exactly the files expected[i] (default: the
+    current build), each at its full size."""
+    from packager.localkaggle.store import Store
+
+    store = Store(project.server.root)
+    info = project.dataset()
+    for i, number in enumerate(info["versions"]):
+        version = store.dataset_version("alice", project.weights_slug, number)
+        want = expected[i] if i < len(expected) else built_files(project)
+        assert {f["name"]: f["size"] for f in version["files"]} == want, f"v{number} is not whole"
+    return info["versions"]
+
+
+def push(project, wait=False):
+    from packager.push import push_kernel
+
+    return push_kernel(project.cfg(), "train", wait=wait)
+
+
+@pytest.mark.parametrize("rule", [
+    {"method": "SaveKernel", "kind": "429", "times": 2, "retry_after": 1},
+    {"method": "SaveKernel", "kind": "503"},
+    {"method": "SaveKernel", "kind": "drop"},
+    {"method": "SaveKernel", "kind": "drop", "when": "after"},   # the version is made, the answer lost
+    {"method": "SaveKernel", "kind": "500", "when": "after"},
+], ids=lambda r: f"{r['method']}-{r['kind']}-{r.get('when', 'before')}")
+def test_kernel_push_survives_faults_without_duplicates(project, local_kaggle, rule):
+    local_kaggle.faults(rule)
+    result = push(project)
+    assert [v["number"] for v in project.kernel_versions()] == [1] and result.ref.version == 1
+    assert local_kaggle.stats()["faults_fired"], "the fault never fired"
+
+
+@pytest.mark.parametrize("rules", [
+    [{"method": "StartBlobUpload", "kind": "429", "times": 2, "retry_after": 1}],
+    [{"method": "PUT", "kind": "drop", "after_bytes": 100_000}],
+    [{"method": "PUT", "kind": "503", "after_bytes": 100_000}],
+    [{"method": "CreateDataset", "kind": "503"}],
+    [{"method": "CreateDataset", "kind": "drop", "when": "after"}],
+    [{"method": "GetDatasetStatus", "kind": "429", "times": 3, "retry_after": 1}],
+], ids=lambda rs: "+".join(f"{r['method']}-{r['kind']}-{r.get('when', 'before')}" for r in rs))
+def test_dataset_create_survives_faults_whole(project, local_kaggle, rules):
+    local_kaggle.faults(*rules)
+    push(project)
+    assert whole_versions(project) == [1]
+    assert [v["number"] for v in project.kernel_versions()] == [1]
+
+
+@pytest.mark.parametrize("rule", [
+    {"method": "CreateDatasetVersion", "kind": "drop", "when": "after"},
+    {"method": "CreateDatasetVersion", "kind": "500"},
+    {"method": "PUT", "kind": "drop", "after_bytes": 50_000},
+])
+def test_dataset_version_survives_faults_whole(project, local_kaggle, rule):
+    push(project)
+    first = built_files(project)
+    (project.root / "models" / "backbone.tiny.pth").write_bytes(b"changed" * 50_000)
+    local_kaggle.faults(rule)
+    push(project)
+    assert whole_versions(project, first) == [1, 2]
+    assert local_kaggle.stats()["faults_fired"], "the fault never fired"
+
+
+def test_persistent_failure_is_one_error_and_nothing_half_made(project, local_kaggle):
+    local_kaggle.faults({"method": "StartBlobUpload", "kind": "503", "times": 0})
+    with pytest.raises(UserError) as err:
+        push(project)
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)
+    assert "create dataset" in str(err.value) and "503" in str(err.value)
+    assert project.dataset() is None and project.kernel_versions() == []
+    local_kaggle.clear_faults()
+    push(project)
+    assert whole_versions(project) == [1]
+
+
+def test_watch_and_download_survive_faults(project, local_kaggle):
+    local_kaggle.faults({"method": "GetKernelSessionStatus", "kind": "429", "times": 2, "retry_after": 1},
+                        {"method": "ListKernelSessionOutput", "kind": "drop"},
+                        {"method": "GET", "kind": "503", "times": 2})
+    result = push(project, wait=True)
+    assert result.status == "COMPLETE"
+    assert json.loads((Path(result.output) / "state.json").read_text())["done"] is True
+    assert set(local_kaggle.stats()["faults_fired"]) == {
+        "GetKernelSessionStatus:429", "ListKernelSessionOutput:drop", "GET:503"}

@@ -1,0 +1,159 @@
+"""The push pipeline against the local Kaggle: first push, unchanged re-push (0 bytes), code-only change,
+a deleted remote dataset, session chaining, failure handling, secrets, notifications and the ledger."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from packager import kaggle_api, ledger
+from packager.errors import UserError
+from packager.push import push_kernel
+from pushkit import FAIL_ENTRY, CHAIN_ENTRY, TelegramStub, isolate, make_project
+
+SECRET = "s3cr3t-kaggle-key-value-0123456789"
+
+
+@pytest.fixture
+def project(local_kaggle, tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    local_kaggle.clear_faults()
+    proj = make_project(tmp_path, local_kaggle)
+    monkeypatch.chdir(proj.root)
+    yield proj
+    kaggle_api._restore_env()
+    local_kaggle.clear_faults()
+
+
+@pytest.fixture
+def telegram(monkeypatch):
+    stub = TelegramStub()
+    monkeypatch.setenv("KPACK_TELEGRAM_API", stub.url)
+    monkeypatch.setenv("T_TOKEN", "999:telegram-token-secret")
+    monkeypatch.setenv("T_CHAT", "4242")
+    yield stub
+    stub.close()
+
+
+def test_push_then_unchanged_then_code_only(project, local_kaggle, telegram):
+    weights = sum(p.stat().st_size for p in (project.root / "models").iterdir())
+
+    local_kaggle.reset_stats()
+    first = push_kernel(project.cfg(), "train", wait=True)
+    stats = local_kaggle.stats()
+    assert first.status == "COMPLETE" and first.ref.version == 1
+    assert stats["uploaded_bytes"] >= weights  # the weights and their manifest went up
+    out = project.root / "runs" / project.train_slug / "v1"
+    assert first.output.resolve() == out.resolve()
+    assert json.loads((out / "state.json").read_text())["done"] is True
+    assert (out / "sub" / "note.txt").read_text() == "rev1\n"  # nested output names make folders
+    assert (out / f"{project.train_slug}.log").is_file()
+    assert any("COMPLETE" in t for t in telegram.texts())
+
+    local_kaggle.reset_stats()
+    again = push_kernel(project.cfg(), "train", wait=False)
+    stats = local_kaggle.stats()
+    assert stats["uploaded_bytes"] == 0
+    assert "StartBlobUpload" not in stats["calls"] and "CreateDatasetVersion" not in stats["calls"]
+    assert stats["calls"]["SaveKernel"] == 1 and again.ref.version == 2
+    assert project.dataset()["versions"] == [1]
+    local_kaggle.wait_kernel("alice", project.train_slug, 2)
+
+    project.write_entry(CHAIN_ENTRY.format(sessions=1, mark="rev2"))
+    local_kaggle.reset_stats()
+    changed = push_kernel(project.cfg(), "train", wait=True)
+    stats = local_kaggle.stats()
+    assert stats["uploaded_bytes"] == 0 and stats["calls"]["SaveKernel"] == 1
+    assert changed.ref.version == 3 and project.dataset()["versions"] == [1]
+    assert (changed.output / "sub" / "note.txt").read_text() == "rev2\n"
+
+    rows = [r for r in ledger.read() if r["kernel"] == f"alice/{project.train_slug}"]
+    assert [(r["version"], r["status"]) for r in rows] == [(1, "COMPLETE"), (2, "QUEUED"), (3, "COMPLETE")]
+    assert rows[0]["cv_score"] == pytest.approx(0.51) and rows[0]["config_hash"]
+
+
+def test_changed_weights_make_one_new_version(project, local_kaggle):
+    push_kernel(project.cfg(), "train", wait=False)
+    (project.root / "models" / "head.tiny.pth").write_bytes(b"new head" * 1000)
+    local_kaggle.reset_stats()
+    push_kernel(project.cfg(), "train", wait=False)
+    stats = local_kaggle.stats()
+    assert 8000 <= stats["uploaded_bytes"] and stats["calls"]["CreateDatasetVersion"] == 1
+    assert project.dataset()["versions"] == [1, 2]
+    pushed = json.loads((project.root / "build" / "datasets" / project.weights_slug / "pushed.json").read_text())
+    assert [r["version"] for r in pushed.values()] == [2]
+
+
+def test_deleted_remote_dataset_is_created_again(project, local_kaggle):
+    from packager.localkaggle.store import Store
+
+    push_kernel(project.cfg(), "train", wait=False)
+    local_kaggle.wait_kernel("alice", project.train_slug, 1)
+    shutil.rmtree(Store(local_kaggle.root).dataset_dir("alice", project.weights_slug))
+    local_kaggle.reset_stats()
+    push_kernel(project.cfg(), "train", wait=False)
+    assert local_kaggle.stats()["calls"].get("CreateDataset") == 1
+    assert project.dataset()["versions"] == [1]
+
+
+def test_chain_of_two_sessions(local_kaggle, tmp_path, monkeypatch, telegram):
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, local_kaggle, sessions=2)
+    monkeypatch.chdir(project.root)
+    try:
+        result = push_kernel(project.cfg(), "train", wait=True)
+    finally:
+        kaggle_api._restore_env()
+    assert result.status == "COMPLETE"
+    assert [(r.slug, r.version, r.session) for r in result.sessions] == [
+        (project.train_slug, 1, 1), (f"{project.train_slug}-s2", 1, 2)]
+    second = project.kernel_versions(f"{project.train_slug}-s2")[0]
+    assert second["metadata"]["kernel_data_sources"] == [f"alice/{project.train_slug}"]
+    state = json.loads((result.output / "state.json").read_text())
+    assert state == {"done": True, "session": 2}
+    rows = [r for r in ledger.read() if r.get("base_slug") == project.train_slug]
+    assert [(r["session"], r["status"]) for r in rows] == [(1, "COMPLETE"), (2, "COMPLETE")]
+    assert len(telegram.received) == 2
+
+
+def test_failed_session_stops_with_failure_message(project, local_kaggle, telegram, capsys):
+    project.write_entry(FAIL_ENTRY)
+    with pytest.raises(UserError) as err:
+        push_kernel(project.cfg(), "train", wait=True)
+    assert err.value.exit_code == 1 and "ERROR" in str(err.value)
+    assert "the model diverged" in str(err.value)
+    row = ledger.latest(kernel=f"alice/{project.train_slug}")
+    assert row["status"] == "ERROR" and "the model diverged" in row["failure"]
+    assert any("FAILED" in t and "the model diverged" in t for t in telegram.texts())
+    log = project.root / "runs" / project.train_slug / "v1" / f"{project.train_slug}.log"
+    assert "RuntimeError" in log.read_text()
+
+
+def test_no_secret_reaches_the_ledger(project, local_kaggle, telegram, monkeypatch):
+    monkeypatch.setenv("MY_API_TOKEN", SECRET)
+    push_kernel(project.cfg(), "train", wait=True)
+    text = (project.root / "runs" / "ledger.jsonl").read_text()
+    env = local_kaggle.env("alice")
+    for value in (SECRET, env["KAGGLE_KEY"], env["KAGGLE_API_TOKEN"], "telegram-token-secret"):
+        assert value not in text
+
+
+def test_secret_in_the_sources_blocks_every_upload(project, local_kaggle, monkeypatch):
+    monkeypatch.setenv("MY_API_TOKEN", SECRET)
+    (project.root / "kernel_src" / "leak.py").write_text(f'KEY = "{SECRET}"\n')
+    local_kaggle.reset_stats()
+    with pytest.raises(UserError, match="holds a secret value"):
+        push_kernel(project.cfg(), "train", wait=True)
+    calls = local_kaggle.stats()["calls"]
+    assert not {"SaveKernel", "StartBlobUpload", "CreateDataset"} & set(calls)
+    assert project.kernel_versions() == [] and project.dataset() is None
+
+
+def test_refused_push_is_one_error(project, local_kaggle):
+    cfg = project.cfg()
+    cfg.kernels["train"].sources.datasets.append("alice/no-such-dataset")
+    with pytest.raises(UserError) as err:
+        push_kernel(cfg, "train", wait=False)
+    assert "dataset sources not found: alice/no-such-dataset" in str(err.value)
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)

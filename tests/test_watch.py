@@ -1,0 +1,103 @@
+"""`kpack status` and `kpack output` against the local Kaggle: status per version (never an older run's),
+non-zero exit on ERROR with the failure message, outputs in runs/<slug>/v<N>/."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from packager import kaggle_api, watch
+from packager.errors import UserError
+from packager.push import push_kernel
+from pushkit import FAIL_ENTRY, isolate, make_project
+
+KPACK = str(Path(sys.executable).parent / "kpack")
+
+
+@pytest.fixture
+def project(local_kaggle, tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    local_kaggle.clear_faults()
+    proj = make_project(tmp_path, local_kaggle, datasets=False)
+    monkeypatch.chdir(proj.root)
+    yield proj
+    kaggle_api._restore_env()
+
+
+def pushed(project, local_kaggle, entry=None) -> int:
+    if entry:
+        project.write_entry(entry)
+    version = push_kernel(project.cfg(), "train", wait=False).ref.version
+    local_kaggle.wait_kernel("alice", project.train_slug, version)
+    return version
+
+
+def test_resolve_names():
+    from packager.config import parse_config
+
+    cfg = parse_config({"competition": "digits-multilabel", "kaggle_user": "alice",
+                        "kernels": {"train": {"entry": "kernel_src/train.py"}}})
+    assert watch.resolve(cfg, "alice/some-kernel/3") == watch.KernelRef("alice", "some-kernel", 3)
+    assert watch.resolve(cfg, "alice/some-kernel") == watch.KernelRef("alice", "some-kernel")
+    assert watch.resolve(cfg, "train", 2) == watch.KernelRef("alice", "digits-multilabel-train", 2, "train")
+    with pytest.raises(UserError, match="owner/slug"):
+        watch.resolve(cfg, "nonsense")
+
+
+def test_status_of_each_version_and_error_exit(project, local_kaggle, capsys):
+    good = pushed(project, local_kaggle)
+    bad = pushed(project, local_kaggle, FAIL_ENTRY)
+    cfg = project.cfg()
+    with pytest.raises(UserError) as err:
+        watch.show_status(cfg, "train")           # the latest: v2, which failed
+    assert err.value.exit_code == 1 and "the model diverged" in str(err.value)
+    out = capsys.readouterr().out
+    assert f"v{bad}: ERROR" in out and "failure message: " in out and "the model diverged" in out
+    # an older version is asked for by number, and answered for that version, not the latest
+    assert watch.show_status(cfg, f"alice/{project.train_slug}/{good}") == "COMPLETE"
+
+
+def test_a_version_the_server_does_not_list_yet_is_pending(project, local_kaggle):
+    version = pushed(project, local_kaggle)
+    api = kaggle_api.connect(project.cfg())
+    ref = watch.KernelRef("alice", project.train_slug, version + 1)
+    assert watch.status_of(api, ref) == ("PENDING", "")   # not the COMPLETE of the older run
+
+
+def test_cli_status_exits_non_zero_on_error(project, local_kaggle):
+    pushed(project, local_kaggle, FAIL_ENTRY)
+    kaggle_api._restore_env()
+    done = subprocess.run([KPACK, "status", "train"], cwd=project.root, env=dict(os.environ), text=True,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "ERROR" in done.stdout and "the model diverged" in done.stdout + done.stderr
+
+
+def test_output_lands_in_runs(project, local_kaggle):
+    first = pushed(project, local_kaggle)
+    pushed(project, local_kaggle)
+    cfg = project.cfg()
+    path = watch.download_output(cfg, "train", first)
+    assert path == Path("runs") / project.train_slug / f"v{first}"
+    assert (path / "state.json").is_file() and (path / "sub" / "note.txt").is_file()
+    (path / "stale.txt").write_text("from an earlier download")
+    again = watch.download_output(cfg, f"alice/{project.train_slug}")   # latest: v2, a fresh folder
+    assert again.name == "v2" and (again / "metrics.json").is_file()
+    assert watch.download_output(cfg, "train", first) == path and not (path / "stale.txt").exists()
+    leftovers = [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    with pytest.raises(UserError, match="not found"):
+        watch.download_output(cfg, "train", 99)
+
+
+def test_cli_output(project, local_kaggle):
+    version = pushed(project, local_kaggle)
+    kaggle_api._restore_env()
+    done = subprocess.run([KPACK, "output", "train", "-v", str(version)], cwd=project.root, env=dict(os.environ),
+                          text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"runs/{project.train_slug}/v{version}")
+    assert (project.root / "runs" / project.train_slug / f"v{version}" / "state.json").is_file()
