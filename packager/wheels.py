@@ -274,9 +274,11 @@ _NO_WHEEL = re.compile(r"([A-Za-z0-9_.\-]+)==([^\s,]+) has no (usable wheels|whe
 
 
 def _uv_reason(stderr: str) -> str:
+    """uv's error and its causes on one line (warnings and hints left out)."""
     lines = [ln.strip().lstrip("╰─▶×").strip() for ln in stderr.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(("warning:", "cause:", "hint:"))]
-    return " ".join(lines)[:400] or "uv gave no reason"
+    lines = [ln.removeprefix("error: ").removeprefix("cause: ") for ln in lines
+             if ln and not ln.startswith(("warning:", "hint:"))]
+    return ": ".join(lines)[:400] or "uv gave no reason"
 
 
 def _no_wheel_error(stderr: str, target: Target) -> UserError | None:
@@ -626,5 +628,10 @@ def build_wheels_dataset(cfg, out_dir: Path, *, root: Path | None = None, find_l
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+    size = sum((out_dir / name).stat().st_size for name in files)
+    print(f"wheels dataset {spec.slug}: {len(ship)} package(s) shipped for {target.describe()} ({spec.install}, "
+          f"{size / 1e6:.1f} MB), {len(from_image)} from the image", flush=True)
+    for note in notes:
+        print(f"  note: {note}", flush=True)
     return DatasetBuild(slug=spec.slug, title=_title(spec.slug), path=out_dir, content_hash=tree_hash(out_dir),
                         files=sorted([*files, MANIFEST]), notes=notes)

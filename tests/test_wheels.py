@@ -185,6 +185,100 @@ def test_sdist_only_and_wrong_tag_are_refused_at_pack_time(tmp_path, backend, pi
     assert not (tmp_path / "out").exists()
 
 
+def toy_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
+    """A real pure-Python wheel (module, METADATA, WHEEL, RECORD) that uv and pip install."""
+    import base64
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: " + name + "\nVersion: " + version + "\n"
+                                 + "".join(f"Requires-Dist: {r}\n" for r in requires),
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: kpack-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+                     f"{len(text.encode())}\n" for path, text in files.items()) + f"{info}/RECORD,,\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in [*files.items(), (f"{info}/RECORD", record)]:
+            zf.writestr(zipfile.ZipInfo(member, (2020, 1, 1, 0, 0, 0)), text)
+    return path
+
+
+@pytest.fixture
+def toy_links(tmp_path):
+    links = tmp_path / "links"
+    toy_wheel(links, "kpacka", "1.0", ("kpackb>=1.0",))
+    toy_wheel(links, "kpackb", "1.0")
+    toy_wheel(links, "kpackb", "2.0")
+    return links
+
+
+def test_offline_build_ships_the_resolved_set_and_the_kernel_imports_it(tmp_path, toy_links, monkeypatch):
+    root = project(tmp_path, "kpacka==1.0\n")
+    build = wheels.build_wheels_dataset(make_cfg(), tmp_path / "out", root=root, image={},
+                                        find_links=(toy_links,), no_index=True)
+    manifest = json.loads((build.path / wheels.MANIFEST).read_text())
+    assert manifest["shipped"] == {"kpacka": "1.0", "kpackb": "2.0"} and manifest["image"] == {}
+    assert manifest["requirements"] == {"kpacka": "1.0"}
+    assert manifest["files"]["site.zip"] == wheels.file_sha256(build.path / "site.zip")
+    assert build.files == ["kpack-wheels.json", "site.zip"]
+    # the same build again, site folder rebuilt from the cached wheels: the same bytes
+    shutil.rmtree(root / wheels.CACHE_DIR / wheels.local_target().key / "sites")
+    again = wheels.build_wheels_dataset(make_cfg(), tmp_path / "again", root=root, image={},
+                                        find_links=(toy_links,), no_index=True)
+    assert again.content_hash == build.content_hash
+    # and a kernel imports it
+    kaggle = tmp_path / "kaggle"
+    mount(kaggle, build.path)
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(kaggle))
+    monkeypatch.setattr(deps, "_active", None)
+    saved = list(sys.path)
+    try:
+        deps.activate({"kaggle_user": OWNER, "datasets": {"wheels": {"slug": SLUG}}})
+        import kpacka
+        import kpackb
+
+        assert (kpacka.VERSION, kpackb.VERSION) == ("1.0", "2.0")
+    finally:
+        sys.path[:] = saved
+        sys.modules.pop("kpacka", None)
+        sys.modules.pop("kpackb", None)
+
+
+def test_what_the_image_has_is_not_shipped(tmp_path, toy_links, capsys):
+    root = project(tmp_path, "kpacka==1.0\n")
+    build = wheels.build_wheels_dataset(make_cfg(), tmp_path / "out", root=root, image={"kpackb": "1.0"},
+                                        find_links=(toy_links,), no_index=True)
+    manifest = json.loads((build.path / wheels.MANIFEST).read_text())
+    assert manifest["shipped"] == {"kpacka": "1.0"} and manifest["image"] == {"kpackb": "1.0"}
+    assert "1 package(s) shipped" in capsys.readouterr().out
+
+
+def test_pins_that_conflict_are_refused_with_uvs_reason(tmp_path, toy_links):
+    toy_wheel(toy_links, "kpackc", "1.0", ("kpackb>=3",))
+    root = project(tmp_path, "kpackc==1.0\nkpackb==1.0\n")
+    with pytest.raises(UserError) as err:
+        wheels.build_wheels_dataset(make_cfg(), tmp_path / "out", root=root, image={},
+                                    find_links=(toy_links,), no_index=True)
+    message = str(err.value)
+    assert message.startswith("resolving kpackc==1.0, kpackb==1.0 for local") and "\n" not in message
+    assert "kpackc depend on kpackb>=3" in message and "you require kpackb==1.0" in message
+
+
+@pytest.mark.parametrize("mode", ["uv", "pip"])
+def test_wheel_modes_ship_the_wheels_at_the_top_level(tmp_path, toy_links, mode):
+    toy_wheel(toy_links, "uv", wheels.uv_version())  # stands in for uv's own wheel: no download offline
+    root = project(tmp_path, "kpacka==1.0\n")
+    build = wheels.build_wheels_dataset(make_cfg(install=mode), tmp_path / "out", root=root, image={},
+                                        find_links=(toy_links,), no_index=True)
+    manifest = json.loads((build.path / wheels.MANIFEST).read_text())
+    assert manifest["wheels"] == ["kpacka-1.0-py3-none-any.whl", "kpackb-2.0-py3-none-any.whl"]
+    expected = set(manifest["wheels"]) | ({f"uv-{wheels.uv_version()}-py3-none-any.whl"} if mode == "uv" else set())
+    assert set(build.files) == expected | {wheels.MANIFEST}
+    assert all((build.path / name).is_file() for name in build.files)  # files only: no folder needs dir-mode
+
+
 # --------------------------------------------------------------------------------------------- determinism (fast)
 
 def test_zip_is_byte_identical_whatever_the_mtimes(tmp_path):
