@@ -1,0 +1,17 @@
+"""The local Kaggle: a server that speaks Kaggle's API wire format to the unmodified `kaggle` client, and a
+kernel runner with Kaggle's mounts, no network and the session time limit.
+
+    server.py          HTTP: RPC routing, blob uploads (resumable PUT), file downloads, admin endpoints
+    rpc.py             the route registry and the error type; handlers per service:
+    kernels_api.py     SaveKernel, GetKernelSessionStatus, ListKernelSessionOutput, GetKernel, ListKernels, ...
+    datasets_api.py    StartBlobUpload, CreateDataset(Version), GetDatasetStatus, files, downloads
+    competitions_api.py  file and code submissions, ListSubmissions, data files
+    security_api.py    IntrospectToken
+    scheduler.py       the session queue and worker pool (QUEUED -> RUNNING -> COMPLETE / ERROR / CANCEL_...)
+    runner.py          one kernel session in a sandbox (see its docstring); image.py, netns.py serve it
+    store.py           all state on disk under the root, written atomically
+    scoring.py         F-beta (beta 2) per row, mean over rows, Public / Private
+    faults.py          fault injection and counters for tests
+    client_env.py      the environment that points a client at the server; ensure_server()
+    cli.py             `kpack local serve | env | competition create | secret set`
+"""

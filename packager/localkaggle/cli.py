@@ -1,7 +1,149 @@
-"""`kpack local ...`: the local Kaggle's commands (being built: see issue 2)."""
+"""`kpack local ...`: run the local Kaggle and manage what lives in it.
+
+    kpack local serve [--port P] [--root DIR] [--max-sessions N] [--session-limit S]
+    kpack local env [--port P] [--root DIR] [--user NAME] [--start]      eval "$(kpack local env)"
+    kpack local competition create SLUG --data DIR --solution FILE [--code] [--title T] [--replace]
+    kpack local secret set LABEL [--user NAME] [--root DIR]             (the value comes from stdin)
+
+Port, root and user default to kpack.yaml's `local.port`, `local.root` and `kaggle_user` when run where a
+project config is, else to 8599, .localkaggle and kpack.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
 import click
+
+from packager.errors import UserError
+from packager.localkaggle import client_env
+
+port_opt = click.option("--port", type=int, default=None, help="port on 127.0.0.1 (default: kpack.yaml or 8599)")
+root_opt = click.option("--root", default=None, help="state folder (default: kpack.yaml or .localkaggle)")
+user_opt = click.option("--user", default=None, help="local user name (default: kpack.yaml kaggle_user or kpack)")
+
+
+def _defaults(port: int | None, root: str | None, user: str | None = None) -> tuple[int, Path, str]:
+    cfg = None
+    if port is None or root is None or user is None:
+        try:
+            from packager.config import find_config, load_config
+
+            find_config()
+            cfg = load_config()
+        except UserError:
+            cfg = None
+    port = port if port is not None else (cfg.local.port if cfg else client_env.DEFAULT_PORT)
+    root = root if root is not None else (cfg.local.root if cfg else client_env.DEFAULT_ROOT)
+    user = user if user is not None else (cfg.kaggle_user if cfg else client_env.DEFAULT_USER)
+    return port, Path(root).resolve(), user
+
+
+def _store_error(fn):
+    """Run fn, turning the store's refusals into one-line user errors."""
+    from packager.localkaggle.store import StoreError
+
+    try:
+        return fn()
+    except StoreError as err:
+        raise UserError(err.message) from None
 
 
 @click.group()
 def local() -> None:
     """The local Kaggle: a server speaking Kaggle's API wire format, and a kernel runner."""
+
+
+@local.command()
+@port_opt
+@root_opt
+@click.option("--max-sessions", type=int, default=2, show_default=True, help="kernel sessions run at once")
+@click.option("--session-limit", type=float, default=12 * 3600, show_default=True,
+              help="seconds a session may run when its push sets no limit")
+def serve(port: int | None, root: str | None, max_sessions: int, session_limit: float) -> None:
+    """Run the local Kaggle in the foreground (Ctrl-C stops it)."""
+    port, root_path, _ = _defaults(port, root, "-")
+    answer = client_env.health(port)
+    if answer:
+        raise UserError(f"the local Kaggle already runs on port {port} (pid {answer.get('pid')}, root "
+                        f"{answer.get('root')})")
+    from packager.localkaggle.server import serve as run
+
+    try:
+        run(root_path, port, max_sessions=max_sessions, session_limit_s=session_limit)
+    except OSError as exc:
+        raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+
+
+@local.command()
+@port_opt
+@root_opt
+@user_opt
+@click.option("--start", is_flag=True, help="start the server (detached) when it is not running")
+def env(port: int | None, root: str | None, user: str | None, start: bool) -> None:
+    """Print the export lines that point the unmodified kaggle client at the local Kaggle."""
+    port, root_path, user = _defaults(port, root, user)
+    if start:
+        values = client_env.ensure_server(root_path, port, user)
+    else:
+        values = client_env.client_env(port, client_env.user_credentials(root_path, user))
+        if not client_env.health(port):
+            click.echo(f"# note: no local Kaggle answers on port {port}; start it with `kpack local serve "
+                       f"--port {port} --root {root_path}` (or pass --start)", err=True)
+    click.echo(client_env.export_lines(values), nl=False)
+
+
+@local.group()
+def competition() -> None:
+    """Local competitions: data files that kernels mount, and a hidden solution to score against."""
+
+
+@competition.command("create")
+@click.argument("slug")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="folder of data files (mounted as input/competitions/<slug>/)")
+@click.option("--solution", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV: id, labels (space-separated), Usage (Public/Private)")
+@click.option("--code", is_flag=True, help="a code competition: notebook submissions only, internet off")
+@click.option("--title", default=None)
+@click.option("--replace", is_flag=True, help="rebuild it when it exists (its submissions stay)")
+@root_opt
+def competition_create(slug: str, data_dir: str, solution: str, code: bool, title: str | None, replace: bool,
+                       root: str | None) -> None:
+    """Make (or with --replace, rebuild) a local competition; a running server sees it at once."""
+    from packager.localkaggle.scoring import load_solution
+    from packager.localkaggle.store import Store
+
+    _, root_path, _ = _defaults(0, root, "-")
+    try:
+        load_solution(Path(solution))
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{solution}: not a usable solution file: {exc}") from None
+    info = _store_error(lambda: Store(root_path).create_competition(
+        slug, Path(data_dir), Path(solution), code=code, title=title, replace=replace))
+    kind = "code competition" if info["code"] else "competition"
+    click.echo(f"{kind} {slug} ready in {root_path} ({len(list(Path(info['data_dir']).rglob('*')))} data entries)")
+
+
+@local.group()
+def secret() -> None:
+    """Per-user secrets, passed to that user's kernels as environment variables (Kaggle Secrets' stand-in)."""
+
+
+@secret.command("set")
+@click.argument("label")
+@user_opt
+@root_opt
+def secret_set(label: str, user: str | None, root: str | None) -> None:
+    """Store LABEL's value, read from stdin (one trailing newline dropped)."""
+    from packager.localkaggle.store import Store
+
+    _, root_path, user = _defaults(0, root, user)
+    value = sys.stdin.read()
+    if value.endswith("\n"):
+        value = value[:-1]
+    if not value:
+        raise UserError(f"secret {label}: no value on stdin (e.g. `printf %s \"$VALUE\" | kpack local secret "
+                        f"set {label}`)")
+    _store_error(lambda: Store(root_path).set_secret(user, label, value))
+    click.echo(f"secret {label} stored for {user} (kernels see it as ${label})")
