@@ -401,10 +401,12 @@ def test_upload_resumes_after_the_client_process_died(kaggle_env, local_kaggle, 
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    time.sleep(0.5)
-    out = ok(run_kaggle("datasets", "create", "-p", str(folder)))
-    assert "Will resume upload at" in out
-    assert local_kaggle.stats()["calls"]["StartBlobUpload"] == 1  # the second run reused the first token
+    ok(run_kaggle("datasets", "create", "-p", str(folder)))
+    stats = local_kaggle.stats()
+    assert stats["calls"]["StartBlobUpload"] == 1  # the second run reused the first run's upload token...
+    ranges = [p["content_range"] for p in stats["puts"]]
+    assert ranges[0] is None and ranges[1] == "bytes */400000"  # ...asked what the server has...
+    assert None not in ranges[1:] and stats["uploaded_bytes"] == 400_000  # ...and sent only the rest, if any
     from packager.localkaggle.store import Store
 
     files = Path(Store(local_kaggle.root).dataset_version(USER, slug)["files_dir"])
