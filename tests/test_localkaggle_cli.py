@@ -80,6 +80,19 @@ def test_env_prints_exports_for_the_unmodified_client(local_kaggle, tmp_path):
     assert user_file.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.parametrize("args, stdin, message", [
+    (["competition", "create", "c-x", "--data", ".", "--solution", "bad.csv"], "", "not a usable solution file"),
+    (["secret", "set", "BAD-LABEL"], "v", "use letters, digits and _"),
+    (["secret", "set", "EMPTY"], "", "no value on stdin"),
+])
+def test_local_commands_refuse_bad_input_in_one_line(tmp_path, args, stdin, message):
+    (tmp_path / "bad.csv").write_text("id,a,b,c\n1,2,3,4\n")
+    done = subprocess.run([str(Path(sys.executable).parent / "kpack"), "local", *args, "--root", str(tmp_path / "r")],
+                          input=stdin, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "competitions").exists() and not (tmp_path / "r" / "secrets").exists()
+
+
 # --------------------------------------------------------------------------------------------- datasets
 
 @pytest.mark.slow
@@ -149,8 +162,11 @@ def test_kernels_push_status_output_pull(run_kaggle, local_kaggle, tmp_path):
     meta = json.loads((pulled / "kernel-metadata.json").read_text())
     assert meta["id"] == f"{USER}/{slug}" and meta["enable_internet"] is False and meta["title"] == title_of(slug)
 
+    (folder / "k.py").write_text(code + "# v2\n")
     out = ok(run_kaggle("kernels", "push", "-p", str(folder), "-t", "60"))
     assert "Kernel version 2 successfully pushed." in out
+    ok(run_kaggle("kernels", "pull", f"{USER}/{slug}/1", "-p", str(tmp_path / "v1")))
+    assert (tmp_path / "v1" / f"{slug}.py").read_text() == code
     record = local_kaggle.wait_kernel(USER, slug, 2)
     assert record["session_timeout_seconds"] == 60 and record["status"] == "COMPLETE"
     assert f"{USER}/{slug}" in ok(run_kaggle("kernels", "list", "--mine"))

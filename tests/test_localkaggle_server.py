@@ -240,6 +240,17 @@ def test_a_restarted_server_has_everything_it_had(tmp_path):
         server.stop()
 
 
+def test_ensure_server_refuses_a_port_held_by_something_else(tmp_path):
+    from packager.errors import UserError
+    from packager.localkaggle import client_env
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        with pytest.raises(UserError, match="taken by something that is not the local Kaggle"):
+            client_env.ensure_server(tmp_path / "root", sock.getsockname()[1], "carol")
+
+
 def test_ensure_server_starts_one_detached_and_reuses_it(tmp_path):
     from packager.localkaggle import client_env
 
@@ -257,6 +268,9 @@ def test_ensure_server_starts_one_detached_and_reuses_it(tmp_path):
 
         with pytest.raises(UserError, match="not .*other"):
             client_env.ensure_server(tmp_path / "other", port, "carol")
+        kpack = str(Path(os.sys.executable).parent / "kpack")
+        done = subprocess.run([kpack, "local", "stop", "--port", str(port)], capture_output=True, text=True)
+        assert done.returncode == 0 and "stopped the local Kaggle" in done.stdout and not client_env.health(port)
     finally:
         answer = client_env.health(port)
         if answer:

@@ -1,6 +1,7 @@
 """`kpack local ...`: run the local Kaggle and manage what lives in it.
 
     kpack local serve [--port P] [--root DIR] [--max-sessions N] [--session-limit S]
+    kpack local stop [--port P]                                         (running sessions end ERROR)
     kpack local env [--port P] [--root DIR] [--user NAME] [--start]      eval "$(kpack local env)"
     kpack local competition create SLUG --data DIR --solution FILE [--code] [--title T] [--replace]
     kpack local secret set LABEL [--user NAME] [--root DIR]             (the value comes from stdin)
@@ -73,6 +74,28 @@ def serve(port: int | None, root: str | None, max_sessions: int, session_limit: 
         run(root_path, port, max_sessions=max_sessions, session_limit_s=session_limit)
     except OSError as exc:
         raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+
+
+@local.command()
+@port_opt
+def stop(port: int | None) -> None:
+    """Stop the local Kaggle on this port (SIGTERM; queued sessions wait for the next start)."""
+    import os
+    import signal
+    import time
+
+    port, _, _ = _defaults(port, "-", "-")
+    answer = client_env.health(port)
+    if not answer:
+        click.echo(f"no local Kaggle runs on port {port}")
+        return
+    os.kill(int(answer["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while client_env.health(port, timeout=0.5):
+        if time.monotonic() > deadline:
+            raise UserError(f"the local Kaggle (pid {answer['pid']}) did not stop within 60s")
+        time.sleep(0.2)
+    click.echo(f"stopped the local Kaggle on port {port} (pid {answer['pid']}, root {answer['root']})")
 
 
 @local.command()
