@@ -1,0 +1,170 @@
+"""Inside the kernel: find the weights dataset, open sealed files, verify every file, say where each one is.
+
+    from kernel_src.runtime import weights
+    weights.prepare(config)                      # once, before building models
+    weights.weights_path("resnet50.a1_in1k.pth") # -> Path to the verified plaintext
+    weights.for_architecture("resnet50")         # -> Path or None
+
+Plain files are used where they are mounted (read-only inputs, no copy). Sealed files are decrypted into
+<kaggle temp>/weights/, outside working/, so plaintext weights never become part of the kernel's saved output.
+The key comes from the environment variable named by datasets.weights.key_env (the local Kaggle passes user
+secrets that way) or else from a Kaggle secret with that label. Every file's sha256 is checked against the
+manifest while it streams; a failure stops the kernel with one line naming the file, leaving no partial file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from kernel_src.runtime import inputs, sealed
+
+MANIFEST = "manifest.json"
+HASH_CHUNK = 1 << 20
+
+_paths: dict[str, Path] = {}
+_architectures: dict[str, str] = {}
+
+
+class WeightsError(RuntimeError):
+    """A weights problem, told in one line (never containing the key)."""
+
+
+def _get(obj, name: str, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _spec(config) -> tuple[str, dict | object] | None:
+    weights = _get(_get(config, "datasets"), "weights")
+    if weights is None:
+        return None
+    return f"{_get(config, 'kaggle_user')}/{_get(weights, 'slug')}", weights
+
+
+def find_dataset(ref: str) -> Path:
+    """The mounted weights dataset folder: the usual mount places first, then any input with a kpack manifest."""
+    found = inputs.find_input(ref, "dataset")
+    if found is not None and (found / MANIFEST).is_file():
+        return found
+    slug = ref.rsplit("/", 1)[-1]
+    for manifest in inputs.find_files(MANIFEST):
+        if manifest.parent.name == slug:
+            return manifest.parent
+    raise WeightsError(f"weights dataset {ref} is not mounted under {inputs.input_dir()}: add it to the kernel's "
+                       "dataset_sources (kpack does this for the configured weights dataset)")
+
+
+def load_key(label: str) -> bytes:
+    """The weights key: environment variable `label` first, else the Kaggle secret of that label."""
+    text = os.environ.get(label)
+    source = f"environment variable {label}"
+    if not text:
+        text, source = _kaggle_secret(label), f"Kaggle secret {label}"
+    if not text:
+        raise WeightsError(f"the weights are encrypted but no key was found: set the environment variable {label} "
+                           f"or attach a Kaggle secret labelled {label} (Add-ons -> Secrets) holding the 32-byte key "
+                           "in base64 or hex")
+    try:
+        return sealed.parse_key(text, source)
+    except sealed.SealedError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def _kaggle_secret(label: str) -> str | None:
+    try:
+        from kaggle_secrets import UserSecretsClient
+    except ImportError:
+        return None
+    try:
+        return UserSecretsClient().get_secret(label)
+    except Exception:  # noqa: BLE001 - no such secret, not attached, or no internet: all mean "not here"
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(HASH_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        assert isinstance(files, list)
+        return manifest
+    except (OSError, ValueError, KeyError, AssertionError) as exc:
+        raise WeightsError(f"{folder / MANIFEST}: not a kpack weights manifest ({type(exc).__name__})") from None
+
+
+def prepare(config) -> dict[str, Path]:
+    """Make every weight file of the configured weights dataset available and verified; returns name -> path.
+    No weights dataset configured: nothing to do, {}."""
+    spec = _spec(config)
+    if spec is None:
+        return {}
+    ref, section = spec
+    folder = find_dataset(ref)
+    manifest = _manifest(folder)
+    label = _get(section, "key_env") or "KPACK_WEIGHTS_KEY"
+    key = load_key(label) if any(e.get("encrypted") for e in manifest["files"]) else None
+    out_dir = inputs.temp_dir() / "weights"
+    paths, architectures = {}, {}
+    for entry in manifest["files"]:
+        name, stored = entry["name"], folder / entry["stored"]
+        if Path(name).name != name or Path(entry["stored"]).name != entry["stored"]:
+            raise WeightsError(f"{folder / MANIFEST}: bad file name {name!r}")
+        if not stored.is_file():
+            raise WeightsError(f"{stored}: listed in the weights manifest but missing from the dataset")
+        if entry.get("encrypted"):
+            target = out_dir / name
+            # Decrypted earlier in this session (e.g. a second prepare()): verify instead of decrypting again.
+            if not (target.is_file() and target.stat().st_size == entry["size"] and _sha256(target) == entry["sha256"]):
+                target.unlink(missing_ok=True)
+                try:
+                    sealed.decrypt_file(stored, target, key, entry["sha256"], name=entry["stored"])
+                except sealed.SealedError as exc:
+                    raise WeightsError(f"weights {exc}") from None
+        else:
+            target = stored
+            got = _sha256(stored)
+            if got != entry["sha256"]:
+                raise WeightsError(f"weights {entry['stored']}: sha256 mismatch (expected {entry['sha256'][:12]}..., "
+                                   f"got {got[:12]}...); the dataset is damaged, push it again")
+        paths[name] = target
+        if entry.get("architecture"):
+            architectures.setdefault(entry["architecture"], name)
+    _paths.clear()
+    _paths.update(paths)
+    _architectures.clear()
+    _architectures.update(architectures)
+    print(f"[kpack] weights: {len(paths)} file(s) verified from {folder}", flush=True)
+    return dict(paths)
+
+
+def weights_path(name: str) -> Path:
+    """The verified local path of weight file `name` (its name in models/); prepare() must have run."""
+    try:
+        return _paths[name]
+    except KeyError:
+        known = ", ".join(sorted(_paths)) or "none; was weights.prepare(config) called?"
+        raise WeightsError(f"no weight file {name!r} (known: {known})") from None
+
+
+def for_architecture(architecture: str) -> Path | None:
+    """The first weight file whose manifest architecture is `architecture`, or None."""
+    name = _architectures.get(architecture)
+    return _paths[name] if name else None
+
+
+def available() -> dict[str, Path]:
+    return dict(_paths)

@@ -1,0 +1,195 @@
+"""The weights dataset: every file at the top of `models/` (plain, or sealed as `<name>.enc`) plus `manifest.json`.
+
+Deterministic: the same weights and key give the same dataset content hash, so re-pushing unchanged weights
+uploads nothing. Sealing draws a fresh random nonce prefix per file (see kernel_src/runtime/sealed.py), so
+encrypting the same file twice gives different bytes; instead of making the nonce a function of the content
+(which would repeat nonces if a derivation ever collided, and leaks plaintext equality), the builder keeps its
+output folder between builds and reuses a sealed file whose plaintext sha256, size, key id and chunk size
+are unchanged and whose own bytes still match the previous manifest. Only changed files are sealed anew, each
+with a new nonce prefix, so no nonce is ever used under one key for two different plaintexts.
+
+Architecture names come from `models/models.yaml` (`file: architecture`) where it lists the file, else from
+the naming convention `<timm-arch>.<tag>.<ext>` (e.g. `resnet50.a1_in1k.pth` -> `resnet50`), else none.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from kernel_src.runtime import sealed
+from packager.datasets import METADATA, PUSHED
+from packager.errors import UserError
+from packager.fsutil import atomic_write_text, file_sha256, tree_hash
+
+try:  # one dataclass for every dataset the packager builds, when the wheels builder defines it
+    from packager.wheels import DatasetBuild
+except ImportError:  # pragma: no cover - depends on which modules exist
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class DatasetBuild:
+        slug: str
+        title: str
+        path: Path
+        content_hash: str
+        files: list[str] = field(default_factory=list)
+
+MANIFEST = "manifest.json"
+MAPPING = "models.yaml"
+FORMAT = "kpack-weights/1"
+SEALED_SUFFIX = ".enc"
+SKIPPED = {"README.md", MAPPING}  # documentation and the mapping itself are not weights
+KEY_HELP = ("make one with: python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\" "
+            "and keep it out of the repository")
+
+
+def load_key(env_name: str) -> bytes:
+    """The 32-byte weights key from the environment variable `env_name` (64 hex digits or base64)."""
+    text = os.environ.get(env_name, "")
+    if not text.strip():
+        raise UserError(f"datasets.weights.encrypt is on but {env_name} is not set: export {env_name} with a "
+                        f"32-byte key (64 hex digits or base64); {KEY_HELP}")
+    try:
+        return sealed.parse_key(text, env_name)
+    except sealed.SealedError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _architectures(models: Path) -> dict[str, str]:
+    mapping_file = models / MAPPING
+    if not mapping_file.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(mapping_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{mapping_file}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise UserError(f"{mapping_file}: expected a mapping of file name -> architecture, e.g. "
+                        "'backbone.pth: convnext_tiny'")
+    return data
+
+
+def architecture_of(name: str, mapping: dict[str, str]) -> str | None:
+    if name in mapping:
+        return mapping[name]
+    parts = name.split(".")
+    return parts[0] if len(parts) >= 3 and parts[0] else None
+
+
+def weight_files(models: Path) -> list[Path]:
+    """The weight files at the top of `models/`, sorted; a sub-folder is refused (Kaggle uploads top-level
+    files only)."""
+    if not models.is_dir():
+        raise UserError(f"{models}: no weights folder; create it and put the weight files in it, or remove "
+                        "datasets.weights from kpack.yaml")
+    files = []
+    for path in sorted(models.iterdir()):
+        if path.name.startswith(".") or path.name in SKIPPED:
+            continue
+        if path.is_dir():
+            raise UserError(f"{path}: sub-folders are not supported in the weights folder; put the files at its "
+                            "top level")
+        if path.name in (MANIFEST, METADATA, PUSHED) or path.name.endswith(SEALED_SUFFIX):
+            raise UserError(f"{path}: this name is reserved for the dataset's own files; rename it")
+        files.append(path)
+    return files
+
+
+def _previous(out_dir: Path) -> dict[str, dict]:
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+        return {entry["name"]: entry for entry in manifest["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _reusable(old: dict | None, stored: Path, entry: dict) -> bool:
+    """The sealed file from the previous build still holds this plaintext under this key, untouched."""
+    if not old or not stored.is_file():
+        return False
+    same = all(old.get(k) == entry.get(k) for k in ("sha256", "size", "stored", "key_id", "chunk_size"))
+    return bool(same and stored.stat().st_size == old.get("stored_size")
+                and file_sha256(stored) == old.get("stored_sha256"))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _same_plain_file(src: Path, stored: Path, digest: str) -> bool:
+    if not stored.is_file():
+        return False
+    if os.path.samefile(src, stored):  # the hard link from the previous build
+        return True
+    return stored.stat().st_size == src.stat().st_size and file_sha256(stored) == digest
+
+
+def _place_plain(src: Path, dst: Path) -> None:
+    """A plain weight file in the dataset folder: a hard link where the file system allows, else a copy."""
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
+    """Write `manifest.json` and the weight files (sealed when datasets.weights.encrypt) into `out_dir`, which
+    is kept between builds; `dataset-metadata.json` there is left alone (the metadata step writes it)."""
+    spec = cfg.datasets.weights
+    if spec is None:
+        raise UserError("kpack.yaml: no datasets.weights section; add one with at least 'slug:'")
+    models, out_dir = Path(spec.dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mapping = _architectures(models)
+    key = load_key(spec.key_env) if spec.encrypt else None
+    kid = sealed.key_id(key) if key else None
+    previous = _previous(out_dir)
+
+    entries, keep = [], {MANIFEST, METADATA, PUSHED}
+    for src in weight_files(models):
+        before = _stamp(src)
+        digest, size = file_sha256(src), before[0]
+        entry = {"name": src.name, "stored": src.name + (SEALED_SUFFIX if key else ""), "sha256": digest,
+                 "size": size, "architecture": architecture_of(src.name, mapping), "encrypted": bool(key)}
+        stored = out_dir / entry["stored"]
+        if key:
+            entry.update(key_id=kid, chunk_size=sealed.DEFAULT_CHUNK)
+            old = previous.get(src.name)
+            if _reusable(old, stored, entry):
+                stored_sha = old["stored_sha256"]
+            else:
+                stored_sha = sealed.encrypt_file(src, stored, key, sealed.DEFAULT_CHUNK)
+        else:
+            if not _same_plain_file(src, stored, digest):
+                _place_plain(src, stored)
+            stored_sha = digest
+        if _stamp(src) != before:
+            raise UserError(f"{src}: changed while the weights dataset was being built; build again")
+        entry.update(stored_size=stored.stat().st_size, stored_sha256=stored_sha)
+        entries.append(entry)
+        keep.add(entry["stored"])
+
+    # The folder is this builder's: drop weights removed from models/, the other form (plain/sealed) after the
+    # encrypt setting changed, and temp files a killed build left.
+    for stale in out_dir.iterdir():
+        if stale.name not in keep:
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+    manifest = {"format": FORMAT, "encrypted": bool(key), "key_id": kid, "files": entries}
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return DatasetBuild(slug=spec.slug, title=_title(cfg), path=out_dir,
+                        content_hash=tree_hash(out_dir, exclude=(METADATA, PUSHED)),
+                        files=sorted([MANIFEST] + [e["stored"] for e in entries]))
+
+
+def _title(cfg) -> str:
+    title = f"{cfg.competition} weights"
+    return title if len(title) <= 50 else title[:50].rstrip(" -")
