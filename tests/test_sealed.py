@@ -37,7 +37,7 @@ def test_round_trip_is_byte_exact(size):
     blob = seal(data)
     assert len(blob) == sealed.sealed_size(size, CHUNK)
     assert unseal(blob) == data
-    assert data == b"" or data not in blob
+    assert len(data) < 16 or data[:16] not in blob  # shorter ones may turn up in ciphertext by chance
 
 
 def test_round_trip_files_with_default_chunk(tmp_path):
