@@ -483,6 +483,36 @@ def install_site(wheels: dict[str, Path], packages: dict[str, str], target: Targ
     make_portable(dest)
 
 
+def bytecode_python(target: Target) -> tuple[str, str] | None:
+    """(path, version) of an interpreter of the target's Python version, to precompile the site with; None when
+    this machine has none (the kernel then compiles on import, 2-3 s of CPU for timm + albumentations)."""
+    if target.uv_platform is None:
+        return sys.executable, ".".join(map(str, sys.version_info[:3]))
+    found = [shutil.which(f"python{target.python}")]
+    found += sorted(map(str, Path.home().glob(f".pyenv/versions/{target.python}.*/bin/python{target.python}")))
+    for path in filter(None, found):
+        try:
+            done = subprocess.run([path, "-I", "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except OSError:
+            continue
+        version = done.stdout.strip()
+        if done.returncode == 0 and version.rsplit(".", 1)[0] == target.python:
+            return path, version
+    return None
+
+
+def compile_site(site: Path, python: str) -> None:
+    """Precompile every module into __pycache__, reproducibly: hash-based pycs that are never checked against a
+    source mtime (PEP 552 unchecked-hash) and file names relative to the site folder (no build path inside;
+    tracebacks still find the source through sys.path). Inputs are read-only on Kaggle, so without these
+    every session would compile timm and albumentations again on import."""
+    site = site.resolve()
+    subprocess.run([python, "-I", "-m", "compileall", "-qq", "-j", "0", "-s", str(site), "--invalidation-mode",
+                    "unchecked-hash", str(site)], capture_output=True, text=True, check=False)  # a module that
+    # does not compile (another Python's syntax) just has no pyc: it fails on import as it would anyway
+
+
 def make_portable(site: Path) -> None:
     """Drop console scripts (their shebangs name this machine's Python), bytecode and uv's cache stamps, and take
     them out of each RECORD, so the same wheels give the same bytes on every build."""
@@ -523,9 +553,15 @@ def deterministic_zip(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def build_site_zip(wheels: dict[str, Path], ship: dict[str, str], target: Target, cache: Path, dest: Path) -> None:
-    """site.zip for these wheels: built once per set of wheel files (kept in `cache/sites/`), then copied."""
-    key = _digest(FORMAT, target.to_json(), sorted((n, wheels[n].name, file_sha256(wheels[n])) for n in ship))
+def build_site_zip(wheels: dict[str, Path], ship: dict[str, str], target: Target, cache: Path,
+                   dest: Path) -> str | None:
+    """site.zip for these wheels: built once per set of wheel files (kept in `cache/sites/`), then copied.
+    Returns the bytecode it holds ('cpython-3.12.1'), or None when no interpreter of the target's version was
+    here to compile it."""
+    python = bytecode_python(target) if ship else None
+    bytecode = f"cpython-{python[1]}" if python else None
+    key = _digest(FORMAT, target.to_json(), bytecode,
+                  sorted((n, wheels[n].name, file_sha256(wheels[n])) for n in ship))
     kept = cache / "sites" / f"site-{key}.zip"
     if not kept.is_file():
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -533,12 +569,15 @@ def build_site_zip(wheels: dict[str, Path], ship: dict[str, str], target: Target
             site = Path(tmp) / "site"
             if ship:
                 install_site(wheels, ship, target, site)
+                if python:
+                    compile_site(site, python[0])
             else:
                 site.mkdir()
-            marker = {"format": FORMAT, "target": target.to_json(), "packages": ship}
+            marker = {"format": FORMAT, "target": target.to_json(), "packages": ship, "bytecode": bytecode}
             (site / SITE_MARKER).write_text(_dump(marker))
             deterministic_zip(site, kept)
     shutil.copyfile(kept, dest)
+    return bytecode
 
 
 # --------------------------------------------------------------------------------------------- the dataset
@@ -607,8 +646,12 @@ def build_wheels_dataset(cfg, out_dir: Path, *, root: Path | None = None, find_l
     }
     try:
         if spec.install == "site":
-            build_site_zip(wheels, ship, target, cache, staging / SITE_ZIP)
+            bytecode = build_site_zip(wheels, ship, target, cache, staging / SITE_ZIP)
             manifest["site"] = SITE_ZIP
+            manifest["bytecode"] = bytecode
+            if ship and not bytecode:
+                notes.append(f"no Python {target.python} here to precompile the site's bytecode: the kernel compiles "
+                             "on import (a few seconds)")
         else:
             for path in wheels.values():
                 shutil.copyfile(path, staging / path.name)

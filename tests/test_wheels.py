@@ -418,10 +418,19 @@ def test_same_requirements_give_the_same_hash(local_build, wheel_cache, tmp_path
     again = wheels.build_wheels_dataset(make_cfg("local"), tmp_path / "again", root=root, cache_dir=cache)
     assert again.content_hash == build.content_hash
     assert (again.path / "site.zip").read_bytes() == (build.path / "site.zip").read_bytes()
-    names = zipfile.ZipFile(again.path / "site.zip").namelist()
-    assert names == sorted(names) and not any(n.endswith(".pyc") or n.startswith("bin/") for n in names)
+    archive = zipfile.ZipFile(again.path / "site.zip")
+    names = archive.namelist()
+    assert names == sorted(names) and not any(n.startswith("bin/") for n in names)
     assert not any(n.endswith(("uv_cache.json", "direct_url.json")) for n in names)
     assert wheels.SITE_MARKER in names
+    # bytecode for the kernel's Python, hash-based (flags 0b01: unchecked) and with no build path inside
+    tag = f"cpython-{sys.version_info.major}{sys.version_info.minor}"
+    pyc = f"timm/__pycache__/__init__.{tag}.pyc"
+    assert pyc in names
+    data = archive.read(pyc)
+    assert int.from_bytes(data[4:8], "little") == 0b01
+    assert b"kpack-site-" not in data and str(wheel_cache).encode() not in data
+    assert json.loads(archive.read(wheels.SITE_MARKER))["bytecode"].startswith(f"cpython-{sys.version_info.major}.")
 
 
 @pytest.mark.slow
@@ -478,6 +487,9 @@ def test_kaggle_target_ships_cp312_wheels_and_site(wheel_cache, tmp_path):
     names = zipfile.ZipFile(build.path / "site.zip").namelist()
     assert any(n.endswith(".cpython-312-x86_64-linux-gnu.so") for n in names)
     assert not any("cpython-311" in n for n in names)
+    assert (manifest["bytecode"] is not None) == (wheels.bytecode_python(wheels.kaggle_target("3.12")) is not None)
+    if manifest["bytecode"]:
+        assert "timm/__pycache__/__init__.cpython-312.pyc" in names
     if not PY312.exists():
         pytest.skip(f"{PY312} not here: the cp312 site was checked by its tags only")
     kaggle = tmp_path / "kaggle"

@@ -143,6 +143,7 @@ def _extract(archive: Path, dest: Path) -> Path:
 
     if (dest / SITE_MARKER).is_file():
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
         with zipfile.ZipFile(archive) as zf:
