@@ -13,8 +13,9 @@ the fixed 0.5 threshold, the best global threshold on a grid, per-class threshol
 ascent from there, each with the min_labels fallbacks, and top-k; it keeps the best. Ties go to the
 simpler rule, and inside a run of equally good thresholds the middle one is taken.
 
-The searches are exact and fast on iMet-sized data (1e5 rows x 1e3 labels): the global curve comes from
-per-row histograms over the grid, and one class's curve from a cumulative sum over its sorted column.
+The searches are exact (tests compare them with brute force) and scale to iMet-sized data: the global curve
+comes from per-row histograms over the grid, one class's curve from a cumulative sum over its sorted column
+(the whole auto search: about 20 s for 2e4 rows x 1103 labels on two busy CPU cores).
 """
 from __future__ import annotations
 
