@@ -93,7 +93,7 @@ def test_damaged_cache_or_new_key_is_sealed_again(models, tmp_path, monkeypatch)
     second = build(models, tmp_path)  # the damaged cache is not reused: sealed again (fresh nonce prefix)
     assert second.content_hash != first.content_hash and enc.read_bytes() not in (original, bytes(damaged))
     entries = {e["name"]: e for e in json.loads((second.path / "manifest.json").read_text())["files"]}
-    assert sealed.decrypt_file(enc, tmp_path / "head.out", KEY) == entries["head.safetensors"]["sha256"]
+    sealed.decrypt_file(enc, tmp_path / "head.out", KEY, expected_sha256=entries["head.safetensors"]["sha256"])
 
     monkeypatch.setenv("KPACK_WEIGHTS_KEY", os.urandom(32).hex())  # a new key: everything sealed again
     third = build(models, tmp_path)
