@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from kernel_src import augment, blend, checkpoint, data, models, settings, tta
+from kernel_src.engine import atomic_write_text
 from kernel_src.runtime import inputs
 from kernel_src.thresholds import Rule
 
@@ -197,12 +197,6 @@ def one_of_columns(names: list[str], labels: data.Labels) -> tuple[tuple[int, ..
     return tuple(tuple(labels.groups[n]) for n in names)
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------- entry
 
 def _decision(ev: EvalSettings, labels: data.Labels, members: list[str], log) -> tuple[Rule, str, list[float] | None]:
@@ -253,7 +247,7 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> Path:
               else f"{kit.data.id_column},{kit.data.labels_column}")
     rows = "".join(f"{i},{' '.join(labels.decode(row))}\n" for i, row in zip(test.ids, pred))
     out = working / SUBMISSION
-    write_text(out, f"{header}\n{rows}")
+    atomic_write_text(out, f"{header}\n{rows}")
     log(f"[kpack] wrote {out}: {len(test.ids)} rows, {pred.sum(axis=1).mean():.2f} labels per row")
     return out
 

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from kernel_src import blend, checkpoint, data, folds, infer, metrics, models, settings, thresholds
+from kernel_src.engine import atomic_write_text
 from kernel_src.runtime import inputs
 
 SCORES = "oof_scores.json"
@@ -52,10 +53,12 @@ def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log) -
                 continue
             md = model.kit.data
             key = _key(md)
-            own = tables.setdefault(key, table if key == _key(kit.data) else data.read_train(md, root))
-            fold_of = assigned.setdefault((key, md.folds, model.kit.seed),
-                                          folds.assign(own.targets, md.folds, model.kit.seed))
-            _, valid = folds.split(fold_of, model.fold)
+            if key not in tables:
+                tables[key] = table if key == _key(kit.data) else data.read_train(md, root)
+            own = tables[key]
+            if (key, md.folds, model.kit.seed) not in assigned:  # the split the train kernel made
+                assigned[key, md.folds, model.kit.seed] = folds.assign(own.targets, md.folds, model.kit.seed)
+            _, valid = folds.split(assigned[key, md.folds, model.kit.seed], model.fold)
             rows = np.asarray([row_of.get(own.ids[i], -1) for i in valid], dtype=np.int64)
             probs = infer.predict(model, [own.paths[i] for i in valid], kit.augment.tta, ev, kit)
             target = oof.setdefault(name, np.full(table.targets.shape, np.nan, dtype=np.float32))
@@ -116,8 +119,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
     }
     decision = {"labels": table.labels.ids, **result.to_dict(),
                 "blend": {"method": method, "members": names, "weights": weights}}
-    infer.write_text(working / SCORES, json.dumps(scores, indent=1))
-    infer.write_text(working / infer.THRESHOLDS_FILE, json.dumps(decision, indent=1))
+    atomic_write_text(working / SCORES, json.dumps(scores, indent=1))
+    atomic_write_text(working / infer.THRESHOLDS_FILE, json.dumps(decision, indent=1))
     log(f"[kpack] OOF rows {scores['rows']}/{scores['rows_total']}: F2 {scores['at_0.5']['f2']:.4f} at 0.5, "
         f"{result.f2:.4f} with rule {result.name} ({method} of {len(names)} member(s))")
     return scores
