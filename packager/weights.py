@@ -24,27 +24,13 @@ from kernel_src.runtime import sealed
 from packager.datasets import METADATA, PUSHED
 from packager.errors import UserError
 from packager.fsutil import atomic_write_text, file_sha256, tree_hash
-
-try:  # one dataclass for every dataset the packager builds, when the wheels builder defines it
-    from packager.wheels import DatasetBuild
-except ImportError:  # pragma: no cover - depends on which modules exist
-    from dataclasses import dataclass, field
-
-    @dataclass(frozen=True)
-    class DatasetBuild:
-        slug: str
-        title: str
-        path: Path
-        content_hash: str
-        files: list[str] = field(default_factory=list)
+from packager.wheels import DatasetBuild
 
 MANIFEST = "manifest.json"
 MAPPING = "models.yaml"
 FORMAT = "kpack-weights/1"
 SEALED_SUFFIX = ".enc"
 SKIPPED = {"README.md", MAPPING}  # documentation and the mapping itself are not weights
-KEY_HELP = ("make one with: python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\" "
-            "and keep it out of the repository")
 
 
 def load_key(env_name: str) -> bytes:
@@ -52,7 +38,7 @@ def load_key(env_name: str) -> bytes:
     text = os.environ.get(env_name, "")
     if not text.strip():
         raise UserError(f"datasets.weights.encrypt is on but {env_name} is not set: export {env_name} with a "
-                        f"32-byte key (64 hex digits or base64); {KEY_HELP}")
+                        f"32-byte key (64 hex digits or base64), kept out of the repository; {sealed.KEY_HINT}")
     try:
         return sealed.parse_key(text, env_name)
     except sealed.SealedError as exc:
@@ -185,11 +171,13 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
 
     manifest = {"format": FORMAT, "encrypted": bool(key), "key_id": kid, "files": entries}
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return DatasetBuild(slug=spec.slug, title=_title(cfg), path=out_dir,
+    return DatasetBuild(slug=spec.slug, title=_title(spec.slug), path=out_dir,
                         content_hash=tree_hash(out_dir, exclude=(METADATA, PUSHED)),
                         files=sorted([MANIFEST] + [e["stored"] for e in entries]))
 
 
-def _title(cfg) -> str:
-    title = f"{cfg.competition} weights"
-    return title if len(title) <= 50 else title[:50].rstrip(" -")
+def _title(slug: str) -> str:
+    from packager.metadata import title_for
+
+    title = title_for(slug)
+    return title if len(title) >= 6 else f"{title} Weights"  # Kaggle wants 6-50 characters

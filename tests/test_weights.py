@@ -60,7 +60,7 @@ def test_manifest_lists_files_with_hashes_and_architectures(models, tmp_path):
         assert entry["key_id"] == manifest["key_id"] == sealed.key_id(KEY)
     assert sorted(p.name for p in built.path.iterdir()) == built.files == sorted(
         ["manifest.json", "empty.bin.enc", "head.safetensors.enc", "resnet18.a1_in1k.pth.enc"])
-    assert (built.slug, built.title) == (SLUG, "digits-multilabel weights")
+    assert (built.slug, built.title) == (SLUG, "Digits Weights")
 
 
 def test_rebuild_is_deterministic_and_reuses_sealed_files(models, tmp_path):

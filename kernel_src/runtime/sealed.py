@@ -46,6 +46,7 @@ _HEADER = struct.Struct(">8sB3xI16s8s")
 HEADER_SIZE = _HEADER.size
 _AAD_TAIL = struct.Struct(">QB")
 KEY_BYTES = 32
+KEY_HINT = "make one with: python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\""
 
 
 class SealedError(ValueError):
@@ -110,13 +111,7 @@ def parse_key(text: str, name: str) -> bytes:
         if len(raw) == KEY_BYTES:
             return raw
     raise SealedError(f"{name}: expected a {KEY_BYTES}-byte key as 64 hex digits or base64 (got {len(value)} "
-                      "characters); make one with: python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\"")
-
-
-def new_key_text() -> str:
-    import base64
-
-    return base64.b64encode(os.urandom(KEY_BYTES)).decode()
+                      f"characters); {KEY_HINT}")
 
 
 class _Cipher:
