@@ -23,13 +23,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from packager.fsutil import atomic_write_text
+from packager.errors import UserError
 
 N_CLASSES = 10
 TEST_SHARE = 0.3          # share of each class's 8x8 samples kept for the test images
@@ -138,19 +142,42 @@ def _make_split(name: str, n: int, pools: list[np.ndarray], images: np.ndarray, 
 def generate(out_dir: Path, *, seed: int = 0, n_train: int = 600, n_test: int = 200, image_size: int = 64,
              mode: str = "L", max_digits: int = 4, noise: float = 0.03,
              public_fraction: float = 0.5) -> DemoCompetition:
-    """Write the demo competition under `out_dir` (see the module docstring) and return where it lies."""
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
-
+    """Write the demo competition under `out_dir` (see the module docstring) and return where it lies.
+    An earlier demo competition there is replaced whole; a folder holding anything else is refused."""
     if mode not in ("L", "RGB"):
-        raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
-    if not 1 <= max_digits <= N_CLASSES:
-        raise ValueError(f"max_digits must be 1..{N_CLASSES}, got {max_digits}")
+        raise UserError(f"demo competition: mode must be 'L' or 'RGB' (got {mode!r})")
+    if not 1 <= max_digits <= 4:
+        raise UserError(f"demo competition: max_digits must be 1..4 (got {max_digits})")
     if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+        raise UserError(f"demo competition: image_size must be at least 16 pixels (got {image_size})")
     if n_train < 1 or n_test < 1:
-        raise ValueError("n_train and n_test must be at least 1")
+        raise UserError(f"demo competition: n_train and n_test must be at least 1 (got {n_train}, {n_test})")
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and {p.name for p in out_dir.iterdir()} - {"data", "solution.csv"}:
+        raise UserError(f"demo competition: {out_dir} holds other files; give an empty or new folder")
+    # built beside out_dir and renamed into place: never half-written, no stale images of an earlier run
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    work.chmod(0o755)
+    try:
+        _write(work, seed=seed, n_train=n_train, n_test=n_test, image_size=image_size, mode=mode,
+               max_digits=max_digits, noise=noise, public_fraction=public_fraction)
+        old = out_dir.with_name(f"{work.name}.old")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(work, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return DemoCompetition(data_dir=out_dir / "data", solution_csv=out_dir / "solution.csv")
+
+
+def _write(out_dir: Path, *, seed: int, n_train: int, n_test: int, image_size: int, mode: str, max_digits: int,
+           noise: float, public_fraction: float) -> None:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
     data_dir = out_dir / "data"
     digits = load_digits()
     rng = np.random.default_rng(seed)
@@ -162,13 +189,12 @@ def generate(out_dir: Path, *, seed: int = 0, n_train: int = 600, n_test: int = 
     public = np.zeros(n_test, dtype=bool)
     public[rng.permutation(n_test)[:int(round(n_test * public_fraction))]] = True
     names = label_names(max_digits)
-    atomic_write_text(data_dir / "train.csv", _csv("id,attribute_ids", train_rows))
-    atomic_write_text(data_dir / "labels.csv", _csv("attribute_id,attribute_name", list(enumerate(names))))
-    atomic_write_text(data_dir / "sample_submission.csv",
-                      _csv("id,attribute_ids", [(image_id, SAMPLE_ANSWER) for image_id, _ in test_rows]))
+    (data_dir / "train.csv").write_text(_csv("id,attribute_ids", train_rows))
+    (data_dir / "labels.csv").write_text(_csv("attribute_id,attribute_name", list(enumerate(names))))
+    (data_dir / "sample_submission.csv").write_text(
+        _csv("id,attribute_ids", [(image_id, SAMPLE_ANSWER) for image_id, _ in test_rows]))
     solution = [(image_id, labels, "Public" if pub else "Private") for (image_id, labels), pub in zip(test_rows, public)]
-    atomic_write_text(out_dir / "solution.csv", _csv("id,attribute_ids,Usage", solution))
-    return DemoCompetition(data_dir=data_dir, solution_csv=out_dir / "solution.csv")
+    (out_dir / "solution.csv").write_text(_csv("id,attribute_ids,Usage", solution))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,8 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--mode", choices=("L", "RGB"), default="L")
     args = parser.parse_args(argv)
-    comp = generate(args.out_dir, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                    image_size=args.image_size, mode=args.mode)
+    try:
+        comp = generate(args.out_dir, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+                        image_size=args.image_size, mode=args.mode)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     print(f"data: {comp.data_dir}\nsolution: {comp.solution_csv}")
 
 

@@ -1,5 +1,7 @@
 """The demo competition: deterministic bytes, labels that say what is drawn, files the scorer accepts."""
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +9,11 @@ import pytest
 from PIL import Image
 
 from packager import democomp
+from packager.errors import UserError
 from packager.fsutil import tree_hash
 from packager.localkaggle.scoring import load_solution, score_submission
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_train=24, n_test=10, image_size=32)
 
 
@@ -144,8 +148,34 @@ def test_kit_reads_the_competition(comp):
     assert len(test.ids) == TINY["n_test"] and all(p.is_file() for p in test.paths)
 
 
-def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="mode"):
-        democomp.generate(tmp_path, mode="CMYK")
-    with pytest.raises(ValueError, match="image_size"):
-        democomp.generate(tmp_path, image_size=8)
+def test_bad_arguments_are_refused_before_writing(tmp_path):
+    for kwargs, field in [({"mode": "CMYK"}, "mode"), ({"image_size": 8}, "image_size"),
+                          ({"max_digits": 5}, "max_digits"), ({"n_test": 0}, "n_test")]:
+        with pytest.raises(UserError, match=field):
+            democomp.generate(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_regenerating_replaces_the_whole_folder(tmp_path):
+    democomp.generate(tmp_path / "c", seed=1, n_train=6, n_test=3, image_size=16)
+    comp = democomp.generate(tmp_path / "c", seed=2, n_train=4, n_test=2, image_size=16)
+    assert len(list((comp.data_dir / "train").iterdir())) == 4 and len(list((comp.data_dir / "test").iterdir())) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no temp or old folder left behind
+    fresh = democomp.generate(tmp_path / "d", seed=2, n_train=4, n_test=2, image_size=16)
+    assert tree_hash(tmp_path / "c") == tree_hash(tmp_path / "d")
+    assert fresh.data_dir.parent.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="other files"):
+        democomp.generate(tmp_path / "mine", n_train=2, n_test=1, image_size=16)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_command_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "packager.democomp", str(tmp_path / "ok"), "--n-train", "3",
+                          "--n-test", "2", "--image-size", "16"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and (tmp_path / "ok" / "solution.csv").is_file()
+    bad = subprocess.run([sys.executable, "-m", "packager.democomp", str(tmp_path / "bad"), "--image-size", "8"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "image_size" in bad.stderr
+    assert not (tmp_path / "bad").exists()
