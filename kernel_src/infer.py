@@ -12,9 +12,11 @@ config["kit"] keys read here (besides the training kit's data/augment/model/amp/
     augment.tta          test-time views (kernel_src.tta)
     infer.checkpoint     best | final: best.pt (best validation epoch) or model.pt, else whichever exists
     infer.batch_size     images per forward pass
-    thresholds.fixed     the threshold used when no thresholds.json is mounted
-    thresholds.one_of    label groups with exactly one label per row (also used without thresholds.json)
-    blend.method, blend.weights    used when no thresholds.json is mounted (it carries validate's blend)
+    without a mounted thresholds.json (which carries validate's rule and blend) the config decides:
+    thresholds.fixed     one threshold for every label, with at least one label per row unless
+                         thresholds.min_labels is [0]
+    thresholds.one_of    label groups with exactly one label per row
+    blend.method, blend.weights    weights for the members in name order; none: the plain mean
 
 Local use: python -m kernel_src.infer kpack.yaml   [KPACK_KAGGLE_ROOT=... for the folders]
 """
