@@ -29,6 +29,7 @@ from packager.fsutil import atomic_write_text
 LEDGER = Path("runs") / "ledger.jsonl"
 REDACTED = "[redacted]"
 SCORE_KEYS = ("cv_score", "cv", "oof_score", "score", "best_metric", "val_score", "metric")
+METRIC_KEYS = ("f2", "fbeta", "f1", "auc", "accuracy", "map", "iou", "dice")
 
 
 def ledger_path() -> Path:
@@ -54,23 +55,31 @@ def config_hash(cfg) -> str:
 
 
 def _first_number(data: Any) -> float | None:
+    """The CV score in a metrics file: a named score at the top (cv_score, score, best_metric, ...), else the
+    same or a metric name (f2, f1, auc, ...) inside `best`; a list of per-fold scores gives their mean."""
     if isinstance(data, bool):
         return None
     if isinstance(data, (int, float)):
         return float(data)
-    if isinstance(data, dict):
-        for key in SCORE_KEYS + ("mean",):
-            if key in data and _first_number(data[key]) is not None:
-                return _first_number(data[key])
-        return None
     if isinstance(data, list):
         values = [v for v in (_first_number(x) for x in data) if v is not None]
         return sum(values) / len(values) if values else None
+    if not isinstance(data, dict):
+        return None
+    for key in SCORE_KEYS + ("mean",):
+        if key in data and _first_number(data[key]) is not None:
+            return _first_number(data[key])
+    best = data.get("best")
+    if isinstance(best, dict):
+        for key in SCORE_KEYS + METRIC_KEYS:
+            value = best.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
     return None
 
 
 def read_metrics(output_dir: str | os.PathLike | None) -> tuple[float | None, dict]:
-    """(CV score, metrics dict) from a run's output: metrics.json first, then oof_scores.json."""
+    """(CV score, metrics without per-epoch history) from a run's output: metrics.json, then oof_scores.json."""
     if not output_dir or not Path(output_dir).is_dir():
         return None, {}
     for name in ("metrics.json", "oof_scores.json"):
@@ -80,7 +89,7 @@ def read_metrics(output_dir: str | os.PathLike | None) -> tuple[float | None, di
             except (OSError, ValueError):
                 continue
             score = _first_number(data)
-            metrics = data if isinstance(data, dict) else {"values": data}
+            metrics = {k: v for k, v in data.items() if k != "history"} if isinstance(data, dict) else {"values": data}
             return score, metrics
     return None, {}
 

@@ -109,7 +109,7 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
     """Wait for one pushed session, download its output, record and announce it."""
     # No deadline here: the server enforces the session limit. Interrupting the watch leaves the kernel running;
     # `kpack status` and `kpack output` pick it up later.
-    outcome = watch.wait_for(api, ref)
+    outcome = watch.wait_for(api, ref, max_delay_s=watch.LOCAL_POLL_MAX_S if cfg.backend == "local" else None)
     out = None
     try:
         out = watch.download(api, ref)
@@ -131,12 +131,30 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
 
 # --------------------------------------------------------------------------------------------- the verb
 
+def trained_model_sources(cfg, kind: str) -> list[str]:
+    """validate/infer read the trained model from the train chain's last COMPLETE session (its slug changes as
+    the chain grows: <slug>, <slug>-s2, ...), unless kpack.yaml already names a train kernel as a source."""
+    if kind == "train" or "train" not in cfg.kernels:
+        return []
+    base = cfg.kernel("train").slug
+    configured = cfg.kernel(kind).sources.kernels
+    if any(ref.split("/")[-1] == base or ref.split("/")[-1].startswith(base + "-s") for ref in configured):
+        return []
+    rows = [r for r in ledger.read() if r.get("kind") == "train" and r.get("base_slug") == base
+            and r.get("backend") == cfg.backend and r.get("status") == "COMPLETE"]
+    if not rows:
+        return []
+    ref = rows[-1]["kernel"]
+    print(f"{kind}: reads the trained model from {ref} (the last COMPLETE train session in the ledger)")
+    return [ref]
+
+
 def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     """Build, update changed datasets, push the kernel; with wait, follow it (and its next sessions) to the end."""
     from packager.build import build_kernel
 
     kcfg = cfg.kernel(kind)
-    built = build_kernel(cfg, kind)
+    built = build_kernel(cfg, kind, kernel_sources=trained_model_sources(cfg, kind))
     folder = Path(built.folder)
     builds = datasets.build_all(cfg)
     scan_for_secrets(cfg, [Path(built.script)] + [Path(b.path) for b in builds])

@@ -28,6 +28,7 @@ RUNS = Path("runs")
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 POLL_MIN_S = float(os.environ.get("KPACK_POLL_MIN_S", 2.0))
 POLL_MAX_S = float(os.environ.get("KPACK_POLL_MAX_S", 60.0))
+LOCAL_POLL_MAX_S = 5.0  # the local Kaggle is cheap to ask
 
 
 @dataclass
@@ -90,9 +91,10 @@ def status_of(api, ref: KernelRef) -> tuple[str, str]:
     return kaggle_api.kernel_status(api, ref.owner, ref.slug, ref.version)
 
 
-def wait_for(api, ref: KernelRef, timeout_s: float | None = None) -> Outcome:
-    """Poll (with backoff) until ref.version ends; prints each status change."""
+def wait_for(api, ref: KernelRef, timeout_s: float | None = None, max_delay_s: float | None = None) -> Outcome:
+    """Poll (with backoff up to max_delay_s) until ref.version ends; prints each status change."""
     start, delay, last = time.monotonic(), POLL_MIN_S, None
+    max_delay_s = min(max_delay_s or POLL_MAX_S, POLL_MAX_S)
     deadline = start + timeout_s if timeout_s else None
     while True:
         status, failure = status_of(api, ref)
@@ -105,7 +107,7 @@ def wait_for(api, ref: KernelRef, timeout_s: float | None = None) -> Outcome:
             raise UserError(f"{ref}: still {status} after {timeout_s:.0f}s; check later with "
                             f"`kpack status {ref.ref}/{ref.version}`", exit_code=1)
         kaggle_api.sleep(delay)
-        delay = min(POLL_MAX_S, delay * 1.5)
+        delay = min(max_delay_s, delay * 1.5)
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -174,6 +176,21 @@ def download(api, ref: KernelRef, dest: Path | None = None) -> Path:
     return dest
 
 
+def sync_ledger(cfg, ref: KernelRef, status: str, failure: str = "", out: Path | None = None) -> None:
+    """Bring the ledger row of ref.version up to date when a later `kpack status`/`kpack output` sees how it
+    ended (the watch that pushed it may have been interrupted)."""
+    if status not in TERMINAL or ref.version is None:
+        return
+    row = ledger.latest(kernel=ref.ref, version=ref.version, backend=cfg.backend)
+    if row is None or (row.get("status") == status and (out is None or row.get("output"))):
+        return
+    fields: dict = {"status": status, "failure": (failure or "")[:2000]}
+    if out is not None:
+        cv, metrics = ledger.read_metrics(out)
+        fields.update(output=str(out), cv_score=cv, metrics=metrics)
+    ledger.update({"kernel": ref.ref, "version": ref.version, "backend": cfg.backend}, fields, cfg)
+
+
 # --------------------------------------------------------------------------------------------- commands
 
 def show_status(cfg, kernel: str) -> str:
@@ -186,6 +203,7 @@ def show_status(cfg, kernel: str) -> str:
     print(f"{ref}: {status}")
     if failure:
         print(f"failure message: {failure}")
+    sync_ledger(cfg, ref, status, failure)
     if status in ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED"):
         raise UserError(f"{ref} ended {status}" + (f": {failure}" if failure else ""), exit_code=1)
     return status
@@ -197,7 +215,10 @@ def download_output(cfg, kernel: str, version: int | None = None) -> Path:
     ref = resolve(cfg, kernel, version)
     if version is not None:
         ref.version = version
-    return download(api, ref)
+    out = download(api, ref)
+    status, failure = kaggle_api.kernel_status(api, ref.owner, ref.slug, ref.version)
+    sync_ledger(cfg, ref, status, failure, out)
+    return out
 
 
 def say(message: str) -> None:

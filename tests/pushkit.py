@@ -40,6 +40,18 @@ def main(config):
     print("session", session, "saw", [str(p.relative_to(inputs)) for p in earlier])
 '''
 
+INFER_ENTRY = '''import os
+from pathlib import Path
+
+
+def main(config):
+    root = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle")
+    rows = ["id,attribute_ids", "a,1 2", "b,3", "c,4 5", "d,6"]
+    (root / "working" / "submission.csv").write_text("\\n".join(rows) + "\\n")
+'''
+
+SOLUTION = "id,attribute_ids,Usage\na,1 2,Public\nb,3,Public\nc,4 5,Private\nd,7,Private\n"
+
 FAIL_ENTRY = '''def main(config):
     raise RuntimeError("the model diverged (loss is nan)")
 '''
@@ -82,8 +94,19 @@ class Project:
         return Store(self.server.root).dataset("alice", self.weights_slug)
 
 
+def make_competition(server, slug: str, base: Path) -> None:
+    """A tiny code competition on the local Kaggle (four test rows, two public, two private)."""
+    from packager.localkaggle.store import Store
+
+    data = base / "comp-data"
+    data.mkdir(parents=True)
+    (data / "sample_submission.csv").write_text("id,attribute_ids\na,0\nb,0\nc,0\nd,0\n")
+    (base / "solution.csv").write_text(SOLUTION)
+    Store(server.root).create_competition(slug, data, base / "solution.csv", code=True)
+
+
 def make_project(base: Path, server, *, sessions: int = 1, weights_kb: int = 200, mark: str = "rev1",
-                 datasets: bool = True) -> Project:
+                 datasets: bool = True, infer: bool = False) -> Project:
     prefix = f"t{os.getpid() % 10000}-{next(_counter)}"
     root = base / "project"
     (root / "kernel_src").mkdir(parents=True)
@@ -92,6 +115,9 @@ def make_project(base: Path, server, *, sessions: int = 1, weights_kb: int = 200
     (root / "kernel_src" / "__init__.py").write_text("")
     project = Project(root, server, prefix)
     project.write_entry(CHAIN_ENTRY.format(sessions=sessions, mark=mark))
+    if infer:
+        project.write_entry(INFER_ENTRY, "infer_entry.py")
+        make_competition(server, f"{prefix}-comp", base)
     (root / "models").mkdir()
     (root / "models" / "backbone.tiny.pth").write_bytes(os.urandom(weights_kb * 1024))
     (root / "models" / "head.tiny.pth").write_bytes(os.urandom(weights_kb * 256))
@@ -100,6 +126,8 @@ def make_project(base: Path, server, *, sessions: int = 1, weights_kb: int = 200
              "kernels:",
              f"  train: {{entry: kernel_src/entry.py, slug: {project.train_slug}, accelerator: 'None', "
              "session_hours: 0.02}",
+             *([f"  infer: {{entry: kernel_src/infer_entry.py, slug: {prefix}-infer, accelerator: 'None', "
+                "session_hours: 0.02}"] if infer else []),
              "notifications:", "  telegram: {token_env: T_TOKEN, chat_id_env: T_CHAT}"]
     if datasets:
         lines += ["datasets:", f"  weights: {{slug: {project.weights_slug}, dir: models}}"]

@@ -68,3 +68,10 @@ def test_update_and_latest(tmp_path):
     assert ledger.update({"kernel": "a/b", "version": 2}, {"lb_score": 0.7}, path=path) == 1
     assert ledger.latest(path, kernel="a/b")["lb_score"] == 0.7
     assert ledger.latest(path, kernel="a/b", version=1)["lb_score"] is None
+
+
+def test_cv_score_from_the_kits_best_block(tmp_path):
+    data = {"best": {"epoch": 5, "loss": 0.49, "f2": 0.626}, "last": {"f2": 0.6}, "history": [{"f2": 0.1}] * 50}
+    (tmp_path / "metrics.json").write_text(json.dumps(data))
+    score, metrics = ledger.read_metrics(tmp_path)
+    assert score == 0.626 and "history" not in metrics and metrics["best"]["f2"] == 0.626

@@ -157,3 +157,73 @@ def test_refused_push_is_one_error(project, local_kaggle):
         push_kernel(cfg, "train", wait=False)
     assert "dataset sources not found: alice/no-such-dataset" in str(err.value)
     assert err.value.exit_code == 1 and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------- submit
+
+@pytest.fixture
+def with_infer(local_kaggle, tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    local_kaggle.clear_faults()
+    proj = make_project(tmp_path, local_kaggle, datasets=False, infer=True)
+    monkeypatch.chdir(proj.root)
+    yield proj
+    kaggle_api._restore_env()
+    local_kaggle.clear_faults()
+
+
+def test_submit_latest_complete_infer_and_record_score(with_infer, local_kaggle):
+    from packager.submit import submit
+
+    proj = with_infer
+    good = push_kernel(proj.cfg(), "infer", wait=True)
+    proj.write_entry(FAIL_ENTRY, "infer_entry.py")
+    with pytest.raises(UserError):
+        push_kernel(proj.cfg(), "infer", wait=True)              # v2 fails: not submittable
+    local_kaggle.reset_stats()
+    local_kaggle.faults({"method": "CreateCodeSubmission", "kind": "drop", "when": "after"})
+    result = submit(proj.cfg(), "first try")
+    assert (result["kernel"], result["version"]) == (good.ref.ref, 1)
+    assert result["public_score"] == pytest.approx(1.0) and result["private_score"] == pytest.approx(0.5)
+    row = ledger.latest(kernel=good.ref.ref, version=1)
+    assert row["lb_score"] == pytest.approx(1.0) and row["submission_status"] == "COMPLETE"
+    from packager.localkaggle.store import Store
+    made = [s for s in Store(local_kaggle.root).submissions(f"{proj.prefix}-comp")]
+    assert len(made) == 1, "the lost answer must not make a second submission"
+    assert local_kaggle.stats()["faults_fired"].get("CreateCodeSubmission:drop") == 1
+
+
+def test_submit_without_a_complete_infer_is_one_error(with_infer):
+    from packager.submit import submit
+
+    with pytest.raises(UserError, match="push-infer"):
+        submit(with_infer.cfg(), None)
+
+
+def test_connect_after_the_client_was_imported_for_production(project, local_kaggle):
+    """The client reads its environment at import: a process that imported it for kaggle.com first still
+    reaches the local Kaggle, and a later connect to kaggle.com does not keep the local proxy."""
+    import os
+    import subprocess
+    import sys
+
+    kaggle_api._restore_env()
+    script = (
+        "import os\n"
+        "from kaggle.api.kaggle_api_extended import KaggleApi\n"
+        "assert '--local' not in KaggleApi.args\n"
+        "from packager import kaggle_api\n"
+        "from packager.config import load_config\n"
+        "cfg = load_config('kpack.yaml')\n"
+        "api = kaggle_api.connect(cfg)\n"
+        "assert api.args == ['--local'], api.args\n"
+        "print('status', kaggle_api.current_kernel_version(api, 'alice', 'no-such-kernel'))\n"
+        "kaggle_api._restore_env()\n"
+        "assert 'HTTP_PROXY' not in os.environ and 'KAGGLE_API_TOKEN' not in os.environ\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and "proxy" not in k.lower()}
+    env["KAGGLE_CONFIG_DIR"] = os.environ["KAGGLE_CONFIG_DIR"]
+    done = subprocess.run([sys.executable, "-c", script], cwd=project.root, env=env, text=True,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "status None" in done.stdout
