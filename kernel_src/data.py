@@ -136,11 +136,15 @@ def read_train(data: DataSettings, root: Path) -> Table:
     for column in (data.id_column, data.labels_column):
         if column not in frame.columns:
             raise ValueError(f"kit.data: {data.train_csv} has no column {column!r} (has: {', '.join(frame.columns)})")
-    if "Confidence" in frame.columns:  # Inclusive Images human labels: 0 means "checked, absent"
-        frame = frame[frame["Confidence"].str.strip() != "0"]
+    absent = ((frame["Confidence"].str.strip() == "0").tolist() if data.style == "inclusive"
+              and "Confidence" in frame.columns else [False] * len(frame))  # human labels: 0 = checked, absent
     tokens: dict[str, list[str]] = {}
-    for image_id, cell in zip(frame[data.id_column], frame[data.labels_column]):
-        tokens.setdefault(image_id.strip(), []).extend(_split(cell, data.label_sep))  # long tables: grouped
+    for image_id, cell, no in zip(frame[data.id_column], frame[data.labels_column], absent):
+        image_id = image_id.strip()
+        if data.style == "imet" and image_id in tokens:
+            raise ValueError(f"kit.data: {data.train_csv} lists image {image_id!r} twice (style imet wants one row "
+                             "per image; a long table of one label per row is style inclusive)")
+        tokens.setdefault(image_id, []).extend([] if no else _split(cell, data.label_sep))
     ids = list(tokens)
     if data.max_samples:
         ids = ids[:data.max_samples]

@@ -264,6 +264,7 @@ class Run:
             seconds = checkpoint.save(self.working / checkpoint.NAME, state, meta,
                                       keep_previous=self.kit.session.keep_previous)
             self.clock.record_save(seconds)
+            self.written.add(checkpoint.NAME)
             self.saved_at = (self.step, time.monotonic())
         self.dist.barrier()
 
@@ -426,6 +427,8 @@ class Run:
             atomic_write_text(self.working / "kit.json", json.dumps(settings.to_dict(kit), indent=1))
             atomic_write_text(self.working / "classes.json", json.dumps(self.labels.to_json()))
             self.written |= {"kit.json", "classes.json"}
+        if self.epoch < kit.epochs and self.dist.any(self.clock.should_stop(self.ckpt_bytes))[0]:
+            return self.finish("clock")  # no time for even one step: the checkpoint found is carried over
         while self.epoch < kit.epochs and stopped is None:
             if self.batch < self.batches_per_epoch and not self.train_epoch_part():
                 stopped = "clock"
@@ -468,15 +471,20 @@ class Run:
         return summary
 
     def _carry_over(self) -> None:
-        """Copy what earlier sessions wrote and this one did not, from the resumed checkpoint's folder."""
+        """Copy what earlier sessions wrote and this one did not, from the resumed checkpoint's folder;
+        the checkpoint itself too when this session saved none (it stopped before its first step)."""
         if self.resumed_from is None:
             return
         source = self.resumed_from.parent
         if source.resolve() == self.working.resolve():
             return
-        for name in CARRIED:
-            if name not in self.written and (source / name).is_file():
-                shutil.copyfile(source / name, self.working / name)
+        copies = {name: source / name for name in CARRIED}
+        copies[checkpoint.NAME] = self.resumed_from  # the valid one, whatever its name
+        for name, path in copies.items():
+            if name not in self.written and path.is_file():
+                tmp = self.working / f".{name}.carry.tmp"
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, self.working / name)
 
 
 class _Subset:

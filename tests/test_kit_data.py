@@ -1,0 +1,165 @@
+"""Kit data: both table styles, label groups, stratified folds, reproducible order and augmentation, cache,
+and models built offline."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import kit_support
+from kernel_src import augment, data, folds, models, settings
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return kit_support.make_demo(tmp_path_factory.mktemp("demo"), n_train=48, n_test=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch, tmp_path):
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "kaggle"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_imet_table_labels_and_groups(demo):
+    kit = settings.parse({"data": {"root": str(demo)}})
+    table = data.read_train(kit.data, data.data_root(kit))
+    assert len(table.ids) == 48 and table.targets.shape == (48, 14) and table.targets.dtype == np.uint8
+    assert table.labels.ids[:3] == ["0", "1", "2"] and table.labels.names[10] == "count::1"
+    assert table.labels.groups == {"digit": list(range(10)), "count": [10, 11, 12, 13]}
+    first = (demo / "train.csv").read_text().splitlines()[1].split(",")
+    assert table.ids[0] == first[0] and table.labels.decode(table.targets[0]) == first[1].split()
+    assert all(p.is_file() for p in table.paths)
+    test = data.read_test(kit.data, demo, table.labels)
+    assert len(test.ids) == 8 and test.targets is None and all(p.is_file() for p in test.paths)
+
+
+def _png(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((20, 30, 3), value, np.uint8))
+
+
+def test_inclusive_style_wide_and_long_tables(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "imgs" / f"im{i}.jpg", 40 * i)
+    (tmp_path / "wide.csv").write_text("image_id,labels\nim0,/m/b /m/a\nim1,\nim2,/m/c\n")
+    (tmp_path / "long.csv").write_text("ImageID,Source,LabelName,Confidence\n"
+                                       "im0,h,/m/b,1\nim0,h,/m/a,1\nim1,h,/m/c,0\nim2,h,/m/c,1\n")
+    common = {"root": str(tmp_path), "style": "inclusive", "labels_csv": None, "train_images": "imgs",
+              "image_ext": ".jpg"}
+    wide = data.read_train(settings.parse({"data": {**common, "train_csv": "wide.csv", "id_column": "image_id",
+                                                    "labels_column": "labels"}}).data, tmp_path)
+    long = data.read_train(settings.parse({"data": {**common, "train_csv": "long.csv", "id_column": "ImageID",
+                                                    "labels_column": "LabelName"}}).data, tmp_path)
+    for table in (wide, long):
+        assert table.ids == ["im0", "im1", "im2"] and table.labels.ids == ["/m/a", "/m/b", "/m/c"]
+        assert table.targets.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
+        assert table.labels.groups == {"all": [0, 1, 2]}
+    with pytest.raises(ValueError, match="lists image 'im0' twice"):
+        data.read_train(settings.parse({"data": {**common, "style": "imet", "train_csv": "long.csv",
+                                                 "id_column": "ImageID", "labels_column": "LabelName"}}).data,
+                        tmp_path)
+
+
+def test_missing_competition_is_one_line(monkeypatch):
+    kit = settings.parse({"data": {"competition": "nope"}})
+    with pytest.raises(FileNotFoundError, match="competition 'nope' is not mounted"):
+        data.data_root(kit, {})
+
+
+def test_iterative_stratification_is_deterministic_and_balanced():
+    rng = np.random.default_rng(0)
+    y = (rng.random((600, 40)) < np.linspace(0.01, 0.3, 40)).astype(np.uint8)
+    fold_of = folds.assign(y, 5, seed=7)
+    assert (fold_of == folds.assign(y, 5, seed=7)).all()
+    assert not (fold_of == folds.assign(y, 5, seed=8)).all()
+    assert all(abs(size - 120) <= 4 for size in np.bincount(fold_of, minlength=5))
+    per_fold = np.stack([y[fold_of == k].sum(0) for k in range(5)])
+    random_fold = rng.integers(0, 5, len(y))
+    per_random = np.stack([y[random_fold == k].sum(0) for k in range(5)])
+    spread = np.abs(per_fold - y.sum(0) / 5)
+    rare = y.sum(0) <= 60  # stratified first, so near perfect; frequent labels take what is left
+    assert spread[:, rare].max() <= 1.0
+    assert spread.mean() < np.abs(per_random - y.sum(0) / 5).mean() / 1.5
+    train, valid = folds.split(fold_of, 2)
+    assert len(set(train) | set(valid)) == 600 and not set(train) & set(valid)
+    assert len(folds.split(fold_of, -1)[1]) == 0
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch_and_shards_partition_it():
+    a = data.epoch_order(50, seed=1, epoch=3)
+    assert (a == data.epoch_order(50, seed=1, epoch=3)).all() and sorted(a) == list(range(50))
+    assert not (a == data.epoch_order(50, seed=1, epoch=4)).all()
+    shards = [data.shard_batches(a, 4, rank, 2) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 6
+    flat = [i for shard in shards for batch in shard for i in batch]
+    assert len(set(flat)) == len(flat) == 48
+    assert data.shard_batches(a, 4, 0, 1, drop_last=False)[-1] == a[48:].tolist()
+
+
+def _batches(ds, num_workers, epoch, start=0):
+    sampler = data.EpochBatchSampler(len(ds), 8, seed=5)
+    sampler.set_epoch(epoch, start)
+    return [(x.clone(), y.clone(), i.clone()) for x, y, i in data.make_loader(ds, sampler, num_workers)]
+
+
+def test_batches_are_the_same_for_any_worker_count_and_resume_mid_epoch(demo):
+    kit = settings.parse({"data": {"root": str(demo)}})
+    table = data.read_train(kit.data, demo)
+    ds = data.ImageDataset(table.paths, table.targets, augment.build("heavy", 32), seed=5)
+    for epoch in (0, 1):
+        solo, pooled, tail = _batches(ds, 0, epoch), _batches(ds, 2, epoch), _batches(ds, 2, epoch, start=2)
+        assert len(solo) == 6
+        for (x0, y0, i0), (x1, y1, i1) in zip(solo, pooled):
+            assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(i0, i1)
+        for (x0, _, i0), (x1, _, i1) in zip(solo[2:], tail):
+            assert torch.equal(x0, x1) and torch.equal(i0, i1)
+    again = _batches(ds, 0, 0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(_batches(ds, 0, 0), again))
+    assert not torch.equal(ds[(0, 3)][0], ds[(1, 3)][0])  # another epoch: another augmentation
+
+
+def test_dataset_items_and_cache(demo, tmp_path):
+    kit = settings.parse({"data": {"root": str(demo)}})
+    table = data.read_train(kit.data, demo)
+    plain = data.ImageDataset(table.paths, table.targets, augment.build("none", 24))
+    cache = data.ImageCache(table.paths, 24, 3, tmp_path / "cache")
+    cached = data.ImageDataset(table.paths, table.targets, augment.build("none", 24), cache=cache)
+    x, y, i = plain[4]
+    assert x.shape == (3, 24, 24) and x.dtype == torch.uint8 and y.dtype == torch.float32 and i == 4
+    assert torch.equal(x, cached[4][0])
+    again = data.ImageCache(table.paths, 24, 3, tmp_path / "cache")  # built once, reused
+    assert again.file == cache.file and len(list((tmp_path / "cache").glob("*.u8"))) == 1
+    grey = data.ImageDataset(table.paths, None, augment.build("light", 24), channels=1)
+    assert grey[0][0].shape == (1, 24, 24) and grey[0][1].numel() == 0
+
+
+def test_unknown_augmentation_names_the_choices():
+    with pytest.raises(ValueError, match="'wild' is not known; choose one of: none, light"):
+        augment.build("wild", 32)
+    with pytest.raises(ValueError, match="'spin' is not known"):
+        augment.tta_views(["none", "spin"])
+
+
+def test_models_build_offline_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(models.WeightsError, match="kit.model.pretrained: true, but .* no file for 'resnet18'"):
+        models.build_model(settings.parse({"model": {"pretrained": True}}).model, 14)
+    with pytest.raises(models.WeightsError, match="kit.model.name: timm .* has no model 'nope'"):
+        models.build_model(settings.parse({"model": {"name": "nope"}}).model, 14)
+    with pytest.raises(models.WeightsError, match="'absent.pth' is neither a file nor found"):
+        models.build_model(settings.parse({"model": {"name": "test_resnet", "weights": "absent.pth"}}).model, 14)
+    import timm
+    source = timm.create_model("test_resnet", num_classes=1000)
+    (tmp_path / "models").mkdir()
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "models" / "tr.pth")
+    model = models.build_model(settings.parse({"model": {"name": "test_resnet", "weights": "tr.pth"}}).model,
+                               14, channels=1)
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    assert model.backbone.conv1[0].weight.shape[1] == 1  # first conv adapted to grey input
+    out = model(torch.randint(0, 255, (2, 1, 32, 32), dtype=torch.uint8))
+    assert out.shape == (2, 14) and out.dtype == torch.float32

@@ -1,0 +1,227 @@
+"""Exact resume: training stopped (by the clock, or by kill -9) and resumed ends with the same weights, bit for bit,
+as training straight through. Deterministic mode, tiny model and data (see kit_support)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+import yaml
+
+import kit_support
+from kernel_src import checkpoint, clock, engine, settings
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return kit_support.make_demo(tmp_path_factory.mktemp("demo"), n_train=64, n_test=8)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "kaggle"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def train(kit: dict, working, steps: int = 10**9, **kw) -> dict:
+    return engine.run(settings.parse(kit), None, working, clock.FixedSteps(steps), log=quiet, **kw)
+
+
+@pytest.fixture(scope="module")
+def straight(demo, tmp_path_factory):
+    """The reference: each config trained straight through, once per module."""
+    done = {}
+
+    def get(kit: dict):
+        key = json.dumps(kit, sort_keys=True)
+        if key not in done:
+            working = tmp_path_factory.mktemp("straight")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            started = time.monotonic()
+            summary = train(kit, working)
+            summary["wall_s"] = time.monotonic() - started  # FixedSteps measures no time
+            torch.set_num_threads(threads)
+            done[key] = (working, summary)
+        return done[key]
+    return get
+
+
+@pytest.mark.parametrize("stops", [[1], [3], [2, 5], [1, 1, 1, 1]], ids=["mid-epoch", "epoch-end", "two", "many"])
+def test_stopped_and_resumed_equals_straight(demo, straight, tmp_path, stops):
+    kit = kit_support.tiny_kit(demo)
+    ref_dir, ref = straight(kit)
+    working = tmp_path / "w"
+    positions = []
+    for steps in stops:
+        summary = train(kit, working, steps)
+        assert not summary["done"] and summary["stopped_by"] == "clock"
+        positions.append((summary["epoch"], summary["batch"]))
+    summary = train(kit, working)
+    assert summary["done"] and summary["step"] == ref["step"] == ref["total_steps"]
+    assert kit_support.same_weights(kit_support.final_weights(working), kit_support.final_weights(ref_dir))
+    assert json.loads((working / "metrics.json").read_text()) == json.loads((ref_dir / "metrics.json").read_text())
+    assert (working / "oof.npy").read_bytes() == (ref_dir / "oof.npy").read_bytes()
+    if stops == [1]:
+        assert positions == [(0, 2)]  # stopped inside the first epoch: 1 step = 2 accumulated batches
+
+
+def test_resume_with_workers_equals_straight_without(demo, straight, tmp_path):
+    kit = kit_support.tiny_kit(demo)
+    ref_dir, _ = straight(kit)
+    pooled = kit_support.tiny_kit(demo, **{"data.num_workers": 2})
+    train(pooled, tmp_path / "w", 4)
+    assert train(pooled, tmp_path / "w")["done"]
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
+
+
+class NoTimeToValidate(clock.FixedSteps):
+    """Refuses the first validation, as a clock short of time would."""
+
+    def can_validate(self, checkpoint_bytes: int = 0) -> bool:
+        return False
+
+
+def test_stop_before_validation_then_validate_on_resume(demo, straight, tmp_path):
+    kit = kit_support.tiny_kit(demo)
+    ref_dir, _ = straight(kit)
+    first = engine.run(settings.parse(kit), None, tmp_path / "w", NoTimeToValidate(10**9), log=quiet)
+    assert not first["done"] and first["epoch"] == 0 and first["best_metric"] is None
+    assert train(kit, tmp_path / "w")["done"]
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
+
+
+def test_next_session_resumes_from_inputs_and_carries_outputs(demo, straight, tmp_path):
+    """Session 2 sees session 1's output only as a read-only input (a kernel source), as on Kaggle."""
+    kit = kit_support.tiny_kit(demo)
+    ref_dir, _ = straight(kit)
+    root = tmp_path / "kaggle"
+    first = train(kit, root / "working", 4)
+    assert first["epoch"] == 1  # one epoch validated: oof/metrics/best written
+    mounted = root / "input" / "notebooks" / "alice" / "demo-train"
+    mounted.parent.mkdir(parents=True)
+    (root / "working").rename(mounted)
+    session2 = tmp_path / "session2"
+    summary = train(kit, session2, 1)  # no validation in this session: the earlier files are carried over
+    assert summary["session"]["resumed_from"] == str(mounted / checkpoint.NAME)
+    for name in ("oof.npy", "oof.csv", "metrics.json", "best.pt", "classes.json", "checkpoint.pt", "state.json"):
+        assert (session2 / name).is_file(), name
+    session3 = tmp_path / "session3"
+    mounted3 = root / "input" / "notebooks" / "alice" / "demo-train-2"
+    session2.rename(mounted3)
+    assert train(kit, session3)["done"]
+    assert kit_support.same_weights(kit_support.final_weights(session3), kit_support.final_weights(ref_dir))
+
+
+def test_changed_config_refuses_the_checkpoint(demo, tmp_path):
+    kit = kit_support.tiny_kit(demo)
+    train(kit, tmp_path / "w", 1)
+    with pytest.raises(checkpoint.CheckpointError, match="written by another training config"):
+        train(kit_support.tiny_kit(demo, **{"optim.lr": 1e-2}), tmp_path / "w")
+    # runtime-only settings may change between sessions
+    assert train(kit_support.tiny_kit(demo, **{"data.num_workers": 1, "session.margin_seconds": 2}),
+                 tmp_path / "w")["done"]
+
+
+# ------------------------------------------------------------------------------- the real clock
+
+LONG = {"stages": [{"epochs": 12, "loss": "bce"}, {"epochs": 2, "loss": "soft_fbeta"}]}
+
+
+def test_session_clock_stops_in_time_and_resume_is_exact(demo, straight, tmp_path):
+    kit = kit_support.tiny_kit(demo, **LONG)
+    ref_dir, ref = straight(kit)
+    budget = 0.4 * ref["wall_s"]  # about 40% of the straight run's time, whatever this machine's speed
+    run = engine.Run(settings.parse(kit), None, tmp_path / "w", clock.SessionClock(budget, margin_s=0.1), log=quiet)
+    run.clock.start = time.monotonic()
+    summary = run.train()
+    assert summary["stopped_by"] == "clock" and 0 < summary["step"] < ref["total_steps"]
+    assert summary["session"]["elapsed_s"] < budget  # the checkpoint is written before the limit
+    assert train(kit, tmp_path / "w")["done"]
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
+
+
+# ---------------------------------------------------------------------------------- real processes
+
+def write_config(path, kit: dict) -> None:
+    path.write_text(yaml.safe_dump({"competition": "demo", "kit": kit}))
+
+
+@pytest.mark.slow
+def test_process_stops_before_its_session_limit_and_the_next_session_resumes(demo, straight, tmp_path):
+    kit = kit_support.tiny_kit(demo, **LONG)
+    ref_dir, ref = straight(kit)
+    config = tmp_path / "kpack.yaml"
+    write_config(config, kit)
+    root1 = tmp_path / "s1"
+    budget = 2 + 0.5 * ref["wall_s"]
+    forker = kit_support.Forker(config, root1)
+    started = time.monotonic()
+    forker.start(KPACK_SESSION_SECONDS=f"{budget:.2f}")
+    assert forker.wait_exit() == 0, "".join(forker.lines[-30:])
+    took = time.monotonic() - started
+    forker.close()
+    state = json.loads((root1 / "working" / "state.json").read_text())
+    assert state["done"] is False and state["stopped_by"] == "clock", state
+    assert 0 < state["step"] < ref["total_steps"]
+    assert state["session"]["elapsed_s"] < budget and took < budget + 5  # checkpointed and gone in time
+    # session 2: a fresh `python -m kernel_src.train`, session 1's output mounted as a kernel source
+    root2 = tmp_path / "s2"
+    (root2 / "input" / "notebooks" / "alice").mkdir(parents=True)
+    (root1 / "working").rename(root2 / "input" / "notebooks" / "alice" / "demo-train")
+    second = kit_support.run_train(config, root2, KPACK_SESSION_SECONDS="900")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    assert json.loads((root2 / "working" / "state.json").read_text())["done"] is True
+    assert kit_support.same_weights(kit_support.final_weights(root2 / "working"),
+                                    kit_support.final_weights(ref_dir))
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_ends_the_same(demo, straight, tmp_path):
+    kit = kit_support.tiny_kit(demo, **{"stages": [{"epochs": 5, "loss": "bce"}, {"epochs": 1, "loss": "soft_fbeta"}],
+                                        "session.checkpoint_every_steps": 1})
+    ref_dir, ref = straight(kit)
+    config = tmp_path / "kpack.yaml"
+    write_config(config, kit)
+    working = tmp_path / "kaggle" / "working"
+    training_hash = settings.training_hash(settings.parse(kit))
+    rng = random.Random(1234)
+    forker = kit_support.Forker(config, tmp_path / "kaggle")
+    steps, mid_save = [], 0
+    for _ in range(5):
+        pid = forker.start(SLOW_SAVE="0.0003")  # a save takes ~0.4 s instead of ~0.03 s
+        time.sleep(rng.uniform(0.5, 4.0))
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended (and was reaped) before the kill
+            pass
+        code = forker.wait_exit()
+        assert code in (0, -signal.SIGKILL), "".join(forker.lines[-30:])
+        mid_save += any(working.glob(".checkpoint.pt.*.tmp"))  # killed while writing a checkpoint
+        found = checkpoint.latest(checkpoint.candidates([working]), training_hash, log=quiet)
+        if steps:  # once one checkpoint exists, a valid one always does, never older than the last
+            assert found is not None and found.meta["step"] >= steps[-1]
+        if found is not None:
+            steps.append(found.meta["step"])
+        if code == 0:  # it finished before the kill
+            break
+    forker.start()
+    assert forker.wait_exit() == 0, "".join(forker.lines[-30:])
+    forker.close()
+    assert steps, "no kill landed after the first checkpoint: the test is too quick to say anything"
+    assert json.loads((working / "state.json").read_text())["done"] is True
+    assert kit_support.same_weights(kit_support.final_weights(working), kit_support.final_weights(ref_dir))
+    print(f"checkpoints found after kills at steps {steps}; {mid_save} kill(s) landed inside a save")

@@ -1,0 +1,59 @@
+"""The kit's config schema: defaults, one-line errors naming the field, and the training hash."""
+from __future__ import annotations
+
+import pytest
+
+from kernel_src import settings
+
+
+def test_empty_kit_is_valid_with_defaults():
+    kit = settings.parse({})
+    assert kit.epochs == 5 and kit.optim.name == "adamw" and kit.stages[0].loss[0].name == "bce"
+    assert settings.parse(None) == kit
+
+
+@pytest.mark.parametrize("kit,message", [
+    ({"optim": {"lr": "fast"}}, "kit.optim.lr: expected a number (got 'fast')"),
+    ({"optim": {"lr": -1}}, "kit.optim.lr: expected a positive learning rate (got -1.0)"),
+    ({"data": {"fold": 5}}, "kit.data.fold: expected -1 (no validation) or 0..4 (got 5)"),
+    ({"model": {"nam": "resnet18"}}, "kit.model.nam: unknown field; remove it or check its spelling"),
+    ({"amp": "bf16"}, "kit.amp: expected one of 'auto', 'fp16', 'off' (got 'bf16')"),
+    ({"stages": [{"loss": {"bce": "x"}}]}, "kit.stages[0].loss.bce: expected a weight or a mapping (got 'x')"),
+    ({"stages": [{"epochs": 1}, {"loss": "mse"}]}, "kit.stages[1].loss[0].name: expected one of"),
+    ({"augment": {"tta": "hflip"}}, "kit.augment.tta: expected a list (got 'hflip')"),
+    ({"data": {"num_workers": True}}, "kit.data.num_workers: expected an integer (got True)"),
+    ({"stages": []}, "kit.stages: expected at least one stage"),
+    ([1], "kit: expected a mapping of settings"),
+])
+def test_errors_are_one_line_naming_the_field(kit, message):
+    with pytest.raises(settings.SettingsError) as err:
+        settings.parse(kit)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_loss_shorthands():
+    kit = settings.parse({"stages": [
+        {"epochs": 2, "loss": "focal"},
+        {"loss": {"bce": 1, "forgiving": {"weight": 0.5, "w": 2}}},
+        {"loss": [{"name": "soft_fbeta", "beta": 1.0}]},
+    ]})
+    assert [t.name for t in kit.stages[0].loss] == ["focal"]
+    assert [(t.name, t.weight) for t in kit.stages[1].loss] == [("bce", 1.0), ("forgiving", 0.5)]
+    assert kit.stages[1].loss[1].w == 2.0 and kit.stages[2].loss[0].beta == 1.0
+    assert kit.epochs == 4
+    assert [kit.stage_at(e)[0] for e in range(4)] == [0, 0, 1, 2]
+
+
+def test_training_hash_ignores_runtime_fields_only():
+    base = settings.training_hash(settings.parse({}))
+    runtime = {"data": {"num_workers": 7, "cache": True, "root": "/elsewhere"},
+               "session": {"margin_seconds": 5, "checkpoint_every_steps": 3}, "log_every_steps": 1}
+    assert settings.training_hash(settings.parse(runtime)) == base
+    for changed in ({"seed": 1}, {"optim": {"lr": 0.01}}, {"data": {"image_size": 96}}, {"stages": [{"epochs": 6}]}):
+        assert settings.training_hash(settings.parse(changed)) != base, changed
+
+
+def test_to_dict_round_trips():
+    kit = settings.parse({"stages": [{"epochs": 2, "loss": {"bce": 1.0}}], "ema": {"enabled": True}})
+    assert settings.parse(settings.to_dict(kit)) == kit
