@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE_MB = int(os.environ.get("KPACK_BENCH_MB", 1536))
 REPEAT = int(os.environ.get("KPACK_BENCH_REPEAT", 3))
 TIME_TARGET, MEMORY_TARGET_MB = 1.3, 100
-LABELS = {"copy": "copy (shutil.copyfile)", "encrypt": "encrypt (+ sha256 of the sealed file)",
+LABELS = {"copy": "copy (shutil.copyfile)", "encrypt": "encrypt (sealed.encrypt_file)",
           "decrypt": "decrypt + verify sha256 (prepare)", "decrypt-gcm": "decrypt, GCM tags only",
           "sha256": "sha256 only (plain-file verify)"}
 

@@ -5,8 +5,9 @@ uploads nothing. Sealing draws a fresh random nonce prefix per file (see kernel_
 encrypting the same file twice gives different bytes; instead of making the nonce a function of the content
 (which would repeat nonces if a derivation ever collided, and leaks plaintext equality), the builder keeps its
 output folder between builds and reuses a sealed file whose plaintext sha256, size, key id and chunk size
-are unchanged and whose own bytes still match the previous manifest. Only changed files are sealed anew, each
-with a new nonce prefix, so no nonce is ever used under one key for two different plaintexts.
+are unchanged and which was not touched since it was written (size, mtime and inode recorded in
+`.<slug>.sealed.json` beside the folder). Only changed files are sealed anew, each with a new nonce prefix,
+so no nonce is ever used under one key for two different plaintexts.
 
 Architecture names come from `models/models.yaml` (`file: architecture`) where it lists the file, else from
 the naming convention `<timm-arch>.<tag>.<ext>` (e.g. `resnet50.a1_in1k.pth` -> `resnet50`), else none.
@@ -85,21 +86,31 @@ def weight_files(models: Path) -> list[Path]:
     return files
 
 
-def _previous(out_dir: Path) -> dict[str, dict]:
+def _cache_file(out_dir: Path) -> Path:
+    """What the builder knows about the sealed files it left in `out_dir`: beside the folder, not in it
+    (everything in it is uploaded)."""
+    return out_dir.parent / f".{out_dir.name}.sealed.json"
+
+
+def _read_cache(out_dir: Path) -> dict[str, dict]:
     try:
-        manifest = json.loads((out_dir / MANIFEST).read_text())
-        return {entry["name"]: entry for entry in manifest["files"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        return dict(json.loads(_cache_file(out_dir).read_text()))
+    except (OSError, ValueError, TypeError):
         return {}
 
 
-def _reusable(old: dict | None, stored: Path, entry: dict) -> bool:
-    """The sealed file from the previous build still holds this plaintext under this key, untouched."""
-    if not old or not stored.is_file():
+def _file_id(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _reusable(cached: dict | None, stored: Path, entry: dict) -> bool:
+    """The sealed file from an earlier build holds this plaintext under this key, and was not touched since
+    (same size, modification time and inode as when it was written)."""
+    if not cached or not stored.is_file():
         return False
-    same = all(old.get(k) == entry.get(k) for k in ("sha256", "size", "stored", "key_id", "chunk_size"))
-    return bool(same and stored.stat().st_size == old.get("stored_size")
-                and file_sha256(stored) == old.get("stored_sha256"))
+    same = all(cached.get(k) == entry.get(k) for k in ("sha256", "size", "key_id", "chunk_size"))
+    return same and cached.get("file") == _file_id(stored)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -137,7 +148,7 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
     mapping = _architectures(models)
     key = load_key(spec.key_env) if spec.encrypt else None
     kid = sealed.key_id(key) if key else None
-    previous = _previous(out_dir)
+    cache = _read_cache(out_dir)
 
     entries, keep = [], {MANIFEST, METADATA, PUSHED}
     for src in weight_files(models):
@@ -148,18 +159,14 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
         stored = out_dir / entry["stored"]
         if key:
             entry.update(key_id=kid, chunk_size=sealed.DEFAULT_CHUNK)
-            old = previous.get(src.name)
-            if _reusable(old, stored, entry):
-                stored_sha = old["stored_sha256"]
-            else:
-                stored_sha = sealed.encrypt_file(src, stored, key, sealed.DEFAULT_CHUNK)
-        else:
-            if not _same_plain_file(src, stored, digest):
-                _place_plain(src, stored)
-            stored_sha = digest
+            if not _reusable(cache.get(entry["stored"]), stored, entry):
+                sealed.encrypt_file(src, stored, key, sealed.DEFAULT_CHUNK)
+            cache[entry["stored"]] = {**entry, "file": _file_id(stored)}
+        elif not _same_plain_file(src, stored, digest):
+            _place_plain(src, stored)
         if _stamp(src) != before:
             raise UserError(f"{src}: changed while the weights dataset was being built; build again")
-        entry.update(stored_size=stored.stat().st_size, stored_sha256=stored_sha)
+        entry["stored_size"] = stored.stat().st_size
         entries.append(entry)
         keep.add(entry["stored"])
 
@@ -171,6 +178,8 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
 
     manifest = {"format": FORMAT, "encrypted": bool(key), "key_id": kid, "files": entries}
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(_cache_file(out_dir), json.dumps({k: v for k, v in cache.items() if k in keep}, indent=1,
+                                                       sort_keys=True) + "\n")
     return DatasetBuild(slug=spec.slug, title=_title(spec.slug), path=out_dir,
                         content_hash=tree_hash(out_dir, exclude=(METADATA, PUSHED)),
                         files=sorted([MANIFEST] + [e["stored"] for e in entries]))

@@ -89,7 +89,8 @@ def test_damaged_cache_or_new_key_is_sealed_again(models, tmp_path, monkeypatch)
     original = enc.read_bytes()
     damaged = bytearray(original)
     damaged[100] ^= 1
-    enc.write_bytes(bytes(damaged))
+    (first.path / "edit").write_bytes(bytes(damaged))  # edited in place by hand, as an editor saves: a new file
+    os.replace(first.path / "edit", enc)
     second = build(models, tmp_path)  # the damaged cache is not reused: sealed again (fresh nonce prefix)
     assert second.content_hash != first.content_hash and enc.read_bytes() not in (original, bytes(damaged))
     entries = {e["name"]: e for e in json.loads((second.path / "manifest.json").read_text())["files"]}

@@ -197,6 +197,14 @@ def _batches(src: BinaryIO, size: int):
         cur, nxt, n = nxt, cur, m
 
 
+def _map(fd: int, length: int, offset: int) -> mmap.mmap:
+    """A read-only map of a file's bytes, its pages mapped up front where the OS can (fewer page faults)."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if populate:
+        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ, offset=offset)
+    return mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ)
+
+
 def _mapped_batches(src: BinaryIO, size: int):
     """_batches over a memory map of a regular file from its current position, or None where it cannot be
     mapped (a pipe, an in-memory stream, a file system without mmap: then it is read)."""
@@ -206,8 +214,7 @@ def _mapped_batches(src: BinaryIO, size: int):
         if not stat.S_ISREG(os.fstat(fd).st_mode) or end <= start:
             return None
         base = start - start % mmap.ALLOCATIONGRANULARITY
-        probe = mmap.mmap(fd, min(end, start + size) - base, offset=base, access=mmap.ACCESS_READ)
-        probe.close()
+        _map(fd, min(end, start + size) - base, base).close()
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
 
@@ -216,7 +223,7 @@ def _mapped_batches(src: BinaryIO, size: int):
         for low in range(start, end, step):
             high = min(low + step, end)
             base = low - low % mmap.ALLOCATIONGRANULARITY
-            window = memoryview(mmap.mmap(fd, high - base, offset=base, access=mmap.ACCESS_READ))
+            window = memoryview(_map(fd, high - base, base))
             for at in range(low - base, high - base, size):
                 yield window[at:at + size], base + at + size >= end
             # No close(): the caller may still hold a view; the map goes when the last view does.
@@ -374,20 +381,18 @@ def _atomic_output(dst: Path, size_hint: int):
     return os.fdopen(fd, "wb"), Path(tmp)
 
 
-def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key: bytes, chunk_size: int = DEFAULT_CHUNK) -> str:
-    """Seal file `src` into `dst` (written beside, then renamed into place); returns the sealed file's sha256,
-    computed on the writer thread in the same pass."""
-    dst, sealed_digest = Path(dst), hashlib.sha256()
+def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key: bytes, chunk_size: int = DEFAULT_CHUNK) -> None:
+    """Seal file `src` into `dst` (written beside, then renamed into place)."""
+    dst = Path(dst)
     out, tmp = _atomic_output(dst, sealed_size(os.path.getsize(src), chunk_size))
     try:
         with out, open(src, "rb", buffering=0) as f:
-            encrypt_stream(f, out, key, chunk_size, sealed_digest=sealed_digest)
+            encrypt_stream(f, out, key, chunk_size)
             out.truncate()
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return sealed_digest.hexdigest()
 
 
 def decrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key: bytes, expected_sha256: str | None = None,
