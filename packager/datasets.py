@@ -148,12 +148,14 @@ def remote_state(api, ref: str) -> tuple[str | None, int | None]:
     return name, version
 
 
-def wait_ready(api, ref: str, timeout_s: float = READY_TIMEOUT_S) -> int | None:
-    """Poll until the dataset's current version is ready; returns that version number."""
+def wait_ready(api, ref: str, at_least: int | None = None, timeout_s: float = READY_TIMEOUT_S) -> int | None:
+    """Poll until the dataset's current version is ready (and, when `at_least` is given and the server reports
+    version numbers, is at least that version: right after CreateDatasetVersion the server may still describe
+    the previous one); returns that version number."""
     deadline, delay = time.monotonic() + timeout_s, 0.5
     while True:
         status, version = remote_state(api, ref)
-        if status == "ready":
+        if status == "ready" and (at_least is None or version is None or version >= at_least):
             return version
         if status in ("failed", "error"):
             raise UserError(f"dataset {ref}: the server failed to process the new version (status {status})",
@@ -252,7 +254,7 @@ def push_dataset(api, cfg, build, message: str | None = None) -> PushedDataset:
                                    quiet=True, dir_mode="zip", ignore_patterns=IGNORE, done=versioned)
     if not isinstance(response, tuple):
         _check_response(f"dataset {ref}", response)
-    new_version = wait_ready(api, ref)
+    new_version = wait_ready(api, ref, at_least=1 if status is None else (version + 1 if version else None))
     write_record(cfg, build, new_version)
     print(f"dataset {ref}: v{new_version} ready")
     return PushedDataset(ref, new_version, uploaded=True, bytes=size, files=[p.name for p in entries])

@@ -36,6 +36,7 @@ def telegram(monkeypatch):
     stub.close()
 
 
+@pytest.mark.slow
 def test_push_then_unchanged_then_code_only(project, local_kaggle, telegram):
     weights = sum(p.stat().st_size for p in (project.root / "models").iterdir())
 
@@ -97,6 +98,7 @@ def test_deleted_remote_dataset_is_created_again(project, local_kaggle):
     assert project.dataset()["versions"] == [1]
 
 
+@pytest.mark.slow
 def test_chain_of_two_sessions(local_kaggle, tmp_path, monkeypatch, telegram):
     isolate(monkeypatch, tmp_path)
     project = make_project(tmp_path, local_kaggle, sessions=2)
@@ -117,6 +119,7 @@ def test_chain_of_two_sessions(local_kaggle, tmp_path, monkeypatch, telegram):
     assert len(telegram.received) == 2
 
 
+@pytest.mark.slow
 def test_failed_session_stops_with_failure_message(project, local_kaggle, telegram, capsys):
     project.write_entry(FAIL_ENTRY)
     with pytest.raises(UserError) as err:
@@ -130,6 +133,7 @@ def test_failed_session_stops_with_failure_message(project, local_kaggle, telegr
     assert "RuntimeError" in log.read_text()
 
 
+@pytest.mark.slow
 def test_no_secret_reaches_the_ledger(project, local_kaggle, telegram, monkeypatch):
     monkeypatch.setenv("MY_API_TOKEN", SECRET)
     push_kernel(project.cfg(), "train", wait=True)
@@ -172,6 +176,7 @@ def with_infer(local_kaggle, tmp_path, monkeypatch):
     local_kaggle.clear_faults()
 
 
+@pytest.mark.slow
 def test_submit_latest_complete_infer_and_record_score(with_infer, local_kaggle):
     from packager.submit import submit
 

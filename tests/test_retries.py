@@ -204,6 +204,7 @@ def test_persistent_failure_is_one_error_and_nothing_half_made(project, local_ka
     assert whole_versions(project) == [1]
 
 
+@pytest.mark.slow
 def test_watch_and_download_survive_faults(project, local_kaggle):
     local_kaggle.faults({"method": "GetKernelSessionStatus", "kind": "429", "times": 2, "retry_after": 1},
                         {"method": "ListKernelSessionOutput", "kind": "drop"},
