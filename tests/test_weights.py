@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -239,3 +240,19 @@ def test_prepare_finds_the_legacy_mount_and_tolerates_no_weights_config(kaggle, 
     shutil.rmtree(legacy)
     with pytest.raises(kweights.WeightsError, match=f"weights dataset {OWNER}/{SLUG} is not mounted"):
         kweights.prepare(config)
+
+
+def test_prepare_in_a_kernel_process_imports_nothing_from_packager(kaggle, tmp_path):
+    root, mounted, config = kaggle()
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    code = ("import json, sys\n"
+            "from kernel_src.runtime import weights\n"
+            "paths = weights.prepare(json.load(open(sys.argv[1])))\n"
+            "assert not [m for m in sys.modules if m.startswith('packager')]\n"
+            "print(sorted(str(p) for p in paths.values()))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "config.json")], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "KPACK_KAGGLE_ROOT": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert "3 file(s) verified" in result.stdout and str(root / "temp" / "weights" / "empty.bin") in result.stdout
+    assert KEY_TEXT not in result.stdout + result.stderr
