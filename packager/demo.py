@@ -81,3 +81,8 @@ def run_demo(config_path: str | None = None) -> None:
         shown = {k: row.get(k) for k in ("kernel", "version", "session", "status", "seconds", "cv_score",
                                          "lb_score")}
         print("  " + json.dumps(shown))
+    from packager.localkaggle.client_env import health
+
+    pid = (health(cfg.local.port) or {}).get("pid")
+    print(f"the local Kaggle keeps running for `kpack status|output KIND` (stop it with: kill {pid})"
+          if pid else "")

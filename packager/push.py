@@ -171,7 +171,13 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
 
     limit = chain.max_sessions(cfg, kind)
     while True:
-        outcome, out = watch_session(api, cfg, ref, base_slug)
+        try:
+            outcome, out = watch_session(api, cfg, ref, base_slug)
+        except KeyboardInterrupt:
+            print(f"\nstopped watching; {ref} keeps running. Follow it with: kpack status {ref.ref}/{ref.version}"
+                  f"   (output: kpack output {ref.ref}/{ref.version}; the chain does not go on by itself)",
+                  flush=True)
+            raise
         result.status, result.output = outcome.status, out
         if outcome.status != "COMPLETE":
             failure = f": {outcome.failure}" if outcome.failure else ""

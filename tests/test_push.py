@@ -232,3 +232,17 @@ def test_connect_after_the_client_was_imported_for_production(project, local_kag
                           capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "status None" in done.stdout
+
+
+def test_demo_competition_is_made_once(tmp_path, monkeypatch):
+    from packager.config import parse_config
+    from packager.demo import ensure_competition
+    from packager.localkaggle.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config({"competition": "digits-multilabel", "kaggle_user": "alice",
+                        "local": {"root": str(tmp_path / "lk")}, "kernels": {"train": {"entry": "kernel_src/x.py"}}})
+    assert ensure_competition(cfg) is True
+    made = Store(tmp_path / "lk").competition("digits-multilabel")
+    assert made and made["code"] is True
+    assert ensure_competition(cfg) is False
