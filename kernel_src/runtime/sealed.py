@@ -207,11 +207,14 @@ def _map(fd: int, length: int, offset: int) -> mmap.mmap:
 
 def _mapped_batches(src: BinaryIO, size: int):
     """_batches over a memory map of a regular file from its current position, or None where it cannot be
-    mapped (a pipe, an in-memory stream, a file system without mmap: then it is read)."""
+    mapped (a pipe, an in-memory stream, a file system without mmap: then it is read). The file must not be
+    cut short while it is read (the OS then stops the process): inputs are read-only, and the packager
+    checks that a weight file kept its size and mtime over a build."""
     try:
         fd, start = src.fileno(), src.tell()
-        end = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or end <= start:
+        info = os.fstat(fd)
+        end = info.st_size
+        if not stat.S_ISREG(info.st_mode) or end <= start:
             return None
         base = start - start % mmap.ALLOCATIONGRANULARITY
         _map(fd, min(end, start + size) - base, base).close()
