@@ -4,7 +4,7 @@
 in: as given, hex (lower and upper case), base64 and URL-safe base64 at each of the three byte alignments (so
 a secret inside a larger base64 blob is found too), and the same for the bytes a hex or base64 secret decodes
 to (a raw key inside a binary file). A match crossing a read boundary is found: consecutive reads overlap by
-the longest pattern's length less one. The error names the file and the kind of secret's form, never the value.
+the longest pattern's length less one. The error names the file, never the value nor which form matched.
 
 Cost is one pass over the data per pattern (bytes.find), so the pattern set depends on the file:
 - sealed weight files (kernel_src/runtime/sealed.py) are ciphertext: only their header is scanned, since a
@@ -62,7 +62,7 @@ def _decoded(value: str) -> bytes | None:
 
 def patterns(secret: str, text: bool = True) -> set[bytes]:
     """Every byte string `secret` may have been written as (empty when it is too short to search for).
-    text=False leaves out the base64 forms: they are looked for in text files only (see _find)."""
+    text=False leaves out the base64 forms: they are looked for in text files only (see scan)."""
     if len(secret) < MIN_LEN:
         return set()
     bases = {secret.encode()}
