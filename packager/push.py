@@ -114,7 +114,10 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
     try:
         out = watch.download(api, ref)
     except UserError as err:
-        if outcome.status == "COMPLETE":
+        if outcome.status == "COMPLETE":  # the run went well but its output cannot be had: say so, then stop
+            _record_end(cfg, ref, base_slug, outcome, None)
+            notify.notify(cfg, f"{ref} ({ref.kind}) COMPLETE but its output could not be downloaded: {err}",
+                          ok=False)
             raise
         print(f"{ref}: no output ({err})")
     row = _record_end(cfg, ref, base_slug, outcome, out)

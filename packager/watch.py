@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -219,7 +218,3 @@ def download_output(cfg, kernel: str, version: int | None = None) -> Path:
     status, failure = kaggle_api.kernel_status(api, ref.owner, ref.slug, ref.version)
     sync_ledger(cfg, ref, status, failure, out)
     return out
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
