@@ -256,3 +256,15 @@ def test_prepare_in_a_kernel_process_imports_nothing_from_packager(kaggle, tmp_p
     assert result.returncode == 0, result.stderr
     assert "3 file(s) verified" in result.stdout and str(root / "temp" / "weights" / "empty.bin") in result.stdout
     assert KEY_TEXT not in result.stdout + result.stderr
+
+
+def test_prepare_reports_a_full_disk_in_one_line(kaggle, monkeypatch):
+    root, mounted, config = kaggle()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sealed, "decrypt_stream", full)
+    with pytest.raises(kweights.WeightsError, match=r"cannot decrypt into .*temp/weights: No space left on device"):
+        kweights.prepare(config)
+    assert [p.name for p in (root / "temp" / "weights").iterdir()] == []

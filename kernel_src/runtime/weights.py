@@ -134,6 +134,9 @@ def prepare(config) -> dict[str, Path]:
                     sealed.decrypt_file(stored, target, key, entry["sha256"], name=entry["stored"])
                 except sealed.SealedError as exc:
                     raise WeightsError(f"weights {exc}") from None
+                except OSError as exc:  # e.g. no space left in temp/
+                    raise WeightsError(f"weights {entry['stored']}: cannot decrypt into {out_dir}: "
+                                       f"{exc.strerror or exc}") from None
         else:
             target = stored
             got = _sha256(stored)
