@@ -283,9 +283,17 @@ def parse(kit: Any, where: str = "kit") -> KitSettings:
     return _build(KitSettings, kit, where)
 
 
+# Sections of config["kit"] that the evaluation entries (validate/infer) own and validate themselves
+# (kernel_src.infer.EvalSettings); training skips them, so they are not part of the training hash either.
+EVAL_SECTIONS = ("thresholds", "blend", "infer")
+
+
 def from_config(config: dict) -> KitSettings:
-    """The kit settings of a whole resolved project config (the dict a kernel entry gets)."""
-    return parse(config.get("kit"))
+    """The training settings of a whole resolved project config (the dict a kernel entry gets)."""
+    kit = config.get("kit")
+    if isinstance(kit, dict):
+        kit = {k: v for k, v in kit.items() if k not in EVAL_SECTIONS}
+    return parse(kit)
 
 
 def to_dict(settings: Any, *, runtime: bool = True) -> Any:

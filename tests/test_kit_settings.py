@@ -57,3 +57,12 @@ def test_training_hash_ignores_runtime_fields_only():
 def test_to_dict_round_trips():
     kit = settings.parse({"stages": [{"epochs": 2, "loss": {"bce": 1.0}}], "ema": {"enabled": True}})
     assert settings.parse(settings.to_dict(kit)) == kit
+
+
+def test_from_config_leaves_the_evaluation_sections_to_their_entries():
+    config = {"kit": {"optim": {"lr": 0.01}, "thresholds": {"method": "global"}, "infer": {"batch_size": 8}}}
+    kit = settings.from_config(config)
+    assert kit.optim.lr == 0.01
+    assert settings.training_hash(kit) == settings.training_hash(settings.parse({"optim": {"lr": 0.01}}))
+    with pytest.raises(settings.SettingsError, match="kit.thresholds: unknown field"):
+        settings.parse(config["kit"])
