@@ -582,6 +582,13 @@ def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_
         "",
         "if __name__ == \"__main__\":  # not in spawned workers (multiprocessing re-runs this file as __mp_main__)",
         "    _kpack_run()",
+        "    # Everything the entry writes is closed by now; skip the interpreter teardown, which takes seconds",
+        "    # with torch loaded and would otherwise run past a session limit the kit stopped in time for.",
+        "    _kpack_sys.stdout.flush()",
+        "    _kpack_sys.stderr.flush()",
+        "    import os as _kpack_os",
+        "",
+        "    _kpack_os._exit(0)",
         "",
     ]
     return "\n".join(out)

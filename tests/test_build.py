@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def test_script_layout_is_readable(proj):
     sub = (proj / "kernel_src" / "pkg" / "sub.py").read_text()
     assert f"_kpack.text('kernel_src/pkg/sub.py', r'''\n{sub}''')" in text  # the source, verbatim
     assert "config sha256: " in text and "built by kpack " in text
-    assert text.rstrip().endswith("    _kpack_run()")
+    tail = text.rstrip().split("if __name__ == \"__main__\":", 1)[1]
+    assert tail.splitlines()[1] == "    _kpack_run()" and tail.endswith("_kpack_os._exit(0)")
     assert "\r" not in text and str(proj) not in text
 
 
@@ -329,3 +331,19 @@ def test_warns_about_file_relative_paths_in_kernel_src(proj):
                                                   "HERE = Path(__file__).parent\n")
     assert build(proj).warnings == ("kernel_src/paths.py:4 uses __file__; in the kernel no packed file is on disk: "
                                     "read package data with importlib.resources.files(...) instead",)
+
+
+def test_script_exits_without_the_interpreter_teardown(proj):
+    """A kit that stopped in time must not be killed at the session limit while Python tears down torch:
+    once main returns, output is flushed and the process ends at once (atexit handlers do not run)."""
+    (proj / "kernel_src" / "slowexit.py").write_text(
+        "import atexit, time\n\ndef main(config):\n    atexit.register(time.sleep, 30)\n    print('done', flush=True)\n")
+    built = build(proj, kernel={"entry": "kernel_src/slowexit.py"})
+    work = proj.parent / "work"
+    work.mkdir()
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-I", "-S", str(built.script)], cwd=work, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("done")
+    assert time.monotonic() - started < 20
