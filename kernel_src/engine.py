@@ -283,7 +283,8 @@ class Run:
                 "the data order depends on it, so resume with the same number")
         self.model.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
-        self.scaler.load_state_dict(s["scaler"])
+        if s["scaler"]:  # empty when saved without AMP (a CPU session): a CUDA session starts a fresh scale
+            self.scaler.load_state_dict(s["scaler"])
         if self.ema:
             self.ema.module.load_state_dict(s["ema"])
         pos = s["position"]
@@ -457,7 +458,7 @@ class Run:
             "best_metric": self.best if self.best > -math.inf else None, "best_epoch": self.best_epoch,
             "training_hash": self.hash, "world": self.dist.world,
             "session": {"budget_s": clock.budget, "elapsed_s": clock.elapsed(), "loop_started_s": self.loop_started,
-                        "train_step_s": clock.step_total, "steps": clock.steps,
+                        "train_step_s": clock.step_total, "validate_s": clock.validate_total, "steps": clock.steps,
                         "resumed_from": str(self.resumed_from) if self.resumed_from else None},
         }
         if self.dist.main:

@@ -144,8 +144,9 @@ def build_model(model: ModelSettings, num_classes: int, channels: int = 3, *,
     weights = pretrained_for(model) if pretrained else None
     if weights is not None:
         load_backbone_weights(backbone, weights)
-    net = Classifier(backbone, channels, model.channels_last)
-    if model.channels_last:
+    channels_last = torch.cuda.is_available() if model.channels_last == "auto" else model.channels_last
+    net = Classifier(backbone, channels, channels_last)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
 

@@ -69,7 +69,7 @@ class ModelSettings:
     weights: Optional[str] = None           # a file path, or a name inside the weights dataset / inputs
     pretrained: bool = False                # true without `weights` asks for a hub download: refused
     drop_rate: float = 0.0
-    channels_last: bool = True
+    channels_last: Literal["auto", True, False] = "auto"  # auto: on CUDA (tensor cores), off on CPU (slower there)
 
 
 @dataclass
@@ -125,6 +125,7 @@ class SessionSettings:
     checkpoint_every_minutes: float = field(default=30.0, metadata=RUNTIME)
     checkpoint_every_steps: int = field(default=0, metadata=RUNTIME)  # 0: off; tests use it
     keep_previous: bool = field(default=True, metadata=RUNTIME)
+    max_steps: int = field(default=0, metadata=RUNTIME)  # stop this session after N steps (0: off; smoke runs)
 
 
 @dataclass
@@ -269,6 +270,7 @@ def _check(obj: Any, where: str) -> None:
         need(obj.margin_seconds >= 0, "margin_seconds", "expected 0 or more")
         need(obj.checkpoint_every_minutes > 0, "checkpoint_every_minutes", "expected a positive number")
         need(obj.checkpoint_every_steps >= 0, "checkpoint_every_steps", "expected 0 (off) or more")
+        need(obj.max_steps >= 0, "max_steps", "expected 0 (off) or more")
     elif isinstance(obj, KitSettings):
         need(len(obj.stages) >= 1, "stages", "expected at least one stage")
         need(obj.log_every_steps >= 1, "log_every_steps", "expected 1 or more")

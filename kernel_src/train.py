@@ -24,7 +24,7 @@ def main(config: dict, working: Optional[Path] = None) -> dict:
     try:
         kit = settings.from_config(config)
         budget = clock.session_seconds(config, "train")
-        session = clock.SessionClock(budget, kit.session.margin_seconds)
+        session = clock.SessionClock(budget, kit.session.margin_seconds, max_steps=kit.session.max_steps)
         print(f"[kpack] train: session budget {budget:.0f} s (margin {session.margin:.0f} s), "
               f"{session.elapsed():.1f} s gone at start", flush=True)
         return engine.run(kit, config, working or inputs.working_dir(), session)

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -143,14 +144,24 @@ LONG = {"stages": [{"epochs": 12, "loss": "bce"}, {"epochs": 2, "loss": "soft_fb
 def test_session_clock_stops_in_time_and_resume_is_exact(demo, straight, tmp_path):
     kit = kit_support.tiny_kit(demo, **LONG)
     ref_dir, ref = straight(kit)
-    budget = 0.4 * ref["wall_s"]  # about 40% of the straight run's time, whatever this machine's speed
-    run = engine.Run(settings.parse(kit), None, tmp_path / "w", clock.SessionClock(budget, margin_s=0.1), log=quiet)
-    run.clock.start = time.monotonic()
-    summary = run.train()
+    # half the straight run's time, whatever this machine's speed, plus what the clock keeps back for the
+    # first save before it has timed one (clock.SAVE_BYTES_PER_S: about 1.5 s here)
+    budget = 0.5 * ref["wall_s"] + 1.6
+    for attempt in range(4):  # the machine's speed drifts (shared cores): aim again when a try says nothing
+        working = tmp_path / f"w{attempt}"
+        run = engine.Run(settings.parse(kit), None, working, clock.SessionClock(budget, margin_s=0.1), log=quiet)
+        run.clock.start = time.monotonic()
+        summary = run.train()
+        if summary["done"]:
+            budget *= 0.5
+        elif summary["step"] == 0:
+            budget *= 1.5
+        else:
+            break
     assert summary["stopped_by"] == "clock" and 0 < summary["step"] < ref["total_steps"]
     assert summary["session"]["elapsed_s"] < budget  # the checkpoint is written before the limit
-    assert train(kit, tmp_path / "w")["done"]
-    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
+    assert train(kit, working)["done"]
+    assert kit_support.same_weights(kit_support.final_weights(working), kit_support.final_weights(ref_dir))
 
 
 # ---------------------------------------------------------------------------------- real processes
@@ -165,15 +176,22 @@ def test_process_stops_before_its_session_limit_and_the_next_session_resumes(dem
     ref_dir, ref = straight(kit)
     config = tmp_path / "kpack.yaml"
     write_config(config, kit)
-    root1 = tmp_path / "s1"
-    budget = 2 + 0.5 * ref["wall_s"]
-    forker = kit_support.Forker(config, root1)
-    started = time.monotonic()
-    forker.start(KPACK_SESSION_SECONDS=f"{budget:.2f}")
-    assert forker.wait_exit() == 0, "".join(forker.lines[-30:])
-    took = time.monotonic() - started
+    budget = 3 + 0.5 * ref["wall_s"]  # the child's setup, the first-save reserve, half the training
+    forker = kit_support.Forker(config, tmp_path / "s1")
+    for attempt in range(4):  # the machine's speed drifts (shared cores): aim again when a try says nothing
+        root1 = tmp_path / f"s1-{attempt}"
+        forker.start(KPACK_SESSION_SECONDS=f"{budget:.2f}", KPACK_KAGGLE_ROOT=str(root1))
+        started = time.monotonic()
+        assert forker.wait_exit() == 0, "".join(forker.lines[-30:])
+        took = time.monotonic() - started
+        state = json.loads((root1 / "working" / "state.json").read_text())
+        if state["done"]:
+            budget *= 0.5
+        elif state["step"] == 0:
+            budget *= 1.5
+        else:
+            break
     forker.close()
-    state = json.loads((root1 / "working" / "state.json").read_text())
     assert state["done"] is False and state["stopped_by"] == "clock", state
     assert 0 < state["step"] < ref["total_steps"]
     assert state["session"]["elapsed_s"] < budget and took < budget + 5  # checkpointed and gone in time
@@ -225,3 +243,30 @@ def test_kill_9_at_random_moments_then_resume_ends_the_same(demo, straight, tmp_
     assert json.loads((working / "state.json").read_text())["done"] is True
     assert kit_support.same_weights(kit_support.final_weights(working), kit_support.final_weights(ref_dir))
     print(f"checkpoints found after kills at steps {steps}; {mid_save} kill(s) landed inside a save")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_and_resumes_exactly(demo, tmp_path):
+    """torchrun, two CPU processes (gloo): each trains its shard of the same epoch order, rank 0 writes;
+    stopped after 3 steps and resumed, the run ends with the weights of the straight two-process run."""
+    kit = kit_support.tiny_kit(demo)
+    config = tmp_path / "kpack.yaml"
+    write_config(config, kit)
+    stop_early = tmp_path / "stop.yaml"
+    write_config(stop_early, kit_support.tiny_kit(demo, **{"session.max_steps": 3}))
+
+    def torchrun(cfg, root):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "kernel_src.train", str(cfg)], env=kit_support.train_env(root),
+                              cwd=kit_support.REPO, text=True, capture_output=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads((root / "working" / "state.json").read_text()), done.stdout
+
+    straight_state, _ = torchrun(config, tmp_path / "straight")
+    assert straight_state["done"] and straight_state["world"] == 2
+    first, _ = torchrun(stop_early, tmp_path / "resumed")
+    assert not first["done"] and first["step"] == 3
+    second, out = torchrun(config, tmp_path / "resumed")
+    assert second["done"] and "resumed from" in out
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "resumed" / "working"),
+                                    kit_support.final_weights(tmp_path / "straight" / "working"))
