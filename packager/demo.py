@@ -5,8 +5,8 @@
    the local scorer);
 3. `kpack push train`: build the kernel and the datasets, upload what changed, run it, follow its sessions,
    download the output to runs/, record the ledger;
-4. when an infer kernel is configured and its entry exists: `kpack push infer`, then `kpack submit` and
-   print the leaderboard score;
+4. `kpack push validate` (OOF F2, thresholds), `kpack push infer` (submission.csv), then `kpack submit`,
+   which prints the leaderboard score;
 5. print the ledger rows of this demo.
 
 The backend is always the local one here, whatever kpack.yaml says.
@@ -31,7 +31,7 @@ def ensure_competition(cfg) -> bool:
     if store.competition(cfg.competition):
         print(f"competition {cfg.competition}: already on the local Kaggle")
         return False
-    made = generate(DEMO_DATA)
+    made = generate(DEMO_DATA, image_size=32)  # small images: the demo trains on a CPU
     store.create_competition(cfg.competition, made.data_dir, made.solution_csv, code=True,
                              title=f"{cfg.competition.replace('-', ' ').title()} (kpack demo)")
     print(f"competition {cfg.competition}: created on the local Kaggle from {made.data_dir}")
@@ -44,7 +44,7 @@ def _show_output(path: Path | None) -> None:
     print(f"output of the last session ({path}):")
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         print(f"  {file.relative_to(path)}  ({file.stat().st_size} bytes)")
-    for name in ("state.json", "metrics.json"):
+    for name in ("state.json", "metrics.json", "oof_scores.json"):
         hits = sorted(path.rglob(name), key=lambda p: len(p.parts))
         if hits:
             text = hits[0].read_text()
@@ -66,14 +66,15 @@ def run_demo(config_path: str | None = None) -> None:
     train = push_kernel(cfg, "train", wait=True)
     _show_output(train.output)
 
-    infer = cfg.kernels.get("infer")
-    if infer is not None and Path(infer.entry).is_file():
+    # validate (OOF scores, thresholds), then infer (TTA, fold blend, submission.csv), then submit
+    for kind in ("validate", "infer"):
+        if kind in cfg.kernels:
+            result = push_kernel(cfg, kind, wait=True)
+            _show_output(result.output)
+    if "infer" in cfg.kernels:
         from packager.submit import submit
 
-        push_kernel(cfg, "infer", wait=True)
         submit(cfg, "kpack demo")
-    elif infer is not None:
-        print(f"demo: {infer.entry} does not exist yet; skipping push-infer and submit")
 
     rows = ledger.read()[start:]
     print(f"ledger ({ledger.ledger_path()}), this demo's rows:")

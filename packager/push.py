@@ -134,22 +134,23 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
 
 # --------------------------------------------------------------------------------------------- the verb
 
-def trained_model_sources(cfg, kind: str) -> list[str]:
-    """validate/infer read the trained model from the train chain's last COMPLETE session (its slug changes as
-    the chain grows: <slug>, <slug>-s2, ...), unless kpack.yaml already names a train kernel as a source."""
-    if kind == "train" or "train" not in cfg.kernels:
-        return []
-    base = cfg.kernel("train").slug
+def upstream_sources(cfg, kind: str) -> list[str]:
+    """validate reads the trained models from the train chain's last COMPLETE session (its slug changes as the
+    chain grows: <slug>, <slug>-s2, ...); infer reads those and validate's thresholds. A kernel kpack.yaml
+    already names as a source is left as configured."""
+    upstream = {"validate": ("train",), "infer": ("train", "validate")}.get(kind, ())
     configured = cfg.kernel(kind).sources.kernels
-    if any(ref.split("/")[-1] == base or ref.split("/")[-1].startswith(base + "-s") for ref in configured):
-        return []
-    rows = [r for r in ledger.read() if r.get("kind") == "train" and r.get("base_slug") == base
-            and r.get("backend") == cfg.backend and r.get("status") == "COMPLETE"]
-    if not rows:
-        return []
-    ref = rows[-1]["kernel"]
-    print(f"{kind}: reads the trained model from {ref} (the last COMPLETE train session in the ledger)")
-    return [ref]
+    found = []
+    for source in (k for k in upstream if k in cfg.kernels):
+        base = cfg.kernel(source).slug
+        if any(ref.split("/")[-1] == base or ref.split("/")[-1].startswith(base + "-s") for ref in configured):
+            continue
+        rows = [r for r in ledger.read() if r.get("kind") == source and r.get("base_slug") == base
+                and r.get("backend") == cfg.backend and r.get("status") == "COMPLETE"]
+        if rows:
+            print(f"{kind}: reads {source}'s output from {rows[-1]['kernel']} (its last COMPLETE session in the ledger)")
+            found.append(rows[-1]["kernel"])
+    return found
 
 
 def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
@@ -157,7 +158,7 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     from packager.build import build_kernel
 
     kcfg = cfg.kernel(kind)
-    built = build_kernel(cfg, kind, kernel_sources=trained_model_sources(cfg, kind))
+    built = build_kernel(cfg, kind, kernel_sources=upstream_sources(cfg, kind))
     folder = Path(built.folder)
     builds = datasets.build_all(cfg)
     scan_for_secrets(cfg, [Path(built.script)] + [Path(b.path) for b in builds])
