@@ -109,6 +109,7 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
                                rounds=t.rounds)
     groups = table.labels.groups
     scores = {
+        "cv_score": result.f2,  # what the ledger records: F2 of the blend with the searched rule
         "rows": int(covered.sum()), "rows_total": len(table.ids),
         "members": {n: {"f2@0.5": metrics.fbeta_score(y, p >= 0.5), "f2_global": thresholds.best_global(p, y)[1]}
                     for n, p in zip(names, member_probs)},

@@ -91,6 +91,7 @@ def test_validate_then_infer(trained, tmp_path, monkeypatch):
     assert set(saved["at_0.5"]["groups"]) == set(saved["searched"]["groups"]) == {"digit", "count"}
     assert saved["searched"]["f2"] >= saved["at_0.5"]["f2"]
     assert saved["searched"]["f2"] == max(saved["candidates"].values())
+    assert saved["cv_score"] == saved["searched"]["f2"]  # the ledger's CV score
     decision = json.loads((root / "working" / "thresholds.json").read_text())
     assert decision["labels"] == [str(i) for i in range(14)]
     assert decision["rule"]["one_of"] == [[10, 11, 12, 13]] and len(decision["rule"]["thresholds"]) == 14
