@@ -229,9 +229,9 @@ def test_train_stops_before_the_session_limit_and_the_next_session_resumes(local
     (slug2, second), state2 = sessions[1], states[1]
     assert slug2 == f"{slug}-s2" and [(r.slug, r.session) for r in result.sessions][:2] == [(slug, 1), (slug2, 2)]
     assert second["metadata"]["kernel_data_sources"] == [f"{USER}/{slug}"]
-    assert f"resumed from" in logs[1] and f"step {state1['step']}" in logs[1], logs[1][-3000:]
+    assert "resumed from" in logs[1] and f"step {state1['step']}" in logs[1], logs[1][-3000:]
     resumed = state2["session"]["resumed_from"]
-    assert resumed and f"/input/" in resumed and resumed.endswith(".pt"), resumed
+    assert resumed and "/input/" in resumed and resumed.endswith(".pt"), resumed
     assert state2["step"] - state2["session"]["steps"] == state1["step"], (state1, state2)  # not from step 0
 
     # every later session went on from the one before it, and each ended COMPLETE under the limit
