@@ -44,7 +44,8 @@ def session_seconds(config: Optional[dict] = None, kind: str = "train") -> float
     if os.environ.get(ENV_SECONDS):
         return float(os.environ[ENV_SECONDS])
     kernel = ((config or {}).get("kernels") or {}).get(kind) or {}
-    return float(kernel.get("session_hours") or 12.0) * 3600.0
+    # whole seconds, as the push hands the limit to Kaggle (sessionTimeoutSeconds)
+    return float(int(float(kernel.get("session_hours") or 12.0) * 3600))
 
 
 class SessionClock:

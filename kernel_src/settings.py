@@ -210,7 +210,8 @@ def _loss_terms(value: Any, where: str) -> Any:
         return [{"name": value}]
     if isinstance(value, dict):
         terms = []
-        for name, spec in value.items():
+        # sorted: the packed config's JSON sorts keys, and term order is part of the training hash
+        for name, spec in sorted(value.items()):
             if isinstance(spec, dict):
                 terms.append({"name": name, **spec})
             elif isinstance(spec, (int, float)) and not isinstance(spec, bool):

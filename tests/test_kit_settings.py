@@ -66,3 +66,20 @@ def test_from_config_leaves_the_evaluation_sections_to_their_entries():
     assert settings.training_hash(kit) == settings.training_hash(settings.parse({"optim": {"lr": 0.01}}))
     with pytest.raises(settings.SettingsError, match="kit.thresholds: unknown field"):
         settings.parse(config["kit"])
+
+
+def test_loss_mapping_order_does_not_change_the_training_hash():
+    """The packed kernel's config is JSON with sorted keys: a mapping written in another order in kpack.yaml
+    must give the same terms, or the kernel would refuse checkpoints made from the same config."""
+    one = settings.parse({"stages": [{"loss": {"soft_fbeta": 1.0, "bce": 0.5}}]})
+    other = settings.parse({"stages": [{"loss": {"bce": 0.5, "soft_fbeta": 1.0}}]})
+    assert [t.name for t in one.stages[0].loss] == ["bce", "soft_fbeta"]
+    assert settings.training_hash(one) == settings.training_hash(other)
+
+
+def test_session_budget_is_whole_seconds_like_the_pushed_limit(monkeypatch):
+    from kernel_src import clock
+
+    monkeypatch.delenv(clock.ENV_SECONDS, raising=False)
+    assert clock.session_seconds({"kernels": {"train": {"session_hours": 0.012}}}) == 43.0  # push sends int(43.2)
+    assert clock.session_seconds({"kernels": {"train": {}}}) == 12 * 3600
