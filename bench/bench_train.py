@@ -7,8 +7,9 @@
    torchvision transforms, timm's prefetcher on CUDA), timm.optim.create_optimizer_v2, timm.scheduler
    step_update per optimizer step, timm.loss.BinaryCrossEntropy (dense multi-label targets), and
    train_one_epoch's body (loss.item() every step, zero_grad, optional NativeScaler with --amp). Same
-   model, data, batch size, workers, threads, steps; similar augmentation (kit "medium": random resized
-   crop, flip, affine, brightness/contrast; timm defaults: random resized crop, flip, colour jitter 0.4).
+   model, data, batch size, workers, threads, steps; similar augmentation (--aug medium: kit "medium",
+   random resized crop, flip, affine, brightness/contrast, against timm's defaults, random resized crop,
+   flip, colour jitter 0.4; --aug light: kit "light", resize and flip, against timm without jitter).
    Both train without validation (fold -1) for the same epochs; runs alternate, the median is reported.
 
 2. Work lost at a session boundary: `python -m kernel_src.train` runs under KPACK_SESSION_SECONDS=budget
@@ -47,7 +48,7 @@ def kit_config(root: Path, a) -> dict:
         "seed": 0, "log_every_steps": 10**6, "amp": "auto" if a.amp else "off",
         "data": {"root": str(root), "image_size": a.size, "fold": -1, "num_workers": a.workers},
         "model": {"name": a.model, "channels_last": "auto" if a.channels_last is None else a.channels_last},
-        "augment": {"train": "medium"},
+        "augment": {"train": a.aug},
         "optim": {"batch_size": a.batch, "lr": 1e-3, "weight_decay": 1e-4},
         "schedule": {"name": "cosine", "warmup_steps": 5},
         "stages": [{"epochs": a.epochs, "loss": "bce"}],
@@ -105,6 +106,7 @@ def run_timm(root: Path, a) -> tuple[float, int]:
     loader = create_loader(dataset, input_size=data_config["input_size"], batch_size=a.batch, is_training=True,
                            use_prefetcher=prefetcher, device=device, interpolation=data_config["interpolation"],
                            mean=data_config["mean"], std=data_config["std"], num_workers=a.workers,
+                           color_jitter=0.4 if a.aug == "medium" else 0.0,
                            pin_memory=prefetcher, persistent_workers=True)
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=1e-4)
     steps_per_epoch = len(table.paths) // a.batch
@@ -217,6 +219,9 @@ def main() -> None:
                    help="the kit's channels_last (default: the kit's own choice, on for CUDA only)")
     p.add_argument("--timm-channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="give the baseline channels_last too (train.py's --channels-last; off by default there)")
+    p.add_argument("--aug", choices=("medium", "light"), default="medium",
+                   help="medium: kit 'medium' vs timm's defaults (colour jitter 0.4); light: kit 'light' (resize, "
+                        "flip) vs timm without colour jitter (random resized crop, flip)")
     p.add_argument("--budget", type=float, default=120.0, help="session seconds for the boundary measurement")
     p.add_argument("--margin", type=float, default=1.0)
     p.add_argument("--skip-boundary", action="store_true")
@@ -232,7 +237,7 @@ def main() -> None:
         root = democomp.generate(work / "demo", seed=0, n_train=a.n_train, n_test=8, image_size=a.size).data_dir
         device = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU x{os.cpu_count()}"
         print(f"training loop: {a.model} {a.size}px batch {a.batch}, {a.n_train} images x {a.epochs} epochs, "
-              f"{a.workers} workers, {torch.get_num_threads()} threads, {device}, amp={a.amp and a.device == 'cuda'}, "
+              f"{a.workers} workers, {torch.get_num_threads()} threads, aug {a.aug}, {device}, amp={a.amp and a.device == 'cuda'}, "
               f"kit channels_last={'auto' if a.channels_last is None else a.channels_last} "
               f"(baseline: {a.timm_channels_last})", flush=True)
         figures = {"device": device, "model": a.model, "size": a.size, "batch": a.batch,
