@@ -294,7 +294,8 @@ class Run:
         set_rng_state(s["rng"][self.dist.rank])
         self.resumed_from = found.path
         self.saved_at = (self.step, time.monotonic())
-        self.log(f"[kpack] resumed from {found.path}: epoch {self.epoch} batch {self.batch} step {self.step}")
+        if self.dist.main:
+            self.log(f"[kpack] resumed from {found.path}: epoch {self.epoch} batch {self.batch} step {self.step}")
 
     # ---- the loop
 
@@ -394,11 +395,13 @@ class Run:
         self.history.append(record)
         self.validated = self.epoch
         self.clock.record_validate(time.monotonic() - started)
-        self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} F2@0.5 {f2_half:.4f} "
-                 f"F2 {f2_best:.4f} (threshold {threshold:.2f})")
+        improved = f2_best > self.best
+        if improved:
+            self.best, self.best_epoch = f2_best, self.epoch + 1
         if self.dist.main:
-            if f2_best > self.best:
-                self.best, self.best_epoch = f2_best, self.epoch + 1
+            self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} F2@0.5 {f2_half:.4f} "
+                     f"F2 {f2_best:.4f} (threshold {threshold:.2f})")
+            if improved:
                 self._write_model("best.pt")
                 atomic_save_npy(self.working / "oof.npy", probs)
                 rows = "".join(f"{i},{' '.join(self.labels.decode(t))}\n" for i, t in zip(self.valid_ids, y))
@@ -461,15 +464,25 @@ class Run:
                         "train_step_s": clock.step_total, "validate_s": clock.validate_total, "steps": clock.steps,
                         "resumed_from": str(self.resumed_from) if self.resumed_from else None},
         }
+        self._stop_workers()
         if self.dist.main:
             if done:
                 self._write_model("model.pt")
             self._carry_over()
             atomic_write_text(self.working / "state.json", json.dumps(summary, indent=1))
         self.dist.barrier()
-        self.log(f"[kpack] {'training done' if done else 'stopped before the session limit'}: step {self.step}/"
-                 f"{self.total_steps}, epoch {self.epoch}/{self.kit.epochs}, best F2 {summary['best_metric']}")
+        if self.dist.main:
+            self.log(f"[kpack] {'training done' if done else 'stopped before the session limit'}: step {self.step}/"
+                     f"{self.total_steps}, epoch {self.epoch}/{self.kit.epochs}, best F2 {summary['best_metric']}")
         return summary
+
+    def _stop_workers(self) -> None:
+        """End the loaders' worker processes now, not whenever the interpreter gets round to it."""
+        for loader in (self.train_loader, self.valid_loader):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
 
     def _carry_over(self) -> None:
         """Copy what earlier sessions wrote and this one did not, from the resumed checkpoint's folder;

@@ -88,6 +88,16 @@ def test_resume_with_workers_equals_straight_without(demo, straight, tmp_path):
     assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
 
 
+def test_image_cache_lives_in_temp_and_changes_nothing_at_native_size(demo, straight, tmp_path):
+    kit = kit_support.tiny_kit(demo)
+    ref_dir, _ = straight(kit)
+    cached = kit_support.tiny_kit(demo, **{"data.cache": True, "data.num_workers": 2})
+    assert train(cached, tmp_path / "w")["done"]
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
+    assert list((tmp_path / "kaggle" / "temp" / "kpack-cache").glob("*.u8"))
+    assert not [p for p in (tmp_path / "w").iterdir() if p.suffix == ".u8"]
+
+
 class NoTimeToValidate(clock.FixedSteps):
     """Refuses the first validation, as a clock short of time would."""
 
