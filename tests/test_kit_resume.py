@@ -79,6 +79,18 @@ def test_stopped_and_resumed_equals_straight(demo, straight, tmp_path, stops):
         assert positions == [(0, 2)]  # stopped inside the first epoch: 1 step = 2 accumulated batches
 
 
+def test_sgd_onecycle_clipping_and_other_losses_resume_exactly(demo, straight, tmp_path):
+    kit = kit_support.tiny_kit(demo, **{
+        "optim": {"name": "sgd", "lr": 0.05, "batch_size": 8, "grad_clip": 1.0},
+        "schedule": {"name": "onecycle"}, "ema": {"enabled": False},
+        "stages": [{"epochs": 1, "loss": {"focal": 1.0, "forgiving": {"weight": 0.5, "w": 2.0}}},
+                   {"epochs": 1, "loss": "soft_fbeta", "lr_scale": 0.5}]})
+    ref_dir, _ = straight(kit)
+    train(kit, tmp_path / "w", 3)
+    assert train(kit, tmp_path / "w")["done"]
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
+
+
 def test_resume_with_workers_equals_straight_without(demo, straight, tmp_path):
     kit = kit_support.tiny_kit(demo)
     ref_dir, _ = straight(kit)
