@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from kernel_src import augment, blend, checkpoint, data, models, settings, tta
+from kernel_src import augment, blend, checkpoint, data, entrypoint, models, settings, tta
 from kernel_src.engine import atomic_write_text
 from kernel_src.runtime import inputs
 from kernel_src.thresholds import Rule
@@ -255,16 +254,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> Path:
 
 
 def main(config: dict) -> Path:
-    try:
-        return run(config)
-    except (settings.SettingsError, models.WeightsError, checkpoint.CheckpointError, FileNotFoundError,
-            ValueError) as exc:
-        print(f"[kpack] error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    return entrypoint.one_line_errors(lambda: run(config), also=(ValueError,))
 
 
 if __name__ == "__main__":
-    import yaml
-
-    with open(sys.argv[1] if len(sys.argv) > 1 else "kpack.yaml") as f:
-        main(yaml.safe_load(f))
+    entrypoint.from_command_line(main)

@@ -22,13 +22,12 @@ Local use: python -m kernel_src.validate kpack.yaml   [KPACK_KAGGLE_ROOT=... for
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from kernel_src import blend, checkpoint, data, folds, infer, metrics, models, settings, thresholds
+from kernel_src import blend, data, entrypoint, folds, infer, metrics, settings, thresholds
 from kernel_src.engine import atomic_write_text
 from kernel_src.runtime import inputs
 
@@ -128,16 +127,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
 
 
 def main(config: dict) -> dict:
-    try:
-        return run(config)
-    except (settings.SettingsError, models.WeightsError, checkpoint.CheckpointError, FileNotFoundError,
-            ValueError) as exc:
-        print(f"[kpack] error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    return entrypoint.one_line_errors(lambda: run(config), also=(ValueError,))
 
 
 if __name__ == "__main__":
-    import yaml
-
-    with open(sys.argv[1] if len(sys.argv) > 1 else "kpack.yaml") as f:
-        main(yaml.safe_load(f))
+    entrypoint.from_command_line(main)

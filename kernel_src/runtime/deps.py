@@ -42,12 +42,7 @@ class DepsError(SystemExit):
         super().__init__(f"kpack deps: {message}")
 
 
-def _get(obj, name: str, default=None):
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
+_get = inputs.config_value
 
 
 def normalize(name: str) -> str:

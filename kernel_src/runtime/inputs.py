@@ -62,3 +62,12 @@ def find_files(name: str) -> list[Path]:
     """Every file called `name` anywhere under the inputs (e.g. a checkpoint an earlier session wrote)."""
     root = input_dir()
     return sorted(root.rglob(name)) if root.is_dir() else []
+
+
+def config_value(obj, name: str, default=None):
+    """A field of the kernel's config, whether it arrives as the resolved dict or as the packager's model."""
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)

@@ -31,12 +31,7 @@ class WeightsError(RuntimeError):
     """A weights problem, told in one line (never containing the key)."""
 
 
-def _get(obj, name: str, default=None):
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
+_get = inputs.config_value
 
 
 def _spec(config) -> tuple[str, dict | object] | None:

@@ -1,0 +1,24 @@
+"""What the entries (train, validate, infer) share: a user's mistake ends the kernel with one line and exit
+code 2, not a traceback; and the local command line `python -m kernel_src.<entry> kpack.yaml`."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+
+def one_line_errors(run: Callable[[], Any], also: tuple[type[BaseException], ...] = ()) -> Any:
+    from kernel_src import checkpoint, models, settings
+
+    try:
+        return run()
+    except (settings.SettingsError, models.WeightsError, checkpoint.CheckpointError, FileNotFoundError,
+            *also) as exc:
+        print(f"[kpack] error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def from_command_line(main: Callable[[dict], Any]) -> None:
+    import yaml
+
+    with open(sys.argv[1] if len(sys.argv) > 1 else "kpack.yaml") as f:
+        main(yaml.safe_load(f))
