@@ -12,11 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from kernel_src import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def kit_env(monkeypatch, tmp_path):
+    """Autouse where imported: each test gets its own Kaggle root (inputs, working, temp) and one torch thread."""
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "kaggle"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_demo(out: Path, n_train: int = 80, n_test: int = 16, size: int = 32, seed: int = 0) -> Path:

@@ -8,21 +8,13 @@ import pytest
 import torch
 
 import kit_support
+from kit_support import kit_env  # noqa: F401  (autouse: own Kaggle root, one thread)
 from kernel_src import augment, data, folds, models, settings
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     return kit_support.make_demo(tmp_path_factory.mktemp("demo"), n_train=48, n_test=8)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "kaggle"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_imet_table_labels_and_groups(demo):

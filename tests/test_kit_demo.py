@@ -11,9 +11,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import kit_support
+from kit_support import kit_env  # noqa: F401  (autouse: own Kaggle root, one thread)
 from kernel_src import clock, engine, settings, thresholds
 
 F2_SEARCHED_AT_LEAST = 0.74   # BCE run, best epoch, global threshold searched on the validation fold
@@ -33,18 +33,12 @@ def kit(root, stages) -> dict:
 
 
 def train(config: dict, working) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        engine.run(settings.parse(config), None, working, clock.FixedSteps(10**9), log=lambda s: None)
-    finally:
-        torch.set_num_threads(threads)
+    engine.run(settings.parse(config), None, working, clock.FixedSteps(10**9), log=lambda s: None)
     return json.loads((working / "metrics.json").read_text())
 
 
 @pytest.mark.slow
-def test_demo_f2_and_what_beats_bce_at_half(demo, tmp_path, monkeypatch):
-    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "kaggle"))
+def test_demo_f2_and_what_beats_bce_at_half(demo, tmp_path):
     bce = train(kit(demo, [{"epochs": 20, "loss": "bce"}]), tmp_path / "bce")
     bce_half = max(h["f2@0.5"] for h in bce["history"])
     assert bce["best"]["f2"] >= F2_SEARCHED_AT_LEAST, bce["best"]

@@ -15,21 +15,13 @@ import torch
 import yaml
 
 import kit_support
+from kit_support import kit_env  # noqa: F401  (autouse: own Kaggle root, one thread)
 from kernel_src import checkpoint, clock, engine, settings
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     return kit_support.make_demo(tmp_path_factory.mktemp("demo"), n_train=64, n_test=8)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "kaggle"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def quiet(_: str) -> None:
@@ -79,35 +71,30 @@ def test_stopped_and_resumed_equals_straight(demo, straight, tmp_path, stops):
         assert positions == [(0, 2)]  # stopped inside the first epoch: 1 step = 2 accumulated batches
 
 
-def test_sgd_onecycle_clipping_and_other_losses_resume_exactly(demo, straight, tmp_path):
-    kit = kit_support.tiny_kit(demo, **{
-        "optim": {"name": "sgd", "lr": 0.05, "batch_size": 8, "grad_clip": 1.0},
-        "schedule": {"name": "onecycle"}, "ema": {"enabled": False},
-        "stages": [{"epochs": 1, "loss": {"focal": 1.0, "forgiving": {"weight": 0.5, "w": 2.0}}},
-                   {"epochs": 1, "loss": "soft_fbeta", "lr_scale": 0.5}]})
-    ref_dir, _ = straight(kit)
-    train(kit, tmp_path / "w", 3)
+SGD_AND_OTHER_LOSSES = {
+    "optim": {"name": "sgd", "lr": 0.05, "batch_size": 8, "grad_clip": 1.0},
+    "schedule": {"name": "onecycle"}, "ema": {"enabled": False},
+    "stages": [{"epochs": 1, "loss": {"focal": 1.0, "forgiving": {"weight": 0.5, "w": 2.0}}},
+               {"epochs": 1, "loss": "soft_fbeta", "lr_scale": 0.5}]}
+WORKERS = {"data.num_workers": 2}
+CACHE = {"data.cache": True, "data.num_workers": 2}  # the demo's images are already 32 px: resizing changes nothing
+
+
+@pytest.mark.parametrize("trained,reference,stops", [
+    (SGD_AND_OTHER_LOSSES, SGD_AND_OTHER_LOSSES, [3]),
+    (WORKERS, {}, [4]),          # runtime-only settings: the same run as with no workers
+    (CACHE, {}, []),
+], ids=["sgd-onecycle-clip-focal-forgiving", "workers", "cache"])
+def test_variants_end_with_their_straight_runs_weights(demo, straight, tmp_path, trained, reference, stops):
+    ref_dir, _ = straight(kit_support.tiny_kit(demo, **reference))
+    kit = kit_support.tiny_kit(demo, **trained)
+    for steps in stops:
+        train(kit, tmp_path / "w", steps)
     assert train(kit, tmp_path / "w")["done"]
     assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
-
-
-def test_resume_with_workers_equals_straight_without(demo, straight, tmp_path):
-    kit = kit_support.tiny_kit(demo)
-    ref_dir, _ = straight(kit)
-    pooled = kit_support.tiny_kit(demo, **{"data.num_workers": 2})
-    train(pooled, tmp_path / "w", 4)
-    assert train(pooled, tmp_path / "w")["done"]
-    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
-
-
-def test_image_cache_lives_in_temp_and_changes_nothing_at_native_size(demo, straight, tmp_path):
-    kit = kit_support.tiny_kit(demo)
-    ref_dir, _ = straight(kit)
-    cached = kit_support.tiny_kit(demo, **{"data.cache": True, "data.num_workers": 2})
-    assert train(cached, tmp_path / "w")["done"]
-    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"), kit_support.final_weights(ref_dir))
-    assert list((tmp_path / "kaggle" / "temp" / "kpack-cache").glob("*.u8"))
-    assert not [p for p in (tmp_path / "w").iterdir() if p.suffix == ".u8"]
+    if trained is CACHE:  # the cache lives in the temp dir, never in the output
+        assert list((tmp_path / "kaggle" / "temp" / "kpack-cache").glob("*.u8"))
+        assert not [p for p in (tmp_path / "w").iterdir() if p.suffix == ".u8"]
 
 
 class NoTimeToValidate(clock.FixedSteps):
