@@ -150,23 +150,31 @@ def test_changed_config_refuses_the_checkpoint(demo, tmp_path):
 LONG = {"stages": [{"epochs": 12, "loss": "bce"}, {"epochs": 2, "loss": "soft_fbeta"}]}
 
 
+def stop_midway(session, budget: float) -> tuple[dict, float, int]:
+    """Run session(attempt, budget) until the clock stops one mid-way: this shared machine's speed drifts,
+    so a budget sized from the straight run may let a try finish (halve it) or stop before step 1 (raise it).
+    Returns that session's summary, its budget and attempt number."""
+    for attempt in range(4):
+        summary = session(attempt, budget)
+        if not (summary["done"] or summary["step"] == 0):
+            break
+        budget *= 0.5 if summary["done"] else 1.5
+    return summary, budget, attempt
+
+
 def test_session_clock_stops_in_time_and_resume_is_exact(demo, straight, tmp_path):
     kit = kit_support.tiny_kit(demo, **LONG)
     ref_dir, ref = straight(kit)
     # half the straight run's time, whatever this machine's speed, plus what the clock keeps back for the
     # first save before it has timed one (clock.SAVE_BYTES_PER_S: about 1.5 s here)
-    budget = 0.5 * ref["wall_s"] + 1.6
-    for attempt in range(4):  # the machine's speed drifts (shared cores): aim again when a try says nothing
-        working = tmp_path / f"w{attempt}"
-        run = engine.Run(settings.parse(kit), None, working, clock.SessionClock(budget, margin_s=0.1), log=quiet)
+    def session(attempt: int, budget: float) -> dict:
+        run = engine.Run(settings.parse(kit), None, tmp_path / f"w{attempt}", clock.SessionClock(budget, margin_s=0.1),
+                         log=quiet)
         run.clock.start = time.monotonic()
-        summary = run.train()
-        if summary["done"]:
-            budget *= 0.5
-        elif summary["step"] == 0:
-            budget *= 1.5
-        else:
-            break
+        return run.train()
+
+    summary, budget, attempt = stop_midway(session, 0.5 * ref["wall_s"] + 1.6)
+    working = tmp_path / f"w{attempt}"
     assert summary["stopped_by"] == "clock" and 0 < summary["step"] < ref["total_steps"]
     assert summary["session"]["elapsed_s"] < budget  # the checkpoint is written before the limit
     assert train(kit, working)["done"]
@@ -185,22 +193,20 @@ def test_process_stops_before_its_session_limit_and_the_next_session_resumes(dem
     ref_dir, ref = straight(kit)
     config = tmp_path / "kpack.yaml"
     write_config(config, kit)
-    budget = 3 + 0.5 * ref["wall_s"]  # the child's setup, the first-save reserve, half the training
     forker = kit_support.Forker(config, tmp_path / "s1")
-    for attempt in range(4):  # the machine's speed drifts (shared cores): aim again when a try says nothing
-        root1 = tmp_path / f"s1-{attempt}"
-        forker.start(KPACK_SESSION_SECONDS=f"{budget:.2f}", KPACK_KAGGLE_ROOT=str(root1))
+    took = {}
+
+    def session(attempt: int, budget: float) -> dict:
+        forker.start(KPACK_SESSION_SECONDS=f"{budget:.2f}", KPACK_KAGGLE_ROOT=str(tmp_path / f"s1-{attempt}"))
         started = time.monotonic()
         assert forker.wait_exit() == 0, "".join(forker.lines[-30:])
-        took = time.monotonic() - started
-        state = json.loads((root1 / "working" / "state.json").read_text())
-        if state["done"]:
-            budget *= 0.5
-        elif state["step"] == 0:
-            budget *= 1.5
-        else:
-            break
+        took[attempt] = time.monotonic() - started
+        return json.loads((tmp_path / f"s1-{attempt}" / "working" / "state.json").read_text())
+
+    # the child's setup and first-save reserve, then half the training
+    state, budget, attempt = stop_midway(session, 3 + 0.5 * ref["wall_s"])
     forker.close()
+    root1, took = tmp_path / f"s1-{attempt}", took[attempt]
     assert state["done"] is False and state["stopped_by"] == "clock", state
     assert 0 < state["step"] < ref["total_steps"]
     assert state["session"]["elapsed_s"] < budget and took < budget + 5  # checkpointed and gone in time
