@@ -89,7 +89,7 @@ def data_root(kit: KitSettings, config: Optional[dict] = None) -> Path:
 
     if kit.data.root:
         root = Path(kit.data.root)
-        if not (root / kit.data.train_csv).is_file() and not root.is_dir():
+        if not root.is_dir():
             raise FileNotFoundError(f"kit.data.root: no folder {root}")
         return root
     slug = kit.data.competition or (config or {}).get("competition")
