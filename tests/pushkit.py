@@ -136,17 +136,20 @@ def make_project(base: Path, server, *, sessions: int = 1, weights_kb: int = 200
 
 
 class TelegramStub:
-    """api.telegram.org on 127.0.0.1: records each sendMessage."""
+    """api.telegram.org on 127.0.0.1: records each sendMessage; with `.fail` set it answers 500."""
 
     def __init__(self):
         received = self.received = []
+        self.fail = False
+        stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 received.append({"path": self.path, "body": json.loads(body or b"{}")})
-                payload = b'{"ok": true}'
-                self.send_response(200)
+                code, answer = (500, {"ok": False, "description": "boom"}) if stub.fail else (200, {"ok": True})
+                payload = json.dumps(answer).encode()
+                self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

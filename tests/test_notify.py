@@ -1,12 +1,9 @@
 """Notifications: stdout always; Telegram through a local stub of the Bot API; a Telegram failure is one warning
 without the token and never an exception."""
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from packager.config import parse_config
+from pushkit import TelegramStub
 from packager.notify import notify
 
 TOKEN = "123456:SECRET-token-value"
@@ -22,32 +19,9 @@ def make_cfg(telegram=True):
 
 @pytest.fixture
 def telegram_stub():
-    """A stand-in for api.telegram.org on 127.0.0.1 that records every request; `.fail` makes it answer 500."""
-    received, state = [], {"fail": False}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            received.append({"path": self.path, "body": json.loads(body or b"{}")})
-            code, answer = (500, {"ok": False, "description": "boom"}) if state["fail"] else (200, {"ok": True})
-            payload = json.dumps(answer).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.received, server.state = received, state
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
+    stub = TelegramStub()
+    yield stub
+    stub.close()
 
 
 def test_stdout_and_telegram(telegram_stub, monkeypatch, capsys):
@@ -75,7 +49,7 @@ def test_telegram_error_is_a_warning_without_the_token(telegram_stub, monkeypatc
     monkeypatch.setenv("KPACK_TELEGRAM_API", telegram_stub.url)
     monkeypatch.setenv("T_TOKEN", TOKEN)
     monkeypatch.setenv("T_CHAT", "42")
-    telegram_stub.state["fail"] = True
+    telegram_stub.fail = True
     notify(make_cfg(), "done", ok=True)  # must not raise
     captured = capsys.readouterr()
     assert "warning: Telegram notification not sent" in captured.err
