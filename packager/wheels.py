@@ -87,7 +87,7 @@ class Target:
 
     @property
     def key(self) -> str:
-        return f"{self.name}-cp{self.python.replace('.', '')}"
+        return f"{self.name}-{self.abi}"
 
     @property
     def abi(self) -> str:
