@@ -109,7 +109,7 @@ def _reusable(cached: dict | None, stored: Path, entry: dict) -> bool:
     (same size, modification time and inode as when it was written)."""
     if not cached or not stored.is_file():
         return False
-    same = all(cached.get(k) == entry.get(k) for k in ("sha256", "size", "key_id", "chunk_size"))
+    same = all(cached.get(k) == entry.get(k) for k in ("sha256", "size", "key_id", "chunk_size", "sealed_format"))
     return same and cached.get("file") == _file_id(stored)
 
 
@@ -158,9 +158,9 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
                  "size": size, "architecture": architecture_of(src.name, mapping), "encrypted": bool(key)}
         stored = out_dir / entry["stored"]
         if key:
-            entry.update(key_id=kid, chunk_size=sealed.DEFAULT_CHUNK)
+            entry.update(key_id=kid, chunk_size=sealed.DEFAULT_CHUNK, sealed_format=sealed.VERSION)
             if not _reusable(cache.get(entry["stored"]), stored, entry):
-                sealed.encrypt_file(src, stored, key, sealed.DEFAULT_CHUNK)
+                sealed.encrypt_file(src, stored, key, sealed.DEFAULT_CHUNK, sha256=digest)
             cache[entry["stored"]] = {**entry, "file": _file_id(stored)}
         elif not _same_plain_file(src, stored, digest):
             _place_plain(src, stored)

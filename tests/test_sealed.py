@@ -1,11 +1,9 @@
 """Sealed files: byte-exact round trips, every kind of tampering refused with one line, flat memory."""
 import base64
 import hashlib
-import io
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -19,82 +17,72 @@ CHUNK = 64  # small chunks keep multi-chunk cases tiny
 
 
 @pytest.fixture(autouse=True)
-def small_map_windows(monkeypatch):
-    """One batch per mapped window, so small files cross many windows (at offsets that are not page-aligned)."""
-    monkeypatch.setattr(sealed, "MAP_WINDOW", 1)
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
-def seal(data: bytes, key: bytes = KEY, chunk: int = CHUNK) -> bytes:
-    out = io.BytesIO()
-    assert sealed.encrypt_stream(io.BytesIO(data), out, key, chunk) == len(data)
-    return out.getvalue()
+def seal(data: bytes, key: bytes = KEY, chunk: int = CHUNK, **kwargs) -> bytes:
+    Path("w.pth").write_bytes(data)
+    header = sealed.encrypt_file("w.pth", "w.pth.enc", key, chunk, **kwargs)
+    assert header.plain_size == len(data) and header.sha256 == hashlib.sha256(data).hexdigest()
+    return Path("w.pth.enc").read_bytes()
 
 
-def unseal(blob: bytes, key: bytes = KEY) -> bytes:
-    """Decrypt both ways a stream is read: a regular file (memory-mapped) and an in-memory stream (read);
-    they must agree on the plaintext or on the error."""
-    results = []
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "w.pth.enc"
-        path.write_bytes(blob)
-        with open(path, "rb") as mapped:
-            for src in (mapped, io.BytesIO(blob)):
-                out = io.BytesIO()
-                try:
-                    sealed.decrypt_stream(src, out, key, name="w.pth.enc")
-                    results.append(out.getvalue())
-                except SealedError as exc:
-                    results.append(exc)
-    assert str(results[0]) == str(results[1]) and type(results[0]) is type(results[1])
-    if isinstance(results[0], SealedError):
-        raise results[0]
-    return results[0]
+def unseal(blob: bytes, key: bytes = KEY, expected_sha256: str | None = None, **kwargs) -> bytes:
+    Path("w.pth.enc").write_bytes(blob)
+    sealed.decrypt_file("w.pth.enc", "out/w.pth", key, expected_sha256, **kwargs)
+    return Path("out/w.pth").read_bytes()
 
 
-# BATCH chunks go per read: sizes around one and two batches exercise the look-ahead that finds the last chunk
+# BATCH chunks go to a task: sizes around one and two batches exercise the split of the work between threads
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK, 5 * CHUNK + 17,
-                                  sealed.BATCH * CHUNK, sealed.BATCH * CHUNK + 1, 2 * sealed.BATCH * CHUNK])
+                                  sealed.BATCH * CHUNK, sealed.BATCH * CHUNK + 1, 2 * sealed.BATCH * CHUNK,
+                                  7 * sealed.BATCH * CHUNK + 3])
 def test_round_trip_is_byte_exact(size):
     data = os.urandom(size)
     blob = seal(data)
     assert len(blob) == sealed.sealed_size(size, CHUNK)
-    assert unseal(blob) == data
+    assert unseal(blob, expected_sha256=hashlib.sha256(data).hexdigest()) == data
     assert len(data) < 16 or data[:16] not in blob  # shorter ones may turn up in ciphertext by chance
 
 
-@pytest.mark.parametrize("chunk, sizes", [
-    (sealed.DEFAULT_CHUNK, (0, 1, sealed.DEFAULT_CHUNK, sealed.DEFAULT_CHUNK + 1, 3 * sealed.DEFAULT_CHUNK + 5)),
-    (CHUNK, (sealed.BATCH * CHUNK, 7 * sealed.BATCH * CHUNK + 3)),  # many mapped windows
-])
-def test_round_trip_files(tmp_path, chunk, sizes):
-    for size in sizes:
-        src, enc, dec = tmp_path / "w.bin", tmp_path / "w.bin.enc", tmp_path / "w.out"
-        src.write_bytes(os.urandom(size))
-        plain_sha = hashlib.sha256(src.read_bytes()).hexdigest()
-        sealed.encrypt_file(src, enc, KEY, chunk)
-        assert enc.stat().st_size == sealed.sealed_size(size, chunk)
-        sealed.decrypt_file(enc, dec, KEY, expected_sha256=plain_sha)
-        assert dec.read_bytes() == src.read_bytes()
+@pytest.mark.parametrize("workers", [1, 3])
+def test_round_trip_with_default_chunks_on_any_number_of_threads(monkeypatch, workers):
+    monkeypatch.setattr(sealed, "WORKERS", workers)
+    for size in (0, sealed.DEFAULT_CHUNK, 9 * sealed.DEFAULT_CHUNK + 5):
+        data = os.urandom(size)
+        blob = seal(data, chunk=sealed.DEFAULT_CHUNK)
+        assert len(blob) == sealed.sealed_size(size)
+        assert unseal(blob) == data
+
+
+def test_the_header_carries_the_given_sha256_and_decrypting_checks_it_first():
+    """The packager hands over the manifest's hash (no second hashing pass); the kernel compares the header's
+    hash with its manifest before decrypting anything, and the tags then vouch for every byte."""
+    data = os.urandom(300)
+    Path("w.pth").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    assert sealed.encrypt_file("w.pth", "w.pth.enc", KEY, CHUNK, sha256=sha).sha256 == sha
+    assert sealed.read_header("w.pth.enc").sha256 == sha
+    with pytest.raises(SealedError, match=r"w.pth.enc: holds other weights than the manifest lists"):
+        unseal(Path("w.pth.enc").read_bytes(), expected_sha256="0" * 64)
+    assert not Path("out/w.pth").exists()
+    assert unseal(Path("w.pth.enc").read_bytes(), expected_sha256=sha) == data
 
 
 @pytest.mark.parametrize("backend", ["alloc", "pycryptodome"])
 def test_fallback_backends_read_what_the_default_writes(backend):
     """Kaggle's image may have an older cryptography (no decrypt_into) or only pycryptodome."""
-    if backend == "pycryptodome":
-        pytest.importorskip("Crypto.Cipher.AES")
     data = os.urandom(3 * CHUNK + 5)
     blob = seal(data)
-    out = io.BytesIO()
-    sealed.decrypt_stream(io.BytesIO(blob), out, KEY, backend=backend)
-    assert out.getvalue() == data
+    assert unseal(blob, backend=backend) == data
     damaged = bytearray(blob)
     damaged[-1] ^= 1
     with pytest.raises(SealedError, match="authentication failed at chunk 3"):
-        sealed.decrypt_stream(io.BytesIO(bytes(damaged)), io.BytesIO(), KEY, backend=backend)
+        unseal(bytes(damaged), backend=backend)
     if backend == "alloc":
-        other = io.BytesIO()
-        sealed.encrypt_stream(io.BytesIO(data), other, KEY, CHUNK, backend=backend)
-        assert unseal(other.getvalue()) == data
+        assert unseal(seal(data, backend=backend)) == data
 
 
 def test_same_plaintext_seals_differently_each_time():
@@ -113,34 +101,53 @@ def _refused(blob: bytes, key: bytes = KEY) -> str:
         unseal(blob, key)
     message = str(info.value)
     assert "\n" not in message and "w.pth.enc" in message
+    assert not Path("out").exists() or list(Path("out").iterdir()) == []  # nothing half-written
     return message
 
 
-@pytest.mark.parametrize("where", [0, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + CHUNK + 3, -1])
+@pytest.mark.parametrize("where", [0, 8, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + CHUNK + 3, -1])
 def test_flipped_byte_is_refused(where):
     blob = bytearray(seal(os.urandom(4 * CHUNK + 9)))
     blob[where] ^= 0x01
     _refused(bytes(blob))
 
 
-def test_truncation_is_refused():
+def test_a_changed_plain_size_or_hash_fails_authentication():
+    """Both are in the header (size at bytes 16-24, sha256 at 24-56), which every chunk authenticates."""
+    blob = seal(os.urandom(4 * CHUNK))
+    other_hash = bytearray(blob)
+    other_hash[24] ^= 0x01
+    assert "authentication failed at chunk 0" in _refused(bytes(other_hash))
+    shorter = bytearray(blob[:sealed.sealed_size(3 * CHUNK, CHUNK)])  # one chunk less, and a size to match
+    shorter[16:24] = (3 * CHUNK).to_bytes(8, "big")
+    assert "authentication failed at chunk 0" in _refused(bytes(shorter))
+
+
+def test_truncation_and_extension_are_refused_before_decrypting():
     blob = seal(os.urandom(4 * CHUNK))
     header, chunks = _chunks(blob)
-    assert "authentication failed at chunk 2" in _refused(header + b"".join(chunks[:3]))  # cut at a chunk boundary
-    _refused(blob[:-1])  # cut inside the last chunk
-    _refused(blob[:HEADER_SIZE + 5])  # less than a tag
-    _refused(header)  # no chunk at all
-    assert "not a kpack sealed file" in _refused(blob[:10])
+    assert "truncated" in _refused(header + b"".join(chunks[:3]))  # cut at a chunk boundary
+    assert "truncated" in _refused(blob[:-1])  # cut inside the last chunk
+    assert "truncated" in _refused(header)  # no chunk at all
+    assert "truncated" in _refused(blob[:HEADER_SIZE - 5])  # not even a whole header
+    assert "extended" in _refused(blob + chunks[-1])  # a chunk appended after the last one
+    assert "not a kpack sealed file" in _refused(blob[:5])
 
 
-def test_reordered_swapped_and_extended_chunks_are_refused():
+def test_reordered_and_foreign_chunks_are_refused():
     blob = seal(os.urandom(4 * CHUNK))
     header, chunks = _chunks(blob)
     swapped = [chunks[1], chunks[0]] + chunks[2:]
     assert "authentication failed at chunk 0" in _refused(header + b"".join(swapped))
-    _refused(header + b"".join(chunks + [chunks[-1]]))  # a chunk appended after the final one
     other = seal(os.urandom(4 * CHUNK))  # a chunk from another file sealed with the same key
-    _refused(header + chunks[0] + _chunks(other)[1][1] + b"".join(chunks[2:]))
+    assert "authentication failed at chunk 1" in _refused(header + chunks[0] + _chunks(other)[1][1]
+                                                          + b"".join(chunks[2:]))
+
+
+def test_an_older_format_is_refused_with_what_to_do():
+    blob = bytearray(seal(b"weights" * 50))
+    blob[8] = 1
+    assert "sealed format version 1; this kpack reads version 2: build and push" in _refused(bytes(blob))
 
 
 def test_wrong_key_is_refused_without_showing_either_key():
@@ -154,19 +161,28 @@ def test_wrong_key_is_refused_without_showing_either_key():
 
 def test_decrypt_file_leaves_nothing_on_failure(tmp_path):
     src, enc, dec = tmp_path / "w.bin", tmp_path / "w.bin.enc", tmp_path / "out" / "w.bin"
-    src.write_bytes(os.urandom(3 * sealed.DEFAULT_CHUNK))
-    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    src.write_bytes(os.urandom(9 * sealed.DEFAULT_CHUNK))
     sealed.encrypt_file(src, enc, KEY)
     damaged = bytearray(enc.read_bytes())
-    damaged[-100] ^= 0x80  # in the last chunk: the first chunks decrypt (and are written) before the failure
+    damaged[-100] ^= 0x80  # in the last chunk: the other chunks decrypt (and are written) before the failure
     enc.write_bytes(bytes(damaged))
-    with pytest.raises(SealedError, match="w.bin.enc: authentication failed at chunk 2"):
-        sealed.decrypt_file(enc, dec, KEY, expected_sha256=sha)
+    with pytest.raises(SealedError, match="w.bin.enc: authentication failed at chunk 8"):
+        sealed.decrypt_file(enc, dec, KEY)
     assert list(dec.parent.iterdir()) == []
-    sealed.encrypt_file(src, enc, KEY)
-    with pytest.raises(SealedError, match="sha256 mismatch"):
-        sealed.decrypt_file(enc, dec, KEY, expected_sha256="0" * 64)
-    assert list(dec.parent.iterdir()) == []
+
+
+def test_encrypt_file_leaves_nothing_on_failure(monkeypatch):
+    Path("w.pth").write_bytes(os.urandom(9 * CHUNK))
+
+    def full(fd, data, offset):
+        if offset > HEADER_SIZE:  # the header went in; a later batch finds the disk full
+            raise OSError(28, "No space left on device")
+        return os.pwrite(fd, data, offset)
+
+    monkeypatch.setattr(sealed, "_pwrite_all", full)
+    with pytest.raises(OSError, match="No space left"):
+        sealed.encrypt_file("w.pth", "sealed/w.pth.enc", KEY, CHUNK)
+    assert list(Path("sealed").iterdir()) == []
 
 
 @pytest.mark.parametrize("text", [KEY.hex(), KEY.hex().upper(), base64.b64encode(KEY).decode(),
@@ -188,7 +204,8 @@ def test_bad_key_is_refused_in_one_line_without_the_value(text):
 def test_key_id_is_stable_and_not_the_key():
     assert sealed.key_id(KEY) == sealed.key_id(bytes(KEY)) != sealed.key_id(os.urandom(32))
     assert KEY.hex()[:16] not in sealed.key_id(KEY)
-    assert sealed.read_header(io.BytesIO(seal(b"x"))).key_id == sealed.key_id(KEY)
+    seal(b"x")
+    assert sealed.read_header("w.pth.enc").key_id == sealed.key_id(KEY)
 
 
 # Peak RSS of the probe process itself: VmHWM, since ru_maxrss carries over the parent's peak through

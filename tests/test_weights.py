@@ -104,6 +104,20 @@ def test_damaged_cache_or_new_key_is_sealed_again(models, tmp_path, monkeypatch)
     assert all(sealed.read_header(p).key_id == manifest["key_id"] for p in third.path.glob("*.enc"))
 
 
+def test_files_sealed_in_an_older_format_are_sealed_again(models, tmp_path):
+    """A build folder left by an earlier kpack (its cache records no sealed format) is not reused: the kernel
+    would refuse those files."""
+    first = build(models, tmp_path)
+    cache_file = first.path.parent / f".{SLUG}.sealed.json"
+    cache = json.loads(cache_file.read_text())
+    for entry in cache.values():
+        assert entry.pop("sealed_format") == sealed.VERSION
+    cache_file.write_text(json.dumps(cache))
+    before = {p.name: p.read_bytes() for p in first.path.glob("*.enc")}
+    second = build(models, tmp_path)
+    assert all((second.path / name).read_bytes() != blob for name, blob in before.items())
+
+
 def test_plain_dataset_and_switching_encryption(models, tmp_path):
     plain = build(models, tmp_path, encrypt=False)
     assert sorted(plain.files) == ["empty.bin", "head.safetensors", "manifest.json", "resnet18.a1_in1k.pth"]
@@ -264,7 +278,7 @@ def test_prepare_reports_a_full_disk_in_one_line(kaggle, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sealed, "decrypt_stream", full)
+    monkeypatch.setattr(sealed, "_pwrite_all", full)
     with pytest.raises(kweights.WeightsError, match=r"cannot decrypt into .*temp/weights: No space left on device"):
         kweights.prepare(config)
     assert [p.name for p in (root / "temp" / "weights").iterdir()] == []

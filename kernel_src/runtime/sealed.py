@@ -1,50 +1,54 @@
-"""Sealed files: AES-256-GCM in fixed-size chunks, streamed with flat memory. Used by the packager (encrypt)
-and inside the kernel (decrypt), so it imports nothing from `packager`.
+"""Sealed files: AES-256-GCM in fixed-size chunks, processed in parallel with flat memory. Used by the packager
+(encrypt) and inside the kernel (decrypt), so it imports nothing from `packager`.
 
-Layout of a sealed file:
+Layout of a sealed file (format version 2):
 
-    header  40 bytes  magic b"KPSEALED" | version u8 | 3 zero bytes | chunk_size u32 | key_id 16 bytes
-                      | nonce_prefix 8 bytes
+    header  80 bytes  magic b"KPSEALED" | version u8 | 3 zero bytes | chunk_size u32 | plain_size u64
+                      | plain_sha256 32 bytes | key_id 16 bytes | nonce_prefix 8 bytes
     chunk   ciphertext of up to chunk_size plaintext bytes + 16-byte GCM tag, repeated
 
-Every chunk but the last holds exactly chunk_size plaintext bytes; the last holds 0..chunk_size (an empty
-file is one empty final chunk, i.e. just a tag). Chunk i is sealed with
+Every chunk but the last holds exactly chunk_size plaintext bytes; the last holds the rest (an empty file is
+one empty chunk, i.e. just a tag). Chunk i is sealed with
 
     nonce = nonce_prefix (8 random bytes, new for every file) || i (u32 big-endian)
-    aad   = header || i (u64 big-endian) || final flag (1 byte)
+    aad   = header || i (u64 big-endian)
 
-so the header is authenticated, a chunk moved to another position fails (index), a file cut at a chunk
-boundary fails (the new last chunk was not sealed as final), and data after the final chunk is refused.
-Nonces never repeat under one key as long as prefixes differ: with 8 random bytes a collision needs about
-2**32 files sealed under the same key. The key id in the header is a hash of the key, never the key.
+The header is authenticated by every chunk, so its plaintext size and sha256 cannot be changed; the size
+fixes the number of chunks and the exact file length, so a cut or extended file is refused before anything is
+decrypted; the index refuses a chunk moved to another position. A file whose every chunk opens is therefore
+exactly the plaintext the sealer hashed into the header: checking that hash against the manifest verifies the
+plaintext without hashing it again (which would cost more than the decryption). Nonces never repeat under one
+key as long as prefixes differ: with 8 random bytes a collision needs about 2**32 files sealed under one key.
+The key id in the header is a hash of the key, never the key.
+
+Chunks are processed a batch at a time on a few threads (AES-GCM in `cryptography`, mmap page-ins and file
+writes all release the GIL): each thread maps its batch of the input, seals or opens it into its own buffer
+and writes that at its offset in the output.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import mmap
 import os
-import queue
-import stat
 import struct
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 MAGIC = b"KPSEALED"
-VERSION = 1
+VERSION = 2
 TAG = 16
 PREFIX = 8
-DEFAULT_CHUNK = 1 << 20  # 1 MiB: measured fastest here (the chunk and its ciphertext stay in cache)
-BATCH = 4  # chunks per read and per write: fewer system calls and thread hand-offs
-MAP_WINDOW = 8 << 20  # bytes of a file mapped at a time when reading through mmap
-MAX_CHUNK = 16 << 20  # memory is about 5 * BATCH * chunk size: 20 MiB at the default
+DEFAULT_CHUNK = 1 << 20  # 1 MiB: the chunk and its ciphertext stay in the CPU's cache
+BATCH = 4  # chunks per task: fewer system calls and thread hand-offs
+MAX_CHUNK = 16 << 20
 MAX_CHUNKS = 1 << 32  # the nonce counter is 4 bytes
-_HEADER = struct.Struct(">8sB3xI16s8s")
+WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+_HEADER = struct.Struct(">8sB3xIQ32s16s8s")
 HEADER_SIZE = _HEADER.size
-_AAD_TAIL = struct.Struct(">QB")
+_INDEX = struct.Struct(">Q")
 KEY_BYTES = 32
 KEY_HINT = "make one with: python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\""
 
@@ -56,30 +60,39 @@ class SealedError(ValueError):
 @dataclass(frozen=True)
 class Header:
     chunk_size: int
+    plain_size: int
+    sha256: str  # hex, of the plaintext
     key_id: str  # hex
     nonce_prefix: bytes
     raw: bytes
 
     @classmethod
-    def new(cls, key: bytes, chunk_size: int = DEFAULT_CHUNK, nonce_prefix: bytes | None = None) -> "Header":
+    def new(cls, key: bytes, plain_size: int, sha256: str, chunk_size: int = DEFAULT_CHUNK,
+            nonce_prefix: bytes | None = None) -> "Header":
         if not 0 < chunk_size <= MAX_CHUNK:
             raise SealedError(f"chunk size must be 1..{MAX_CHUNK} bytes (got {chunk_size})")
+        if _chunks(plain_size, chunk_size) > MAX_CHUNKS:
+            raise SealedError("too many chunks for one sealed file; use a larger chunk size")
         prefix = os.urandom(PREFIX) if nonce_prefix is None else nonce_prefix
         if len(prefix) != PREFIX:
             raise SealedError(f"nonce prefix must be {PREFIX} bytes")
         kid = bytes.fromhex(key_id(key))
-        return cls(chunk_size, kid.hex(), prefix, _HEADER.pack(MAGIC, VERSION, chunk_size, kid, prefix))
+        raw = _HEADER.pack(MAGIC, VERSION, chunk_size, plain_size, bytes.fromhex(sha256), kid, prefix)
+        return cls(chunk_size, plain_size, sha256, kid.hex(), prefix, raw)
 
     @classmethod
     def parse(cls, raw: bytes, name: str = "input") -> "Header":
-        if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
+        if len(raw) < 9 or raw[:8] != MAGIC:
             raise SealedError(f"{name}: not a kpack sealed file (bad or missing header)")
-        magic, version, chunk_size, kid, prefix = _HEADER.unpack(raw[:HEADER_SIZE])
-        if version != VERSION:
-            raise SealedError(f"{name}: sealed format version {version}; this kpack reads version {VERSION}")
+        if raw[8] != VERSION:
+            raise SealedError(f"{name}: sealed format version {raw[8]}; this kpack reads version {VERSION}: "
+                              "build and push the weights dataset again")
+        if len(raw) < HEADER_SIZE:
+            raise SealedError(f"{name}: truncated (the header is incomplete)")
+        _, _, chunk_size, plain_size, sha, kid, prefix = _HEADER.unpack(raw[:HEADER_SIZE])
         if not 0 < chunk_size <= MAX_CHUNK:
             raise SealedError(f"{name}: corrupt header (chunk size {chunk_size})")
-        return cls(chunk_size, kid.hex(), prefix, bytes(raw[:HEADER_SIZE]))
+        return cls(chunk_size, plain_size, sha.hex(), kid.hex(), prefix, bytes(raw[:HEADER_SIZE]))
 
 
 def key_id(key: bytes) -> str:
@@ -166,253 +179,179 @@ def _backend() -> str:
     return "into" if hasattr(AESGCM, "decrypt_into") else "alloc"
 
 
-def _read_full(src: BinaryIO, view: memoryview) -> int:
-    """Fill `view` unless the stream ends first; returns how many bytes were read."""
-    total = 0
-    while total < len(view):
-        n = src.readinto(view[total:])
-        if not n:
-            break
-        total += n
-    return total
-
-
-def _batches(src: BinaryIO, size: int):
-    """(view, is_last) over the rest of `src` in pieces of `size` bytes (the last may be shorter; an empty
-    stream gives one empty view). A view is valid until the next one is asked for. A regular file is mapped
-    into memory a window at a time (no copy into a buffer, and the mapped pages leave the process's memory as
-    each window is dropped); anything else is read into two buffers, reused."""
-    mapped = _mapped_batches(src, size)
-    if mapped is not None:
-        yield from mapped
-        return
-    cur, nxt = bytearray(size), bytearray(size)
-    n = _read_full(src, memoryview(cur))
-    while True:
-        # Look one read ahead: a full read is the last one only when nothing follows it.
-        m = _read_full(src, memoryview(nxt)) if n == size else 0
-        yield memoryview(cur)[:n], m == 0
-        if m == 0:
-            return
-        cur, nxt, n = nxt, cur, m
-
-
-def _map(fd: int, length: int, offset: int) -> mmap.mmap:
-    """A read-only map of a file's bytes, its pages mapped up front where the OS can (fewer page faults)."""
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if populate:
-        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ, offset=offset)
-    return mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ)
-
-
-def _mapped_batches(src: BinaryIO, size: int):
-    """_batches over a memory map of a regular file from its current position, or None where it cannot be
-    mapped (a pipe, an in-memory stream, a file system without mmap: then it is read). The file must not be
-    cut short while it is read (the OS then stops the process): inputs are read-only, and the packager
-    checks that a weight file kept its size and mtime over a build."""
-    try:
-        fd, start = src.fileno(), src.tell()
-        info = os.fstat(fd)
-        end = info.st_size
-        if not stat.S_ISREG(info.st_mode) or end <= start:
-            return None
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        _map(fd, min(end, start + size) - base, base).close()
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return None
-
-    def batches():
-        step = max(1, MAP_WINDOW // size) * size
-        for low in range(start, end, step):
-            high = min(low + step, end)
-            base = low - low % mmap.ALLOCATIONGRANULARITY
-            window = memoryview(_map(fd, high - base, base))
-            for at in range(low - base, high - base, size):
-                yield window[at:at + size], base + at + size >= end
-            # No close(): the caller may still hold a view; the map goes when the last view does.
-            del window
-        src.seek(end)
-
-    return batches()
-
-
-class _Writer:
-    """Hands filled buffers to background threads: one hashes them (when a digest is asked for), the next
-    writes them, then the buffer is free again. File writes and hashlib release the GIL, so AES on the calling
-    thread, hashing and writing all run at once on different cores; a few recycled buffers keep memory flat."""
-
-    def __init__(self, dst: BinaryIO, digest, buffer_size: int, count: int = 4):
-        self._error: BaseException | None = None
-        self._free: queue.Queue = queue.Queue()
-        for _ in range(count):
-            self._free.put(bytearray(buffer_size))
-        steps = ([digest.update] if digest is not None else []) + [dst.write]
-        self._queues = [queue.Queue() for _ in steps] + [None]
-        self._threads = [threading.Thread(target=self._run, args=(step, self._queues[i], self._queues[i + 1]),
-                                          name=f"sealed-{i}", daemon=True) for i, step in enumerate(steps)]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, step, inbox: queue.Queue, outbox: queue.Queue | None) -> None:
-        while True:
-            item = inbox.get()
-            if item is not None and self._error is None:
-                try:
-                    step(memoryview(item[0])[:item[1]])
-                except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-                    self._error = exc
-            if outbox is not None:
-                outbox.put(item)
-            elif item is not None:
-                self._free.put(item[0])
-            if item is None:
-                return
-
-    def buffer(self) -> bytearray:
-        buf = self._free.get()
-        if self._error is not None:
-            raise self._error
-        return buf
-
-    def write(self, buf: bytearray, n: int) -> None:
-        self._queues[0].put((buf, n))
-
-    def __enter__(self) -> "_Writer":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._queues[0].put(None)
-        for thread in self._threads:
-            thread.join()
-        if self._error is not None and exc_info[0] is None:
-            raise self._error
-
-
-def _nonce(header: Header, index: int) -> bytes:
-    if index >= MAX_CHUNKS:
-        raise SealedError("too many chunks for one sealed file; use a larger chunk size")
-    return header.nonce_prefix + index.to_bytes(4, "big")
-
-
-def _aad(header: Header, index: int, final: bool) -> bytes:
-    return header.raw + _AAD_TAIL.pack(index, final)
+def _chunks(plain_size: int, chunk_size: int) -> int:
+    return max(1, -(-plain_size // chunk_size))
 
 
 def sealed_size(plain_size: int, chunk_size: int = DEFAULT_CHUNK) -> int:
-    chunks = max(1, -(-plain_size // chunk_size))
-    return HEADER_SIZE + plain_size + chunks * TAG
+    return HEADER_SIZE + plain_size + _chunks(plain_size, chunk_size) * TAG
 
 
-def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes, chunk_size: int = DEFAULT_CHUNK, digest=None,
-                   sealed_digest=None, nonce_prefix: bytes | None = None, backend: str | None = None) -> int:
-    """Seal everything `src` yields into `dst`; returns the plaintext size. `digest` and `sealed_digest`
-    (hashlib objects), when given, are fed the plaintext and the sealed bytes in passing. Memory: a few
-    buffers of BATCH chunks each, whatever the size of the stream."""
-    header = Header.new(key, chunk_size, nonce_prefix)
-    cipher = _Cipher(key, backend)
-    if sealed_digest is not None:
-        sealed_digest.update(header.raw)
-    dst.write(header.raw)
-    index = total = 0
-    with _Writer(dst, sealed_digest, BATCH * (chunk_size + TAG)) as writer:
-        for batch, last_batch in _batches(src, BATCH * chunk_size):
-            if digest is not None:
-                digest.update(batch)
-            out, written = writer.buffer(), 0
-            for start in range(0, max(len(batch), 1), chunk_size):
-                piece = batch[start:start + chunk_size]
-                final = last_batch and start + chunk_size >= len(batch)
-                view = memoryview(out)[written:written + len(piece) + TAG]
-                cipher.seal_into(_nonce(header, index), piece, _aad(header, index, final), view)
-                written += len(view)
-                index += 1
-            writer.write(out, written)
-            total += len(batch)
-    return total
+def read_header(path: str | os.PathLike, name: str | None = None) -> Header:
+    with open(path, "rb") as f:
+        return Header.parse(f.read(HEADER_SIZE), name or Path(path).name)
 
 
-def read_header(src: BinaryIO | str | os.PathLike, name: str | None = None) -> Header:
-    if isinstance(src, (str, os.PathLike)):
-        with open(src, "rb") as f:
-            return read_header(f, name or Path(src).name)
-    return Header.parse(src.read(HEADER_SIZE), name or "input")
+def _view(fd: int, offset: int, length: int) -> memoryview:
+    """`length` bytes of a file from `offset`, mapped: no copy into a buffer, and the pages leave the process's
+    memory when the last view of them goes (no explicit close: a failed step's traceback may still hold one).
+    The file must not be cut short while mapped (inputs are read-only, and the packager checks that a weight
+    file kept its size and mtime over a build)."""
+    if length == 0:
+        return memoryview(b"")
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # map the pages up front: fewer page faults
+    mapped = mmap.mmap(fd, offset + length - base, flags=flags, prot=mmap.PROT_READ, offset=base)
+    return memoryview(mapped)[offset - base:]
 
 
-def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes, digest=None, name: str = "input",
-                   backend: str | None = None) -> int:
-    """Open a sealed stream into `dst`; returns the plaintext size. `digest` (a hashlib object) is fed the
-    plaintext. Raises SealedError naming `name` on a wrong key, a changed, truncated, reordered or extended
-    file. `dst` may hold a prefix of the plaintext when it raises: decrypt_file() never leaves one behind."""
-    header = read_header(src, name)
-    if header.key_id != key_id(key):
-        raise SealedError(f"{name}: sealed with another key (key id {header.key_id}, this key's id {key_id(key)})")
-    cipher = _Cipher(key, backend)
-    size = header.chunk_size + TAG
-    index = total = 0
-    with _Writer(dst, digest, BATCH * header.chunk_size) as writer:
-        for batch, last_batch in _batches(src, BATCH * size):
-            out, written = writer.buffer(), 0
-            for start in range(0, max(len(batch), 1), size):
-                piece = batch[start:start + size]
-                final = last_batch and start + size >= len(batch)
-                if len(piece) < TAG:
-                    raise SealedError(f"{name}: truncated (chunk {index} is incomplete)")
-                view = memoryview(out)[written:written + len(piece) - TAG]
-                try:
-                    cipher.open_into(_nonce(header, index), piece, _aad(header, index, final), view)
-                except SealedError:
-                    raise SealedError(f"{name}: authentication failed at chunk {index} (the file was changed, "
-                                      "truncated or reordered)") from None
-                written += len(view)
-                index += 1
-            writer.write(out, written)
-            total += written
-    return total
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
-def _atomic_output(dst: Path, size_hint: int):
-    """A temp file beside `dst`, with `size_hint` bytes allocated up front: on ext4 that makes writing a big new
-    file several times cheaper (measured: about a quarter of the kernel time of growing it write by write).
-    The caller truncates it to what was written."""
+def _run_batches(header: Header, src_fd: int, dst_fd: int, sealing: bool, step) -> None:
+    """Call `step(index, piece, out)` for every chunk, BATCH chunks per task on WORKERS threads: `piece` is
+    the chunk's input bytes (mapped), `out` its output slot; each task then writes its outputs in one go.
+    Raises the error of the lowest failing batch (so the message names the first bad chunk)."""
+    count, chunk = _chunks(header.plain_size, header.chunk_size), header.chunk_size
+    plain_at = lambda i: (i * chunk, min(chunk, header.plain_size - i * chunk))  # noqa: E731
+    sealed_at = lambda i: (HEADER_SIZE + i * (chunk + TAG), plain_at(i)[1] + TAG)  # noqa: E731
+    src_at, dst_at = (plain_at, sealed_at) if sealing else (sealed_at, plain_at)
+    local, write_lock = threading.local(), threading.Lock()
+
+    def task(first: int) -> None:
+        last = min(first + BATCH, count)
+        start, end = src_at(first)[0], sum(src_at(last - 1))
+        out_start, out_end = dst_at(first)[0], sum(dst_at(last - 1))
+        if getattr(local, "buffer", None) is None:
+            local.buffer = bytearray(BATCH * (chunk + TAG))
+        out = memoryview(local.buffer)
+        view = _view(src_fd, start, end - start)
+        for i in range(first, last):
+            at, n = src_at(i)
+            out_at, out_n = dst_at(i)
+            step(i, view[at - start:at - start + n], out[out_at - out_start:out_at - out_start + out_n])
+        del view
+        # One writer at a time: ext4 serialises buffered writes to a file anyway, and a thread waiting here
+        # sleeps, where one waiting inside the kernel spins on the file's lock and takes a core from AES.
+        with write_lock:
+            _pwrite_all(dst_fd, out[:out_end - out_start], out_start)
+
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="sealed") as pool:
+        futures = [pool.submit(task, first) for first in range(0, count, BATCH)]
+        try:
+            for future in futures:
+                future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _nonce(header: Header, index: int) -> bytes:
+    return header.nonce_prefix + index.to_bytes(4, "big")
+
+
+def _aad(header: Header, index: int) -> bytes:
+    return header.raw + _INDEX.pack(index)
+
+
+def _atomic_output(dst: Path, size: int):
+    """A temp file beside `dst` with `size` bytes allocated up front (on ext4 writing a big new file then costs
+    about a quarter of the kernel time of growing it write by write) and set to exactly that length."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    if size_hint > 0 and hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size_hint)
-        except OSError:  # no space for it up front, or a file system without it: write as it comes
-            pass
-    return os.fdopen(fd, "wb"), Path(tmp)
-
-
-def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key: bytes, chunk_size: int = DEFAULT_CHUNK) -> None:
-    """Seal file `src` into `dst` (written beside, then renamed into place)."""
-    dst = Path(dst)
-    out, tmp = _atomic_output(dst, sealed_size(os.path.getsize(src), chunk_size))
     try:
-        with out, open(src, "rb", buffering=0) as f:
-            encrypt_stream(f, out, key, chunk_size)
-            out.truncate()
+        if size > 0 and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError:  # a file system without it: the writes allocate as they come
+                pass
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, Path(tmp)
+
+
+def _write_file(dst: Path, size: int, fill) -> None:
+    """Write `dst` through `fill(fd)` into a temp file renamed into place: on any failure nothing is left."""
+    fd, tmp = _atomic_output(dst, size)
+    try:
+        try:
+            fill(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key: bytes, chunk_size: int = DEFAULT_CHUNK,
+                 sha256: str | None = None, nonce_prefix: bytes | None = None, backend: str | None = None) -> Header:
+    """Seal file `src` into `dst` (written beside, then renamed into place); returns the header. `sha256` is
+    the plaintext's when the caller has it already (the packager computes it for the manifest); else it is
+    computed here, in a pass of its own (the header, hash included, is authenticated by every chunk)."""
+    dst = Path(dst)
+    cipher = _Cipher(key, backend)
+    with open(src, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        header = Header.new(key, size, sha256 or file_sha256(src), chunk_size, nonce_prefix)
+
+        def fill(fd: int) -> None:
+            _pwrite_all(fd, header.raw, 0)
+            _run_batches(header, f.fileno(), fd, True,
+                         lambda i, piece, out: cipher.seal_into(_nonce(header, i), piece, _aad(header, i), out))
+
+        _write_file(dst, sealed_size(size, chunk_size), fill)
+        if os.fstat(f.fileno()).st_size != size:
+            Path(dst).unlink(missing_ok=True)
+            raise SealedError(f"{src}: changed size while it was being sealed; seal it again")
+    return header
 
 
 def decrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key: bytes, expected_sha256: str | None = None,
-                 name: str | None = None) -> None:
-    """Open sealed `src` into `dst`. With `expected_sha256` the plaintext's sha256 is checked too (on its own
-    thread, in the same pass). On any failure nothing is left at `dst` (nor the temp file beside it)."""
+                 name: str | None = None, backend: str | None = None) -> Header:
+    """Open sealed `src` into `dst`; returns the header. With `expected_sha256`, the plaintext hash the header
+    carries must equal it (checked before decrypting; every chunk's tag then vouches for the bytes). Raises
+    SealedError naming `name` on a wrong key, a changed, truncated, reordered or extended file; on any failure
+    nothing is left at `dst` (nor the temp file beside it)."""
     src, dst = Path(src), Path(dst)
-    digest, name = (hashlib.sha256() if expected_sha256 else None), name or src.name
-    out, tmp = _atomic_output(dst, os.path.getsize(src) - HEADER_SIZE)
-    try:
-        with out, open(src, "rb", buffering=0) as f:
-            decrypt_stream(f, out, key, digest, name)
-            out.truncate()
-        if digest is not None and digest.hexdigest() != expected_sha256:
-            raise SealedError(f"{name}: sha256 mismatch after decryption (expected {expected_sha256[:12]}..., got "
-                              f"{digest.hexdigest()[:12]}...)")
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    name = name or src.name
+    with open(src, "rb", buffering=0) as f:
+        header = Header.parse(f.read(HEADER_SIZE), name)
+        if header.key_id != key_id(key):
+            raise SealedError(f"{name}: sealed with another key (key id {header.key_id}, this key's id "
+                              f"{key_id(key)})")
+        expected_size, size = sealed_size(header.plain_size, header.chunk_size), os.fstat(f.fileno()).st_size
+        if size != expected_size:
+            what = "truncated" if size < expected_size else "extended"
+            raise SealedError(f"{name}: {what} ({size} bytes; a sealed file of {header.plain_size} bytes is "
+                              f"{expected_size})")
+        if expected_sha256 and header.sha256 != expected_sha256:
+            raise SealedError(f"{name}: holds other weights than the manifest lists (sha256 {header.sha256[:12]}..."
+                              f", expected {expected_sha256[:12]}...); build and push the weights dataset again")
+        cipher = _Cipher(key, backend)
+
+        def step(i: int, piece, out) -> None:
+            try:
+                cipher.open_into(_nonce(header, i), piece, _aad(header, i), out)
+            except SealedError:
+                raise SealedError(f"{name}: authentication failed at chunk {i} (the file was changed or its "
+                                  "chunks reordered)") from None
+
+        _write_file(dst, header.plain_size, lambda fd: _run_batches(header, f.fileno(), fd, False, step))
+    return header

@@ -8,12 +8,13 @@
 Plain files are used where they are mounted (read-only inputs, no copy). Sealed files are decrypted into
 <kaggle temp>/weights/, outside working/, so plaintext weights never become part of the kernel's saved output.
 The key comes from the environment variable named by datasets.weights.key_env (the local Kaggle passes user
-secrets that way) or else from a Kaggle secret with that label. Every file's sha256 is checked against the
-manifest while it streams; a failure stops the kernel with one line naming the file, leaving no partial file.
+secrets that way) or else from a Kaggle secret with that label. Every file is checked against the manifest's
+sha256 (a plain file is hashed; a sealed one carries its plaintext's hash in a header that every chunk's tag
+authenticates, see sealed.py); a failure stops the kernel with one line naming the file, leaving no partial
+file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,6 @@ from pathlib import Path
 from kernel_src.runtime import inputs, sealed
 
 MANIFEST = "manifest.json"
-HASH_CHUNK = 1 << 20
 
 _paths: dict[str, Path] = {}
 _architectures: dict[str, str] = {}
@@ -81,16 +81,6 @@ def _kaggle_secret(label: str) -> str | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
-
-
 def _manifest(folder: Path) -> dict:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -123,7 +113,8 @@ def prepare(config) -> dict[str, Path]:
         if entry.get("encrypted"):
             target = out_dir / name
             # Decrypted earlier in this session (e.g. a second prepare()): verify instead of decrypting again.
-            if not (target.is_file() and target.stat().st_size == entry["size"] and _sha256(target) == entry["sha256"]):
+            if not (target.is_file() and target.stat().st_size == entry["size"]
+                    and sealed.file_sha256(target) == entry["sha256"]):
                 target.unlink(missing_ok=True)
                 try:
                     sealed.decrypt_file(stored, target, key, entry["sha256"], name=entry["stored"])
@@ -134,7 +125,7 @@ def prepare(config) -> dict[str, Path]:
                                        f"{exc.strerror or exc}") from None
         else:
             target = stored
-            got = _sha256(stored)
+            got = sealed.file_sha256(stored)
             if got != entry["sha256"]:
                 raise WeightsError(f"weights {entry['stored']}: sha256 mismatch (expected {entry['sha256'][:12]}..., "
                                    f"got {got[:12]}...); the dataset is damaged, push it again")
