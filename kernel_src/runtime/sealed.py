@@ -315,11 +315,10 @@ def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key: bytes, chu
             _pwrite_all(fd, header.raw, 0)
             _run_batches(header, f.fileno(), fd, True,
                          lambda i, piece, out: cipher.seal_into(_nonce(header, i), piece, _aad(header, i), out))
+            if os.fstat(f.fileno()).st_size != size:
+                raise SealedError(f"{src}: changed size while it was being sealed; seal it again")
 
         _write_file(dst, sealed_size(size, chunk_size), fill)
-        if os.fstat(f.fileno()).st_size != size:
-            Path(dst).unlink(missing_ok=True)
-            raise SealedError(f"{src}: changed size while it was being sealed; seal it again")
     return header
 
 
