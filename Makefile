@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast build-train build-validate build-infer push-train push-validate push-infer submit serve bench clean
+.PHONY: setup demo test test-fast build-train build-validate build-infer push-train push-validate push-infer submit scores serve bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ push-train push-validate push-infer: push-%: $(STAMP)
 
 submit: $(STAMP)
 	$(BIN)/kpack submit
+
+scores: $(STAMP)
+	$(BIN)/kpack scores
 
 serve: $(STAMP)
 	$(BIN)/kpack local serve

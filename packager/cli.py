@@ -76,6 +76,16 @@ def submit(config_path: str | None, message: str | None) -> None:
     do_submit(cfg, message)
 
 
+@cli.command()
+@config_opt
+def scores(config_path: str | None) -> None:
+    """Fill the leaderboard scores of earlier submissions that were still pending into the ledger."""
+    cfg = load_config(config_path)
+    from packager.submit import refresh_scores
+
+    click.echo(f"{refresh_scores(cfg)} ledger row(s) updated with leaderboard scores")
+
+
 @cli.command("probe-image")
 @config_opt
 def probe_image(config_path: str | None) -> None:

@@ -2,8 +2,9 @@
 
 The same call as `kaggle competitions submit C -k OWNER/SLUG -v N -f submission.csv -m MESSAGE`
 (CreateCodeSubmission), then ListSubmissions is polled until the submission is scored, and its public (and,
-once revealed, private) score goes into that version's ledger row. `refresh_scores` fills scores for earlier
-submissions that were still pending when `kpack submit` stopped waiting.
+once revealed, private) score goes into that version's ledger row. `kpack scores` (refresh_scores) fills the
+scores of earlier submissions that were still pending when `kpack submit` stopped waiting, and private
+scores once the competition reveals them.
 """
 from __future__ import annotations
 
@@ -57,10 +58,14 @@ def submissions(api, cfg) -> list:
                            cfg.competition, page_size=50) or []
 
 
+def _fields(sub) -> dict:
+    return {"lb_score": _score(sub.public_score), "private_score": _score(sub.private_score),
+            "submission_ref": sub.ref, "submission_status": _status(sub),
+            "submission_error": sub.error_description or ""}
+
+
 def _record(cfg, ref: KernelRef, sub) -> None:
-    fields = {"lb_score": _score(sub.public_score), "private_score": _score(sub.private_score),
-              "submission_ref": sub.ref, "submission_status": _status(sub),
-              "submission_error": sub.error_description or ""}
+    fields = _fields(sub)
     if not ledger.update({"kernel": ref.ref, "version": ref.version, "backend": cfg.backend}, fields, cfg):
         row = ledger.make_row(cfg, kernel=ref.ref, kind="infer", version=ref.version, session=1,
                               status="COMPLETE", seconds=None, output=None, base_slug=ref.slug)
@@ -80,7 +85,7 @@ def wait_scored(api, cfg, ref: KernelRef, submission_ref: int, timeout_s: float 
             return found
         if time.monotonic() > deadline:
             raise UserError(f"submission {submission_ref} still {status} after {timeout_s:.0f}s; its score goes "
-                            "into the ledger at the next `kpack submit` or refresh", exit_code=1)
+                            "into the ledger with `kpack scores` (`make scores`) once it is scored", exit_code=1)
         kaggle_api.sleep(delay)
         delay = min(60.0, delay * 1.5)
 
@@ -118,13 +123,14 @@ def submit(cfg, message: str | None = None, wait_s: float = WAIT_S) -> dict:
 
 
 def refresh_scores(cfg) -> int:
-    """Fill ledger rows whose submission was still pending with the scores ListSubmissions now shows."""
+    """Bring ledger rows up to date with what ListSubmissions now shows for their submission (a score that was
+    pending, a private score revealed); returns how many rows changed."""
     api = kaggle_api.connect(cfg)
     by_ref = {s.ref: s for s in submissions(api, cfg)}
     changed = 0
     for row in ledger.read():
         sub = by_ref.get(row.get("submission_ref"))
-        if sub is not None and row.get("backend") == cfg.backend and row.get("lb_score") != _score(sub.public_score):
+        if sub is not None and row.get("backend") == cfg.backend and not _fields(sub).items() <= row.items():
             ref = KernelRef(*row["kernel"].split("/", 1), row["version"], row.get("kind"))
             _record(cfg, ref, sub)
             changed += 1

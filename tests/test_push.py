@@ -2,8 +2,13 @@
 a deleted remote dataset, session chaining, failure handling, secrets, notifications and the ledger."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -119,6 +124,53 @@ def test_chain_of_two_sessions(local_kaggle, tmp_path, monkeypatch, telegram):
     assert len(telegram.received) == 2
 
 
+# Uses the weights the way a kit does: prepare() finds, decrypts and verifies them; the kernel then reports
+# each file's sha256 as it reads it, and where it was found.
+WEIGHTS_ENTRY = '''import hashlib
+import json
+import os
+from pathlib import Path
+
+from kernel_src.runtime import weights
+
+
+def main(config):
+    paths = weights.prepare(config)
+    work = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle") / "working"
+    seen = {name: [hashlib.sha256(path.read_bytes()).hexdigest(), str(path)] for name, path in paths.items()}
+    (work / "weights.json").write_text(json.dumps(seen))
+    (work / "state.json").write_text(json.dumps({"done": True}))
+'''
+
+
+@pytest.mark.slow
+def test_encrypted_weights_open_in_the_kernel_with_the_users_secret(project, local_kaggle, monkeypatch):
+    from packager.localkaggle.store import Store
+
+    label = "KEY_" + project.prefix.replace("-", "_")  # this test's own secret: the server is shared
+    key_text = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv(label, key_text)
+    config = project.root / "kpack.yaml"
+    config.write_text(config.read_text().replace("dir: models}", f"dir: models, encrypt: true, key_env: {label}}}"))
+    project.write_entry(WEIGHTS_ENTRY)
+    Store(local_kaggle.root).set_secret("alice", label, key_text)
+
+    result = push_kernel(project.cfg(), "train", wait=True)
+    assert result.status == "COMPLETE"
+    seen = json.loads((result.output / "weights.json").read_text())
+    plain = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (project.root / "models").iterdir()}
+    assert {name: digest for name, (digest, _) in seen.items()} == plain
+    assert all("/temp/weights/" in where and "/working/" not in where for _, where in seen.values())
+    assert sorted(p.name for p in result.output.rglob("*") if p.is_file()) == sorted(
+        ["state.json", "weights.json", f"{project.train_slug}.log"])  # no plaintext weights in the output
+    for path in result.output.rglob("*"):
+        assert not path.is_file() or key_text not in path.read_text(errors="replace")
+
+    Store(local_kaggle.root).set_secret("alice", label, base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(UserError, match="sealed with another key"):  # the kernel stops at the first file
+        push_kernel(project.cfg(), "train", wait=True)
+
+
 @pytest.mark.slow
 def test_failed_session_stops_with_failure_message(project, local_kaggle, telegram, capsys):
     project.write_entry(FAIL_ENTRY)
@@ -196,6 +248,16 @@ def test_submit_latest_complete_infer_and_record_score(with_infer, local_kaggle)
     made = [s for s in Store(local_kaggle.root).submissions(f"{proj.prefix}-comp")]
     assert len(made) == 1, "the lost answer must not make a second submission"
     assert local_kaggle.stats()["faults_fired"].get("CreateCodeSubmission:drop") == 1
+
+    # `kpack scores` brings a row left pending (submit stopped waiting) up to date from ListSubmissions
+    match = {"kernel": good.ref.ref, "version": 1, "backend": "local"}
+    ledger.update(match, {"lb_score": None, "private_score": None, "submission_status": "PENDING"})
+    done = subprocess.run([sys.executable, "-m", "packager.cli", "scores"], cwd=proj.root, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "1 ledger row(s) updated with leaderboard scores"
+    row = ledger.latest(kernel=good.ref.ref, version=1)
+    assert row["lb_score"] == pytest.approx(1.0) and row["private_score"] == pytest.approx(0.5)
+    assert row["submission_status"] == "COMPLETE"
 
 
 def test_submit_without_a_complete_infer_is_one_error(with_infer):
