@@ -112,7 +112,8 @@ def main() -> int:
 
 def report(results: dict[str, list[dict]]) -> int:
     seconds = {op: statistics.median(r["seconds"] for r in runs) for op, runs in results.items()}
-    spread = {op: (min(r["seconds"] for r in runs), max(r["seconds"] for r in runs)) for op, runs in results.items()}
+    spread = {op: (min(r["seconds"] for r in runs), max(r["seconds"] for r in runs))
+              for op, runs in results.items()}
     cpu = {op: statistics.median(r["cpu"] for r in runs) for op, runs in results.items()}
     peak = {op: max(r["peak_mb"] for r in runs) for op, runs in results.items()}
     size_gb = SIZE_MB / 1024
