@@ -472,7 +472,9 @@ class Run:
             atomic_write_text(self.working / "state.json", json.dumps(summary, indent=1))
         self.dist.barrier()
         if self.dist.main:
-            self.log(f"[kpack] {'training done' if done else 'stopped before the session limit'}: step {self.step}/"
+            why = ("training done" if done else "stopped at the session's step limit (kit.session.max_steps)"
+                   if clock.max_steps and clock.steps >= clock.max_steps else "stopped before the session limit")
+            self.log(f"[kpack] {why}: step {self.step}/"
                      f"{self.total_steps}, epoch {self.epoch}/{self.kit.epochs}, best F2 {summary['best_metric']}")
         return summary
 

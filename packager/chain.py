@@ -4,8 +4,10 @@ When a session's output holds a state.json whose `done` is false, the next sessi
 under a distinct slug per session (<slug>, <slug>-s2, <slug>-s3, ...: a kernel reading its own earlier output
 is not a path known to work on Kaggle, a kernel reading another kernel's output is), with the previous
 session's kernel added to its kernel_sources. The kernel finds the checkpoint by searching /kaggle/input.
-The chain stops when state.json says done (or is missing), when a session does not end COMPLETE, or after
-`max_sessions` sessions (kernels.<kind>.max_sessions when the config has it, else KPACK_MAX_SESSIONS, else 20).
+The chain stops when state.json says done (or is missing), when a session does not end COMPLETE, when a
+session made no progress (its state.json has the step and epoch of the one before: start-up left no time to
+train, so every further session would do the same), or after `max_sessions` sessions
+(kernels.<kind>.max_sessions when the config has it, else KPACK_MAX_SESSIONS, else 20).
 """
 from __future__ import annotations
 
@@ -52,6 +54,12 @@ def read_state(output_dir: str | os.PathLike) -> dict | None:
 def needs_another_session(output_dir: str | os.PathLike) -> bool:
     state = read_state(output_dir)
     return state is not None and state.get("done") is False
+
+
+def progress(output_dir: str | os.PathLike) -> tuple | None:
+    """Where training stands after a session, (step, epoch), or None when its state.json does not say."""
+    state = read_state(output_dir) or {}
+    return (state["step"], state.get("epoch")) if "step" in state else None
 
 
 def prepare_session(cfg, kind: str, folder: str | os.PathLike, session: int, previous: str,

@@ -4,7 +4,10 @@
 2. create the demo competition there when it is missing (packager.democomp: multi-label digits, scored by
    the local scorer);
 3. `kpack push train`: build the kernel and the datasets, upload what changed, run it, follow its sessions,
-   download the output to runs/, record the ledger;
+   download the output to runs/, record the ledger. Each train session stops after DEMO_SESSION_STEPS
+   optimizer steps (KPACK_DEMO_SESSION_STEPS to change, 0 for none) so that the run spans sessions on any
+   machine, as a long run does under Kaggle's 12 h limit: the kit checkpoints, kpack pushes the next session
+   and it resumes from the checkpoint;
 4. `kpack push validate` (OOF F2, thresholds), `kpack push infer` (submission.csv), then `kpack submit`,
    which prints the leaderboard score;
 5. print the ledger rows of this demo.
@@ -14,12 +17,28 @@ The backend is always the local one here, whatever kpack.yaml says.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from packager import kaggle_api, ledger
 from packager.config import load_config
 
 DEMO_DATA = Path("build") / "demo-competition"
+DEMO_SESSION_STEPS = 100  # of the demo kit's 225: three sessions
+
+
+def with_short_train_sessions(cfg):
+    """cfg whose train sessions stop after KPACK_DEMO_SESSION_STEPS steps (default DEMO_SESSION_STEPS; 0: as is).
+
+    Steps, not seconds: a time limit short enough to split the demo's few seconds of training would leave
+    no time to train on a machine whose start-up (importing torch) is slower than here."""
+    steps = int(os.environ.get("KPACK_DEMO_SESSION_STEPS", DEMO_SESSION_STEPS))
+    if not steps or "train" not in cfg.kernels:
+        return cfg
+    print(f"demo: each train session stops after {steps} steps, as if Kaggle's session limit were that short: "
+          "the kit checkpoints and kpack pushes the next session, which resumes from it")
+    kit = {**cfg.kit, "session": {**cfg.kit.get("session", {}), "max_steps": steps}}
+    return cfg.model_copy(update={"kit": kit})
 
 
 def ensure_competition(cfg) -> bool:
@@ -63,7 +82,7 @@ def run_demo(config_path: str | None = None) -> None:
     ensure_competition(cfg)
     start = len(ledger.read())
 
-    train = push_kernel(cfg, "train", wait=True)
+    train = push_kernel(with_short_train_sessions(cfg), "train", wait=True)
     _show_output(train.output)
 
     # validate (OOF scores, thresholds), then infer (TTA, fold blend, submission.csv), then submit

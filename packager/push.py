@@ -174,6 +174,7 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
         return result
 
     limit = chain.max_sessions(cfg, kind)
+    before = (0, 0)  # a first session starts from step 0, epoch 0
     while True:
         try:
             outcome, out = watch_session(api, cfg, ref, base_slug)
@@ -188,6 +189,13 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
             raise UserError(f"{ref} ended {outcome.status}{failure}", exit_code=1)
         if out is None or not chain.needs_another_session(out):
             return result
+        after = chain.progress(out)
+        if after is not None and after == before:
+            message = (f"{kind}: session {ref.session} ended without a training step (step {after[0]}): start-up "
+                       f"left no time to train; raise kernels.{kind}.session_hours")
+            notify.notify(cfg, message, ok=False)
+            raise UserError(message, exit_code=1)
+        before = after
         if ref.session >= limit:
             notify.notify(cfg, f"{kind}: training not done after {limit} sessions; stopping the chain "
                                "(raise KPACK_MAX_SESSIONS to go on)", ok=False)

@@ -43,7 +43,9 @@ def test_kpack_demo_runs_the_whole_flow(tmp_path):
     (home / ".kaggle").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KAGGLE_", "TELEGRAM_")) and k.lower() not in ("http_proxy", "no_proxy")}
-    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), PYTHONPATH=str(REPO))
+    # 45 steps in all (2 + 1 epochs of 15): sessions of 20, 20 and 5 steps
+    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), PYTHONPATH=str(REPO),
+               KPACK_DEMO_SESSION_STEPS="20")
     try:
         done = subprocess.run([sys.executable, "-m", "packager.cli", "demo"], cwd=project, env=env,
                               capture_output=True, text=True, timeout=900)
@@ -52,14 +54,23 @@ def test_kpack_demo_runs_the_whole_flow(tmp_path):
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
     assert f"competition {config['competition']}: created on the local Kaggle" in out
+    assert "demo: each train session stops after 20 steps" in out
+    assert "training not done (state.json); pushing session 3" in out
     for kind in ("train", "validate", "infer"):
         assert f"kpack/{config['competition']}-{kind} v1: COMPLETE" in out, out[-3000:]
     assert "submission.csv" in out and "public score" in out
 
     rows = [json.loads(line) for line in (project / "runs" / "ledger.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["status"]) for r in rows] == [("train", "COMPLETE"), ("validate", "COMPLETE"),
-                                                        ("infer", "COMPLETE")]
-    assert 0 < rows[1]["cv_score"] <= 1 and 0 <= rows[2]["lb_score"] <= 1
+    assert [(r["kind"], r["session"], r["status"]) for r in rows] == [
+        ("train", 1, "COMPLETE"), ("train", 2, "COMPLETE"), ("train", 3, "COMPLETE"), ("validate", 1, "COMPLETE"),
+        ("infer", 1, "COMPLETE")]
+    assert 0 < rows[3]["cv_score"] <= 1 and 0 <= rows[4]["lb_score"] <= 1
+    states = [json.loads((project / "runs" / slug / "v1" / "state.json").read_text())
+              for slug in (f"{config['competition']}-train-s2", f"{config['competition']}-train-s3")]
+    assert [(s["step"], s["session"]["steps"], s["done"]) for s in states] == [(40, 20, False), (45, 5, True)]
+    first = f"{config['competition']}-train"
+    log = (project / "runs" / first / "v1" / f"{first}.log").read_text()
+    assert "stopped at the session's step limit (kit.session.max_steps): step 20/45" in log
     submission = (project / "runs" / f"{config['competition']}-infer" / "v1" / "submission.csv").read_text()
     assert submission.splitlines()[0] == "id,attribute_ids" and len(submission.splitlines()) > 1
 

@@ -124,6 +124,33 @@ def test_chain_of_two_sessions(local_kaggle, tmp_path, monkeypatch, telegram):
     assert len(telegram.received) == 2
 
 
+# Session 1 trains three steps; every later session finds no time to train and leaves the step where it was.
+STALLED_ENTRY = '''import json
+import os
+from pathlib import Path
+
+
+def main(config):
+    root = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle")
+    earlier = sorted((root / "input").rglob("state.json")) if (root / "input").is_dir() else []
+    session = 1 + len(earlier)
+    (root / "working" / "state.json").write_text(json.dumps({"done": False, "step": 3, "epoch": 0,
+                                                            "session": session}))
+'''
+
+
+@pytest.mark.slow
+def test_chain_stops_when_a_session_makes_no_progress(project, local_kaggle, telegram):
+    project.write_entry(STALLED_ENTRY)
+    with pytest.raises(UserError) as err:
+        push_kernel(project.cfg(), "train", wait=True)
+    assert str(err.value) == ("train: session 2 ended without a training step (step 3): start-up left no time to "
+                              "train; raise kernels.train.session_hours")
+    rows = [r for r in ledger.read() if r.get("base_slug") == project.train_slug]
+    assert [(r["session"], r["status"]) for r in rows] == [(1, "COMPLETE"), (2, "COMPLETE")]
+    assert any("FAILED" in t and "without a training step" in t for t in telegram.texts())
+
+
 # Uses the weights the way a kit does: prepare() finds, decrypts and verifies them; the kernel then reports
 # each file's sha256 as it reads it, and where it was found.
 WEIGHTS_ENTRY = '''import hashlib
