@@ -211,16 +211,32 @@ def _check_response(what: str, response) -> None:
         print(f"kaggle: {what}: tags not accepted: {', '.join(invalid)}", file=sys.stderr)
 
 
-def push_dataset(api, cfg, build, message: str | None = None) -> PushedDataset:
+@dataclass
+class RemoteState:
+    """What the server has of a built dataset, asked before anything is uploaded."""
+    status: str | None      # None: not on the server
+    version: int | None
+    unchanged: bool         # the server holds this exact content: nothing to upload
+
+
+def remote_state_of(api, cfg, build) -> RemoteState:
+    """Writes the build's dataset-metadata.json, then compares its content hash with the push record and the
+    server's current version."""
+    write_metadata(cfg, build)
+    record = read_record(cfg, build)
+    status, version = remote_state(api, f"{cfg.kaggle_user}/{build.slug}")
+    unchanged = (record is not None and record.get("content_hash") == build.content_hash and status is not None
+                 and (version is None or record.get("version") in (None, version)))
+    return RemoteState(status, version, unchanged)
+
+
+def push_dataset(api, cfg, build, state: RemoteState | None = None, message: str | None = None) -> PushedDataset:
     """Create or version one built dataset when its content hash changed; waits until the new version is ready."""
     ref = f"{cfg.kaggle_user}/{build.slug}"
     path = Path(build.path)
-    write_metadata(cfg, build)
-    record = read_record(cfg, build)
-    status, version = remote_state(api, ref)
-    unchanged = (record is not None and record.get("content_hash") == build.content_hash and status is not None
-                 and (version is None or record.get("version") in (None, version)))
-    if unchanged:
+    state = state or remote_state_of(api, cfg, build)
+    status, version = state.status, state.version
+    if state.unchanged:
         if status != "ready":
             version = wait_ready(api, ref)
         print(f"dataset {ref}: unchanged (v{version}), nothing uploaded")
@@ -260,5 +276,10 @@ def push_dataset(api, cfg, build, message: str | None = None) -> PushedDataset:
     return PushedDataset(ref, new_version, uploaded=True, bytes=size, files=[p.name for p in entries])
 
 
-def push_all(api, cfg, builds) -> list[PushedDataset]:
-    return [push_dataset(api, cfg, build) for build in builds]
+def push_all(api, cfg, builds, check_uploads=None) -> list[PushedDataset]:
+    """Push every build; `check_uploads` (the secrets scan) first gets the folders of those that will be
+    uploaded, before any is: what the server already holds is not read again."""
+    states = [remote_state_of(api, cfg, build) for build in builds]
+    if check_uploads is not None:
+        check_uploads([Path(b.path) for b, state in zip(builds, states) if not state.unchanged])
+    return [push_dataset(api, cfg, build, state) for build, state in zip(builds, states)]

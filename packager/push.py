@@ -161,10 +161,10 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     built = build_kernel(cfg, kind, kernel_sources=upstream_sources(cfg, kind))
     folder = Path(built.folder)
     builds = datasets.build_all(cfg)
-    scan_for_secrets(cfg, [Path(built.script)] + [Path(b.path) for b in builds])
+    scan_for_secrets(cfg, [Path(built.script)])
 
     api = kaggle_api.connect(cfg)
-    datasets.push_all(api, cfg, builds)
+    datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     ref = push_folder(api, cfg, kind, folder)
     base_slug = kcfg.slug
     _record_start(cfg, ref, base_slug)

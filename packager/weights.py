@@ -24,7 +24,7 @@ import yaml
 from kernel_src.runtime import sealed
 from packager.datasets import METADATA, PUSHED
 from packager.errors import UserError
-from packager.fsutil import atomic_write_text, file_sha256, tree_hash
+from packager.fsutil import HashCache, atomic_write_text, tree_hash
 from packager.wheels import DatasetBuild
 
 MANIFEST = "manifest.json"
@@ -118,12 +118,12 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _same_plain_file(src: Path, stored: Path, digest: str) -> bool:
+def _same_plain_file(src: Path, stored: Path, digest: str, hashes: HashCache) -> bool:
     if not stored.is_file():
         return False
     if os.path.samefile(src, stored):  # the hard link from the previous build
         return True
-    return stored.stat().st_size == src.stat().st_size and file_sha256(stored) == digest
+    return stored.stat().st_size == src.stat().st_size and hashes.sha256(stored) == digest
 
 
 def _place_plain(src: Path, dst: Path) -> None:
@@ -149,11 +149,12 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
     key = load_key(spec.key_env) if spec.encrypt else None
     kid = sealed.key_id(key) if key else None
     cache = _read_cache(out_dir)
+    hashes = HashCache(out_dir.parent / f".{out_dir.name}.hashes.json")
 
     entries, keep = [], {MANIFEST, METADATA, PUSHED}
     for src in weight_files(models):
         before = _stamp(src)
-        digest, size = file_sha256(src), before[0]
+        digest, size = hashes.sha256(src), before[0]
         entry = {"name": src.name, "stored": src.name + (SEALED_SUFFIX if key else ""), "sha256": digest,
                  "size": size, "architecture": architecture_of(src.name, mapping), "encrypted": bool(key)}
         stored = out_dir / entry["stored"]
@@ -162,7 +163,7 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
             if not _reusable(cache.get(entry["stored"]), stored, entry):
                 sealed.encrypt_file(src, stored, key, sealed.DEFAULT_CHUNK, sha256=digest)
             cache[entry["stored"]] = {**entry, "file": _file_id(stored)}
-        elif not _same_plain_file(src, stored, digest):
+        elif not _same_plain_file(src, stored, digest, hashes):
             _place_plain(src, stored)
         if _stamp(src) != before:
             raise UserError(f"{src}: changed while the weights dataset was being built; build again")
@@ -180,8 +181,9 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     atomic_write_text(_cache_file(out_dir), json.dumps({k: v for k, v in cache.items() if k in keep}, indent=1,
                                                        sort_keys=True) + "\n")
-    return DatasetBuild(slug=spec.slug, title=_title(spec.slug), path=out_dir,
-                        content_hash=tree_hash(out_dir, exclude=(METADATA, PUSHED)),
+    content_hash = tree_hash(out_dir, exclude=(METADATA, PUSHED), sha256=hashes.sha256)
+    hashes.save()
+    return DatasetBuild(slug=spec.slug, title=_title(spec.slug), path=out_dir, content_hash=content_hash,
                         files=sorted([MANIFEST] + [e["stored"] for e in entries]))
 
 

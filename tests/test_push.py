@@ -233,6 +233,28 @@ def test_secret_in_the_sources_blocks_every_upload(project, local_kaggle, monkey
     assert project.kernel_versions() == [] and project.dataset() is None
 
 
+@pytest.mark.slow
+def test_weights_are_scanned_when_they_go_up_and_not_when_the_server_holds_them(project, local_kaggle,
+                                                                                monkeypatch):
+    push_kernel(project.cfg(), "train", wait=False)
+    weights = project.root / "models" / "backbone.tiny.pth"
+    # a key whose bytes the weights happen to hold: the scan looks for a hex key's raw bytes in binary files
+    monkeypatch.setenv("MY_API_TOKEN", weights.read_bytes()[1000:1016].hex())
+    project.write_entry(CHAIN_ENTRY.format(sessions=1, mark="rev2"))
+    local_kaggle.reset_stats()
+    push_kernel(project.cfg(), "train", wait=False)  # code only: the weights already on the server are not read
+    assert local_kaggle.stats()["uploaded_bytes"] < 100_000 and project.dataset()["versions"] == [1]
+
+    with weights.open("ab") as f:  # changed weights go up, so they are scanned, before anything is uploaded
+        f.write(b"more")
+    project.write_entry(CHAIN_ENTRY.format(sessions=1, mark="rev3"))
+    local_kaggle.reset_stats()
+    with pytest.raises(UserError, match=r"backbone\.tiny\.pth: holds a secret value"):
+        push_kernel(project.cfg(), "train", wait=False)
+    assert not {"SaveKernel", "StartBlobUpload", "CreateDatasetVersion"} & set(local_kaggle.stats()["calls"])
+    assert project.dataset()["versions"] == [1] and len(project.kernel_versions()) == 2
+
+
 def test_refused_push_is_one_error(project, local_kaggle):
     cfg = project.cfg()
     cfg.kernels["train"].sources.datasets.append("alice/no-such-dataset")

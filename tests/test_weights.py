@@ -14,6 +14,7 @@ import pytest
 
 from kernel_src.runtime import sealed
 from kernel_src.runtime import weights as kweights
+from packager import fsutil
 from packager.config import parse_config
 from packager.errors import UserError
 from packager.secrets_scan import scan
@@ -82,6 +83,56 @@ def test_rebuild_is_deterministic_and_reuses_sealed_files(models, tmp_path):
 
     (models / "empty.bin").unlink()  # a weight removed: its sealed file goes too
     assert "empty.bin.enc" not in build(models, tmp_path).files
+
+
+def age(folder: Path, seconds: float = 60) -> None:
+    """Move every file's modification time into the past: files written just now are never remembered by the
+    hash cache (a write within the clock's resolution could keep their size and time)."""
+    for path in folder.iterdir():
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_unchanged_rebuild_reads_no_weight_file_again(models, tmp_path, monkeypatch, encrypt):
+    monkeypatch.setattr(fsutil.HashCache, "RACY_NS", 0)  # remember files written just now (tested below)
+    first = build(models, tmp_path, encrypt=encrypt)
+    read = []
+    real = fsutil.file_sha256
+    monkeypatch.setattr(fsutil, "file_sha256", lambda path: read.append(Path(path).name) or real(path))
+    assert build(models, tmp_path, encrypt=encrypt).content_hash == first.content_hash
+    assert read == ["manifest.json"]  # every build writes the manifest anew; the weights are not read again
+
+    (models / "head.safetensors").write_bytes(os.urandom(5001))  # a new size and time: hashed again
+    read.clear()
+    changed = build(models, tmp_path, encrypt=encrypt)
+    assert changed.content_hash != first.content_hash and "head.safetensors" in read
+    entry = next(e for e in json.loads((changed.path / "manifest.json").read_text())["files"]
+                 if e["name"] == "head.safetensors")
+    assert entry["sha256"] == hashlib.sha256((models / "head.safetensors").read_bytes()).hexdigest()
+
+
+def test_hash_cache_trusts_only_files_untouched_since_they_were_hashed(tmp_path, monkeypatch):
+    cache_file, path = tmp_path / "hashes.json", tmp_path / "w.bin"
+    path.write_bytes(b"a" * 1000)
+    fresh = fsutil.HashCache(cache_file)
+    assert fresh.sha256(path) == hashlib.sha256(b"a" * 1000).hexdigest()
+    fresh.save()
+    assert json.loads(cache_file.read_text()) == {}  # modified just now: not remembered
+
+    age(tmp_path)
+    cache = fsutil.HashCache(cache_file)
+    cache.sha256(path)
+    cache.save()
+    read = []
+    real = fsutil.file_sha256
+    monkeypatch.setattr(fsutil, "file_sha256", lambda p: read.append(p) or real(p))
+    assert fsutil.HashCache(cache_file).sha256(path) == hashlib.sha256(b"a" * 1000).hexdigest() and read == []
+
+    path.write_bytes(b"b" * 1000)  # same size, new modification time
+    assert fsutil.HashCache(cache_file).sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest() and read
+    cache_file.write_text('{"broken": ')  # a damaged cache is ignored, not trusted
+    assert fsutil.HashCache(cache_file).sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
 def test_damaged_cache_or_new_key_is_sealed_again(models, tmp_path, monkeypatch):
