@@ -252,6 +252,10 @@ def test_prepare_uses_plain_files_in_place(kaggle, models):
     with pytest.raises(kweights.WeightsError) as info:
         kweights.prepare(config)
     assert "head.safetensors: sha256 mismatch" in str(info.value) and "\n" not in str(info.value)
+    with open(mounted / "head.safetensors", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(kweights.WeightsError, match=r"head\.safetensors: 5001 bytes where the manifest lists 5000"):
+        kweights.prepare(config)
 
 
 @pytest.mark.parametrize("offset", [100, -5])  # in the first chunk; in the last chunk (after earlier ones)

@@ -124,7 +124,10 @@ def prepare(config) -> dict[str, Path]:
                     raise WeightsError(f"weights {entry['stored']}: cannot decrypt into {out_dir}: "
                                        f"{exc.strerror or exc}") from None
         else:
-            target = stored
+            target, size = stored, stored.stat().st_size
+            if size != entry["size"]:  # found without reading gigabytes
+                raise WeightsError(f"weights {entry['stored']}: {size} bytes where the manifest lists "
+                                   f"{entry['size']}; the dataset is damaged, push it again")
             got = sealed.file_sha256(stored)
             if got != entry["sha256"]:
                 raise WeightsError(f"weights {entry['stored']}: sha256 mismatch (expected {entry['sha256'][:12]}..., "
