@@ -357,3 +357,19 @@ def test_demo_competition_is_made_once(tmp_path, monkeypatch):
     made = Store(tmp_path / "lk").competition("digits-multilabel")
     assert made and made["code"] is True
     assert ensure_competition(cfg) is False
+
+
+def test_demo_session_steps_reach_the_kit_and_a_bad_value_is_one_error(monkeypatch, capsys):
+    from packager.config import parse_config
+    from packager.demo import with_short_train_sessions
+
+    cfg = parse_config({"competition": "comp", "kaggle_user": "alice", "kit": {"session": {"margin_seconds": 30}},
+                        "kernels": {"train": {"entry": "kernel_src/x.py"}}})
+    monkeypatch.setenv("KPACK_DEMO_SESSION_STEPS", "7")
+    assert with_short_train_sessions(cfg).kit["session"] == {"margin_seconds": 30, "max_steps": 7}
+    assert cfg.kit["session"] == {"margin_seconds": 30}  # the loaded config is left as it was
+    monkeypatch.setenv("KPACK_DEMO_SESSION_STEPS", "0")
+    assert with_short_train_sessions(cfg) is cfg
+    monkeypatch.setenv("KPACK_DEMO_SESSION_STEPS", "ten")
+    with pytest.raises(UserError, match="KPACK_DEMO_SESSION_STEPS='ten': expected a whole number"):
+        with_short_train_sessions(cfg)
