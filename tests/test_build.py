@@ -333,11 +333,27 @@ def test_warns_about_file_relative_paths_in_kernel_src(proj):
                                     "read package data with importlib.resources.files(...) instead",)
 
 
-def test_script_exits_without_the_interpreter_teardown(proj):
+SLOW_TEARDOWN = """import atexit, builtins, time
+from pathlib import Path
+
+
+class SlowToDelete:  # deleted when the interpreter tears down its modules, as torch's objects are
+    def __del__(self):
+        time.sleep(30)
+
+
+def main(config):
+    builtins.kept = SlowToDelete()
+    atexit.register(lambda: Path("atexit-ran.txt").write_text("closed"))
+    print("done")
+"""
+
+
+def test_script_runs_atexit_handlers_but_skips_the_interpreter_teardown(proj):
     """A kit that stopped in time must not be killed at the session limit while Python tears down torch:
-    once main returns, output is flushed and the process ends at once (atexit handlers do not run)."""
-    (proj / "kernel_src" / "slowexit.py").write_text(
-        "import atexit, time\n\ndef main(config):\n    atexit.register(time.sleep, 30)\n    print('done', flush=True)\n")
+    once main returns, atexit handlers run (a log or writer is closed), output is flushed and the process
+    ends without the teardown."""
+    (proj / "kernel_src" / "slowexit.py").write_text(SLOW_TEARDOWN)
     built = build(proj, kernel={"entry": "kernel_src/slowexit.py"})
     work = proj.parent / "work"
     work.mkdir()
@@ -346,4 +362,5 @@ def test_script_exits_without_the_interpreter_teardown(proj):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("done")
+    assert (work / "atexit-ran.txt").read_text() == "closed"
     assert time.monotonic() - started < 20
