@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from packager.fsutil import atomic_write_text
+from packager.secrets_scan import collect_secrets
 
 LEDGER = Path("runs") / "ledger.jsonl"
 REDACTED = "[redacted]"
@@ -95,24 +96,8 @@ def read_metrics(output_dir: str | os.PathLike | None) -> tuple[float | None, di
 
 
 def _secrets(cfg) -> list[str]:
-    """Secret values to keep out of the ledger: collect_secrets(cfg) plus the usual credential variables."""
-    values: list[str] = []
-    if cfg is not None:
-        try:
-            from packager.secrets_scan import collect_secrets
-
-            found = collect_secrets(cfg)
-            values += list(found.values()) if isinstance(found, dict) else list(found)
-        except ImportError:
-            pass
-    for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "TELEGRAM_BOT_TOKEN", "KPACK_WEIGHTS_KEY"):
-        if os.environ.get(name):
-            values.append(os.environ[name])
-    if cfg is not None and cfg.notifications.telegram is not None:
-        token = os.environ.get(cfg.notifications.telegram.token_env)
-        if token:
-            values.append(token)
-    return sorted({str(v) for v in values if v and len(str(v)) >= 4}, key=len, reverse=True)
+    """Secret values to keep out of the ledger (what the pre-upload scan looks for), longest first."""
+    return sorted(set(collect_secrets(cfg)), key=len, reverse=True)
 
 
 def redact(text: str, secrets: list[str]) -> str:
