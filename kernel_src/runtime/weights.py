@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernel_src.runtime import inputs, sealed
@@ -103,7 +104,7 @@ def prepare(config) -> dict[str, Path]:
     label = _get(section, "key_env") or "KPACK_WEIGHTS_KEY"
     key = load_key(label) if any(e.get("encrypted") for e in manifest["files"]) else None
     out_dir = inputs.temp_dir() / "weights"
-    paths, architectures = {}, {}
+    paths, architectures, plain = {}, {}, []
     for entry in manifest["files"]:
         name, stored = entry["name"], folder / entry["stored"]
         if Path(name).name != name or Path(entry["stored"]).name != entry["stored"]:
@@ -124,23 +125,30 @@ def prepare(config) -> dict[str, Path]:
                     raise WeightsError(f"weights {entry['stored']}: cannot decrypt into {out_dir}: "
                                        f"{exc.strerror or exc}") from None
         else:
-            target, size = stored, stored.stat().st_size
-            if size != entry["size"]:  # found without reading gigabytes
-                raise WeightsError(f"weights {entry['stored']}: {size} bytes where the manifest lists "
-                                   f"{entry['size']}; the dataset is damaged, push it again")
-            got = sealed.file_sha256(stored)
-            if got != entry["sha256"]:
-                raise WeightsError(f"weights {entry['stored']}: sha256 mismatch (expected {entry['sha256'][:12]}..., "
-                                   f"got {got[:12]}...); the dataset is damaged, push it again")
+            target = stored
+            plain.append((stored, entry))
         paths[name] = target
         if entry.get("architecture"):
             architectures.setdefault(entry["architecture"], name)
+    with ThreadPoolExecutor(sealed.WORKERS) as pool:  # hashing releases the GIL: an ensemble's files at once
+        list(pool.map(lambda job: _verify_plain(*job), plain))
     _paths.clear()
     _paths.update(paths)
     _architectures.clear()
     _architectures.update(architectures)
     print(f"[kpack] weights: {len(paths)} file(s) verified from {folder}", flush=True)
     return dict(paths)
+
+
+def _verify_plain(stored: Path, entry: dict) -> None:
+    size = stored.stat().st_size
+    if size != entry["size"]:  # found without reading gigabytes
+        raise WeightsError(f"weights {entry['stored']}: {size} bytes where the manifest lists {entry['size']}; "
+                           "the dataset is damaged, push it again")
+    got = sealed.file_sha256(stored)
+    if got != entry["sha256"]:
+        raise WeightsError(f"weights {entry['stored']}: sha256 mismatch (expected {entry['sha256'][:12]}..., "
+                           f"got {got[:12]}...); the dataset is damaged, push it again")
 
 
 def weights_path(name: str) -> Path:
