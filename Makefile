@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast build-train build-validate build-infer push-train push-validate push-infer submit scores serve bench clean
+.PHONY: setup demo test test-fast build-train build-validate build-infer push-train push-validate push-infer \
+	watch-train watch-validate watch-infer submit scores serve bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +29,9 @@ build-%: $(STAMP)
 
 push-train push-validate push-infer: push-%: $(STAMP)
 	$(BIN)/kpack push $*
+
+watch-train watch-validate watch-infer: watch-%: $(STAMP)
+	$(BIN)/kpack watch $*
 
 submit: $(STAMP)
 	$(BIN)/kpack submit

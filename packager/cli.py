@@ -42,6 +42,17 @@ def push(kind: str, config_path: str | None, wait: bool) -> None:
     push_kernel(cfg, kind, wait=wait)
 
 
+@cli.command("watch")
+@kind_arg
+@config_opt
+def watch_cmd(kind: str, config_path: str | None) -> None:
+    """Follow the newest session of a pushed run to its end and push the sessions still to come."""
+    cfg = load_config(config_path)
+    from packager.push import watch_kernel
+
+    watch_kernel(cfg, kind)
+
+
 @cli.command()
 @click.argument("kernel")
 @config_opt

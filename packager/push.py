@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 from packager import chain, datasets, kaggle_api, ledger, notify, watch
 from packager.errors import UserError
+from packager.fsutil import file_sha256
 
 
 @dataclass
@@ -88,10 +89,10 @@ def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
 
 # --------------------------------------------------------------------------------------------- one session
 
-def _record_start(cfg, ref: watch.KernelRef, base_slug: str) -> None:
+def _record_start(cfg, ref: watch.KernelRef, base_slug: str, script_sha256: str) -> None:
     row = ledger.make_row(cfg, kernel=ref.ref, kind=ref.kind, version=ref.version, session=ref.session,
                           status="QUEUED", seconds=None, output=None, base_slug=base_slug)
-    ledger.append(row, cfg)
+    ledger.append({**row, "script_sha256": script_sha256}, cfg)
 
 
 def _record_end(cfg, ref: watch.KernelRef, base_slug: str, outcome: watch.Outcome, out: Path | None) -> dict:
@@ -157,36 +158,78 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     """Build, update changed datasets, push the kernel; with wait, follow it (and its next sessions) to the end."""
     from packager.build import build_kernel
 
-    kcfg = cfg.kernel(kind)
     built = build_kernel(cfg, kind, kernel_sources=upstream_sources(cfg, kind))
-    folder = Path(built.folder)
     builds = datasets.build_all(cfg)
     scan_for_secrets(cfg, [Path(built.script)])
 
     api = kaggle_api.connect(cfg)
     datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
-    ref = push_folder(api, cfg, kind, folder)
-    base_slug = kcfg.slug
-    _record_start(cfg, ref, base_slug)
-    result = PushResult(ref=ref, sessions=[ref])
+    ref = push_folder(api, cfg, kind, Path(built.folder))
+    _record_start(cfg, ref, cfg.kernel(kind).slug, built.sha256)
     if not wait:
-        print(f"not waiting; follow it with: kpack status {kind}   (output: kpack output {kind})")
-        return result
+        print(f"not waiting; follow it with: kpack watch {kind}   (status: kpack status {kind})")
+        return PushResult(ref=ref, sessions=[ref])
+    return follow_chain(api, cfg, kind, Path(built.folder), ref, before=(0, 0))
 
-    limit = chain.max_sessions(cfg, kind)
-    before = (0, 0)  # a first session starts from step 0, epoch 0
+
+def watch_kernel(cfg, kind: str) -> PushResult:
+    """Follow the newest session of KIND's chain that the ledger knows (after `push --no-wait`, or a watch
+    that was stopped) to its end, and push the sessions still to come, as `kpack push` would have."""
+    base_slug = cfg.kernel(kind).slug
+    row = ledger.latest(kind=kind, base_slug=base_slug, backend=cfg.backend)
+    if row is None:
+        raise UserError(f"{kind}: the ledger ({ledger.ledger_path()}) has no run of {base_slug} on the {cfg.backend} "
+                        f"backend; start one with: kpack push {kind}")
+    owner, slug = row["kernel"].split("/")
+    ref = watch.KernelRef(owner, slug, row["version"], kind, row["session"])
+    folder = Path("build") / "kernels" / base_slug
+    script, recorded = _script(folder), row.get("script_sha256")
+    if script is None or (recorded and file_sha256(script) != recorded):
+        raise UserError(f"{folder}: not the script {ref} runs (rebuilt since, or missing); the next session must "
+                        f"run the same code: check out {row.get('git_commit') or 'the commit it was pushed from'}, "
+                        f"run `kpack build {kind}`, then `kpack watch {kind}` again")
+    api = kaggle_api.connect(cfg)
+    finished = None
+    if row["status"] in watch.TERMINAL:  # its end is recorded: go on from its output (downloaded again if gone)
+        out = Path(row["output"]) if row.get("output") else None
+        if row["status"] == "COMPLETE" and not (out and out.is_dir()):
+            out = watch.download(api, ref)
+        finished = (row["status"], row.get("failure") or "", out)
+    print(f"{kind}: following {ref} (session {ref.session}, {row['status']} in the ledger)", flush=True)
+    return follow_chain(api, cfg, kind, folder, ref, before=None, finished=finished)
+
+
+def _script(folder: Path) -> Path | None:
+    """The kernel script of a built kernel folder, as its kernel-metadata.json names it; None when missing."""
+    try:
+        script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return script if script.is_file() else None
+
+
+def follow_chain(api, cfg, kind: str, folder: Path, ref: watch.KernelRef, before: tuple | None,
+                 finished: tuple | None = None) -> PushResult:
+    """Follow `ref` to its end, then push and follow the next session from `folder` while its state.json
+    says training is not done. before: the (step, epoch) that `ref` started from, when known; finished:
+    (status, failure, output folder) when `ref` has ended and its end is recorded already."""
+    base_slug, limit = cfg.kernel(kind).slug, chain.max_sessions(cfg, kind)
+    script_sha256 = file_sha256(_script(folder))
+    result = PushResult(ref=ref, sessions=[ref])
     while True:
-        try:
-            outcome, out = watch_session(api, cfg, ref, base_slug)
-        except KeyboardInterrupt:
-            print(f"\nstopped watching; {ref} keeps running. Follow it with: kpack status {ref.ref}/{ref.version}"
-                  f"   (output: kpack output {ref.ref}/{ref.version}; the chain does not go on by itself)",
-                  flush=True)
-            raise
-        result.status, result.output = outcome.status, out
-        if outcome.status != "COMPLETE":
-            failure = f": {outcome.failure}" if outcome.failure else ""
-            raise UserError(f"{ref} ended {outcome.status}{failure}", exit_code=1)
+        if finished is not None:
+            (status, failure, out), finished = finished, None
+        else:
+            try:
+                outcome, out = watch_session(api, cfg, ref, base_slug)
+            except KeyboardInterrupt:
+                print(f"\nstopped watching; {ref} keeps running. Go on following it (and the chain) with: "
+                      f"kpack watch {kind}", flush=True)
+                raise
+            status, failure = outcome.status, outcome.failure
+        result.status, result.output = status, out
+        if status != "COMPLETE":
+            raise UserError(f"{ref} ended {status}{f': {failure}' if failure else ''}", exit_code=1)
         if out is None or not chain.needs_another_session(out):
             return result
         after = chain.progress(out)
@@ -206,6 +249,6 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
         scan_for_secrets(cfg, [next_folder])
         ref = push_folder(api, cfg, kind, next_folder)
         ref.session = session
-        _record_start(cfg, ref, base_slug)
+        _record_start(cfg, ref, base_slug, script_sha256)
         result.ref = ref
         result.sessions.append(ref)

@@ -14,7 +14,7 @@ import pytest
 
 from packager import kaggle_api, ledger
 from packager.errors import UserError
-from packager.push import push_kernel
+from packager.push import push_kernel, watch_kernel
 from pushkit import FAIL_ENTRY, CHAIN_ENTRY, TelegramStub, isolate, make_project
 
 SECRET = "s3cr3t-kaggle-key-value-0123456789"
@@ -122,6 +122,60 @@ def test_chain_of_two_sessions(local_kaggle, tmp_path, monkeypatch, telegram):
     rows = [r for r in ledger.read() if r.get("base_slug") == project.train_slug]
     assert [(r["session"], r["status"]) for r in rows] == [(1, "COMPLETE"), (2, "COMPLETE")]
     assert len(telegram.received) == 2
+
+
+@pytest.fixture
+def chain_project(local_kaggle, tmp_path, monkeypatch):
+    """A project whose train kernel needs two sessions."""
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, local_kaggle, sessions=2)
+    monkeypatch.chdir(project.root)
+    yield project
+    kaggle_api._restore_env()
+
+
+def chain_rows(project) -> list[tuple]:
+    return [(r["session"], r["status"]) for r in ledger.read() if r.get("base_slug") == project.train_slug]
+
+
+@pytest.mark.slow
+def test_watch_follows_a_no_wait_push_and_goes_on_with_the_chain(chain_project):
+    push_kernel(chain_project.cfg(), "train", wait=False)
+    result = watch_kernel(chain_project.cfg(), "train")
+    assert result.status == "COMPLETE" and json.loads((result.output / "state.json").read_text())["done"]
+    assert [(r.slug, r.session) for r in result.sessions] == [
+        (chain_project.train_slug, 1), (f"{chain_project.train_slug}-s2", 2)]
+    assert chain_rows(chain_project) == [(1, "COMPLETE"), (2, "COMPLETE")]
+    built = chain_project.root / "build" / "kernels" / chain_project.train_slug / f"{chain_project.train_slug}.py"
+    assert {r["script_sha256"] for r in ledger.read()} == {hashlib.sha256(built.read_bytes()).hexdigest()}
+
+
+@pytest.mark.slow
+def test_watch_goes_on_from_a_session_whose_end_is_recorded(chain_project):
+    """The watcher was stopped right after session 1 ended and was recorded, before session 2 was pushed."""
+    from packager import push
+
+    cfg = chain_project.cfg()
+    first = push_kernel(cfg, "train", wait=False)
+    push.watch_session(kaggle_api.connect(cfg), cfg, first.ref, chain_project.train_slug)
+    assert chain_rows(chain_project) == [(1, "COMPLETE")]
+    assert watch_kernel(cfg, "train").status == "COMPLETE"
+    assert chain_rows(chain_project) == [(1, "COMPLETE"), (2, "COMPLETE")]
+
+
+def test_watch_refuses_an_empty_ledger_and_a_rebuilt_script(chain_project):
+    from packager.build import build_kernel
+
+    cfg = chain_project.cfg()
+    with pytest.raises(UserError, match=f"has no run of {chain_project.train_slug} on the local backend; "
+                                        "start one with: kpack push train"):
+        watch_kernel(cfg, "train")
+    push_kernel(cfg, "train", wait=False)
+    chain_project.write_entry(CHAIN_ENTRY.format(sessions=2, mark="edited after the push"))
+    build_kernel(cfg, "train")
+    with pytest.raises(UserError, match=r"not the script .* runs \(rebuilt since, or missing\); the next session "
+                                        "must run the same code"):
+        watch_kernel(cfg, "train")
 
 
 # Session 1 trains three steps; every later session finds no time to train and leaves the step where it was.
