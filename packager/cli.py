@@ -97,6 +97,17 @@ def scores(config_path: str | None) -> None:
     click.echo(f"{refresh_scores(cfg)} ledger row(s) updated with leaderboard scores")
 
 
+@cli.command("ledger")
+@click.option("-n", "count", type=int, default=20, show_default=True, help="how many of the newest rows")
+@click.option("--kind", type=click.Choice(KERNEL_KINDS), default=None, help="only train, validate or infer")
+def ledger_cmd(count: int, kind: str | None) -> None:
+    """The newest runs in the ledger (runs/ledger.jsonl): kernel version, status, CV and LB scores, commit."""
+    from packager import ledger
+
+    rows = [r for r in ledger.read() if kind in (None, r.get("kind"))]
+    click.echo(ledger.table(rows[-count:]) if rows else f"no runs in {ledger.ledger_path()} yet")
+
+
 @cli.command("probe-image")
 @config_opt
 def probe_image(config_path: str | None) -> None:

@@ -16,7 +16,6 @@ The backend is always the local one here, whatever kpack.yaml says.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -100,11 +99,8 @@ def run_demo(config_path: str | None = None) -> None:
         submit(cfg, "kpack demo")
 
     rows = ledger.read()[start:]
-    print(f"ledger ({ledger.ledger_path()}), this demo's rows:")
-    for row in rows:
-        shown = {k: row.get(k) for k in ("kernel", "version", "session", "status", "seconds", "cv_score",
-                                         "lb_score")}
-        print("  " + json.dumps(shown))
+    print(f"ledger ({ledger.ledger_path()}; `kpack ledger` shows it), this demo's rows:")
+    print(ledger.table(rows))
     from packager.localkaggle.client_env import health
 
     pid = (health(cfg.local.port) or {}).get("pid")

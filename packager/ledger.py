@@ -5,8 +5,9 @@ JSON lines, not CSV: a row carries a nested metrics dict and stays readable with
 git-ignored: it is this machine's history, like the outputs).
 
 Row fields: ts, kernel (owner/slug), kind, base_slug (the configured slug a session chain grew from),
-version, session, backend, git_commit, git_dirty, config_hash, status, seconds, cv_score, lb_score, metrics,
-output, failure. `lb_score` is filled later, by `kpack submit`.
+version, session, backend, git_commit, git_dirty, config_hash, script_sha256, status, seconds, cv_score,
+lb_score, metrics, output, failure. `lb_score` is filled later, by `kpack submit` and `kpack scores`.
+`kpack ledger` prints the newest rows as a table (`table()`).
 
 Never a secret: rows are built from named fields only (no environment dump), and every value that
 `collect_secrets(cfg)` knows is redacted from the serialized line before it is written.
@@ -185,3 +186,20 @@ def latest(path: str | os.PathLike | None = None, **match) -> dict | None:
     """The last row whose items include `match`."""
     rows = [r for r in read(path) if all(r.get(k) == v for k, v in match.items())]
     return rows[-1] if rows else None
+
+
+def _score(value) -> str:
+    return f"{value:.5f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as an aligned text table: when, kernel vN/session, status, minutes, CV, LB, commit."""
+    lines = [("when (UTC)", "kernel", "status", "min", "cv", "lb", "commit")]
+    for r in rows:
+        commit = (r.get("git_commit") or "-")[:10] + ("+dirty" if r.get("git_dirty") else "")
+        minutes = f"{r['seconds'] / 60:.1f}" if isinstance(r.get("seconds"), (int, float)) else "-"
+        lines.append(((r.get("finished") or r.get("ts") or "-").replace("T", " ").rstrip("Z"),
+                      f"{(r.get('kernel') or '-').split('/')[-1]} v{r.get('version')}",
+                      r.get("status") or "-", minutes, _score(r.get("cv_score")), _score(r.get("lb_score")), commit))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

@@ -75,3 +75,29 @@ def test_cv_score_from_the_kits_best_block(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(data))
     score, metrics = ledger.read_metrics(tmp_path)
     assert score == 0.626 and "history" not in metrics and metrics["best"]["f2"] == 0.626
+
+
+def test_kpack_ledger_prints_the_newest_rows_as_a_table(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from packager.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert "no runs in runs/ledger.jsonl yet" in CliRunner().invoke(cli, ["ledger"]).output
+    for version, kind, status, cv, lb in ((1, "train", "COMPLETE", 0.81163, None), (2, "train", "ERROR", None, None),
+                                          (1, "infer", "COMPLETE", None, 0.8021)):
+        ledger.append({"ts": "2026-12-01T20:00:00Z", "kernel": f"alice/digits-{kind}", "kind": kind,
+                       "version": version, "status": status, "seconds": 90, "cv_score": cv, "lb_score": lb,
+                       "git_commit": "0123456789abcdef", "git_dirty": version == 2})
+    done = CliRunner().invoke(cli, ["ledger", "-n", "2"])
+    assert done.exit_code == 0
+    lines = done.output.splitlines()
+    assert lines[0].split() == ["when", "(UTC)", "kernel", "status", "min", "cv", "lb", "commit"]
+    assert lines[1].split() == ["2026-12-01", "20:00:00", "digits-train", "v2", "ERROR", "1.5", "-", "-",
+                                "0123456789+dirty"]
+    assert lines[2].split() == ["2026-12-01", "20:00:00", "digits-infer", "v1", "COMPLETE", "1.5", "-", "0.80210",
+                                "0123456789"]
+    assert len(lines) == 3 and lines[1].index("ERROR") == lines[2].index("COMPLETE")  # aligned columns
+    only_train = CliRunner().invoke(cli, ["ledger", "--kind", "train"]).output.splitlines()
+    assert [line.split()[4] for line in only_train[1:]] == ["COMPLETE", "ERROR"]
+    assert "0.81163" in only_train[1]
