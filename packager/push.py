@@ -110,7 +110,13 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
     """Wait for one pushed session, download its output, record and announce it."""
     # No deadline here: the server enforces the session limit. Interrupting the watch leaves the kernel running;
     # `kpack status` and `kpack output` pick it up later.
-    outcome = watch.wait_for(api, ref, max_delay_s=watch.LOCAL_POLL_MAX_S if cfg.backend == "local" else None)
+    try:
+        outcome = watch.wait_for(api, ref, max_delay_s=watch.LOCAL_POLL_MAX_S if cfg.backend == "local" else None)
+    except kaggle_api.KaggleCallError as err:  # Kaggle out of reach for longer than the retries last
+        message = (f"{err}; {ref} may still be running: go on following it (and its chain) with: "
+                   f"kpack watch {ref.kind}")
+        notify.notify(cfg, message, ok=False)
+        raise UserError(message, exit_code=1) from None
     out = None
     try:
         out = watch.download(api, ref)

@@ -163,6 +163,25 @@ def test_watch_goes_on_from_a_session_whose_end_is_recorded(chain_project):
     assert chain_rows(chain_project) == [(1, "COMPLETE"), (2, "COMPLETE")]
 
 
+@pytest.mark.slow
+def test_a_watch_that_loses_kaggle_says_so_and_kpack_watch_goes_on(chain_project, local_kaggle, telegram,
+                                                                    monkeypatch):
+    cfg = chain_project.cfg()
+    push_kernel(cfg, "train", wait=False)
+    monkeypatch.setattr(kaggle_api.policy, "attempts", 2)
+    monkeypatch.setattr(kaggle_api.policy, "base_s", 0.01)
+    local_kaggle.faults({"method": "GetKernel", "kind": "503", "times": 0})  # Kaggle out of reach
+    try:
+        with pytest.raises(UserError) as err:
+            watch_kernel(cfg, "train")
+    finally:
+        local_kaggle.clear_faults()
+    assert "may still be running: go on following it (and its chain) with: kpack watch train" in str(err.value)
+    assert any("FAILED" in t and "kpack watch train" in t for t in telegram.texts())
+    assert watch_kernel(cfg, "train").status == "COMPLETE"
+    assert chain_rows(chain_project)[-2:] == [(1, "COMPLETE"), (2, "COMPLETE")]
+
+
 def test_watch_refuses_an_empty_ledger_and_a_rebuilt_script(chain_project):
     from packager.build import build_kernel
 
