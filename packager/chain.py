@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from packager.errors import env_number
 from packager.fsutil import atomic_write_text
 
 STATE_FILE = "state.json"
@@ -35,7 +36,7 @@ def max_sessions(cfg, kind: str) -> int:
     configured = getattr(cfg.kernel(kind), "max_sessions", None)
     if configured:
         return int(configured)
-    return int(os.environ.get("KPACK_MAX_SESSIONS") or DEFAULT_MAX_SESSIONS)
+    return env_number("KPACK_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, int, minimum=1)
 
 
 def read_state(output_dir: str | os.PathLike) -> dict | None:

@@ -13,21 +13,20 @@ lost attempt already made the version. The kernel is pushed only once every new 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packager import kaggle_api
-from packager.errors import UserError
+from packager.errors import UserError, env_number
 from packager.fsutil import atomic_write_text
 
 BUILD_ROOT = Path("build") / "datasets"
 PUSHED = "pushed.json"
 METADATA = "dataset-metadata.json"
 IGNORE = [PUSHED]
-READY_TIMEOUT_S = float(os.environ.get("KPACK_DATASET_READY_TIMEOUT_S", 1800))
+READY_TIMEOUT_S = env_number("KPACK_DATASET_READY_TIMEOUT_S", 1800)
 
 
 @dataclass

@@ -16,12 +16,11 @@ The backend is always the local one here, whatever kpack.yaml says.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from packager import kaggle_api, ledger
 from packager.config import load_config
-from packager.errors import UserError
+from packager.errors import env_number
 
 DEMO_DATA = Path("build") / "demo-competition"
 DEMO_SESSION_STEPS = 100  # of the demo kit's 225: three sessions
@@ -32,10 +31,7 @@ def with_short_train_sessions(cfg):
 
     Steps, not seconds: a time limit short enough to split the demo's few seconds of training would leave
     no time to train on a machine whose start-up (importing torch) is slower than here."""
-    text = os.environ.get("KPACK_DEMO_SESSION_STEPS", str(DEMO_SESSION_STEPS))
-    if not text.strip().isdigit():
-        raise UserError(f"KPACK_DEMO_SESSION_STEPS={text!r}: expected a whole number of steps (0: no limit)")
-    steps = int(text)
+    steps = env_number("KPACK_DEMO_SESSION_STEPS", DEMO_SESSION_STEPS, int)
     if not steps or "train" not in cfg.kernels:
         return cfg
     print(f"demo: each train session stops after {steps} steps, as if Kaggle's session limit were that short: "

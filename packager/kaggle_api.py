@@ -25,7 +25,7 @@ from typing import Any, Callable, TypeVar
 
 import requests
 
-from packager.errors import UserError
+from packager.errors import UserError, env_number
 
 T = TypeVar("T")
 
@@ -50,12 +50,8 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> "RetryPolicy":
-        policy = cls()
-        if os.environ.get("KPACK_RETRY_BASE_S"):
-            policy.base_s = float(os.environ["KPACK_RETRY_BASE_S"])
-        if os.environ.get("KPACK_RETRY_ATTEMPTS"):
-            policy.attempts = max(1, int(os.environ["KPACK_RETRY_ATTEMPTS"]))
-        return policy
+        return cls(attempts=env_number("KPACK_RETRY_ATTEMPTS", cls.attempts, int, minimum=1),
+                   base_s=env_number("KPACK_RETRY_BASE_S", cls.base_s))
 
 
 policy = RetryPolicy.from_env()

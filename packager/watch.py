@@ -21,12 +21,12 @@ import requests
 
 from packager import kaggle_api, ledger
 from packager.config import KERNEL_KINDS
-from packager.errors import UserError
+from packager.errors import UserError, env_number
 
 RUNS = Path("runs")
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
-POLL_MIN_S = float(os.environ.get("KPACK_POLL_MIN_S", 2.0))
-POLL_MAX_S = float(os.environ.get("KPACK_POLL_MAX_S", 60.0))
+POLL_MIN_S = env_number("KPACK_POLL_MIN_S", 2.0)
+POLL_MAX_S = env_number("KPACK_POLL_MAX_S", 60.0)
 LOCAL_POLL_MAX_S = 5.0  # the local Kaggle is cheap to ask
 
 

@@ -73,3 +73,27 @@ def test_missing_config_says_where_to_run(tmp_path, monkeypatch):
     monkeypatch.delenv("KPACK_CONFIG", raising=False)
     with pytest.raises(UserError, match="no project config here"):
         load_config()
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("KPACK_RETRY_ATTEMPTS", "many", "expected a whole number of at least 1"),
+    ("KPACK_POLL_MAX_S", "-5", "expected a number of at least 0"),
+])
+def test_bad_environment_setting_is_one_line_naming_it(tmp_path, name, value, expected):
+    (tmp_path / "kpack.yaml").write_text(yaml.safe_dump(MINIMAL))
+    result = subprocess.run([sys.executable, "-m", "packager.cli", "status", "train"], cwd=tmp_path,
+                            capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), name: value})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {name}={value!r}: {expected}; fix or unset it"]
+
+
+def test_max_sessions_from_the_environment(monkeypatch):
+    from packager import chain
+
+    cfg = parse_config(MINIMAL)
+    monkeypatch.setenv("KPACK_MAX_SESSIONS", "3")
+    assert chain.max_sessions(cfg, "train") == 3
+    monkeypatch.setenv("KPACK_MAX_SESSIONS", "0")
+    with pytest.raises(UserError, match=r"^KPACK_MAX_SESSIONS='0': expected a whole number of at least 1"):
+        chain.max_sessions(cfg, "train")
