@@ -155,8 +155,13 @@ def upstream_sources(cfg, kind: str) -> list[str]:
         rows = [r for r in ledger.read() if r.get("kind") == source and r.get("base_slug") == base
                 and r.get("backend") == cfg.backend and r.get("status") == "COMPLETE"]
         if rows:
-            print(f"{kind}: reads {source}'s output from {rows[-1]['kernel']} (its last COMPLETE session in the ledger)")
-            found.append(rows[-1]["kernel"])
+            last = rows[-1]
+            print(f"{kind}: reads {source}'s output from {last['kernel']} (its last COMPLETE session in the ledger)")
+            found.append(last["kernel"])
+            if last.get("output") and chain.needs_another_session(last["output"]):
+                print(f"warning: {last['kernel']} stopped mid-training (its state.json says not done): {kind} "
+                      f"reads that checkpoint; for the final model, let the chain finish first (kpack watch "
+                      f"{source})", flush=True)
     return found
 
 

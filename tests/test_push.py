@@ -182,6 +182,30 @@ def test_a_watch_that_loses_kaggle_says_so_and_kpack_watch_goes_on(chain_project
     assert chain_rows(chain_project)[-2:] == [(1, "COMPLETE"), (2, "COMPLETE")]
 
 
+@pytest.mark.slow
+def test_infer_warns_when_train_stopped_mid_chain(local_kaggle, tmp_path, monkeypatch, capsys):
+    from packager import push
+
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, local_kaggle, sessions=2, infer=True)
+    monkeypatch.chdir(project.root)
+    try:
+        cfg = project.cfg()
+        first = push_kernel(cfg, "train", wait=False)
+        push.watch_session(kaggle_api.connect(cfg), cfg, first.ref, project.train_slug)  # session 1 of 2 ended
+        capsys.readouterr()
+        assert push.upstream_sources(cfg, "infer") == [f"alice/{project.train_slug}"]
+        assert (f"warning: alice/{project.train_slug} stopped mid-training (its state.json says not done): infer "
+                "reads that checkpoint; for the final model, let the chain finish first (kpack watch train)"
+                in capsys.readouterr().out)
+        watch_kernel(cfg, "train")
+        capsys.readouterr()
+        assert push.upstream_sources(cfg, "infer") == [f"alice/{project.train_slug}-s2"]
+        assert "warning" not in capsys.readouterr().out
+    finally:
+        kaggle_api._restore_env()
+
+
 def test_watch_refuses_an_empty_ledger_and_a_rebuilt_script(chain_project):
     from packager.build import build_kernel
 
