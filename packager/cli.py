@@ -139,7 +139,9 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from packager.secrets_scan import collect_secrets, redact
+
+        click.echo(redact(f"error: {exc}", collect_secrets(None)), err=True)  # it may quote a kernel's log
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from packager.fsutil import atomic_write_text
-from packager.secrets_scan import collect_secrets
+from packager.secrets_scan import REDACTED, collect_secrets, redact  # noqa: F401 (REDACTED: what a row shows)
 
 LEDGER = Path("runs") / "ledger.jsonl"
-REDACTED = "[redacted]"
 SCORE_KEYS = ("cv_score", "cv", "oof_score", "score", "best_metric", "val_score", "metric")
 METRIC_KEYS = ("f2", "fbeta", "f1", "auc", "accuracy", "map", "iou", "dice")
 
@@ -97,18 +96,8 @@ def read_metrics(output_dir: str | os.PathLike | None) -> tuple[float | None, di
 
 
 def _secrets(cfg) -> list[str]:
-    """Secret values to keep out of the ledger (what the pre-upload scan looks for), longest first."""
-    return sorted(set(collect_secrets(cfg)), key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-        # json.dumps escapes some characters: redact the escaped form too
-        escaped = json.dumps(secret)[1:-1]
-        if escaped != secret:
-            text = text.replace(escaped, REDACTED)
-    return text
+    """Secret values to keep out of the ledger: what the pre-upload scan looks for."""
+    return collect_secrets(cfg)
 
 
 @contextmanager

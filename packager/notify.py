@@ -64,8 +64,11 @@ def send_telegram(token: str, chat_id: str, text: str) -> bool:
 
 
 def notify(cfg, text: str, ok: bool = True) -> None:
-    """Announce `text` (a completion when ok, else a failure) on stdout and by Telegram when configured."""
-    line = f"[kpack] {'done' if ok else 'FAILED'}: {text}"
+    """Announce `text` (a completion when ok, else a failure) on stdout and by Telegram when configured; a
+    failure quoted from a kernel's log may hold a secret value, which is redacted."""
+    from packager.secrets_scan import collect_secrets, redact
+
+    line = redact(f"[kpack] {'done' if ok else 'FAILED'}: {text}", collect_secrets(cfg))
     print(line, flush=True)
     settings = _telegram_settings(cfg)
     if settings is not None:

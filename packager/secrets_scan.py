@@ -26,6 +26,7 @@ from kernel_src.runtime import sealed
 from packager.errors import UserError
 
 MIN_LEN = 8
+REDACTED = "[redacted]"
 READ = 8 << 20
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 ENV_NAME_LIKE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -169,6 +170,17 @@ def collect_secrets(cfg) -> list[str]:
         except (OSError, ValueError, AttributeError):
             pass
     return sorted(v.strip() for v in values if len(v.strip()) >= MIN_LEN)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """`text` with every secret value (as given, and as JSON escapes it) replaced by REDACTED, longest first
+    (a secret containing another is replaced whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, REDACTED)
+    return text
 
 
 # --------------------------------------------------------------------------------------------- public weights

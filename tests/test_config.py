@@ -97,3 +97,17 @@ def test_max_sessions_from_the_environment(monkeypatch):
     monkeypatch.setenv("KPACK_MAX_SESSIONS", "0")
     with pytest.raises(UserError, match=r"^KPACK_MAX_SESSIONS='0': expected a whole number of at least 1"):
         chain.max_sessions(cfg, "train")
+
+
+def test_an_error_line_never_shows_a_secret_value(tmp_path):
+    bad = copy.deepcopy(MINIMAL)
+    bad["kernels"]["train"]["internet"] = "hunter2-is-my-api-token"  # pasted into the wrong field
+    (tmp_path / "kpack.yaml").write_text(yaml.safe_dump(bad))
+    result = subprocess.run([sys.executable, "-m", "packager.cli", "build", "train"], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                                                                 "MY_API_TOKEN": "hunter2-is-my-api-token"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: kpack.yaml: kernels.train.internet: expected a valid boolean, unable to interpret input "
+        "(got '[redacted]')"]
+

@@ -74,3 +74,14 @@ def test_no_telegram_without_its_environment(telegram_stub, monkeypatch, capsys)
     assert telegram_stub.received == []
     out = capsys.readouterr().out
     assert "run one" in out and "run two" in out
+
+
+def test_a_secret_quoted_in_a_failure_is_redacted(telegram_stub, monkeypatch, capsys):
+    monkeypatch.setenv("KPACK_TELEGRAM_API", telegram_stub.url)
+    monkeypatch.setenv("T_TOKEN", TOKEN)
+    monkeypatch.setenv("T_CHAT", "42")
+    monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef0123456789abcdef")
+    notify(make_cfg(), "alice/x v3 ERROR: KeyError: '0123456789abcdef0123456789abcdef'", ok=False)
+    out = capsys.readouterr().out
+    assert "KeyError: '[redacted]'" in out and "0123456789abcdef" not in out
+    assert "KeyError: '[redacted]'" in telegram_stub.received[0]["body"]["text"]
