@@ -22,7 +22,6 @@ import os
 import re
 from pathlib import Path
 
-from kernel_src.runtime import sealed
 from packager.errors import UserError
 
 MIN_LEN = 8
@@ -106,6 +105,7 @@ def _find(path: Path, needles: list[bytes]) -> bool:
 
 def _kind(path: Path) -> str:
     """sealed (ciphertext: only its header can hold a plaintext secret), binary (a NUL byte early on) or text."""
+    from kernel_src.runtime import sealed  # not at the top: redact() serves error paths, with no kernel_src
     with open(path, "rb") as f:
         head = f.read(8192)
     try:
@@ -118,6 +118,8 @@ def _kind(path: Path) -> str:
 def scan(paths: list[Path], secrets: list[str]) -> None:
     """Raise UserError naming the first artifact (a file, or a file under a folder in `paths`) holding any of
     `secrets` in any form; values shorter than 8 characters are ignored."""
+    from kernel_src.runtime import sealed
+
     secrets = [s for s in secrets if s and len(s) >= MIN_LEN]
     if not secrets:
         return
