@@ -174,6 +174,7 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     scan_for_secrets(cfg, [Path(built.script)])
 
     api = kaggle_api.connect(cfg)
+    _warn_if_still_running(api, cfg, kind)
     datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     ref = push_folder(api, cfg, kind, Path(built.folder))
     _record_start(cfg, ref, cfg.kernel(kind).slug, built.sha256)
@@ -181,6 +182,19 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
         print(f"not waiting; follow it with: kpack watch {kind}   (status: kpack status {kind})")
         return PushResult(ref=ref, sessions=[ref])
     return follow_chain(api, cfg, kind, Path(built.folder), ref, before=(0, 0))
+
+
+def _warn_if_still_running(api, cfg, kind: str) -> None:
+    """A new push starts a second run beside one still going (both spend GPU quota): say so."""
+    row = ledger.latest(kind=kind, base_slug=cfg.kernel(kind).slug, backend=cfg.backend)
+    if row is None or row["status"] in watch.TERMINAL:
+        return
+    owner, slug = row["kernel"].split("/")
+    status, _ = watch.status_of(api, watch.KernelRef(owner, slug, row["version"], kind, row["session"]))
+    if status not in watch.TERMINAL:
+        print(f"warning: {row['kernel']} v{row['version']} (session {row['session']} of the last {kind} push) is "
+              f"still {status}; this push starts another run beside it: stop that one on the kernel's page, or "
+              f"follow it instead with `kpack watch {kind}`", flush=True)
 
 
 def watch_kernel(cfg, kind: str) -> PushResult:

@@ -206,6 +206,18 @@ def test_infer_warns_when_train_stopped_mid_chain(local_kaggle, tmp_path, monkey
         kaggle_api._restore_env()
 
 
+def test_a_push_beside_a_running_one_warns(chain_project, capsys):
+    cfg = chain_project.cfg()
+    chain_project.write_entry("import time\n\n\ndef main(config):\n    time.sleep(8)\n")
+    first = push_kernel(cfg, "train", wait=False)
+    chain_project.write_entry(CHAIN_ENTRY.format(sessions=1, mark="a fix"))
+    capsys.readouterr()
+    push_kernel(cfg, "train", wait=False)
+    out = capsys.readouterr().out
+    assert f"warning: {first.ref.ref} v1 (session 1 of the last train push) is still " in out, out
+    assert "this push starts another run beside it" in out and "kpack watch train" in out
+
+
 def test_watch_refuses_an_empty_ledger_and_a_rebuilt_script(chain_project):
     from packager.build import build_kernel
 
