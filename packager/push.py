@@ -184,13 +184,21 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     return follow_chain(api, cfg, kind, Path(built.folder), ref, before=(0, 0))
 
 
+def _newest_session(cfg, kind: str) -> tuple[dict, watch.KernelRef] | tuple[None, None]:
+    """The ledger's newest row of KIND's chain on this backend, and the kernel version it names."""
+    row = ledger.latest(kind=kind, base_slug=cfg.kernel(kind).slug, backend=cfg.backend)
+    if row is None:
+        return None, None
+    owner, slug = row["kernel"].split("/")
+    return row, watch.KernelRef(owner, slug, row["version"], kind, row["session"])
+
+
 def _warn_if_still_running(api, cfg, kind: str) -> None:
     """A new push starts a second run beside one still going (both spend GPU quota): say so."""
-    row = ledger.latest(kind=kind, base_slug=cfg.kernel(kind).slug, backend=cfg.backend)
+    row, ref = _newest_session(cfg, kind)
     if row is None or row["status"] in watch.TERMINAL:
         return
-    owner, slug = row["kernel"].split("/")
-    status, _ = watch.status_of(api, watch.KernelRef(owner, slug, row["version"], kind, row["session"]))
+    status, _ = watch.status_of(api, ref)
     if status not in watch.TERMINAL:
         print(f"warning: {row['kernel']} v{row['version']} (session {row['session']} of the last {kind} push) is "
               f"still {status}; this push starts another run beside it: stop that one on the kernel's page, or "
@@ -201,12 +209,10 @@ def watch_kernel(cfg, kind: str) -> PushResult:
     """Follow the newest session of KIND's chain that the ledger knows (after `push --no-wait`, or a watch
     that was stopped) to its end, and push the sessions still to come, as `kpack push` would have."""
     base_slug = cfg.kernel(kind).slug
-    row = ledger.latest(kind=kind, base_slug=base_slug, backend=cfg.backend)
+    row, ref = _newest_session(cfg, kind)
     if row is None:
         raise UserError(f"{kind}: the ledger ({ledger.ledger_path()}) has no run of {base_slug} on the {cfg.backend} "
                         f"backend; start one with: kpack push {kind}")
-    owner, slug = row["kernel"].split("/")
-    ref = watch.KernelRef(owner, slug, row["version"], kind, row["session"])
     folder = Path("build") / "kernels" / base_slug
     script, recorded = _script(folder), row.get("script_sha256")
     if script is None or (recorded and file_sha256(script) != recorded):
