@@ -229,11 +229,11 @@ def remote_state_of(api, cfg, build) -> RemoteState:
     return RemoteState(status, version, unchanged)
 
 
-def push_dataset(api, cfg, build, state: RemoteState | None = None, message: str | None = None) -> PushedDataset:
-    """Create or version one built dataset when its content hash changed; waits until the new version is ready."""
+def push_dataset(api, cfg, build, state: RemoteState, message: str | None = None) -> PushedDataset:
+    """Create or version one built dataset when its content hash changed (`state`: remote_state_of it); waits
+    until the new version is ready."""
     ref = f"{cfg.kaggle_user}/{build.slug}"
     path = Path(build.path)
-    state = state or remote_state_of(api, cfg, build)
     status, version = state.status, state.version
     if state.unchanged:
         if status != "ready":

@@ -95,11 +95,6 @@ def read_metrics(output_dir: str | os.PathLike | None) -> tuple[float | None, di
     return None, {}
 
 
-def _secrets(cfg) -> list[str]:
-    """Secret values to keep out of the ledger: what the pre-upload scan looks for."""
-    return collect_secrets(cfg)
-
-
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +124,7 @@ def make_row(cfg, *, kernel: str, kind: str | None, version: int | None, session
 def append(row: dict, cfg=None, path: str | os.PathLike | None = None) -> dict:
     """Append one row (secrets redacted); returns the row as written."""
     path = Path(path or ledger_path())
-    line = redact(json.dumps(row, sort_keys=True, default=str), _secrets(cfg))
+    line = redact(json.dumps(row, sort_keys=True, default=str), collect_secrets(cfg))
     with _locked(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -157,7 +152,7 @@ def read(path: str | os.PathLike | None = None) -> list[dict]:
 def update(match: dict, fields: dict, cfg=None, path: str | os.PathLike | None = None) -> int:
     """Set `fields` on every row whose items include `match`; returns how many rows changed."""
     path = Path(path or ledger_path())
-    secrets = _secrets(cfg)
+    secrets = collect_secrets(cfg)
     with _locked(path):
         rows = read(path)
         changed = 0

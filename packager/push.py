@@ -181,7 +181,7 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     if not wait:
         print(f"not waiting; follow it with: kpack watch {kind}   (status: kpack status {kind})")
         return PushResult(ref=ref, sessions=[ref])
-    return follow_chain(api, cfg, kind, Path(built.folder), ref, before=(0, 0))
+    return follow_chain(api, cfg, kind, Path(built.folder), built.sha256, ref, before=(0, 0))
 
 
 def _newest_session(cfg, kind: str) -> tuple[dict, watch.KernelRef] | tuple[None, None]:
@@ -215,7 +215,8 @@ def watch_kernel(cfg, kind: str) -> PushResult:
                         f"backend; start one with: kpack push {kind}")
     folder = Path("build") / "kernels" / base_slug
     script, recorded = _script(folder), row.get("script_sha256")
-    if script is None or (recorded and file_sha256(script) != recorded):
+    script_sha256 = file_sha256(script) if script else None
+    if script is None or (recorded and script_sha256 != recorded):
         raise UserError(f"{folder}: not the script {ref} runs (rebuilt since, or missing); the next session must "
                         f"run the same code: check out {row.get('git_commit') or 'the commit it was pushed from'}, "
                         f"run `kpack build {kind}`, then `kpack watch {kind}` again")
@@ -227,7 +228,7 @@ def watch_kernel(cfg, kind: str) -> PushResult:
             out = watch.download(api, ref)
         finished = (row["status"], row.get("failure") or "", out)
     print(f"{kind}: following {ref} (session {ref.session}, {row['status']} in the ledger)", flush=True)
-    return follow_chain(api, cfg, kind, folder, ref, before=None, finished=finished)
+    return follow_chain(api, cfg, kind, folder, script_sha256, ref, before=None, finished=finished)
 
 
 def _script(folder: Path) -> Path | None:
@@ -239,13 +240,13 @@ def _script(folder: Path) -> Path | None:
     return script if script.is_file() else None
 
 
-def follow_chain(api, cfg, kind: str, folder: Path, ref: watch.KernelRef, before: tuple | None,
-                 finished: tuple | None = None) -> PushResult:
-    """Follow `ref` to its end, then push and follow the next session from `folder` while its state.json
-    says training is not done. before: the (step, epoch) that `ref` started from, when known; finished:
-    (status, failure, output folder) when `ref` has ended and its end is recorded already."""
+def follow_chain(api, cfg, kind: str, folder: Path, script_sha256: str, ref: watch.KernelRef,
+                 before: tuple | None, finished: tuple | None = None) -> PushResult:
+    """Follow `ref` to its end, then push and follow the next session from `folder` (whose script has
+    `script_sha256`) while its state.json says training is not done. before: the (step, epoch) that `ref`
+    started from, when known; finished: (status, failure, output folder) when `ref` has ended and its end is
+    recorded already."""
     base_slug, limit = cfg.kernel(kind).slug, chain.max_sessions(cfg, kind)
-    script_sha256 = file_sha256(_script(folder))
     result = PushResult(ref=ref, sessions=[ref])
     while True:
         if finished is not None:
