@@ -65,6 +65,7 @@ class WheelsDataset(Strict):
     slug: str
     requirements: str = "requirements-kernel.txt"
     install: Literal["site", "uv", "pip"] = "site"  # site: a folder installed ahead, put on sys.path
+    delete_old_versions: bool = False  # each new version removes the files of the older ones (quota)
 
     _slug = field_validator("slug")(lambda cls, v: _check_slug(v))
 
@@ -75,6 +76,7 @@ class WeightsDataset(Strict):
     encrypt: bool = False
     key_env: str = "KPACK_WEIGHTS_KEY"  # also the Kaggle secret label the kernel reads
     public: bool = False
+    delete_old_versions: bool = False
 
     _slug = field_validator("slug")(lambda cls, v: _check_slug(v))
 
