@@ -1,7 +1,7 @@
 """Shared fixtures: a running local Kaggle and the unmodified `kaggle` CLI pointed at it.
 
     local_kaggle      (session) one `kpack local serve` subprocess on a free port with a temp root
-                      (--max-sessions 2, --session-limit 120); see LocalKaggleServer for its helpers
+                      (Kaggle's session caps on: 2 GPU, 5 CPU; --session-limit 120); see LocalKaggleServer
     kaggle_env        (function) the environment for a `kaggle` subprocess: the server's endpoint and the
                       credentials of user `alice`, plus a fresh HOME, TMPDIR and KAGGLE_CONFIG_DIR under
                       tmp_path, and no stray KAGGLE_* of the caller
@@ -39,9 +39,11 @@ def free_port() -> int:
 class LocalKaggleServer:
     """A `kpack local serve` subprocess and helpers to talk to its admin endpoints."""
 
-    def __init__(self, root: Path, port: int | None = None, max_sessions: int = 2, session_limit: float = 120):
+    def __init__(self, root: Path, port: int | None = None, max_sessions: int = 0, session_limit: float = 120,
+                 *serve_args: str):
+        """serve_args: more `kpack local serve` switches, e.g. "--gpu-sessions", "1"."""
         self.root, self.port = Path(root), port or free_port()
-        self.args = ["--max-sessions", str(max_sessions), "--session-limit", str(session_limit)]
+        self.args = ["--max-sessions", str(max_sessions), "--session-limit", str(session_limit), *serve_args]
         self.proc: subprocess.Popen | None = None
 
     @property

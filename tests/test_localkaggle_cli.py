@@ -82,8 +82,9 @@ def test_env_prints_exports_for_the_unmodified_client(local_kaggle, tmp_path):
 
 @pytest.mark.parametrize("args, stdin, message", [
     (["competition", "create", "c-x", "--data", ".", "--solution", "bad.csv"], "", "not a usable solution file"),
-    (["secret", "set", "BAD-LABEL"], "v", "use letters, digits and _"),
-    (["secret", "set", "EMPTY"], "", "no value on stdin"),
+    (["secret", "set", "BAD-LABEL", "--kernel", "alice/k"], "v", "use letters, digits and _"),
+    (["secret", "set", "EMPTY", "--kernel", "alice/k"], "", "no value on stdin"),
+    (["secret", "set", "NO_KERNEL"], "v", "--kernel OWNER/SLUG"),
 ])
 def test_local_commands_refuse_bad_input_in_one_line(tmp_path, args, stdin, message):
     (tmp_path / "bad.csv").write_text("id,a,b,c\n1,2,3,4\n")
@@ -239,36 +240,48 @@ except OSError:
                      "new_kernel": "step 7", "read_only": True}
 
 
-def test_secret_reaches_its_users_kernels(run_kaggle, local_kaggle, tmp_path):
+def test_a_secret_reaches_only_the_kernels_it_is_attached_to(run_kaggle, local_kaggle, tmp_path):
     kpack = str(Path(sys.executable).parent / "kpack")
-    done = subprocess.run([kpack, "local", "secret", "set", "MY_SECRET", "--user", USER, "--root",
+    attached, other = uniq("secret"), uniq("nosecret")
+    done = subprocess.run([kpack, "local", "secret", "set", "MY_SECRET", "--kernel", f"{USER}/{attached}", "--root",
                            str(local_kaggle.root)], input="s3cr3t\n", capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (local_kaggle.root / "secrets" / f"{USER}.json").stat().st_mode & 0o777 == 0o600
-    slug = uniq("secret")
-    ok(run_kaggle("kernels", "push", "-p", str(make_kernel(
-        tmp_path / "k", slug, ROOT + '(root / "working" / "s.txt").write_text(os.environ.get("MY_SECRET", "-"))\n'))))
-    local_kaggle.wait_kernel(USER, slug, 1)
-    ok(run_kaggle("kernels", "output", f"{USER}/{slug}", "-p", str(tmp_path / "o")))
-    assert (tmp_path / "o" / "s.txt").read_text() == "s3cr3t"
+    assert (local_kaggle.root / "secrets" / USER / f"{attached}.json").stat().st_mode & 0o777 == 0o600
+    code = ROOT + '(root / "working" / "s.txt").write_text(os.environ.get("MY_SECRET", "-"))\n'
+    for slug in (attached, other):
+        ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / slug, slug, code))))
+    for slug in (attached, other):
+        local_kaggle.wait_kernel(USER, slug, 1)
+        ok(run_kaggle("kernels", "output", f"{USER}/{slug}", "-p", str(tmp_path / "o" / slug)))
+    assert (tmp_path / "o" / attached / "s.txt").read_text() == "s3cr3t"
+    assert (tmp_path / "o" / other / "s.txt").read_text() == "-"  # another kernel of the same user: not attached
 
 
 @pytest.mark.slow
-def test_sessions_beyond_the_cap_wait_queued_and_cancel(run_kaggle, local_kaggle, tmp_path):
-    slugs = [uniq(f"cap{i}") for i in range(3)]
-    for i, slug in enumerate(slugs):
-        ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / slug, slug,
-                                                                "import time\ntime.sleep(30)\n"))))
-    running = [local_kaggle.wait_kernel(USER, s, 1, until=("RUNNING",), timeout=60) for s in slugs[:2]]
-    assert all(r["status"] == "RUNNING" for r in running)
+def test_a_push_over_the_gpu_session_cap_is_refused_with_kaggles_text(run_kaggle, local_kaggle, tmp_path):
     from packager.localkaggle.store import Store
 
-    assert Store(local_kaggle.root).kernel_version(USER, slugs[2], 1)["status"] == "QUEUED"
-    for slug in slugs:
+    store = Store(local_kaggle.root)
+    slugs = [uniq(f"cap{i}") for i in range(3)]
+    for slug in slugs[:2]:
+        ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / slug, slug, "import time\ntime.sleep(30)\n",
+                                                                enable_gpu=True))))
+    running = [local_kaggle.wait_kernel(USER, s, 1, until=("RUNNING",), timeout=60) for s in slugs[:2]]
+    assert all(r["status"] == "RUNNING" for r in running)  # every accepted session runs: none waits locally
+    third = make_kernel(tmp_path / slugs[2], slugs[2], "print('x')\n", enable_gpu=True)
+    out = ok(run_kaggle("kernels", "push", "-p", str(third)))  # the client prints the error and exits 0
+    assert "Maximum batch GPU session count of 2 reached." in out
+    assert store.kernel(USER, slugs[2]) is None  # no version was made: Kaggle refuses, it does not queue
+    cpu = uniq("cpu")
+    ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / cpu, cpu, "print('x')\n"))))
+    assert local_kaggle.wait_kernel(USER, cpu, 1)["status"] == "COMPLETE"  # CPU sessions have their own cap
+    for slug in slugs[:2]:
         local_kaggle.admin("POST", "/_kpack/cancel", {"kernel": f"{USER}/{slug}", "version": 1})
-    for slug in slugs:
+    for slug in slugs[:2]:
         assert local_kaggle.wait_kernel(USER, slug, 1, timeout=60)["status"] == "CANCEL_ACKNOWLEDGED"
     assert 'KernelWorkerStatus.CANCEL_ACKNOWLEDGED' in ok(run_kaggle("kernels", "status", f"{USER}/{slugs[0]}"))
+    assert "Maximum" not in ok(run_kaggle("kernels", "push", "-p", str(third)))  # a slot is free again
+    assert local_kaggle.wait_kernel(USER, slugs[2], 1)["status"] == "COMPLETE"
 
 
 # --------------------------------------------------------------------------------------------- competitions

@@ -1,10 +1,11 @@
 """`kpack local ...`: run the local Kaggle and manage what lives in it.
 
-    kpack local serve [--port P] [--root DIR] [--max-sessions N] [--session-limit S]
+    kpack local serve [--port P] [--root DIR] [--gpu-sessions N] [--cpu-sessions N] [--session-limit S]
+                      [--lenient-kernel-sources] [--max-sessions N]
     kpack local stop [--port P]                                         (running sessions end ERROR)
     kpack local env [--port P] [--root DIR] [--user NAME] [--start]      eval "$(kpack local env)"
     kpack local competition create SLUG --data DIR --solution FILE [--code] [--title T] [--replace]
-    kpack local secret set LABEL [--user NAME] [--root DIR]             (the value comes from stdin)
+    kpack local secret set LABEL --kernel OWNER/SLUG [--kernel ...] [--root DIR]   (the value from stdin)
 
 Port, root and user default to kpack.yaml's `local.port`, `local.root` and `kaggle_user` when run where a
 project config is, else to 8599, .localkaggle and kpack.
@@ -58,10 +59,18 @@ def local() -> None:
 @local.command()
 @port_opt
 @root_opt
-@click.option("--max-sessions", type=int, default=2, show_default=True, help="kernel sessions run at once")
+@click.option("--gpu-sessions", type=int, default=2, show_default=True,
+              help="concurrent GPU (and TPU) sessions per user; a push over it is refused as on Kaggle (0: no cap)")
+@click.option("--cpu-sessions", type=int, default=5, show_default=True,
+              help="concurrent CPU sessions per user (Kaggle's number is not documented: a guess; 0: no cap)")
+@click.option("--lenient-kernel-sources", is_flag=True,
+              help="mount a source kernel's newest COMPLETE version (Kaggle: its newest must be COMPLETE)")
+@click.option("--max-sessions", type=int, default=0, show_default=True,
+              help="bound on sessions running at once on this machine, the rest wait QUEUED (0: none)")
 @click.option("--session-limit", type=float, default=12 * 3600, show_default=True,
               help="seconds a session may run when its push sets no limit")
-def serve(port: int | None, root: str | None, max_sessions: int, session_limit: float) -> None:
+def serve(port: int | None, root: str | None, gpu_sessions: int, cpu_sessions: int, lenient_kernel_sources: bool,
+          max_sessions: int, session_limit: float) -> None:
     """Run the local Kaggle in the foreground (Ctrl-C stops it)."""
     port, root_path, _ = _defaults(port, root, "-")
     answer = client_env.health(port)
@@ -71,7 +80,8 @@ def serve(port: int | None, root: str | None, max_sessions: int, session_limit: 
     from packager.localkaggle.server import serve as run
 
     try:
-        run(root_path, port, max_sessions=max_sessions, session_limit_s=session_limit)
+        run(root_path, port, max_sessions=max_sessions, session_limit_s=session_limit, gpu_sessions=gpu_sessions,
+            cpu_sessions=cpu_sessions, strict_kernel_sources=not lenient_kernel_sources)
     except OSError as exc:
         raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
 
@@ -150,23 +160,29 @@ def competition_create(slug: str, data_dir: str, solution: str, code: bool, titl
 
 @local.group()
 def secret() -> None:
-    """Per-user secrets, passed to that user's kernels as environment variables (Kaggle Secrets' stand-in)."""
+    """Secrets attached per kernel, as in Kaggle's web UI; a kernel's sessions see them as environment variables."""
 
 
 @secret.command("set")
 @click.argument("label")
-@user_opt
+@click.option("--kernel", "kernels", multiple=True, metavar="OWNER/SLUG",
+              help="the kernel to attach it to (repeatable), as Kaggle attaches secrets per notebook")
 @root_opt
-def secret_set(label: str, user: str | None, root: str | None) -> None:
-    """Store LABEL's value, read from stdin (one trailing newline dropped)."""
+def secret_set(label: str, kernels: tuple[str, ...], root: str | None) -> None:
+    """Store LABEL's value, read from stdin (one trailing newline dropped), for each --kernel."""
     from packager.localkaggle.store import Store
 
-    _, root_path, user = _defaults(0, root, user)
+    _, root_path, _ = _defaults(0, root, "-")
+    refs = [k.strip().split("/") for k in kernels]
+    if not refs or any(len(r) != 2 or not all(r) for r in refs):
+        raise UserError(f"secret {label}: name the kernels it is attached to with --kernel OWNER/SLUG (repeatable), "
+                        "as Kaggle attaches a secret per notebook")
     value = sys.stdin.read()
     if value.endswith("\n"):
         value = value[:-1]
     if not value:
         raise UserError(f"secret {label}: no value on stdin (e.g. `printf %s \"$VALUE\" | kpack local secret "
                         f"set {label}`)")
-    _store_error(lambda: Store(root_path).set_secret(user, label, value))
-    click.echo(f"secret {label} stored for {user} (kernels see it as ${label})")
+    for owner, slug in refs:
+        _store_error(lambda: Store(root_path).set_secret(owner, label, value, slug))
+    click.echo(f"secret {label} attached to {', '.join('/'.join(r) for r in refs)} (their sessions see it as ${label})")

@@ -111,7 +111,11 @@ def resolve_sources(call: Call, req: ApiSaveKernelRequest, response: ApiSaveKern
                 if parsed[2]:
                     version = call.store.kernel_version(parsed[0], parsed[1], parsed[2])
                     version = version if version and version.get("status") == "COMPLETE" else None
-                else:
+                elif getattr(call.server, "strict_kernel_sources", True):
+                    # Kaggle mounts a source kernel's newest version, and only when that one is COMPLETE
+                    version = call.store.kernel_version(parsed[0], parsed[1])
+                    version = version if version and version.get("status") == "COMPLETE" else None
+                else:  # the lenient switch: the newest COMPLETE version
                     version = call.store.latest_complete_version(parsed[0], parsed[1])
             except ApiError:
                 version = None
@@ -121,6 +125,25 @@ def resolve_sources(call: Call, req: ApiSaveKernelRequest, response: ApiSaveKern
         mounts.append({"kind": "notebook", "owner": parsed[0], "slug": parsed[1], "version": version["number"]})
     response.invalid_model_sources.extend(req.model_data_sources or [])  # no models on the local Kaggle
     return mounts
+
+
+def session_class(metadata: dict) -> str:
+    """'GPU' or 'CPU': which concurrent-session cap a version counts against. TPU sessions count as GPU ones
+    (an accelerator; Kaggle's TPU cap is not documented: a guess)."""
+    shape = (metadata.get("machine_shape") or "").strip()
+    accelerated = metadata.get("enable_gpu") or metadata.get("enable_tpu") or shape.startswith(("Nvidia", "Tpu"))
+    return "GPU" if accelerated else "CPU"
+
+
+def over_session_cap(call: Call, owner: str, metadata: dict) -> str | None:
+    """Kaggle's refusal when the owner already holds the cap's number of sessions of this class, else None.
+    Kaggle refuses (no version is made); it does not queue."""
+    kind = session_class(metadata)
+    cap = (getattr(call.server, "session_caps", None) or {}).get(kind)
+    if not cap:
+        return None
+    held = sum(1 for v in call.store.active_sessions(owner) if session_class(v.get("metadata", {})) == kind)
+    return f"Maximum batch {kind} session count of {cap} reached." if held >= cap else None
 
 
 @rpc(SERVICE, "SaveKernel", ApiSaveKernelRequest)
@@ -181,10 +204,17 @@ def save_kernel(req: ApiSaveKernelRequest, call: Call) -> ApiSaveKernelResponse:
         "docker_image": req.docker_image or None, "docker_image_pinning_type": req.docker_image_pinning_type or None,
     }
     source_name = "source.ipynb" if kernel_type == "notebook" else "source.py"
-    version = call.store.create_kernel_version(
-        owner, slug, metadata["title"], source_name, req.text, script,
-        {"metadata": metadata, "mounts": mounts, "session_timeout_seconds": timeout,
-         "status": "NEW_SCRIPT" if quick else "QUEUED", "failure_message": "", "pushed_by": call.username})
+    with call.store.locked():  # count and make the version together: two pushes at once cannot both pass
+        refused = None if quick else over_session_cap(call, owner, metadata)
+        if refused:
+            response.error = refused
+            response.invalid_dataset_sources, response.invalid_competition_sources = [], []
+            response.invalid_kernel_sources, response.invalid_model_sources = [], []
+            return response
+        version = call.store.create_kernel_version(
+            owner, slug, metadata["title"], source_name, req.text, script,
+            {"metadata": metadata, "mounts": mounts, "session_timeout_seconds": timeout,
+             "status": "NEW_SCRIPT" if quick else "QUEUED", "failure_message": "", "pushed_by": call.username})
     if not quick:
         call.server.scheduler.submit(owner, slug, version["number"])
     info = call.store.kernel(owner, slug)

@@ -1,5 +1,7 @@
-"""The session queue: pushed versions wait QUEUED, at most `max_sessions` run at once (RUNNING), each ends
-COMPLETE, ERROR or CANCEL_ACKNOWLEDGED with its output and log kept in the version's folder.
+"""The session runner: every accepted version starts at once (QUEUED -> RUNNING; how many may be accepted is
+SaveKernel's concurrent-session cap, as on Kaggle, which refuses rather than queues), each ends COMPLETE, ERROR
+or CANCEL_ACKNOWLEDGED with its output and log kept in the version's folder. `max_sessions` > 0 bounds how many
+run at once on this machine (the others wait QUEUED); 0, the default, bounds nothing.
 
 A restarted server re-queues what was QUEUED (in push order) and marks what was RUNNING as ERROR ("the local
 Kaggle server restarted while this session ran"): the old process and its session are gone, and a rerun could
@@ -23,10 +25,10 @@ STOPPED = "the local Kaggle server stopped while this session ran"
 
 
 class Scheduler:
-    def __init__(self, store: Store, max_sessions: int = 2, default_limit_s: float = 12 * 3600,
+    def __init__(self, store: Store, max_sessions: int = 0, default_limit_s: float = 12 * 3600,
                  on_finished: Callable[[str, str, dict], None] | None = None):
         self.store = store
-        self.max_sessions = max(1, int(max_sessions))
+        self.max_sessions = max(0, int(max_sessions))  # 0: a thread per session, none waits
         self.default_limit_s = float(default_limit_s)
         self.on_finished = on_finished
         self._queue: queue.Queue = queue.Queue()
@@ -34,6 +36,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._started = False
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -51,9 +54,16 @@ class Scheduler:
         for _, owner, slug, number in sorted(queued):
             self.submit(owner, slug, number)
         for i in range(self.max_sessions):
-            thread = threading.Thread(target=self._work, name=f"kernel-worker-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(self._work, f"kernel-worker-{i}")
+        self._started = True
+        while self.max_sessions == 0 and not self._queue.empty():  # re-queued before the start
+            self._spawn(self._one, "kernel-session", self._queue.get())
+
+    def _spawn(self, target, name: str, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work and end running sessions (ERROR, 'server stopped'); queued ones stay queued."""
@@ -62,16 +72,21 @@ class Scheduler:
             events = list(self._cancel.values())
         for event in events:
             event.set()
-        for _ in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for _ in range(self.max_sessions):
             self._queue.put(None)
         deadline = time.time() + timeout
-        for thread in self._threads:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.time()))
 
     def submit(self, owner: str, slug: str, number: int) -> None:
         with self._lock:
             self._cancel[(owner, slug, number)] = threading.Event()
-        self._queue.put((owner, slug, number))
+        if self.max_sessions == 0 and self._started:
+            self._spawn(self._one, f"kernel-{slug}-v{number}", (owner, slug, number))
+        else:
+            self._queue.put((owner, slug, number))
 
     def cancel(self, owner: str, slug: str, number: int) -> bool:
         """Ask a queued or running version to stop; False when it has already ended."""
@@ -98,17 +113,20 @@ class Scheduler:
             item = self._queue.get()
             if item is None:
                 return
-            owner, slug, number = item
-            try:
-                self._run(owner, slug, number)
-            except Exception as exc:  # noqa: BLE001 - a broken session must not kill the worker
-                log.exception("session %s/%s v%s failed in the server", owner, slug, number)
-                self.store.update_kernel_version(owner, slug, number, status="ERROR", ended=now_iso(),
-                                                 failure_message=f"local Kaggle error: {exc}")
-            finally:
-                with self._lock:
-                    self._cancel.pop((owner, slug, number), None)
-                self._finished(owner, slug, number)
+            self._one(item)
+
+    def _one(self, item: tuple[str, str, int]) -> None:
+        owner, slug, number = item
+        try:
+            self._run(owner, slug, number)
+        except Exception as exc:  # noqa: BLE001 - a broken session must not kill the worker
+            log.exception("session %s/%s v%s failed in the server", owner, slug, number)
+            self.store.update_kernel_version(owner, slug, number, status="ERROR", ended=now_iso(),
+                                             failure_message=f"local Kaggle error: {exc}")
+        finally:
+            with self._lock:
+                self._cancel.pop((owner, slug, number), None)
+            self._finished(owner, slug, number)
 
     def _finished(self, owner: str, slug: str, number: int) -> None:
         if self.on_finished:
@@ -150,7 +168,7 @@ class Scheduler:
             version = self.store.update_kernel_version(owner, slug, number, status="RUNNING", started=now_iso())
         folder = Path(version["dir"])
         limit = version.get("session_timeout_seconds") or self.default_limit_s
-        env = dict(self.store.secrets_of(owner))
+        env = dict(self.store.secrets_of(owner, slug))  # attached to this kernel only, as in the web UI
         try:
             mounts = self.mounts_for(version)
         except FileNotFoundError as exc:

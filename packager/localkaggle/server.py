@@ -14,6 +14,8 @@ absolute URL in the request line, so the path is taken from the full URL. Direct
     GET  /_kpack/stats, POST /_kpack/stats/reset
     GET|POST|DELETE /_kpack/faults         see faults.py
     POST /_kpack/cancel                    {"kernel": "owner/slug", "version": N}
+    POST /_kpack/omit                      {"method": "GetKernel", "fields": ["currentVersionNumber"]}: answers
+                                           of that method leave those fields out (fields [] ends it)
 
 Auth: `Authorization: Basic user:key` or `Bearer <token>` of a local user; anything else is a 401.
 """
@@ -53,10 +55,14 @@ DEFAULT_SLOW_S = 2.0
 class LocalKaggle:
     """The server and what it runs: the store, the session scheduler, faults and counters."""
 
-    def __init__(self, root: str | os.PathLike, port: int, max_sessions: int = 2,
-                 session_limit_s: float = 12 * 3600, host: str = "127.0.0.1"):
+    def __init__(self, root: str | os.PathLike, port: int, max_sessions: int = 0,
+                 session_limit_s: float = 12 * 3600, host: str = "127.0.0.1", gpu_sessions: int = 2,
+                 cpu_sessions: int = 5, strict_kernel_sources: bool = True):
         load_handlers()
         self.store = Store(root)
+        self.session_caps = {"GPU": gpu_sessions, "CPU": cpu_sessions}  # SaveKernel's refusal; 0: no cap
+        self.strict_kernel_sources = strict_kernel_sources  # a source kernel's newest version must be COMPLETE
+        self.omit: dict[str, list[str]] = {}  # method -> answer fields left out (POST /_kpack/omit)
         self.faults = Faults()
         self.stats = Stats()
         self.session_limit_s = session_limit_s
@@ -87,17 +93,18 @@ class LocalKaggle:
     def health(self) -> dict:
         return {"ok": True, "service": "kpack-local-kaggle", "root": str(self.store.root), "pid": os.getpid(),
                 "port": self.port, "max_sessions": self.scheduler.max_sessions,
-                "session_limit_s": self.session_limit_s}
+                "session_caps": self.session_caps, "session_limit_s": self.session_limit_s}
 
 
-def serve(root: str | os.PathLike, port: int, max_sessions: int = 2, session_limit_s: float = 12 * 3600) -> None:
-    """Run in the foreground until SIGINT or SIGTERM."""
+def serve(root: str | os.PathLike, port: int, max_sessions: int = 0, session_limit_s: float = 12 * 3600,
+          **rules) -> None:
+    """Run in the foreground until SIGINT or SIGTERM. rules: gpu_sessions, cpu_sessions, strict_kernel_sources."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = LocalKaggle(root, port, max_sessions, session_limit_s)
+    app = LocalKaggle(root, port, max_sessions, session_limit_s, **rules)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: app.shutdown())
-    log.info("local Kaggle serving %s on 127.0.0.1:%d (pid %d, %d concurrent sessions, %gs session limit)",
-             app.store.root, app.port, os.getpid(), app.scheduler.max_sessions, session_limit_s)
+    log.info("local Kaggle serving %s on 127.0.0.1:%d (pid %d, session caps %s, %gs session limit)",
+             app.store.root, app.port, os.getpid(), app.session_caps, session_limit_s)
     app.serve_forever()
     log.info("local Kaggle stopped")
 
@@ -303,7 +310,7 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(result, Redirect):
             self._send(302, b"", "text/plain", {"Location": result.url})
         else:
-            self._send(200, json.dumps(type(result).to_dict(result)).encode())
+            self._send(200, json.dumps(_omit(type(result).to_dict(result), app.omit.get(method, []))).encode())
 
     # ----------------------------------------------------------------------------------------- uploads
 
@@ -476,6 +483,10 @@ class Handler(BaseHTTPRequestHandler):
             self._drain_quietly()
             app.faults.clear()
             self._json(200, {"ok": True})
+        elif verb == "POST" and path == "/_kpack/omit":  # {"method": "GetKernel", "fields": [...]}; [] ends it
+            data = self._read_json()
+            app.omit[str(data.get("method"))] = [str(f) for f in data.get("fields") or []]
+            self._json(200, {"ok": True, "omit": app.omit})
         elif verb == "POST" and path == "/_kpack/cancel":
             data = self._read_json()
             owner, _, slug = str(data.get("kernel", "")).partition("/")
@@ -564,6 +575,15 @@ class _FaultAnswer(Exception):
     def __init__(self, status: int, headers: dict):
         super().__init__(status)
         self.status, self.headers = status, headers
+
+
+def _omit(data, fields: list[str]):
+    """The answer without the named fields, at any depth (tests of clients that must cope without them)."""
+    if isinstance(data, dict):
+        return {k: _omit(v, fields) for k, v in data.items() if k not in fields}
+    if isinstance(data, list):
+        return [_omit(v, fields) for v in data]
+    return data
 
 
 def _raise(exc: Exception):

@@ -4,7 +4,7 @@ Nothing is cached in memory, so a `kpack local ...` command may write (a competi
 the server runs, and a restarted server has everything it had. Layout under the root:
 
     users/<name>.json                          username, key (HTTP Basic) and token (Bearer)
-    secrets/<name>.json                        mode 0600; label -> value, passed to that user's kernels as env
+    secrets/<name>/<kernel-slug>.json          mode 0600; label -> value, passed as env to that kernel's sessions only
     uploads/<token>.json, <token>.part         one blob upload: what was announced, the bytes received so far
     datasets/<owner>/<slug>/dataset.json       title, license, privacy ...
     datasets/<owner>/<slug>/versions/<N>/      version.json (notes, tokens, file list) and files/
@@ -39,6 +39,7 @@ from packager.fsutil import atomic_write_text
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
+ACTIVE = ("QUEUED", "RUNNING", "CANCEL_REQUESTED")  # what counts against the concurrent-session cap
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
@@ -203,14 +204,17 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- secrets
 
-    def set_secret(self, user: str, label: str, value: str) -> None:
+    def set_secret(self, user: str, label: str, value: str, kernel: str) -> None:
+        """Attach secret LABEL to the user's kernel KERNEL (its slug), as Kaggle's web UI does per notebook."""
         check_name(user, "user name")
+        check_name(kernel, "kernel slug")
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", label or ""):
             raise StoreError(400, f"secret label {label!r}: use letters, digits and _ (it becomes an env var)")
         with self.locked():
-            path = self.root / "secrets" / f"{user}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o700)
+            path = self.root / "secrets" / user / f"{kernel}.json"
+            for folder in (path.parent.parent, path.parent):
+                folder.mkdir(exist_ok=True)
+                os.chmod(folder, 0o700)
             data = read_json(path) or {}
             data[label] = value
             fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -220,10 +224,11 @@ class Store:
                 os.fsync(f.fileno())
             os.replace(path.with_suffix(".tmp"), path)
 
-    def secrets_of(self, user: str) -> dict[str, str]:
-        if not user or not NAME_RE.match(user):
+    def secrets_of(self, user: str, kernel: str) -> dict[str, str]:
+        """The secrets attached to the user's kernel KERNEL (none to any other kernel of theirs)."""
+        if not user or not NAME_RE.match(user) or not kernel or not NAME_RE.match(kernel):
             return {}
-        return read_json(self.root / "secrets" / f"{user}.json") or {}
+        return read_json(self.root / "secrets" / user / f"{kernel}.json") or {}
 
     # ----------------------------------------------------------------------------------------- uploads
 
@@ -511,6 +516,10 @@ class Store:
             write_json(path, record)
             record["dir"] = str(path.parent)
             return record
+
+    def active_sessions(self, owner: str) -> list[dict]:
+        """The owner's versions that hold a session slot (QUEUED, RUNNING, CANCEL_REQUESTED)."""
+        return [v for o, _, v in self.all_kernel_versions() if o == owner and v.get("status") in ACTIVE]
 
     def all_kernel_versions(self) -> Iterator[tuple[str, str, dict]]:
         for info in self.kernels():
