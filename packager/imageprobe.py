@@ -6,19 +6,26 @@ A small probe kernel (no inputs, no internet, the train kernel's accelerator so 
 same door as every push (packager.push / packager.watch), waits, downloads the output and rewrites the snapshot:
 
 - backend kaggle -> datasets_meta/kaggle-image-packages.txt (what the wheels dataset resolves against)
-- backend local  -> datasets_meta/local-image-packages.txt (a record; the local build reads the image directly)
+- backend local  -> datasets_meta/local-image-packages.txt (the local build then reads it instead of the local
+  image itself, as the Kaggle build reads its snapshot)
+
+The header's `# source: probe` and `# probed: <UTC time>` lines mark a snapshot as read, not guessed: only
+then does the wheels builder leave a package to the image. `kpack push` to backend kaggle probes first
+when the snapshot is a guess, missing or older than 30 days (`ensure_probed`; KPACK_NO_PROBE=1 skips it).
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 from packaging.utils import canonicalize_name
 
+from packager import wheels
 from packager.errors import UserError
 from packager.fsutil import atomic_write_text
-from packager.wheels import KAGGLE_SNAPSHOT, LOCAL_SNAPSHOT, parse_snapshot
+from packager.wheels import parse_snapshot
 
 PROBE_SLUG = "kpack-image-probe"
 PROBE_TITLE = "Kpack Image Probe"
@@ -66,8 +73,12 @@ print("kpack image probe: %d distributions, Python %s" % (len(found), platform.p
 '''
 
 
+STALE_DAYS = 30  # Kaggle rebuilds its image every few weeks
+NO_PROBE_ENV = "KPACK_NO_PROBE"
+
+
 def snapshot_path(cfg, root: Path | None = None) -> Path:
-    return Path(root or ".") / (KAGGLE_SNAPSHOT if cfg.backend == "kaggle" else LOCAL_SNAPSHOT)
+    return wheels.snapshot_path(cfg.backend, root)
 
 
 def parse_probe(text: str, source: str = PROBE_FILE) -> tuple[dict[str, str], dict[str, str]]:
@@ -180,3 +191,49 @@ def probe(cfg, root: Path | None = None, wait_s: float = WAIT_S) -> str:
     if not hits:
         raise UserError(f"{ref}: its output in {out} has no {PROBE_FILE}", exit_code=1)
     return refresh_snapshot(cfg, hits[0].read_text(), f"{ref.ref}/{ref.version}", root)
+
+
+# --------------------------------------------------------------------------------------------- before a push
+
+def snapshot_problem(path: Path, now=None) -> str | None:
+    """Why the snapshot in `path` should be probed again ('a guess', 'missing', 'probed 41 days ago'); None when
+    a probe wrote it within STALE_DAYS."""
+    snapshot = wheels.snapshot_file(path)
+    if snapshot is None:
+        return "missing"
+    if snapshot.source != wheels.PROBED or snapshot.probed_at is None:
+        return "a guess"
+    age = snapshot.age_days(now)
+    return f"probed {age:.0f} days ago" if age > STALE_DAYS else None
+
+
+def _probe_skipped() -> bool:
+    return os.environ.get(NO_PROBE_ENV, "").strip().lower() not in ("", "0", "no", "false")
+
+
+def ensure_probed(cfg, root: Path | None = None) -> None:
+    """Before a push to `backend: kaggle`: probe the image first when its snapshot is a guess, missing or older
+    than STALE_DAYS (a one-minute kernel), so the wheels dataset leaves to the image only what it really has.
+    With KPACK_NO_PROBE set, say in one line how to probe instead (a guessed snapshot then ships every wheel)."""
+    if cfg.backend != "kaggle":
+        return
+    path = snapshot_path(cfg, root)
+    problem = snapshot_problem(path)
+    if problem is None:
+        return
+    if _probe_skipped():
+        if problem == "missing":
+            raise UserError(f"{path}: no image snapshot and {NO_PROBE_ENV} is set; run `kpack probe-image` (a "
+                            f"one-minute kernel), or unset {NO_PROBE_ENV} and kpack push runs it first")
+        then = ("every package ships as a wheel, none is left to the image" if problem == "a guess" else
+                "a pinned package the image no longer has at that version stops the kernel")
+        print(f"note: the image snapshot {path} is {problem} and {NO_PROBE_ENV} is set, so it is not probed: "
+              f"{then}; refresh it with `kpack probe-image`", flush=True)
+        return
+    print(f"the image snapshot {path} is {problem}: probing the Kaggle image first (a one-minute kernel, "
+          f"{PROBE_SLUG}; set {NO_PROBE_ENV}=1 to skip)", flush=True)
+    try:
+        print(probe(cfg, root), flush=True)
+    except UserError as err:
+        raise UserError(f"{err}; or push without the probe: {NO_PROBE_ENV}=1 kpack push ...",
+                        exit_code=err.exit_code) from None

@@ -15,7 +15,10 @@ still gets the backend it asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import io
+import json
 import os
 import sys
 import time
@@ -128,26 +131,78 @@ def _config_dir() -> str:
     return home
 
 
+def find_credentials() -> str | None:
+    """Where the client will find Kaggle credentials, in its own order (see authenticate() in kaggle_api_extended),
+    or None. Reads only the environment and files: importing the client authenticates at once and prints a
+    15-line banner when it finds nothing."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    home = Path(os.path.expanduser("~")) / ".kaggle"
+    for token in (home / "access_token", home / "access_token.txt"):
+        if token.is_file() and token.stat().st_size:
+            return str(token)
+    config = Path(_config_dir()) / "kaggle.json"
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, ValueError):
+        values = {}
+    values = values if isinstance(values, dict) else {}
+    from_env = {key: os.environ[f"KAGGLE_{key.upper()}"] for key in ("username", "key")
+                if os.environ.get(f"KAGGLE_{key.upper()}")}
+    merged = {**values, **from_env}  # the client lays KAGGLE_* over kaggle.json, key by key
+    if merged.get("username") and merged.get("key"):
+        return "KAGGLE_USERNAME and KAGGLE_KEY" if len(from_env) == 2 else str(config)
+    try:  # `kaggle auth login` (OAuth) keeps a refresh token here
+        if json.loads((home / "credentials.json").read_text()).get("refresh_token"):
+            return str(home / "credentials.json")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def check_credentials(cfg) -> None:
+    """backend kaggle: refuse at once, in one line, when the client would find no credentials (before anything is
+    built, and instead of the client's banner)."""
+    if cfg.backend != "kaggle" or find_credentials() is not None:
+        return
+    config_dir = _config_dir()
+    home = os.path.join(os.path.expanduser("~"), ".kaggle")
+    raise UserError(f"no Kaggle credentials (backend: kaggle): none in KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
+                    f"{os.path.join(config_dir, 'kaggle.json')} or {home}/access_token; put the kaggle.json of "
+                    f"https://www.kaggle.com/settings (API, Create New Token) in {config_dir}/ (chmod 600), or set "
+                    "KAGGLE_USERNAME and KAGGLE_KEY")
+
+
 def connect(cfg):
-    """An authenticated `KaggleApi` for `cfg.backend`."""
+    """An authenticated `KaggleApi` for `cfg.backend`. Backend kaggle uses the client as the environment sets it up
+    (KAGGLE_API_ENVIRONMENT=LOCALHOST included, as the kaggle CLI would: tests point it at a local Kaggle)."""
     if cfg.backend == "local":
         _apply_env(local_env(cfg))
     else:
         _restore_env()
-    from kaggle.api.kaggle_api_extended import KaggleApi  # after the environment: it is read at import time
-
-    api = KaggleApi()
-    # Instance attributes override what the class body computed at its (possibly earlier) import.
-    extra = [a for a in KaggleApi.args if a in ("--verbose",)]
-    api.args = (["--local"] if cfg.backend == "local" else []) + extra
-    api.config_dir = _config_dir()
-    api.config = os.path.join(api.config_dir, KaggleApi.config_file)
+        check_credentials(cfg)
+    # The client prints its sign-up banner (import and authenticate) when it finds no credentials: kept back, and
+    # replaced by one line; anything else it says (a kaggle.json readable by others) goes to stderr.
+    said = io.StringIO()
     try:
-        api.authenticate()
+        with contextlib.redirect_stdout(said):
+            from kaggle.api.kaggle_api_extended import KaggleApi  # after the environment: read at import time
+
+            api = KaggleApi()
+            # Instance attributes override what the class body computed at its (possibly earlier) import.
+            extra = [a for a in KaggleApi.args if a in ("--verbose",)]
+            local = cfg.backend == "local" or os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST"
+            api.args = (["--local"] if local else []) + extra
+            api.config_dir = _config_dir()
+            api.config = os.path.join(api.config_dir, KaggleApi.config_file)
+            api.authenticate()
     except SystemExit:
         where = "the local Kaggle's credentials" if cfg.backend == "local" else "Kaggle credentials"
-        raise UserError(f"no {where} found: put kaggle.json in ~/.kaggle (or set KAGGLE_USERNAME and "
-                        "KAGGLE_KEY, or KAGGLE_API_TOKEN); see https://www.kaggle.com/settings -> API") from None
+        raise UserError(f"{where} were refused or not found: put kaggle.json in {_config_dir()} (or set "
+                        "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN); see https://www.kaggle.com/settings "
+                        "-> API") from None
+    if said.getvalue().strip():
+        print(said.getvalue().strip(), file=sys.stderr, flush=True)
     user = api.config_values.get("username")
     if user and user.lower() != cfg.kaggle_user.lower():
         raise UserError(f"kpack.yaml: kaggle_user is {cfg.kaggle_user!r} but the {cfg.backend} credentials are "

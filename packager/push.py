@@ -168,7 +168,10 @@ def upstream_sources(cfg, kind: str) -> list[str]:
 def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     """Build, update changed datasets, push the kernel; with wait, follow it (and its next sessions) to the end."""
     from packager.build import build_kernel
+    from packager.imageprobe import ensure_probed
 
+    kaggle_api.check_credentials(cfg)  # before anything is built: one line instead of the client's banner
+    ensure_probed(cfg)  # backend kaggle: a guessed or stale image snapshot is probed first (KPACK_NO_PROBE)
     built = build_kernel(cfg, kind, kernel_sources=upstream_sources(cfg, kind))
     builds = datasets.build_all(cfg)
     scan_for_secrets(cfg, [Path(built.script)])

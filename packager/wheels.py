@@ -2,8 +2,10 @@
 
 Pipeline: read the pins (every requirement `name==version`), resolve their dependencies for the target with uv
 (the image's own packages as constraints, torch and friends excluded: the image has them), drop what the image
-already has at the same version, fetch the rest as wheels into `build/wheel-cache/<target>/`, check every
-wheel's tags against the target, then lay out the dataset for the install mode:
+already has at the same version (only when its versions are known: a probed snapshot or the local image itself;
+with a guessed snapshot everything ships, as the kernel stops on a pinned version the image does not match),
+fetch the rest as wheels into `build/wheel-cache/<target>/`, check every wheel's tags against the target, then
+lay out the dataset for the install mode:
 
 - `site` (default): the wheels installed ahead for the target (`uv pip install --target`) and shipped as one
   deterministic `site.zip`; the kernel only puts the folder on `sys.path` (no install at all).
@@ -16,7 +18,9 @@ requirements and target give the same bytes and the same content hash (an unchan
 Where a server unpacks the zip into a folder, the kernel finds the folder by its marker file instead.
 
 Targets: `kaggle` (CPython 3.12, manylinux x86_64; the Python version comes from the image snapshot's header)
-and `local` (this interpreter, as the local Kaggle runs kernels). `cfg.backend` picks one.
+and `local` (this interpreter, as the local Kaggle runs kernels). `cfg.backend` picks one, and its own snapshot
+(`datasets_meta/kaggle-image-packages.txt`, `datasets_meta/local-image-packages.txt`); the local target reads the
+local image directly when no probe wrote a local snapshot.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
@@ -168,7 +173,10 @@ def parse_requirements(text: str, source: str = "requirements") -> list[Pin]:
         try:
             req = Requirement(line)
         except InvalidRequirement as exc:
-            raise UserError(f"{where}: {line!r} is not a requirement: {exc}") from None
+            # packaging's message is three lines (reason, the line, a caret): keep the reason only
+            reason = str(exc).splitlines()[0].rstrip(".") if str(exc).strip() else "unparsable"
+            raise UserError(f"{where}: {line!r} is not a requirement; expected one pinned package a line, "
+                            f"name==version (e.g. timm==1.0.31) ({reason})") from None
         specs = list(req.specifier)
         if req.url or len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version:
             raise UserError(f"{where}: {line!r} is not pinned; pin an exact version (e.g. {req.name}==1.2.3) so "
@@ -212,19 +220,86 @@ def read_snapshot(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return parse_snapshot(path.read_text())
 
 
-def image_packages(target: Target, root: Path) -> dict[str, str]:
-    """What the kernel's image already has: canonical name -> version."""
+PROBED = "probe"  # `# source: probe` (with `# probed: <UTC time>`): `kpack probe-image` read it inside a kernel
+LIVE = "live"     # the local image, read straight from this venv
+GIVEN = "given"   # passed in by the caller (tests, tools that know the image)
+
+
+@dataclass(frozen=True)
+class ImageSnapshot:
+    """What the kernel's image has, and whether that is known or guessed.
+
+    Only a known image (probed, read live, or given) lets the builder leave a package to the image: the kernel
+    stops on any pinned version the image does not match, so a wrong guess would stop it on Kaggle."""
+
+    packages: dict[str, str]    # canonical name -> version
+    source: str                 # PROBED | LIVE | GIVEN | "guess" (any other value counts as a guess)
+    probed_at: datetime | None  # when a probe read it (PROBED only)
+    where: str                  # the file, for messages
+
+    @property
+    def known(self) -> bool:
+        return self.source in (LIVE, GIVEN) or (self.source == PROBED and self.probed_at is not None)
+
+    def age_days(self, now: datetime | None = None) -> float | None:
+        if self.probed_at is None:
+            return None
+        return ((now or datetime.now(timezone.utc)) - self.probed_at).total_seconds() / 86400
+
+    def describe(self) -> str:
+        if self.source == PROBED and self.probed_at is not None:
+            return f"probed {self.probed_at:%Y-%m-%d}"
+        return {LIVE: "read from the local image", GIVEN: "given"}.get(self.source, "a guess")
+
+    def to_json(self) -> dict:
+        return {"source": self.source if self.known else "guess",
+                "probed": self.probed_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.probed_at else None}
+
+
+def _probe_time(text: str | None) -> datetime | None:
+    try:
+        when = datetime.fromisoformat((text or "").strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def snapshot_file(path: Path) -> ImageSnapshot | None:
+    """The snapshot in `path` (None when there is none); its `# source:` / `# probed:` header says how known it is."""
+    packages, meta = read_snapshot(path)
+    if not packages:
+        return None
+    source = meta.get("source", "guess").split()[0].lower()
+    probed_at = _probe_time(meta.get("probed")) if source == PROBED else None
+    return ImageSnapshot(packages, source, probed_at, str(path))
+
+
+def snapshot_path(backend: str, root: Path | None = None) -> Path:
+    """Each backend's image has its own file: the local image never passes for Kaggle's, nor the reverse."""
+    return Path(root or ".") / (KAGGLE_SNAPSHOT if backend == "kaggle" else LOCAL_SNAPSHOT)
+
+
+def image_snapshot(target: Target, root: Path) -> ImageSnapshot:
+    """The kernel's image: the Kaggle snapshot for the kaggle target; for the local one, its own snapshot when a
+    probe (or a test) wrote one, else the local image itself (this venv minus the excludes)."""
+    path = snapshot_path(target.name, root)
+    found = snapshot_file(path)
+    if found is not None:
+        return found
     if target.name == "kaggle":
-        packages, _ = read_snapshot(root / KAGGLE_SNAPSHOT)
-        if not packages:
-            raise UserError(f"{root / KAGGLE_SNAPSHOT}: no image snapshot; run `kpack probe-image` with "
-                            "backend: kaggle to record the image's packages")
-        return packages
+        raise UserError(f"{path}: no image snapshot; run `kpack probe-image` with backend: kaggle to record the "
+                        "image's packages (`kpack push` does it first unless KPACK_NO_PROBE is set)")
     try:
         from packager.localkaggle.image import image_distributions
     except ImportError:
         raise UserError("the local Kaggle's image (packager.localkaggle.image) is not available") from None
-    return {canonicalize_name(k): v for k, v in image_distributions().items()}
+    return ImageSnapshot({canonicalize_name(k): v for k, v in image_distributions().items()}, LIVE, None,
+                         "the local image")
+
+
+def image_packages(target: Target, root: Path) -> dict[str, str]:
+    """What the kernel's image has (or is guessed to have): canonical name -> version."""
+    return image_snapshot(target, root).packages
 
 
 # --------------------------------------------------------------------------------------------- tools
@@ -367,16 +442,19 @@ def resolve(pins: list[Pin], target: Target, image: dict[str, str], *, find_link
 
 
 def plan(pins: list[Pin], resolved: dict[str, str], image: dict[str, str],
-         notes: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """-> (shipped, from the image): what goes into the dataset, and what the image is expected to provide."""
+         notes: list[str], known: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    """-> (shipped, from the image): what goes into the dataset, and what the image is expected to provide.
+
+    known: the image's versions were read from it (probed); with a guess every resolved package ships, since
+    the kernel stops on a pinned version the image turns out not to have."""
     ship: dict[str, str] = {}
     from_image: dict[str, str] = {}
     for name, version in sorted(resolved.items()):
         have = image.get(name)
-        if have is not None and same_version(have, version):
+        if known and have is not None and same_version(have, version):
             from_image[name] = version
         else:
-            if have is not None:
+            if known and have is not None:
                 notes.append(f"{name}: the image has {have}, {version} is shipped and shadows it")
             ship[name] = version
     return ship, from_image
@@ -621,13 +699,18 @@ def build_wheels_dataset(cfg, out_dir: Path, *, root: Path | None = None, find_l
     notes: list[str] = []
     req_path = root / spec.requirements
     pins = read_requirements(req_path)
-    image = image_packages(target, root) if image is None else {canonicalize_name(k): v for k, v in image.items()}
+    snapshot = image_snapshot(target, root) if image is None else ImageSnapshot(
+        {canonicalize_name(k): v for k, v in image.items()}, GIVEN, None, "given")
+    image = snapshot.packages
+    if not snapshot.known:
+        notes.append(f"the image snapshot {snapshot.where} is a guess: every resolved package ships, none is left "
+                     "to the image (`kpack probe-image` records the image's own versions)")
     all_pins = pins
     pins = check_never_shipped(pins, image, notes)
     cache = Path(cache_dir) if cache_dir else root / CACHE_DIR / target.key
     resolved = resolve_cached(pins, target, image, cache, find_links=find_links, no_index=no_index,
                               notes=notes) if pins else {}
-    ship, from_image = plan(pins, resolved, image, notes)
+    ship, from_image = plan(pins, resolved, image, notes, known=snapshot.known)
     wheels = fetch_wheels(ship, target, cache, find_links=find_links, no_index=no_index) if ship else {}
 
     staging = out_dir.with_name(f".{out_dir.name}.building")
@@ -642,6 +725,7 @@ def build_wheels_dataset(cfg, out_dir: Path, *, root: Path | None = None, find_l
         "requirements": {p.name: p.version for p in all_pins},  # the kernel checks each of these
         "shipped": ship,
         "image": from_image,
+        "snapshot": snapshot.to_json(),  # how the image's versions were known (deps.py names it on a mismatch)
         "notes": notes,
     }
     try:

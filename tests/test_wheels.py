@@ -69,6 +69,37 @@ def test_other_bad_lines_are_refused(text, expected):
         wheels.parse_requirements(text)
 
 
+@pytest.mark.parametrize("line", ["tim m==1.0", "==1.0", "timm>=", "timm[x==1"])
+def test_garbage_line_is_one_line_naming_file_line_and_form(line):
+    with pytest.raises(UserError) as err:
+        wheels.parse_requirements(f"# kit\n{line}\n", "requirements-kernel.txt")
+    message = str(err.value)
+    assert "\n" not in message and err.value.exit_code == 2
+    assert message.startswith(f"requirements-kernel.txt:2: {line!r} is not a requirement; expected one pinned "
+                              "package a line, name==version (e.g. timm==1.0.31)")
+
+
+def test_garbage_line_through_kpack_push_is_one_line(tmp_path):
+    """The CLI prints that one line and exits 2 before anything reaches a server (none is running here)."""
+    root = tmp_path / "project"
+    (root / "kernel_src").mkdir(parents=True)
+    (root / "kernel_src" / "entry.py").write_text("def main(config):\n    pass\n")
+    (root / "reqs.txt").write_text("timm==1.0.31\ntim m==1.0\n")
+    (root / "kpack.yaml").write_text("competition: digits-c\nkaggle_user: alice\nbackend: local\n"
+                                     f"local: {{port: 9, root: '{tmp_path / 'lk'}'}}\n"
+                                     "kernels:\n  train: {entry: kernel_src/entry.py, accelerator: 'None'}\n"
+                                     "datasets:\n  wheels: {slug: digits-c-wheels, requirements: reqs.txt}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    done = subprocess.run([str(Path(sys.executable).parent / "kpack"), "push", "train", "--config",
+                           str(root / "kpack.yaml")], cwd=root, env={**env, "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [f"error: {root / 'reqs.txt'}:2: 'tim m==1.0' is not a requirement; "
+                                        "expected one pinned package a line, name==version (e.g. timm==1.0.31) "
+                                        "(Expected semicolon (after name with no version specifier) or end)"]
+    assert not (tmp_path / "lk").exists()  # no local Kaggle was started
+
+
 def test_unpinned_build_is_refused_before_any_download(tmp_path):
     root = project(tmp_path, "timm\n")
     with pytest.raises(UserError, match=r"requirements-kernel.txt:1: 'timm' is not pinned"):
@@ -264,6 +295,56 @@ def test_pins_that_conflict_are_refused_with_uvs_reason(tmp_path, toy_links):
     message = str(err.value)
     assert message.startswith("resolving kpackc==1.0, kpackb==1.0 for local") and "\n" not in message
     assert "kpackc depend on kpackb>=3" in message and "you require kpackb==1.0" in message
+
+
+PROBED = "# source: probe\n# probed: 2026-11-20T08:00:00Z\n"
+
+
+@pytest.mark.parametrize("header, known", [("# GUESS\n# source: guess\n", False), ("", False),
+                                           ("# source: probe\n", False), (PROBED, True)])
+def test_snapshot_header_says_whether_it_was_probed(tmp_path, header, known):
+    path = tmp_path / "snapshot.txt"
+    path.write_text(header + "# python: 3.12.1\nnumpy==2.0.2\n")
+    snapshot = wheels.snapshot_file(path)
+    assert snapshot.known is known and snapshot.packages == {"numpy": "2.0.2"}
+    assert snapshot.describe() == ("probed 2026-11-20" if known else "a guess")
+    assert wheels.snapshot_file(tmp_path / "none.txt") is None
+
+
+@pytest.mark.parametrize("header, shipped", [("# source: guess\n", {"kpacka": "1.0", "kpackb": "2.0"}),
+                                             (PROBED, {})])
+def test_kaggle_build_leaves_to_the_image_only_what_a_probe_saw(tmp_path, toy_links, header, shipped):
+    """The snapshot claims both packages at the resolved versions: a guess is not believed (the kernel would stop on
+    a pinned version the image lacks), a probe is."""
+    root = project(tmp_path, "kpacka==1.0\n", snapshot=header + "# python: 3.12.1\nkpacka==1.0\nkpackb==2.0\n")
+    build = wheels.build_wheels_dataset(make_cfg("kaggle"), tmp_path / "out", root=root,
+                                        find_links=(toy_links,), no_index=True)
+    manifest = json.loads((build.path / wheels.MANIFEST).read_text())
+    assert manifest["shipped"] == shipped
+    assert manifest["image"] == ({} if shipped else {"kpacka": "1.0", "kpackb": "2.0"})
+    assert manifest["snapshot"] == ({"source": "guess", "probed": None} if shipped else
+                                    {"source": "probe", "probed": "2026-11-20T08:00:00Z"})
+    assert any("is a guess: every resolved package ships" in n for n in build.notes) == bool(shipped)
+
+
+def test_local_build_reads_its_own_snapshot_apart_from_kaggles(tmp_path, toy_links):
+    """A probed local snapshot plays the image for the local target; the Kaggle one is never read for it."""
+    root = project(tmp_path, "kpacka==1.0\n", snapshot=PROBED + "# python: 3.12.1\nkpacka==1.0\nkpackb==2.0\n")
+    build = wheels.build_wheels_dataset(make_cfg("local"), tmp_path / "out", root=root,
+                                        find_links=(toy_links,), no_index=True)
+    assert json.loads((build.path / wheels.MANIFEST).read_text())["shipped"] == {"kpacka": "1.0", "kpackb": "2.0"}
+    (root / wheels.LOCAL_SNAPSHOT).write_text(PROBED + "kpackb==2.0\n")
+    build = wheels.build_wheels_dataset(make_cfg("local"), tmp_path / "out", root=root,
+                                        find_links=(toy_links,), no_index=True)
+    manifest = json.loads((build.path / wheels.MANIFEST).read_text())
+    assert manifest["shipped"] == {"kpacka": "1.0"} and manifest["image"] == {"kpackb": "2.0"}
+    assert manifest["snapshot"]["source"] == "probe"
+
+
+def test_local_build_without_a_snapshot_reads_the_local_image(tmp_path):
+    snapshot = wheels.image_snapshot(wheels.local_target(), tmp_path)
+    assert snapshot.source == wheels.LIVE and snapshot.known
+    assert "numpy" in snapshot.packages and "timm" not in snapshot.packages
 
 
 @pytest.mark.parametrize("mode", ["uv", "pip"])

@@ -301,19 +301,23 @@ def _metadata_version(dist_info: Path) -> str | None:
     return None
 
 
-def check_versions(wanted: dict[str, str], source: str) -> None:
-    """Every name must import at its exact version; one line names each package, expected and found."""
-    problems = []
+def check_versions(wanted: dict[str, str], source: str, manifest: dict | None = None) -> None:
+    """Every name must import at its exact version; one line names each package, expected and found (and, for a
+    package the builder left to the image, the snapshot that said the image has it)."""
+    problems, wrong = [], []
     have = _installed_versions(set(wanted))
     for name, version in sorted(wanted.items()):
         found = have.get(name)
-        if found is None:
-            problems.append(f"{name}: expected {version}, found none")
-            continue
-        if not _same(found, version):
-            problems.append(f"{name}: expected {version}, found {found}")
+        if found is None or not _same(found, version):
+            problems.append(f"{name}: expected {version}, found {found or 'none'}")
+            wrong.append(name)
     if problems:
-        raise DepsError(f"version check failed ({source}): {'; '.join(problems)}")
+        left = [n for n in wrong if n in {normalize(k) for k in ((manifest or {}).get("image") or {})}]
+        snapshot = (manifest or {}).get("snapshot") or {}
+        when = f"probed {snapshot['probed'][:10]}" if snapshot.get("probed") else snapshot.get("source", "a guess")
+        hint = (f"; {', '.join(left)} left to the image by its snapshot ({when}): refresh it with `kpack "
+                "probe-image` and push again" if left else "")
+        raise DepsError(f"version check failed ({source}): {'; '.join(problems)}{hint}")
 
 
 def image_drift(manifest: dict, limit: int = 5) -> str | None:
@@ -352,7 +356,7 @@ def activate(config) -> dict | None:
     put_first(folder)
     # Kernels run offline: albumentations would otherwise try the network for a newer version at import.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    check_versions(expected_versions(manifest), f"wheels dataset {ref}, mode {mode}")
+    check_versions(expected_versions(manifest), f"wheels dataset {ref}, mode {mode}", manifest)
     drift = image_drift(manifest)
     if drift:
         print(drift, file=sys.stderr, flush=True)
