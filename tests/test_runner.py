@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -16,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from packager.localkaggle import runner
+from packager.localkaggle import runner, sandbox
 from packager.localkaggle.runner import Mount, list_output, read_log, run_kernel
 
 REPO = Path(__file__).resolve().parents[1]
+# The sandboxes this machine has: each sandboxed test runs in every one (bwrap and kpack's own unshare).
+SANDBOXES = [pytest.param(mode, marks=pytest.mark.skipif(sandbox.probe(mode) is not None,
+                                                         reason=f"{mode}: {sandbox.probe(mode)}"))
+             for mode in ("bwrap", "unshare")]
 
 
 def kernel(tmp: Path, body: str, name: str = "kernel.py") -> Path:
@@ -58,7 +63,7 @@ def host_listener():
 # One offline kernel checks most of the sandbox at once: it reports what it saw into working/report.json.
 REPORT_KERNEL = """
     import errno, json, os, socket, subprocess, sys, time
-    sys.path.insert(0, {repo!r})
+    sys.path.insert(0, os.path.join(os.environ["KPACK_KAGGLE_ROOT"], "input", "datasets", "alice", "ksrc"))
     from kernel_src.runtime import inputs
 
     report = {{"env": dict(os.environ), "cwd": os.getcwd(), "executable": sys.executable}}
@@ -116,9 +121,9 @@ REPORT_KERNEL = """
 """
 
 
-@pytest.fixture(scope="module")
-def offline(tmp_path_factory, host_listener):
-    tmp = tmp_path_factory.mktemp("offline")
+@pytest.fixture(scope="module", params=SANDBOXES)
+def offline(request, tmp_path_factory, host_listener):
+    tmp = tmp_path_factory.mktemp(f"offline-{request.param}")
     comp, data, prev = tmp / "src-comp", tmp / "src-data", tmp / "src-prev"
     for folder in (comp, data, prev):
         folder.mkdir()
@@ -126,10 +131,15 @@ def offline(tmp_path_factory, host_listener):
     (data / "readme.txt").write_text("data")
     (prev / "ckpt.pt").write_bytes(b"ckpt")
     make_wheel(tmp / "src-wheels")
+    (tmp / "src-ksrc" / "kernel_src").mkdir(parents=True)  # the repository is out of a kernel's sight
+    (tmp / "src-ksrc" / "kernel_src" / "__init__.py").write_text("")
+    shutil.copytree(REPO / "kernel_src" / "runtime", tmp / "src-ksrc" / "kernel_src" / "runtime")
     mounts = [Mount("competition", None, "mycomp", comp), Mount("dataset", "alice", "myds", data),
-              Mount("notebook", "alice", "prev-session", prev), Mount("dataset", "alice", "mywheels", tmp / "src-wheels")]
-    script = kernel(tmp, REPORT_KERNEL.format(repo=str(REPO), port=host_listener))
+              Mount("notebook", "alice", "prev-session", prev), Mount("dataset", "alice", "mywheels", tmp / "src-wheels"),
+              Mount("dataset", "alice", "ksrc", tmp / "src-ksrc")]
+    script = kernel(tmp, REPORT_KERNEL.format(port=host_listener))
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(sandbox.MODE_ENV, request.param)
         mp.setenv("KAGGLE_KEY", "host-secret-key")
         mp.setenv("KAGGLE_USERNAME", "host-user")
         mp.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
@@ -161,7 +171,7 @@ def test_inputs_are_read_only_in_both_layouts(offline):
 
 def test_both_layouts_resolve_through_runtime_inputs(offline):
     _, report, tmp = offline
-    root = tmp / "run" / "input"
+    root = Path("/kaggle/input")  # the run root is /kaggle inside the sandbox, as on Kaggle
     found = report["found"]
     assert found["competition"] == str(root / "competitions" / "mycomp")
     assert found["dataset"] == str(root / "datasets" / "alice" / "myds")
@@ -176,9 +186,9 @@ def test_kernel_environment_is_built_not_inherited(offline):
     env = report["env"]
     assert "KAGGLE_KEY" not in env and "KAGGLE_USERNAME" not in env and "HTTPS_PROXY" not in env
     assert env["KPACK_WEIGHTS_KEY"] == "user-secret"
-    assert env["KPACK_KAGGLE_ROOT"] == str(tmp / "run")
+    assert env["KPACK_KAGGLE_ROOT"] == "/kaggle" and env["HOME"] == "/root"
     assert env["KAGGLE_KERNEL_RUN_TYPE"] == "Batch"
-    assert report["cwd"] == str(tmp / "run" / "working")
+    assert report["cwd"] == "/kaggle/working"
 
 
 def test_image_hides_the_wheels_and_pip_installs_into_the_run(offline):
@@ -187,7 +197,7 @@ def test_image_hides_the_wheels_and_pip_installs_into_the_run(offline):
     assert report["torch"]
     assert report["pip"][0] == 0, report["pip"][1]
     answer, where = report["tinypkg"]
-    assert answer == 42 and where.startswith(str(tmp / "run" / runner.SANDBOX))
+    assert answer == 42 and where.startswith(sandbox.VENV_INSIDE + "/")
     with pytest.raises(ImportError):
         import tinypkg  # noqa: F401  (the tools' venv never sees what a kernel installed)
 
@@ -196,6 +206,7 @@ def test_working_is_the_output_and_temp_is_not(offline):
     result, _, tmp = offline
     assert result.output_dir == tmp / "run" / "working"
     assert list_output(result.output_dir) == ["nested/deeper/weights.bin", "report.json"]
+    assert (tmp / "run" / "temp" / "scratch.txt").read_text() == "not output"
     assert not (tmp / "run" / runner.SANDBOX).exists(), "the run's interpreter and HOME are thrown away"
 
 
@@ -236,21 +247,56 @@ def test_session_limit_kills_the_kernel_and_keeps_its_log(tmp_path):
     assert "before the limit\n" in data and data[-1] == result.failure_message + "\n"
 
 
-def test_session_limit_kills_the_whole_group_even_when_sigterm_is_ignored(tmp_path, monkeypatch):
+def host_processes_running(marker: str) -> list[int]:
+    """Host pids whose command line holds `marker` (a kernel's own pids are its PID namespace's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes() and \
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("mode", ["none", *SANDBOXES])
+def test_session_limit_kills_the_whole_group_even_when_sigterm_is_ignored(tmp_path, monkeypatch, mode):
     monkeypatch.setattr(runner, "KILL_GRACE_S", 0.5)
-    script = kernel(tmp_path, """
+    monkeypatch.setenv(sandbox.MODE_ENV, mode)
+    marker = f"{time.time_ns() % 10**9}.25"
+    script = kernel(tmp_path, f"""
         import signal, subprocess, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        child = subprocess.Popen(["sleep", "120"])
-        open("child.pid", "w").write(str(child.pid))
+        child = subprocess.Popen(["sleep", "{marker}"])
+        print("child started", flush=True)
         time.sleep(120)
     """)
     result = run_kernel(script, tmp_path / "run", [], enable_internet=False, timeout_s=2)
-    assert result.status == "ERROR" and result.seconds < 10
-    pid = int((result.output_dir / "child.pid").read_text())
+    assert result.status == "ERROR" and result.seconds < 10, read_log(result.log_path)
+    assert "child started\n" in [e["data"] for e in log_entries(result.log_path)]
     time.sleep(0.2)
-    state = Path(f"/proc/{pid}/stat")
-    assert not state.exists() or state.read_text().split(")")[1].split()[0] in "ZX", "the kernel's child survived"
+    assert host_processes_running(marker) == [], "the kernel's child survived"
+
+
+@pytest.mark.parametrize("mode", SANDBOXES)
+def test_sandboxed_kernel_gets_its_sigterm_grace(tmp_path, monkeypatch, mode):
+    """The sandbox's own process (bwrap, unshare) is spared the SIGTERM, which would end the sandbox at once."""
+    monkeypatch.setattr(runner, "KILL_GRACE_S", 3)
+    monkeypatch.setenv(sandbox.MODE_ENV, mode)
+    script = kernel(tmp_path, """
+        import signal, sys, time
+        def saved(*_):
+            time.sleep(0.3)
+            open("saved.txt", "w").write("saved on SIGTERM")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, saved)
+        print("waiting", flush=True)
+        time.sleep(60)
+    """)
+    result = run_kernel(script, tmp_path / "run", [], enable_internet=False, timeout_s=2)
+    assert result.status == "ERROR" and result.seconds < 5
+    assert (result.output_dir / "saved.txt").read_text() == "saved on SIGTERM"
 
 
 def test_non_zero_exit_names_the_code_and_the_exception(tmp_path):
@@ -303,8 +349,10 @@ WRITE_INPUT = """
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="non-root runs always take the user-namespace path")
+@pytest.mark.skipif(sandbox.probe("unshare") is not None, reason="kpack's own sandbox does not work here")
 def test_user_namespace_path_mounts_read_only_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_USE_USERNS", True)
+    monkeypatch.setattr(sandbox, "USE_USERNS", True)
+    monkeypatch.setenv(sandbox.MODE_ENV, "unshare")
     source = tmp_path / "src"
     source.mkdir()
     (source / "data.txt").write_text("hello")
@@ -315,28 +363,28 @@ def test_user_namespace_path_mounts_read_only_too(tmp_path, monkeypatch):
     assert f"write: {errno.EROFS}\n" in data and (source / "data.txt").read_text() == "hello"
 
 
-def test_without_namespaces_inputs_are_read_only_copies_and_it_says_so_once(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(runner, "_probe", lambda mount, net: "simulated refusal")
-    monkeypatch.setattr(runner, "_warned", set())
+def test_without_a_sandbox_inputs_are_read_only_copies_and_it_says_so_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(sandbox.MODE_ENV, "none")
+    monkeypatch.setattr(runner, "_announced", set())
     source = tmp_path / "src"
     source.mkdir()
     (source / "data.txt").write_text("hello")
     mounts = [Mount("dataset", "a", "myds", source)]
-    caplog.set_level(logging.WARNING, logger=runner.__name__)
+    caplog.set_level(logging.INFO, logger=runner.__name__)
     results = [run_kernel(kernel(tmp_path, WRITE_INPUT), tmp_path / f"run{i}", mounts, enable_internet=False,
                           timeout_s=60) for i in range(2)]
     for result in results:
         data = [e["data"] for e in log_entries(result.log_path)]
         assert result.status == "COMPLETE", data
-        assert any("refused a private mount namespace" in d for d in data)
-        assert any("internet off run WITH network access" in d for d in data)
+        assert data[0].startswith("kpack local runner: WARNING: no sandbox (KPACK_SANDBOX=none)")
+        assert "internet off run WITH network access" in data[0]
         copy = result.log_path.parent / "input" / "myds" / "data.txt"
         assert not stat.S_IMODE(copy.stat().st_mode) & 0o222
         if os.geteuid() != 0:  # root ignores permission bits
             assert f"write: {errno.EACCES}\n" in data
     assert (source / "data.txt").read_text() == "hello"
-    warnings = [r.getMessage() for r in caplog.records if "WARNING" in r.getMessage()]
-    assert len(warnings) == 2, warnings  # one for the mounts, one for the network: once each, not per run
+    warnings = [r.getMessage() for r in caplog.records if "no sandbox" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once in the server log, not per run
 
 
 def test_kernel_runs_on_this_python(tmp_path):

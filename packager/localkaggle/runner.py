@@ -1,24 +1,26 @@
 """The local Kaggle's kernel runner: one pushed script, run as Kaggle would run it.
 
-A run root stands in for `/kaggle` (tests cannot write `/kaggle`; the kernel finds it in KPACK_KAGGLE_ROOT):
+Each run has a run root on the host; inside the sandbox the kernel sees it as `/kaggle` (KPACK_KAGGLE_ROOT
+says so, and kernel code that names /kaggle/... runs unchanged):
 
     run_root/input/     inputs, read-only, in both layouts: input/<slug>/ and input/competitions/<slug>/,
                         input/datasets/<owner>/<slug>/, input/notebooks/<owner>/<slug>/
     run_root/working/   the kernel's cwd; what it leaves here is the version's output
     run_root/temp/      scratch, not saved
-    run_root/kernel.log the log, in the form Kaggle serves it (see KernelLog)
-    run_root/.runner/   the run's interpreter (a throwaway venv over the local image), HOME; removed after
+    run_root/kernel.log the log, in the form Kaggle serves it (see KernelLog); the kernel cannot see it
+    run_root/.runner/   the run's interpreter (a throwaway venv over the local image), HOME, /tmp; removed after
 
-The kernel runs in a private mount namespace (`unshare`; a user namespace too when not root) where a
-bootstrap (netns.py) bind-mounts each input read-only and the tools' own site-packages read-only too, and,
-with internet off, in a private network namespace that holds only loopback: no host port, no DNS, nothing
-outside. Where the OS refuses namespaces, inputs become read-only copies and the network stays open; the
-runner says so once in the server log and at the top of each such kernel's log.
+The sandbox (sandbox.py: bubblewrap, else kpack's own namespaces in netns.py, chosen by KPACK_SANDBOX) gives
+the kernel a root of the image's folders, read-only, these folders and a private /tmp, and nothing else of
+the machine, as an unprivileged user; with internet off, a network namespace holding only loopback. Which
+sandbox runs is said once in the server log and at the top of every kernel's log. Where none works, the
+kernel runs on the host with inputs as read-only copies and the network open, and the warning says so.
 
 The kernel's environment is built from nothing: no Kaggle credentials, proxies or secrets of the caller
 leak in; only what Kaggle itself sets, KPACK_KAGGLE_ROOT, a few GPU settings, and the caller's `env`.
 Its Python sees the local image (image.py) and whatever it pip-installs into its own throwaway venv.
-The session limit kills the whole process group: SIGTERM, a short grace, SIGKILL.
+The session limit and cancel stop the kernel: SIGTERM to its processes, a short grace, then SIGKILL of the
+whole process group (and, in a sandbox, of its PID namespace).
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import venv
@@ -39,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.fsutil import atomic_write_text
-from packager.localkaggle import netns
-from packager.localkaggle.image import image_site, site_dirs
+from packager.localkaggle import sandbox
+from packager.localkaggle.image import image_site
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL at the session limit or on can
 LOG_NAME = "kernel.log"
 SANDBOX = ".runner"
 LINE_MAX = 1 << 16  # a log entry holds at most this many bytes of one line (tqdm's \r bars never end a line)
-_SETUP_FAILED = 125  # netns.py's exit code when the sandbox could not be set up
+OWN_LINE = "kpack local runner: "  # how the runner's own lines in a kernel's log begin
 # Host settings a kernel may see: which GPUs, and where the driver libraries are.
 PASS_THROUGH = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH", "TZ")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -154,87 +155,57 @@ def _pump(stream_name: str, pipe, kernel_log: KernelLog) -> None:
         kernel_log.add(stream_name, tail)
 
 
-# ------------------------------------------------------------------------------ what the OS will allow
+# ------------------------------------------------------------------------------ which sandbox runs
 
-_USE_USERNS = os.geteuid() != 0  # root needs no user namespace; tests set this to exercise that path too
-_probe_lock = threading.Lock()
-_probed: dict[tuple[bool, bool, bool], str | None] = {}
-_warned: set[str] = set()
+_announced: set[str] = set()
 
 
-def _unshare(mount: bool, net: bool) -> list[str]:
-    argv = ["unshare"] + (["--user", "--map-root-user"] if _USE_USERNS else [])
-    return argv + (["--mount"] if mount else []) + (["--net"] if net else [])
-
-
-def _bootstrap(plan_path: Path) -> list[str]:
-    return [sys.executable, "-I", "-S", netns.__file__, str(plan_path)]
-
-
-def _probe(mount: bool, net: bool) -> str | None:
-    """None when a sandbox with these namespaces works here (a real bind mount and loopback), else why not."""
-    key = (mount, net, _USE_USERNS)
-    with _probe_lock:
-        if key not in _probed:
-            _probed[key] = _try_sandbox(mount, net)
-        return _probed[key]
-
-
-def _try_sandbox(mount: bool, net: bool) -> str | None:
-    if shutil.which("unshare") is None:
-        return "no `unshare` command (util-linux) on PATH"
-    with tempfile.TemporaryDirectory(prefix="kpack-probe-") as tmp:
-        src, dst = Path(tmp, "src"), Path(tmp, "dst")
-        src.mkdir(), dst.mkdir()
-        plan = {"binds": [[str(src), str(dst)]] if mount else [], "net_cut": net, "probe": True}
-        Path(tmp, "plan.json").write_text(json.dumps(plan))
-        try:
-            done = subprocess.run(_unshare(mount, net) + _bootstrap(Path(tmp, "plan.json")),
-                                  capture_output=True, text=True, timeout=60, env={"PATH": SYSTEM_PATH})
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return str(exc)
-        if done.returncode != 0:
-            return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-    return None
-
-
-def _warn_once(kernel_log: KernelLog, key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message)
+def _announce(kernel_log: KernelLog, mode: str, refused: list[str]) -> None:
+    """Which sandbox runs: once in the server log, and at the top of every kernel's log."""
+    if mode == "none":
+        why = "; ".join(refused) or f"{sandbox.MODE_ENV}=none"
+        message = (f"{OWN_LINE}WARNING: no sandbox ({why}): the kernel sees this machine's files, inputs are "
+                   f"read-only copies, and kernels with internet off run WITH network access here")
+    else:
+        message = f"{OWN_LINE}sandbox {mode} ({sandbox.describe(mode)})"
+    if message not in _announced:
+        _announced.add(message)
+        (log.warning if mode == "none" else log.info)(message)
     kernel_log.add("stderr", message + "\n", at=kernel_log.started)
 
 
 # ------------------------------------------------------------------------------------------ the run
 
-def _make_interpreter(sandbox: Path, image: Path) -> Path:
+def _make_interpreter(venv_dir: Path, image: Path, inside: str) -> None:
     """A throwaway venv whose site-packages holds only a .pth naming the local image: the kernel imports the
-    image's packages, and `pip install` lands in this venv (never in the tools' venv)."""
-    env_dir = sandbox / "python"
-    venv.EnvBuilder(symlinks=True, with_pip=False, clear=True).create(env_dir)
+    image's packages, and `pip install` lands in this venv (never in the tools' venv). `inside` is where the
+    kernel sees the venv (its pip wrappers name that path)."""
+    venv.EnvBuilder(symlinks=True, with_pip=False, clear=True).create(venv_dir)
     py = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    (env_dir / "lib" / py / "site-packages" / "_kpack_local_image.pth").write_text(f"{image}\n")
-    python = env_dir / "bin" / "python"
+    (venv_dir / "lib" / py / "site-packages" / "_kpack_local_image.pth").write_text(f"{image}\n")
     for name in ("pip", "pip3"):  # `pip` must mean this venv's pip, not the system's
-        wrapper = env_dir / "bin" / name
-        wrapper.write_text(f"#!{python}\nimport sys\nfrom pip._internal.cli.main import main\nsys.exit(main())\n")
+        wrapper = venv_dir / "bin" / name
+        wrapper.write_text(f"#!{inside}/bin/python\nimport sys\nfrom pip._internal.cli.main import main\n"
+                           f"sys.exit(main())\n")
         wrapper.chmod(0o755)
-    return python
 
 
-def kernel_environment(run_root: Path, sandbox: Path, extra: dict[str, str] | None) -> dict[str, str]:
+def kernel_environment(kaggle_root: str, home: str, venv_dir: str, extra: dict[str, str] | None,
+                       tmpdir: str | None = None) -> dict[str, str]:
     """Built from nothing, so the caller's credentials (KAGGLE_KEY, tokens, proxies) never reach a kernel."""
     env = {
-        "PATH": f"{sandbox / 'python' / 'bin'}:{SYSTEM_PATH}",
-        "HOME": str(sandbox / "home"),
+        "PATH": f"{venv_dir}/bin:{SYSTEM_PATH}",
+        "HOME": home,
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",  # lines reach the log when printed, as on Kaggle
         "PYTHONNOUSERSITE": "1",
-        "KPACK_KAGGLE_ROOT": str(run_root),
+        "KPACK_KAGGLE_ROOT": kaggle_root,
         "KAGGLE_KERNEL_RUN_TYPE": "Batch",
         "KAGGLE_URL_BASE": "https://www.kaggle.com",
         "KAGGLE_KERNEL_INTEGRATIONS": "",
     }
+    if tmpdir:
+        env["TMPDIR"] = tmpdir
     env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
     env.update(extra or {})
     return env
@@ -261,18 +232,42 @@ def _copy_readonly(source: Path, target: Path) -> None:
         os.chmod(root, 0o555)
 
 
-def _kill_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the kernel's whole process group, wait `grace`, then SIGKILL whatever is left."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+def _group(pgid: int) -> list[int]:
+    """The processes of a process group, from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def _kill_group(proc: subprocess.Popen, grace: float, spare_leader: bool) -> None:
+    """SIGTERM the kernel's processes, wait `grace` for it to end, then SIGKILL its whole process group.
+    `spare_leader`: the group's leader is the sandbox's own process (bwrap, unshare), which would take the
+    sandbox down at once on SIGTERM: the kernel gets its grace as it would without a sandbox."""
+    for pid in [p for p in _group(proc.pid) if p != proc.pid] if spare_leader else [-proc.pid]:
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+            os.kill(pid, signal.SIGTERM)  # a negative pid: the whole group
+        except (ProcessLookupError, PermissionError):
             pass
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=30.0)
+    except subprocess.TimeoutExpired:
+        log.warning("kernel process %s did not end after SIGKILL", proc.pid)
 
 
 def _failure(code: int, kernel_log: KernelLog) -> str:
@@ -283,32 +278,45 @@ def _failure(code: int, kernel_log: KernelLog) -> str:
             name = f"signal {-code}"
         return SIGNAL_MESSAGE.format(signal=name)
     message = EXCEPTION_MESSAGE.format(code=code)
-    last = next((line.strip() for line in reversed(kernel_log.lines("stderr")) if line.strip()), "")
+    last = next((line.strip() for line in reversed(kernel_log.lines("stderr"))
+                 if line.strip() and not line.startswith(OWN_LINE + "sandbox ")), "")
     return f"{message}: {last[:500]}" if last else message
+
+
+def _exit_code(code: int, sandboxed: bool) -> int:
+    """A sandbox hands back a kernel killed by signal N as exit code 128+N (bubblewrap and netns.py alike)."""
+    if sandboxed and code > 128:
+        try:
+            return -signal.Signals(code - 128)
+        except ValueError:
+            pass
+    return code
 
 
 def run_kernel(script: Path, run_root: Path, mounts: list[Mount], enable_internet: bool, timeout_s: float,
                env: dict[str, str] | None = None, cancel: threading.Event | None = None) -> RunResult:
     """Run one script kernel to its end under `run_root`; never raises for the kernel's own failures."""
     run_root = Path(run_root).resolve()
-    working, sandbox = run_root / "working", run_root / SANDBOX
+    working, private = run_root / "working", run_root / SANDBOX
     for folder in (working, run_root / "input", run_root / "temp"):
         folder.mkdir(parents=True, exist_ok=True)
-    _make_writable_and_remove(sandbox)
-    (sandbox / "home").mkdir(parents=True)
+    _make_writable_and_remove(private)
+    (private / "home").mkdir(parents=True)
     started = time.monotonic()
     kernel_log = KernelLog(run_root / LOG_NAME, started)
 
     def finish(status: str, message: str) -> RunResult:
         kernel_log.close()
-        _make_writable_and_remove(sandbox)
+        _make_writable_and_remove(private)
         return RunResult(status, message, working, kernel_log.path, time.monotonic() - started)
 
     try:
-        command = _sandboxed_command(Path(script).resolve(), run_root, mounts, not enable_internet, kernel_log)
-        proc = subprocess.Popen(command, cwd=working, env=kernel_environment(run_root, sandbox, env),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        mode, refused = sandbox.choose()
+        _announce(kernel_log, mode, refused)
+        command, kernel_env = _sandboxed_command(mode, Path(script).resolve(), run_root, mounts,
+                                                 not enable_internet, env)
+        proc = subprocess.Popen(command, cwd=working, env=kernel_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     except (OSError, ValueError) as exc:
         message = f"the local runner could not start the kernel: {exc}"
         kernel_log.add("stderr", message + "\n")
@@ -318,7 +326,7 @@ def run_kernel(script: Path, run_root: Path, mounts: list[Mount], enable_interne
              for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))]
     for pump in pumps:
         pump.start()
-    outcome = _supervise(proc, started + timeout_s, cancel)
+    outcome = _supervise(proc, started + timeout_s, cancel, spare_leader=mode != "none")
     for pump in pumps:
         pump.join(timeout=10)  # a child that left the process group can hold a pipe open: do not wait forever
 
@@ -328,20 +336,22 @@ def run_kernel(script: Path, run_root: Path, mounts: list[Mount], enable_interne
         message = TIME_LIMIT_MESSAGE.format(limit=timeout_s)
         kernel_log.add("stderr", message + "\n")
         return finish(ERROR, message)
-    if proc.returncode == 0:
+    code = _exit_code(proc.returncode, mode != "none")
+    if code == 0:
         return finish(COMPLETE, "")
-    return finish(ERROR, _failure(proc.returncode, kernel_log))
+    return finish(ERROR, _failure(code, kernel_log))
 
 
-def _supervise(proc: subprocess.Popen, deadline: float, cancel: threading.Event | None) -> str | None:
-    """Wait for the kernel; at the deadline or on cancel kill its process group. Returns "timeout",
-    CANCELLED, or None when it ended by itself (its leftover children are killed then too, as when
-    Kaggle tears a session's container down)."""
+def _supervise(proc: subprocess.Popen, deadline: float, cancel: threading.Event | None,
+               spare_leader: bool) -> str | None:
+    """Wait for the kernel; at the deadline or on cancel kill it. Returns "timeout", CANCELLED, or None when
+    it ended by itself (its leftover children are killed then too, as when Kaggle tears a session's
+    container down)."""
     while proc.poll() is None:
         outcome = (CANCELLED if cancel is not None and cancel.is_set()
                    else "timeout" if time.monotonic() >= deadline else None)
         if outcome:
-            _kill_group(proc, KILL_GRACE_S)
+            _kill_group(proc, KILL_GRACE_S, spare_leader)
             return outcome
         time.sleep(0.05)
     try:
@@ -351,43 +361,38 @@ def _supervise(proc: subprocess.Popen, deadline: float, cancel: threading.Event 
     return None
 
 
-def _sandboxed_command(script: Path, run_root: Path, mounts: list[Mount], net_cut: bool,
-                       kernel_log: KernelLog) -> list[str]:
-    """The kernel's interpreter and inputs, and the command that runs it in the namespaces this OS allows;
-    where it allows none, inputs become read-only copies and the log says what is missing."""
+def _sandboxed_command(mode: str, script: Path, run_root: Path, mounts: list[Mount], net_cut: bool,
+                       extra_env: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
+    """The command that runs the kernel in `mode`'s sandbox, and the kernel's environment."""
     if script.suffix == ".ipynb":
         raise ValueError("the local runner runs script kernels only (kernel_type script, a .py file)")
-    sandbox = run_root / SANDBOX
+    private = run_root / SANDBOX
     image = image_site()
-    command = [str(_make_interpreter(sandbox, image)), str(script)]
     binds = _place_inputs(mounts, run_root / "input")
-
-    no_mount = _probe(mount=True, net=False)
-    use_mount = no_mount is None
-    no_net = _probe(mount=use_mount, net=True) if net_cut else None
-    use_net = net_cut and no_net is None
-    if not use_mount:
-        _warn_once(kernel_log, "mount", f"kpack local runner: WARNING: this OS refused a private mount "
-                   f"namespace ({no_mount}); inputs are read-only copies, not read-only mounts, and the "
-                   f"tools' site-packages are not protected from the kernel")
-        for source, target in binds:
-            _copy_readonly(Path(source), Path(target))
-    if net_cut and not use_net:
-        _warn_once(kernel_log, "net", f"kpack local runner: WARNING: this OS refused a private network "
-                   f"namespace ({no_net}); kernels with internet off run WITH network access here")
-    if not (use_mount or use_net):
-        return command
-    plan = {"binds": binds if use_mount else [],
-            "protect": [str(p) for p in site_dirs() + [image]] if use_mount else [],
-            "net_cut": use_net, "command": command, "setup_failed_code": _SETUP_FAILED}
-    plan_path = sandbox / "plan.json"
-    plan_path.write_text(json.dumps(plan))
-    return _unshare(use_mount, use_net) + _bootstrap(plan_path)
+    venv_dir = private / "python"
+    if mode == "none":
+        _make_interpreter(venv_dir, image, str(venv_dir))
+        for source, rel in binds:
+            _copy_readonly(Path(source), run_root / "input" / rel)
+        (private / "tmp").mkdir()
+        return ([str(venv_dir / "bin" / "python"), str(script)],
+                kernel_environment(str(run_root), str(private / "home"), str(venv_dir), extra_env,
+                                   tmpdir=str(private / "tmp")))
+    _make_interpreter(venv_dir, image, sandbox.VENV_INSIDE)
+    ops = sandbox.root_ops(private, run_root, script, binds, image, venv_dir)
+    command = [f"{sandbox.VENV_INSIDE}/bin/python", sandbox.SCRIPT_INSIDE]
+    cwd = f"{sandbox.KAGGLE}/working"
+    if mode == "bwrap":
+        argv = sandbox.bwrap_command(ops, net_cut, cwd, command)
+    else:
+        argv = sandbox.unshare_command(sandbox.unshare_plan(ops, private, net_cut, cwd, command),
+                                       private / "plan.json")
+    return argv, kernel_environment(sandbox.KAGGLE, sandbox.HOME_INSIDE, sandbox.VENV_INSIDE, extra_env)
 
 
-def _place_inputs(mounts: list[Mount], inputs: Path) -> list[list[str]]:
-    """Create each input's mount points under input/ and pair them with their sources. A legacy
-    `input/<slug>` wanted by two inputs goes to the first."""
+def _place_inputs(mounts: list[Mount], inputs: Path) -> list[tuple[str, str]]:
+    """Create each input's mount points under input/ and pair each source with its place relative to input/.
+    A legacy `input/<slug>` wanted by two inputs goes to the first."""
     binds, taken = [], set()
     for mount in mounts:
         source = Path(mount.source).resolve()
@@ -397,7 +402,6 @@ def _place_inputs(mounts: list[Mount], inputs: Path) -> list[list[str]]:
             if rel in taken:
                 continue
             taken.add(rel)
-            target = inputs / rel
-            target.mkdir(parents=True, exist_ok=True)
-            binds.append([str(source), str(target)])
+            (inputs / rel).mkdir(parents=True, exist_ok=True)
+            binds.append((str(source), rel.as_posix()))
     return binds
