@@ -4,9 +4,10 @@ A checkpoint file is torch.save's bytes followed by a trailer:
 
     payload | meta (JSON: sha256 and size of the payload, step, epoch, training hash, ...) | u64 len(meta) | MAGIC
 
-It is written to a temp file beside its place, fsynced, and os.replace'd in; with keep_previous the file it
-replaces first moves to `checkpoint-prev.pt`, so a valid checkpoint exists at every instant. On load the
-trailer and the payload's sha256 are checked: a truncated or corrupt file is skipped for an older valid one.
+It is written to a temp file (atomic.py: one that never ships as output), fsynced, and os.replace'd in; with
+keep_previous the file it replaces first moves to `checkpoint-prev.pt`, so a valid checkpoint exists at every
+instant. On load the trailer and the payload's sha256 are checked: a truncated or corrupt file is skipped for an
+older valid one.
 
     seconds = save(working / NAME, state, meta)
     found = latest([working] + input folders, training_hash)   # Found(path, meta, state) or None
@@ -18,13 +19,14 @@ import io
 import json
 import os
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import torch
+
+from kernel_src import atomic
 
 NAME = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"
@@ -51,40 +53,21 @@ class _Hashing(io.RawIOBase):
         return self.f.write(b)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(path: Path, state: dict, meta: dict, keep_previous: bool = True) -> float:
     """Write `state` atomically at `path` (see the module docstring); returns the seconds it took."""
     started = time.monotonic()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            hashing = _Hashing(f)
-            torch.save(state, hashing)
-            trailer = json.dumps({**meta, "sha256": hashing.sha.hexdigest(), "size": hashing.size},
-                                 sort_keys=True).encode()
-            f.write(trailer + _TAIL.pack(len(trailer), MAGIC))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other readers of the output
+
+    def keep() -> None:
         if keep_previous and path.exists():
             os.replace(path, path.with_name(PREVIOUS))
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    with atomic.replacing(path, before_replace=keep) as f:
+        hashing = _Hashing(f)
+        torch.save(state, hashing)
+        trailer = json.dumps({**meta, "sha256": hashing.sha.hexdigest(), "size": hashing.size},
+                             sort_keys=True).encode()
+        f.write(trailer + _TAIL.pack(len(trailer), MAGIC))
     return time.monotonic() - started
 
 
@@ -165,13 +148,15 @@ def latest(paths: list[Path], training_hash: str, log=print) -> Optional[Found]:
 
 
 def clean_temp(folder: Path) -> None:
-    """Remove temp files a killed save left behind."""
-    for stale in Path(folder).glob(f".{NAME}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    """Remove temp files killed writes left behind (any of the kit's, not only checkpoints')."""
+    atomic.clean(folder)
 
 
 def save_model(path: Path, model_state: dict, info: dict[str, Any]) -> None:
-    """A weights-only file for inference: {"model": backbone state dict, **info}; atomic."""
+    """A weights-only file for inference: {"model": backbone state dict, **info}; atomic. `info` (plain data)
+    goes through JSON first: pickle writes a string seen before as a back-reference, so the bytes would depend
+    on whether two equal strings are one object (a literal) or two (one read back from a checkpoint)."""
+    info = json.loads(json.dumps(info))
     save(path, {"model": model_state, **info}, {"kind": "model"}, keep_previous=False)
 
 

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,24 +38,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kernel_src import augment, checkpoint, data, folds, losses, models, schedules, settings
+from kernel_src import atomic, augment, checkpoint, data, folds, losses, models, schedules, settings
 from kernel_src.metrics import fbeta_score
 from kernel_src.settings import KitSettings
 from kernel_src.thresholds import best_global
 
 CARRIED = ("oof.npy", "oof.csv", "metrics.json", "best.pt", "classes.json")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -239,6 +226,8 @@ class Run:
         self.resumed_from: Optional[Path] = None
         torch.manual_seed(kit.seed + 1 + dd.rank)  # dropout & co: a stream of its own per rank
         self._resume(search or [])
+        # saving working/ at the session's end counts against its limit: model.pt and the carried files too
+        self.clock.track_output(self.working, weights_bytes + self._carry_bytes())
 
     # ---- checkpoints
 
@@ -263,7 +252,7 @@ class Run:
                     "written": time.time(), "world": self.dist.world}
             seconds = checkpoint.save(self.working / checkpoint.NAME, state, meta,
                                       keep_previous=self.kit.session.keep_previous)
-            self.clock.record_save(seconds)
+            self.clock.record_save(seconds, (self.working / checkpoint.NAME).stat().st_size)
             self.written.add(checkpoint.NAME)
             self.saved_at = (self.step, time.monotonic())
         self.dist.barrier()
@@ -402,23 +391,24 @@ class Run:
             self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} F2@0.5 {f2_half:.4f} "
                      f"F2 {f2_best:.4f} (threshold {threshold:.2f})")
             if improved:
-                self._write_model("best.pt")
-                atomic_save_npy(self.working / "oof.npy", probs)
+                self._write_model("best.pt", self.epoch + 1)
+                atomic.save_npy(self.working / "oof.npy", probs)
                 rows = "".join(f"{i},{' '.join(self.labels.decode(t))}\n" for i, t in zip(self.valid_ids, y))
-                atomic_write_text(self.working / "oof.csv", "id,attribute_ids\n" + rows)
+                atomic.write_text(self.working / "oof.csv", "id,attribute_ids\n" + rows)
                 self.written |= {"best.pt", "oof.npy", "oof.csv"}
             self._write_metrics()
 
-    def _write_model(self, name: str) -> None:
+    def _write_model(self, name: str, epoch: int) -> None:
+        """`epoch`: the epochs the weights have trained (1 after the first)."""
         weights = (self.ema.module if self.ema else self.model).backbone.state_dict()
         checkpoint.save_model(self.working / name, weights, {
-            "kit": settings.to_dict(self.kit), "labels": self.labels.to_json(), "epoch": self.epoch + 1,
+            "kit": settings.to_dict(self.kit), "labels": self.labels.to_json(), "epoch": epoch,
             "step": self.step, "metric": self.history[-1] if self.history else None})
         self.written.add(name)
 
     def _write_metrics(self) -> None:
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
-        atomic_write_text(self.working / "metrics.json", json.dumps(
+        atomic.write_text(self.working / "metrics.json", json.dumps(
             {"best": best, "last": self.history[-1] if self.history else None, "history": self.history},
             indent=1))
         self.written.add("metrics.json")
@@ -428,8 +418,8 @@ class Run:
         kit, stopped = self.kit, None
         self.loop_started = self.clock.elapsed()
         if self.dist.main:
-            atomic_write_text(self.working / "kit.json", json.dumps(settings.to_dict(kit), indent=1))
-            atomic_write_text(self.working / "classes.json", json.dumps(self.labels.to_json()))
+            atomic.write_text(self.working / "kit.json", json.dumps(settings.to_dict(kit), indent=1))
+            atomic.write_text(self.working / "classes.json", json.dumps(self.labels.to_json()))
             self.written |= {"kit.json", "classes.json"}
         if self.epoch < kit.epochs and self.dist.any(self.clock.should_stop(self.ckpt_bytes))[0]:
             return self.finish("clock")  # no time for even one step: the checkpoint found is carried over
@@ -461,15 +451,16 @@ class Run:
             "best_metric": self.best if self.best > -math.inf else None, "best_epoch": self.best_epoch,
             "training_hash": self.hash, "world": self.dist.world,
             "session": {"budget_s": clock.budget, "elapsed_s": clock.elapsed(), "loop_started_s": self.loop_started,
+                        "started_from": clock.started_from, "output_save_s": clock.output_save_seconds(),
                         "train_step_s": clock.step_total, "validate_s": clock.validate_total, "steps": clock.steps,
                         "resumed_from": str(self.resumed_from) if self.resumed_from else None},
         }
         self._stop_workers()
         if self.dist.main:
             if done:
-                self._write_model("model.pt")
+                self._write_model("model.pt", self.epoch)  # the loop has moved past its last epoch
             self._carry_over()
-            atomic_write_text(self.working / "state.json", json.dumps(summary, indent=1))
+            atomic.write_text(self.working / "state.json", json.dumps(summary, indent=1))
         self.dist.barrier()
         if self.dist.main:
             why = ("training done" if done else "stopped at the session's step limit (kit.session.max_steps)"
@@ -486,21 +477,27 @@ class Run:
                 iterator._shutdown_workers()
             loader._iterator = None
 
+    def _carry_source(self) -> Optional[Path]:
+        """The folder earlier sessions' files are carried over from (None: working/ itself, or a fresh start)."""
+        if self.resumed_from is None or self.resumed_from.parent.resolve() == self.working.resolve():
+            return None
+        return self.resumed_from.parent
+
+    def _carry_bytes(self) -> int:
+        source = self._carry_source()
+        return sum((source / n).stat().st_size for n in CARRIED if (source / n).is_file()) if source else 0
+
     def _carry_over(self) -> None:
         """Copy what earlier sessions wrote and this one did not, from the resumed checkpoint's folder;
         the checkpoint itself too when this session saved none (it stopped before its first step)."""
-        if self.resumed_from is None:
-            return
-        source = self.resumed_from.parent
-        if source.resolve() == self.working.resolve():
+        source = self._carry_source()
+        if source is None:
             return
         copies = {name: source / name for name in CARRIED}
         copies[checkpoint.NAME] = self.resumed_from  # the valid one, whatever its name
         for name, path in copies.items():
             if name not in self.written and path.is_file():
-                tmp = self.working / f".{name}.carry.tmp"
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, self.working / name)
+                atomic.copy(path, self.working / name)
 
 
 class _Subset:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from kernel_src import augment, blend, checkpoint, data, entrypoint, models, settings, tta
-from kernel_src.engine import atomic_write_text
+from kernel_src.atomic import write_text as atomic_write_text
 from kernel_src.runtime import inputs
 from kernel_src.thresholds import Rule
 

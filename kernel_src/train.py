@@ -24,8 +24,9 @@ def main(config: dict, working: Optional[Path] = None) -> dict:
         kit = settings.from_config(config)
         budget = clock.session_seconds(config, "train")
         session = clock.SessionClock(budget, kit.session.margin_seconds, max_steps=kit.session.max_steps)
-        print(f"[kpack] train: session budget {budget:.0f} s (margin {session.margin:.0f} s), "
-              f"{session.elapsed():.1f} s gone at start", flush=True)
+        print(f"[kpack] train: session budget {budget:.0f} s (margin {session.margin:.0f} s, plus saving the "
+              f"output at {session.output_s_per_gb:g} s/GB), {session.elapsed():.1f} s gone at start "
+              f"(counted from the {session.started_from})", flush=True)
         return engine.run(kit, config, working or inputs.working_dir(), session)
 
     return entrypoint.one_line_errors(train)

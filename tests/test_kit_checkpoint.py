@@ -1,10 +1,14 @@
 """Checkpoint files: atomic, checksummed, the previous one kept; damaged ones skipped, foreign ones refused."""
 from __future__ import annotations
 
+import os
+import pickle
+import signal
+
 import pytest
 import torch
 
-from kernel_src import checkpoint
+from kernel_src import atomic, checkpoint
 
 
 def state(step: int) -> dict:
@@ -80,3 +84,75 @@ def test_model_files(tmp_path):
     assert checkpoint.load_model(tmp_path / "best.pt")["labels"] == {"ids": ["a"]}
     torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "plain.pt")  # a plain torch file loads too
     assert torch.equal(checkpoint.load_model(tmp_path / "plain.pt")["model"]["w"], torch.zeros(1))
+
+
+# ------------------------------------------------------------------------- temp files never ship
+
+@pytest.fixture
+def kaggle_root(tmp_path, monkeypatch):
+    """A Kaggle root whose working/ and temp/ share a filesystem (as the local Kaggle's do)."""
+    root = tmp_path / "kaggle"
+    (root / "working").mkdir(parents=True)
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(root))
+    return root
+
+
+def killed_while_writing(target) -> None:
+    """Fork a child that dies by SIGKILL in the middle of writing `target` (after its first bytes)."""
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on, only os._exit or the kill
+        try:
+            def die(self, b):
+                os.kill(os.getpid(), signal.SIGKILL)
+            checkpoint._Hashing.write = die
+            checkpoint.save_model(target, {"w": torch.ones(1000)}, {"epoch": 1})
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("name", ["best.pt", "model.pt", checkpoint.NAME])
+def test_a_write_killed_midway_leaves_no_temp_file_in_working(kaggle_root, name):
+    working = kaggle_root / "working"
+    killed_while_writing(working / name)
+    assert sorted(p.name for p in working.iterdir()) == [], "a temp file here would ship as output"
+    left = list((kaggle_root / "temp").rglob("*"))
+    assert [p.name for p in left if p.is_file()], "the killed write's temp file is in temp/ (not saved)"
+    checkpoint.clean_temp(working)  # the next start removes it there too
+    assert not [p for p in (kaggle_root / "temp").rglob("*") if p.is_file()]
+
+
+def test_without_a_shared_temp_folder_the_temp_file_goes_beside_and_start_up_removes_it(tmp_path, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("")  # no temp/ can be made under this root
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "not-a-folder"))
+    working = tmp_path / "working"
+    working.mkdir()
+    checkpoint.save_model(working / "best.pt", {"w": torch.ones(2)}, {"epoch": 1})
+    killed_while_writing(working / "model.pt")
+    stale = [p.name for p in atomic.temp_files(working)]
+    assert len(stale) == 1 and stale[0].startswith(atomic.TEMP_PREFIX + "model.pt.")
+    checkpoint.clean_temp(working)
+    assert sorted(p.name for p in working.iterdir()) == ["best.pt"]
+
+
+def test_start_up_removes_the_temp_files_of_every_writer_older_kits_left(kaggle_root):
+    """What a kill during a write of best.pt, model.pt, oof.npy or metrics.json left in working/ before."""
+    working = kaggle_root / "working"
+    stale = [".best.pt.k2j3.tmp", ".model.pt.a8x1.tmp", ".checkpoint.pt.zz.tmp", ".oof.npy.tmp.npy",
+             ".metrics.json.tmp", ".best.pt.carry.tmp", atomic.TEMP_PREFIX + "oof.csv.q1"]
+    for name in stale:
+        (working / name).write_bytes(b"")
+    (working / "oof.csv").write_text("id,attribute_ids\n")
+    checkpoint.clean_temp(working)
+    assert sorted(p.name for p in working.iterdir()) == ["oof.csv"]
+
+
+def test_a_model_file_has_the_same_bytes_whichever_objects_its_info_came_from(tmp_path):
+    """A metric record read back from a checkpoint (its own string objects) gives the bytes a fresh one gives."""
+    weights = {"w": torch.arange(6.0)}
+    fresh = {"epoch": 3, "step": 9, "metric": {"epoch": 3, "step": 9, "f2": 0.5}}
+    read_back = pickle.loads(pickle.dumps(fresh["metric"]))
+    checkpoint.save_model(tmp_path / "a.pt", weights, fresh)
+    checkpoint.save_model(tmp_path / "b.pt", weights, {**fresh, "metric": read_back})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
