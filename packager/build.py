@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager import inline, metadata
+from packager import inline, metadata, preflight
 from packager.errors import UserError
 
 log = logging.getLogger("kpack")
@@ -193,6 +193,7 @@ def build_kernel(cfg, kind: str, *, root: str | os.PathLike | None = None, out_d
     title = None if slug == kernel.slug else metadata.title_for(slug)
     entry = kernel.entry
     entry_module = _entry_module(entry, kind, root)
+    checked = preflight.before_build(cfg, kind, root)  # the kit and its weights files, before anything is built
 
     bundle = inline.collect(root, _sources(cfg, kind, root))
     inline.check_compiles(bundle)
@@ -208,6 +209,7 @@ def build_kernel(cfg, kind: str, *, root: str | os.PathLike | None = None, out_d
     meta = metadata.kernel_metadata(cfg, kind, code_file, datasets, [*kernel.sources.kernels, *kernel_sources],
                                     slug=slug, title=title)
     warnings = [f"kernels.{kind}.accelerator: {w}" for w in [metadata.accelerator_warning(kernel.accelerator)] if w]
+    warnings += checked
     warnings += _file_readers(bundle)
 
     version = kpack_version()

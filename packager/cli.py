@@ -33,6 +33,24 @@ def build(kind: str, config_path: str | None) -> None:
 @cli.command()
 @kind_arg
 @config_opt
+def check(kind: str, config_path: str | None) -> None:
+    """Run every check build and push make (config, entry, machine shape, metadata, kit, weights files); build
+    nothing. Exits 2 when one fails."""
+    from pathlib import Path
+
+    from packager.preflight import run_all
+
+    lines = run_all(load_config(config_path), kind, Path.cwd())
+    for status, line in lines:
+        click.echo(f"{status}: {line}")
+    failed = sum(status == "error" for status, _ in lines)
+    if failed:
+        raise UserError(f"kpack check {kind}: {failed} of {sum(s != 'warning' for s, _ in lines)} checks failed")
+
+
+@cli.command()
+@kind_arg
+@config_opt
 @click.option("--wait/--no-wait", default=True, help="watch the kernel until it ends (and chain sessions)")
 def push(kind: str, config_path: str | None, wait: bool) -> None:
     """Build, update the datasets that changed, push the kernel and (by default) watch it to the end."""

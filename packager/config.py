@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from packager import shapes
 from packager.errors import UserError
 
 CONFIG_FILE = "kpack.yaml"
 KERNEL_KINDS = ("train", "validate", "infer")
-ACCELERATORS = (
-    "None", "NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaTeslaA100", "NvidiaH100", "TpuV5E8", "TpuV6E8",
-)
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
 
 
@@ -36,7 +34,8 @@ def _check_ref(value: str) -> str:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `private: 'yes'` or `session_hours: '9'` is refused, not read as true / 9
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Sources(Strict):
@@ -51,12 +50,14 @@ class KernelConfig(Strict):
     entry: str = Field(description="file inside kernel_src/ whose main(config) the kernel runs")
     slug: str | None = None
     title: str | None = None
-    accelerator: Literal[ACCELERATORS] = "NvidiaTeslaT4"  # type: ignore[valid-type]
+    # a Kaggle machine shape (packager/shapes.py); one kpack does not know is pushed as given, with a warning
+    accelerator: str = shapes.DEFAULT_GPU
     internet: bool = False  # the kaggle client's own default is on; competitions need it off
     private: bool = True
-    session_hours: float = Field(12.0, gt=0, le=12)
+    session_hours: float | None = Field(None, gt=0, description="default: the shape's limit (12 h GPU/CPU, 9 h TPU)")
     sources: Sources = Sources()
     packages: list[str] = Field([], description="extra local pure-Python package folders to inline")
+    chain: Literal["alternate", "distinct"] = "alternate"  # session slugs: <slug>/<slug>-b, or <slug>-sN (chain.py)
 
     _slug = field_validator("slug")(lambda cls, v: v if v is None else _check_slug(v))
 
@@ -100,6 +101,12 @@ class LocalBackend(Strict):
     root: str = ".localkaggle"
 
 
+class CompetitionLimits(Strict):
+    # A code competition's own run-time limit for the notebook it reruns on the hidden test set (kernels.infer),
+    # often below the session limit ("GPU Notebook <= 9 hours run-time").
+    runtime_hours: float | None = Field(None, gt=0)
+
+
 class ProjectConfig(Strict):
     competition: str
     kaggle_user: str
@@ -109,6 +116,9 @@ class ProjectConfig(Strict):
     datasets: Datasets = Datasets()
     notifications: Notifications = Notifications()
     kit: dict = Field({}, description="the training kit's own settings, validated by kernel_src")
+    competition_limits: CompetitionLimits = CompetitionLimits()
+    _source: str = PrivateAttr(CONFIG_FILE)  # the file it was read from, for error lines
+    _lines: dict = PrivateAttr(default_factory=dict)  # field path -> line in that file
 
     _competition = field_validator("competition")(lambda cls, v: _check_slug(v))
 
@@ -117,33 +127,80 @@ class ProjectConfig(Strict):
         for kind, kernel in self.kernels.items():
             kernel.slug = kernel.slug or f"{self.competition}-{kind}"
             kernel.title = kernel.title or kernel.slug
+            if kernel.session_hours is None:
+                kernel.session_hours = min(h for h, _ in session_limits(self, kind))
         return self
 
     def kernel(self, kind: str) -> KernelConfig:
         if kind not in self.kernels:
-            raise UserError(f"{CONFIG_FILE}: no kernels.{kind} section; add one with at least 'entry:'")
+            raise UserError(f"{self._source}: no kernels.{kind} section; add one with at least 'entry:'")
         return self.kernels[kind]
 
+    def where(self, *loc) -> str:
+        """'kpack.yaml: line N: ' for the field at path `loc` (or its nearest section the file has)."""
+        return f"{self._source}: {_line_of(tuple(loc), self._lines)}"
 
-def _describe(error: dict) -> str:
-    field = ".".join(str(p) for p in error["loc"] if p != "[key]") or "(top level)"
+
+def session_limits(cfg: ProjectConfig, kind: str) -> list[tuple[float, str]]:
+    """(hours, what sets them) that bound kernels.<kind>.session_hours: the machine shape's session limit and,
+    for the submitted notebook (infer), the competition's run-time limit when the config names one."""
+    shape = shapes.guess(cfg.kernels[kind].accelerator)
+    limits = [(shape.limit_hours, f"the {shape.limit_hours:g} h session limit of {shape.name} "
+                                  f"({shape.kind.upper()}) sessions")]
+    runtime = cfg.competition_limits.runtime_hours
+    if kind == "infer" and runtime is not None:
+        limits.append((runtime, f"the competition's {runtime:g} h run-time limit (competition_limits.runtime_hours)"))
+    return limits
+
+
+def _check_session_hours(cfg: ProjectConfig) -> tuple[tuple, str] | None:
+    """(field path, what is wrong) for the first session_hours over one of its limits, else None."""
+    for kind, kernel in cfg.kernels.items():
+        for hours, what in session_limits(cfg, kind):
+            if kernel.session_hours > hours:
+                return (("kernels", kind, "session_hours"),
+                        f"{kernel.session_hours:g} h is over {what}; use {hours:g} or less")
+    return None
+
+
+def _line_of(loc: tuple, lines: dict[tuple, int]) -> str:
+    """'line N: ' for the deepest part of `loc` the file has (a missing field: its section's line), or ''."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return f"line {lines[loc[:end]]}: "
+    return ""
+
+
+def _describe(error: dict, lines: dict[tuple, int]) -> str:
+    loc = tuple(p for p in error["loc"] if p != "[key]")
+    field = ".".join(str(p) for p in loc) or "(top level)"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
     if error["type"] == "extra_forbidden":
         message = "unknown field; remove it or check its spelling"
     elif error["type"] == "missing":
         message = "required field is missing"
+    elif error["type"] == "bool_type":
+        message = "expected true or false, unquoted"
     got = error.get("input")
     shown = "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
-    return f"{field}: {message}{shown}"
+    return f"{_line_of(loc, lines)}{field}: {message}{shown}"
 
 
-def parse_config(data: object, source: str = CONFIG_FILE) -> ProjectConfig:
+def parse_config(data: object, source: str = CONFIG_FILE, lines: dict[tuple, int] | None = None) -> ProjectConfig:
+    """The validated config; `lines` (field path -> line in `source`) lets an error line name the line."""
+    lines = lines or {}
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping of settings at the top level")
     try:
-        return ProjectConfig.model_validate(data)
+        cfg = ProjectConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{source}: {_describe(exc.errors()[0])}") from None
+        raise UserError(f"{source}: {_describe(exc.errors()[0], lines)}") from None
+    cfg._source, cfg._lines = source, lines
+    problem = _check_session_hours(cfg)
+    if problem:
+        loc, message = problem
+        raise UserError(f"{source}: {_line_of(loc, lines)}{'.'.join(loc)}: {message}")
+    return cfg
 
 
 def find_config(path: str | os.PathLike | None = None) -> Path:
@@ -153,12 +210,72 @@ def find_config(path: str | os.PathLike | None = None) -> Path:
     return candidate
 
 
-def load_config(path: str | os.PathLike | None = None) -> ProjectConfig:
-    file = find_config(path)
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class says so
+                break
+        return super().construct_mapping(node, deep)
+
+
+def _key_lines(node, path: tuple = ()) -> dict[tuple, int]:
+    """field path -> 1-based line of its key (or list item) in the file."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        items = [(k.value, k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+    elif isinstance(node, yaml.SequenceNode):
+        items = [(i, v, v) for i, v in enumerate(node.value)]
+    else:
+        return lines
+    for name, where, value in items:
+        lines[path + (name,)] = where.start_mark.line + 1
+        lines.update(_key_lines(value, path + (name,)))
+    return lines
+
+
+def read_yaml(file: Path) -> tuple[object, dict[tuple, int]]:
+    """The parsed YAML of `file` and the line of each field; one-line UserErrors for text that is not UTF-8,
+    not YAML, or has a key twice."""
     try:
-        data = yaml.safe_load(file.read_text())
+        text = file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[:exc.start].count(b"\n") + 1
+        raise UserError(f"{file}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file "
+                        "as UTF-8") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as dup:
+        raise UserError(f"{file}: line {dup.line}: duplicate key '{dup.key}' (first on line {dup.first}); "
+                        "keep one: YAML would silently use the last") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{file}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, str(file))
+    finally:
+        loader.dispose()
+    return data, _key_lines(node)
+
+
+def load_config(path: str | os.PathLike | None = None) -> ProjectConfig:
+    file = find_config(path)
+    data, lines = read_yaml(file)
+    return parse_config(data, str(file), lines)

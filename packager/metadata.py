@@ -9,22 +9,21 @@ kernel under a slug nobody asked for).
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 from slugify import slugify
 
+from packager import shapes
 from packager.errors import UserError
 
 log = logging.getLogger("kpack")
 
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
-GPU_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaTeslaA100", "NvidiaH100")
-TPU_SHAPES = ("TpuV5E8", "TpuV6E8")
-CPU_SHAPE = "None"
-RETIRED_SHAPES = {"NvidiaTeslaP100": "Kaggle retired the P100: sessions asking for it run on T4 x2"}
 # The client's slug syntax (_validate_slug_syntax) and its length rules for kernels and datasets.
 SLUG_SYNTAX = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 OWNER_SYNTAX = re.compile(r"^[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)*$")
@@ -59,16 +58,54 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def accelerator_flags(shape: str) -> dict[str, Any]:
-    """enable_gpu / enable_tpu / machine_shape for a configured accelerator ('None' means CPU only)."""
-    if shape == CPU_SHAPE:
+    """enable_gpu / enable_tpu / machine_shape for a configured accelerator ('None' means CPU only). A name
+    packager/shapes.py does not know is written as given (GPU unless it starts with 'Tpu'); build warns."""
+    kind = shapes.guess(shape).kind
+    if kind == "cpu":
         return {"enable_gpu": False, "enable_tpu": False}
-    if shape not in GPU_SHAPES + TPU_SHAPES:
-        raise UserError(f"accelerator: '{shape}' is not one of {', '.join((CPU_SHAPE,) + GPU_SHAPES + TPU_SHAPES)}")
-    return {"enable_gpu": shape in GPU_SHAPES, "enable_tpu": shape in TPU_SHAPES, "machine_shape": shape}
+    return {"enable_gpu": kind == "gpu", "enable_tpu": kind == "tpu", "machine_shape": shape}
 
 
 def accelerator_warning(shape: str) -> str | None:
-    return RETIRED_SHAPES.get(shape)
+    """One line for a retired shape (runs as another) or a name kpack does not know; None for the rest."""
+    return shapes.warning(shape)
+
+
+def read_kernel_metadata(folder: str | Path) -> dict[str, Any]:
+    """A built kernel folder's kernel-metadata.json (possibly edited by hand), with one-line UserErrors for a
+    missing or unreadable file, invalid JSON, or an `id` / `code_file` the kaggle client cannot use."""
+    path = Path(folder) / KERNEL_METADATA
+    fix = "fix it, or rebuild it with `kpack build KIND`"
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        meta = json.loads(text)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; build the kernel first with `kpack build KIND`") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        f"{fix}") from None
+    except ValueError as exc:  # json.JSONDecodeError
+        where = f"line {exc.lineno} column {exc.colno}: " if hasattr(exc, "lineno") else ""
+        raise UserError(f"{path}: not valid JSON ({where}{getattr(exc, 'msg', exc)}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: expected a JSON object of kernel settings, got {_json_kind(meta)}; {fix}")
+    for key, example in (("id", "'owner/kernel-slug'"), ("code_file", "the script's file name, e.g. 'train.py'")):
+        value = meta.get(key)
+        if not isinstance(value, str) or not value.strip():
+            got = "missing" if key not in meta else f"got {_json_kind(value)} {json.dumps(value)}"
+            raise UserError(f"{path}: {key}: expected a string, {example} ({got}); {fix}")
+    if meta["id"].count("/") != 1 or not all(meta["id"].split("/")):
+        raise UserError(f"{path}: id: '{meta['id']}' is not 'owner/kernel-slug'; {fix}")
+    if Path(meta["code_file"]).name != meta["code_file"]:
+        raise UserError(f"{path}: code_file: '{meta['code_file']}' must be a file name inside {folder}; {fix}")
+    return meta
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def kernel_metadata(cfg, kind: str, code_file: str, dataset_sources: Iterable[str] = (),
