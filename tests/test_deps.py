@@ -166,3 +166,23 @@ def test_image_drift_is_a_note_not_a_failure(kaggle_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "note: the image differs" in err
     assert "kpackimg 2.1.0 (resolved against 2.0.2)" in err and "kpack-gone missing" in err
+
+
+def test_pin_left_to_the_image_names_the_snapshot(kaggle_root, tmp_path):
+    """A pinned package the builder left to the image (a probe saw it there) but the image lacks at that version:
+    the line says which snapshot vouched for it and how to refresh it."""
+    image = tmp_path / "image-site"
+    image.mkdir()
+    dist(image, "kpackimg", "kpackimg", "1.9")
+    sys.path.append(str(image))
+    folder = make_dataset(kaggle_root, zipped=False, requirements={"kpacktoy": "1.0", "kpackimg": "2.0"})
+    manifest = json.loads((folder / deps.MANIFEST).read_text())
+    manifest["image"] = {"kpackimg": "2.0"}
+    manifest["snapshot"] = {"source": "probe", "probed": "2026-11-20T08:00:00Z"}
+    (folder / deps.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(deps.DepsError) as err:
+        deps.activate(CONFIG)
+    assert str(err.value.code) == (
+        "kpack deps: version check failed (wheels dataset alice/digits-wheels, mode site): kpackimg: expected 2.0, "
+        "found 1.9; kpackimg left to the image by its snapshot (probed 2026-11-20): refresh it with `kpack "
+        "probe-image` and push again")
