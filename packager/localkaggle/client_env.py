@@ -25,12 +25,18 @@ import urllib.request
 from pathlib import Path
 
 from packager.errors import UserError
+from packager.localkaggle.runner import PASS_THROUGH
 from packager.localkaggle.store import Store, StoreError
+from packager.secrets_scan import SECRET_NAME
 
 DEFAULT_PORT = 8599
 DEFAULT_ROOT = ".localkaggle"
 DEFAULT_USER = "kpack"
 START_TIMEOUT_S = 30.0
+# What the server needs of the caller's environment, by name; everything else (Kaggle credentials, the
+# Telegram token, the weights key, whatever else the shell holds) stays out. Local Kaggle Secrets live in
+# the server's store (`kpack local secret set`), not in its environment.
+SERVER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "LANGUAGE", "PYTHONPATH") + PASS_THROUGH
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -77,12 +83,18 @@ def _check_root(answer: dict, root: Path, port: int) -> None:
                         f"stop it or pick another port (kpack.yaml local.port)")
 
 
+def server_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The server's environment: SERVER_ENV, the locale's LC_*, and kpack's own KPACK_* settings whose names
+    do not say secret (KPACK_WEIGHTS_KEY does)."""
+    return {k: v for k, v in environ.items()
+            if k in SERVER_ENV or k.startswith("LC_") or (k.startswith("KPACK_") and not SECRET_NAME.search(k))}
+
+
 def start_server(root: Path, port: int, extra_args: list[str] | None = None) -> subprocess.Popen:
     """`kpack local serve` detached from this process (its own session), logging to ROOT/server.log."""
     root.mkdir(parents=True, exist_ok=True)
     log = open(root / "server.log", "ab")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAGGLE_API_TOKEN", "KAGGLE_KEY", "KAGGLE_USERNAME")}
+    env = server_environment(os.environ)
     command = [sys.executable, "-m", "packager.cli", "local", "serve", "--port", str(port), "--root", str(root),
                *(extra_args or [])]
     try:
