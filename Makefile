@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# bubblewrap sandboxes local kernels (else kpack's own namespaces do); never fails setup
+	@command -v bwrap >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q bubblewrap >/dev/null 2>&1))) || \
+		echo "no bubblewrap: local kernels use kpack's own sandbox (install the bubblewrap package to use it)"
 	touch $(STAMP)
 
 demo: $(STAMP)
