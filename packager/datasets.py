@@ -8,11 +8,18 @@ there, or never made on this backend, is created again. Unchanged means no call 
 A new version goes up with dir_mode "zip" (top-level folders as archives). Two guards keep a version whole:
 every top-level file must have finished uploading before CreateDatasetVersion is sent (the client would
 otherwise drop an unfinished file from the version silently), and a retry first asks the server whether the
-lost attempt already made the version. The kernel is pushed only once every new version reports "ready".
+lost attempt already made the version. The kernel is pushed only once every new version reports "ready":
+Kaggle processes a new version first (minutes for large files), and the waiting says what it waits for.
+
+The client keeps each file's resumable upload (its token) in `$TMPDIR/.kaggle/uploads/` and deletes it only
+when the whole call succeeds. A version whose answer was lost leaves tokens the server has already used, and
+the client resumes them forever ("expired", the file dropped): kpack removes this folder's entries once a
+version landed, and the entry of a file whose upload did not finish, so the next try starts it afresh.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +34,7 @@ PUSHED = "pushed.json"
 METADATA = "dataset-metadata.json"
 IGNORE = [PUSHED]
 READY_TIMEOUT_S = env_number("KPACK_DATASET_READY_TIMEOUT_S", 1800)
+PROGRESS_EVERY_S = 15.0  # while waiting for a version to be ready, a line this often
 
 
 @dataclass
@@ -87,9 +95,17 @@ def write_metadata(cfg, build) -> Path:
     return path
 
 
+def _dataset_config(cfg, build):
+    return next((d for d in (cfg.datasets.wheels, cfg.datasets.weights) if d is not None and d.slug == build.slug),
+                None)
+
+
 def _is_public(cfg, build) -> bool:
-    weights = cfg.datasets.weights
-    return bool(weights is not None and weights.slug == build.slug and weights.public)
+    return bool(getattr(_dataset_config(cfg, build), "public", False))
+
+
+def _delete_old_versions(cfg, build) -> bool:
+    return bool(getattr(_dataset_config(cfg, build), "delete_old_versions", False))
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -147,22 +163,31 @@ def remote_state(api, ref: str) -> tuple[str | None, int | None]:
     return name, version
 
 
-def wait_ready(api, ref: str, at_least: int | None = None, timeout_s: float = READY_TIMEOUT_S) -> int | None:
+def wait_ready(api, ref: str, at_least: int | None = None, timeout_s: float | None = None) -> int | None:
     """Poll until the dataset's current version is ready (and, when `at_least` is given and the server reports
     version numbers, is at least that version: right after CreateDatasetVersion the server may still describe
-    the previous one); returns that version number."""
-    deadline, delay = time.monotonic() + timeout_s, 0.5
+    the previous one); returns that version number. Says what it waits for, then every PROGRESS_EVERY_S how
+    long it has waited; past timeout_s (KPACK_DATASET_READY_TIMEOUT_S) one error line."""
+    timeout_s = READY_TIMEOUT_S if timeout_s is None else timeout_s
+    began, delay, said = time.monotonic(), 0.5, None
+    what = f"v{at_least}" if at_least else "its current version"
     while True:
         status, version = remote_state(api, ref)
+        waited = time.monotonic() - began
         if status == "ready" and (at_least is None or version is None or version >= at_least):
             return version
         if status in ("failed", "error"):
-            raise UserError(f"dataset {ref}: the server failed to process the new version (status {status})",
-                            exit_code=1)
-        if time.monotonic() > deadline:
-            raise UserError(f"dataset {ref}: not ready after {timeout_s:.0f}s (status {status}); "
-                            "check it on the website, then push again", exit_code=1)
-        kaggle_api.sleep(delay)
+            raise UserError(f"dataset {ref}: the server failed to process {what} (status {status}); fix the "
+                            "files and push again", exit_code=1)
+        if waited > timeout_s:
+            raise UserError(f"dataset {ref}: {what} still not ready after {waited:.0f}s (status {status}); "
+                            f"nothing was pushed after it: check the dataset's page, then push again (or raise "
+                            f"KPACK_DATASET_READY_TIMEOUT_S, now {timeout_s:g})", exit_code=1)
+        if said is None or waited - said >= PROGRESS_EVERY_S:
+            print(f"dataset {ref}: waiting for {what} to be ready (status {status}, {waited:.0f}s so far, "
+                  f"at most {timeout_s:.0f}s)", flush=True)
+            said = waited
+        kaggle_api.sleep(min(delay, max(0.1, timeout_s - waited)))
         delay = min(10.0, delay * 1.5)
 
 
@@ -186,15 +211,48 @@ def _size(paths: list[Path]) -> int:
     return total
 
 
-def _guard_uploads(api, expected: int) -> None:
-    """Make the client refuse to send Create* unless all `expected` top-level entries finished uploading."""
+def _upload_records(folder: str, entries: list[Path]) -> dict[str, Path]:
+    """file name -> the client's resumable-upload record of it (named by the client's own rule from the folder
+    string it was given). Folders go up as archives made in a fresh temp folder: no record outlives them."""
+    from kaggle.api.kaggle_api_extended import ResumableUploadContext
+
+    context = ResumableUploadContext()
+    return {p.name: Path(context.get_upload_info_file_path(os.path.join(folder, p.name)))
+            for p in entries if p.is_file()}
+
+
+def _recorded_token(record: Path) -> str | None:
+    try:
+        return (json.loads(record.read_text()).get("start_blob_upload_response") or {}).get("token")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def forget_uploads(folder: str, entries: list[Path]) -> None:
+    """Drop the client's upload records of these files: once a version landed, their tokens are used up."""
+    for record in _upload_records(folder, entries).values():
+        record.unlink(missing_ok=True)
+
+
+def _guard_uploads(api, folder: str, entries: list[Path]) -> None:
+    """Make the client refuse to send Create* unless every top-level entry finished uploading. A file that did
+    not finish loses its upload record, so the retry starts it afresh: the client has already resumed it up to
+    10 times, and a token the server no longer knows (used by a version whose answer was lost) fails forever."""
     original = type(api).upload_files
+    expected = len(entries)
 
     def guarded(request, *args, **kwargs):
         original(api, request, *args, **kwargs)
         got = len(request.files or [])
         if got != expected:
-            raise IncompleteUpload(f"{expected - got} of {expected} files did not finish uploading")
+            sent = {f.token for f in request.files or []}
+            records = _upload_records(folder, entries)
+            stuck = [name for name, record in records.items()
+                     if record.exists() and _recorded_token(record) not in sent]
+            for name in stuck:
+                records[name].unlink(missing_ok=True)
+            again = f"; starting {', '.join(stuck)} afresh" if stuck else ""
+            raise IncompleteUpload(f"{expected - got} of {expected} files did not finish uploading{again}")
 
     api.upload_files = guarded
 
@@ -229,9 +287,18 @@ def remote_state_of(api, cfg, build) -> RemoteState:
     return RemoteState(status, version, unchanged)
 
 
-def push_dataset(api, cfg, build, state: RemoteState, message: str | None = None) -> PushedDataset:
-    """Create or version one built dataset when its content hash changed (`state`: remote_state_of it); waits
-    until the new version is ready."""
+@dataclass
+class Pending:
+    """A version sent to the server and not yet ready (Kaggle processes it first)."""
+    ref: str
+    at_least: int | None    # the version number it will have, when the server reports numbers
+    bytes: int
+    files: list[str]
+
+
+def send_dataset(api, cfg, build, state: RemoteState, message: str | None = None) -> PushedDataset | Pending:
+    """Create or version one built dataset when its content hash changed (`state`: remote_state_of it); an
+    unchanged one is waited for only when it is still processing."""
     ref = f"{cfg.kaggle_user}/{build.slug}"
     path = Path(build.path)
     status, version = state.status, state.version
@@ -245,7 +312,7 @@ def push_dataset(api, cfg, build, state: RemoteState, message: str | None = None
     if not entries:
         raise UserError(f"dataset {ref}: {path} has no files to upload", exit_code=1)
     size = _size(entries)
-    _guard_uploads(api, len(entries))
+    _guard_uploads(api, str(path), entries)
     notes = message or f"kpack content {build.content_hash[:12]}"
     if status is None:
         print(f"dataset {ref}: creating ({len(entries)} files, {size} bytes)")
@@ -258,7 +325,9 @@ def push_dataset(api, cfg, build, state: RemoteState, message: str | None = None
                                    public=_is_public(cfg, build), quiet=True, dir_mode="zip",
                                    ignore_patterns=IGNORE, done=created)
     else:
-        print(f"dataset {ref}: content changed, new version ({len(entries)} files, {size} bytes)")
+        delete_old = _delete_old_versions(cfg, build)
+        print(f"dataset {ref}: content changed, new version ({len(entries)} files, {size} bytes"
+              f"{'; older versions deleted once it is ready' if delete_old else ''})")
         before = version
 
         def versioned():
@@ -266,19 +335,38 @@ def push_dataset(api, cfg, build, state: RemoteState, message: str | None = None
             return ("versioned", v) if v is not None and before is not None and v > before else None
 
         response = kaggle_api.call(f"version dataset {ref}", api.dataset_create_version, str(path), notes,
-                                   quiet=True, dir_mode="zip", ignore_patterns=IGNORE, done=versioned)
+                                   quiet=True, delete_old_versions=delete_old, dir_mode="zip",
+                                   ignore_patterns=IGNORE, done=versioned)
     if not isinstance(response, tuple):
         _check_response(f"dataset {ref}", response)
-    new_version = wait_ready(api, ref, at_least=1 if status is None else (version + 1 if version else None))
+    forget_uploads(str(path), entries)  # the version landed: its tokens are used up (lost answers included)
+    at_least = 1 if status is None else (version + 1 if version else None)
+    return Pending(ref, at_least, size, [p.name for p in entries])
+
+
+def finish_dataset(api, cfg, build, sent: PushedDataset | Pending) -> PushedDataset:
+    """Wait until a sent version is ready, then record it as pushed."""
+    if isinstance(sent, PushedDataset):
+        return sent
+    began = time.monotonic()
+    new_version = wait_ready(api, sent.ref, at_least=sent.at_least)
     write_record(cfg, build, new_version)
-    print(f"dataset {ref}: v{new_version} ready")
-    return PushedDataset(ref, new_version, uploaded=True, bytes=size, files=[p.name for p in entries])
+    waited = time.monotonic() - began
+    print(f"dataset {sent.ref}: v{new_version} ready" + (f" (waited {waited:.1f}s)" if waited >= 0.1 else ""))
+    return PushedDataset(sent.ref, new_version, uploaded=True, bytes=sent.bytes, files=sent.files)
+
+
+def push_dataset(api, cfg, build, state: RemoteState, message: str | None = None) -> PushedDataset:
+    """Create or version one built dataset when its content hash changed; waits until it is ready."""
+    return finish_dataset(api, cfg, build, send_dataset(api, cfg, build, state, message))
 
 
 def push_all(api, cfg, builds, check_uploads=None) -> list[PushedDataset]:
     """Push every build; `check_uploads` (the secrets scan) first gets the folders of those that will be
-    uploaded, before any is: what the server already holds is not read again."""
+    uploaded, before any is: what the server already holds is not read again. Every new version is sent
+    before any is waited for, so they are processed at the same time."""
     states = [remote_state_of(api, cfg, build) for build in builds]
     if check_uploads is not None:
         check_uploads([Path(b.path) for b, state in zip(builds, states) if not state.unchanged])
-    return [push_dataset(api, cfg, build, state) for build, state in zip(builds, states)]
+    sent = [send_dataset(api, cfg, build, state) for build, state in zip(builds, states)]
+    return [finish_dataset(api, cfg, build, one) for build, one in zip(builds, sent)]

@@ -1,7 +1,8 @@
 """Shared fixtures: a running local Kaggle and the unmodified `kaggle` CLI pointed at it.
 
     local_kaggle      (session) one `kpack local serve` subprocess on a free port with a temp root
-                      (Kaggle's session caps on: 2 GPU, 5 CPU; --session-limit 120); see LocalKaggleServer
+                      (Kaggle's session caps on: 2 GPU, 5 CPU; --session-limit 120; dataset versions
+                      processing 0.2 s + 0.5 s/MB); see LocalKaggleServer
     kaggle_env        (function) the environment for a `kaggle` subprocess: the server's endpoint and the
                       credentials of user `alice`, plus a fresh HOME, TMPDIR and KAGGLE_CONFIG_DIR under
                       tmp_path, and no stray KAGGLE_* of the caller
@@ -28,6 +29,8 @@ BIN = Path(sys.executable).parent
 KAGGLE = str(BIN / "kaggle")
 USER = "alice"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Kaggle's dataset processing stays on in tests, short: kpack's wait-until-ready runs in every push.
+SMALL_DATASET_PROCESSING = ("--dataset-processing-s", "0.2", "--dataset-processing-s-per-mb", "0.5")
 
 
 def free_port() -> int:
@@ -41,9 +44,10 @@ class LocalKaggleServer:
 
     def __init__(self, root: Path, port: int | None = None, max_sessions: int = 0, session_limit: float = 120,
                  *serve_args: str):
-        """serve_args: more `kpack local serve` switches, e.g. "--gpu-sessions", "1"."""
+        """serve_args: more `kpack local serve` switches, e.g. "--gpu-sessions", "1" (the last of a switch wins)."""
         self.root, self.port = Path(root), port or free_port()
-        self.args = ["--max-sessions", str(max_sessions), "--session-limit", str(session_limit), *serve_args]
+        self.args = ["--max-sessions", str(max_sessions), "--session-limit", str(session_limit),
+                     *SMALL_DATASET_PROCESSING, *serve_args]
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -65,12 +65,17 @@ def local() -> None:
               help="concurrent CPU sessions per user (Kaggle's number is not documented: a guess; 0: no cap)")
 @click.option("--lenient-kernel-sources", is_flag=True,
               help="mount a source kernel's newest COMPLETE version (Kaggle: its newest must be COMPLETE)")
+@click.option("--dataset-processing-s", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="seconds a new dataset version stays processing before it is ready (both 0: ready at once)")
+@click.option("--dataset-processing-s-per-mb", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="seconds of processing per MB uploaded (Kaggle's figures are not published: a guess)")
 @click.option("--max-sessions", type=int, default=0, show_default=True,
               help="bound on sessions running at once on this machine, the rest wait QUEUED (0: none)")
 @click.option("--session-limit", type=float, default=12 * 3600, show_default=True,
               help="seconds a session may run when its push sets no limit")
 def serve(port: int | None, root: str | None, gpu_sessions: int, cpu_sessions: int, lenient_kernel_sources: bool,
-          max_sessions: int, session_limit: float) -> None:
+          dataset_processing_s: float, dataset_processing_s_per_mb: float, max_sessions: int,
+          session_limit: float) -> None:
     """Run the local Kaggle in the foreground (Ctrl-C stops it)."""
     port, root_path, _ = _defaults(port, root, "-")
     answer = client_env.health(port)
@@ -81,7 +86,8 @@ def serve(port: int | None, root: str | None, gpu_sessions: int, cpu_sessions: i
 
     try:
         run(root_path, port, max_sessions=max_sessions, session_limit_s=session_limit, gpu_sessions=gpu_sessions,
-            cpu_sessions=cpu_sessions, strict_kernel_sources=not lenient_kernel_sources)
+            cpu_sessions=cpu_sessions, strict_kernel_sources=not lenient_kernel_sources,
+            dataset_processing_s=dataset_processing_s, dataset_processing_s_per_mb=dataset_processing_s_per_mb)
     except OSError as exc:
         raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
 

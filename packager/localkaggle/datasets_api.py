@@ -4,6 +4,11 @@ StartBlobUpload hands out a token and a createUrl (`http://localhost/_kpack/uplo
 through the same proxy). CreateDataset / CreateDatasetVersion name the tokens; the version is committed only
 when every token's bytes are all there, and a retried call with the same tokens answers with what the first
 one made instead of making a second version.
+
+A new version is processed before it can be used, as on Kaggle: GetDatasetStatus reports the newest version's
+stage until its time (the server's `--dataset-processing-s` plus `--dataset-processing-s-per-mb` per MB
+uploaded) is up; meanwhile kernels mount, and downloads give, the newest READY version. deleteOldVersions
+deletes the older versions' files once the new one is READY; their numbers stay taken.
 """
 from __future__ import annotations
 
@@ -35,6 +40,12 @@ def upload_url(token: str) -> str:
 
 def dataset_url(owner: str, slug: str) -> str:
     return f"{BASE_URL}/datasets/{owner}/{slug}"
+
+
+def _processing(call: Call) -> tuple[float, float]:
+    """(seconds, seconds per MB) a new version stays in processing on this server (0, 0: ready at once)."""
+    return (float(getattr(call.server, "dataset_processing_s", 0.0)),
+            float(getattr(call.server, "dataset_processing_s_per_mb", 0.0)))
 
 
 @rpc("blobs.BlobApiService", "StartBlobUpload", ApiStartBlobUploadRequest)
@@ -87,7 +98,7 @@ def create_dataset(req: ApiCreateDatasetRequest, call: Call) -> ApiCreateDataset
             "subtitle": req.subtitle or "", "description": req.description or "",
             "keywords": list(req.category_ids or [])}
     try:
-        call.store.create_dataset(call.username, owner, slug, meta, _tokens(req.files))
+        call.store.create_dataset(call.username, owner, slug, meta, _tokens(req.files), processing=_processing(call))
     except StoreError as err:
         if err.status >= 500:
             raise
@@ -103,7 +114,8 @@ def _new_version(call: Call, owner: str, slug: str, body) -> ApiCreateDatasetRes
     meta = {"subtitle": body.subtitle, "description": body.description}
     try:
         call.store.create_dataset_version(call.username, owner, slug, _tokens(body.files), body.version_notes,
-                                          delete_old=bool(body.delete_old_versions), meta=meta)
+                                          delete_old=bool(body.delete_old_versions), meta=meta,
+                                          processing=_processing(call))
     except StoreError as err:
         if err.status == 404:
             raise ApiError(404, err.message) from None
@@ -126,9 +138,13 @@ def create_dataset_version_by_id(req: ApiCreateDatasetVersionByIdRequest, call: 
 
 @rpc(SERVICE, "GetDatasetStatus", ApiGetDatasetStatusRequest)
 def get_dataset_status(req: ApiGetDatasetStatusRequest, call: Call) -> ApiGetDatasetStatusResponse:
+    """The newest version's status: a processing stage, then READY."""
     info = visible_dataset(call, req.owner_slug, req.dataset_slug)
+    call.store.reap_old_dataset_versions(info["owner"], info["slug"])
+    statuses = call.store.dataset_statuses(info["owner"], info["slug"])
     response = ApiGetDatasetStatusResponse()
-    response.status = DatabundleVersionStatus.READY if info["versions"] else DatabundleVersionStatus.FAILED
+    response.status = (DatabundleVersionStatus[statuses[info["versions"][-1]]] if info["versions"]
+                       else DatabundleVersionStatus.FAILED)
     return response
 
 
@@ -155,14 +171,16 @@ def api_dataset(call: Call, info: dict, with_details: bool = False) -> ApiDatase
     out.license_name = info.get("licenseName")
     out.total_bytes = sum(int(f["size"]) for f in latest.get("files", []))
     out.last_updated = parse_iso(latest.get("created") or info.get("created"))
-    if info["versions"]:
+    if info["versions"]:  # the newest, still processing or not (a guess at Kaggle; kpack copes with either)
         out.current_version_number = info["versions"][-1]
     if with_details:
+        statuses = call.store.dataset_statuses(owner, slug)
         for number in info["versions"]:
             version = call.store.dataset_version(owner, slug, number) or {}
             item = ApiDatasetVersion()
             item.version_number, item.creation_date = number, parse_iso(version.get("created"))
-            item.version_notes, item.status, item.creator_name = version.get("notes") or None, "ready", owner
+            item.version_notes, item.creator_name = version.get("notes") or None, owner
+            item.status = statuses.get(number, "READY").lower()
             out.versions.append(item)
         out.files = _file_items(call, owner, slug, latest) if latest else []
     return out
@@ -170,7 +188,9 @@ def api_dataset(call: Call, info: dict, with_details: bool = False) -> ApiDatase
 
 @rpc(SERVICE, "GetDataset", ApiGetDatasetRequest)
 def get_dataset(req: ApiGetDatasetRequest, call: Call) -> ApiDataset:
-    return api_dataset(call, visible_dataset(call, req.owner_slug, req.dataset_slug), with_details=True)
+    info = visible_dataset(call, req.owner_slug, req.dataset_slug)
+    call.store.reap_old_dataset_versions(info["owner"], info["slug"])
+    return api_dataset(call, call.store.dataset(info["owner"], info["slug"]), with_details=True)
 
 
 @rpc(SERVICE, "ListDatasets", ApiListDatasetsRequest)
@@ -188,7 +208,16 @@ def list_datasets(req: ApiListDatasetsRequest, call: Call) -> ApiListDatasetsRes
 
 
 def _version_of(call: Call, owner: str, slug: str, number: int | None) -> dict:
+    """A READY version: the one asked for, else the newest READY one."""
     visible_dataset(call, owner, slug)
+    statuses = call.store.dataset_statuses(owner, slug)
+    if number is None:
+        number = max((n for n, status in statuses.items() if status == "READY"), default=None)
+        if number is None and statuses:
+            raise ApiError(404, f"dataset {owner}/{slug} has no ready version yet (v{max(statuses)} is "
+                                f"{statuses[max(statuses)].lower()})")
+    elif statuses.get(number, "READY") != "READY":
+        raise ApiError(404, f"dataset {owner}/{slug} version {number} is {statuses[number].lower()}")
     version = call.store.dataset_version(owner, slug, number)
     if version is None:
         raise not_found(f"dataset {owner}/{slug} version {number}" if number else f"dataset {owner}/{slug}")

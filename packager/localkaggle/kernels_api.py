@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from kagglesdk.kernels.types.kernels_api_service import (
     ApiListKernelsRequest, ApiListKernelsResponse, ApiSaveKernelRequest, ApiSaveKernelResponse)
 from kagglesdk.kernels.types.kernels_enums import KernelExecutionType, KernelWorkerStatus
 
+from packager import shapes
 from packager.localkaggle.rpc import BASE_URL, ApiError, Call, file_url, next_token, not_found, page_bounds, rpc
 from packager.localkaggle.runner import read_log
 from packager.localkaggle.store import NAME_RE, TERMINAL, list_files, parse_iso
@@ -92,8 +94,11 @@ def resolve_sources(call: Call, req: ApiSaveKernelRequest, response: ApiSaveKern
         info = call.store.dataset(parsed[0], parsed[1]) if parsed else None
         if info and info.get("isPrivate", True) and parsed[0] != call.username:
             info = None
-        number = (parsed[2] or (info["versions"][-1] if info["versions"] else None)) if info else None
-        if info is None or number not in info["versions"]:
+        # Only a READY version mounts: unpinned, the newest ready one, so a version still processing leaves the
+        # previous in place (a guess at Kaggle); none ready, or a pinned one processing or deleted: invalid.
+        ready = call.store.ready_dataset_versions(parsed[0], parsed[1]) if info else []
+        number = (parsed[2] or (ready[-1] if ready else None)) if info else None
+        if number not in ready:
             response.invalid_dataset_sources.append(ref)
             continue
         mounts.append({"kind": "dataset", "owner": parsed[0], "slug": parsed[1], "version": number})
@@ -146,6 +151,33 @@ def over_session_cap(call: Call, owner: str, metadata: dict) -> str | None:
     return f"Maximum batch {kind} session count of {cap} reached." if held >= cap else None
 
 
+LENIENT_SHAPES_ENV = "KPACK_LOCAL_LENIENT_SHAPES"  # =1: any machineShape runs, with no per-shape session limit
+
+
+def machine_shape(call: Call, req: ApiSaveKernelRequest, timeout: int | None) -> tuple[dict, int | None, str | None]:
+    """Kaggle's machine-shape rule: (what to record on the version, the session timeout to run with, a refusal).
+
+    An unknown machineShape is refused (the text is a guess: Kaggle's own was not seen); a retired one
+    (NvidiaTeslaP100) runs as its successor (T4 x2). A session may run at most its shape's limit (12 h GPU/CPU,
+    9 h TPU): a longer sessionTimeoutSeconds is capped to it, not refused (a guess: the limit is Kaggle's
+    either way, and a session simply ends there)."""
+    asked = shapes.from_request(req.machine_shape, bool(req.enable_gpu), bool(req.enable_tpu))
+    if os.environ.get(LENIENT_SHAPES_ENV) == "1":
+        return {"machine_shape_effective": asked}, timeout, None
+    if shapes.known(asked) is None:
+        valid = ", ".join(n for n in shapes.names() if n != shapes.CPU)
+        return {}, timeout, f"Invalid machine shape '{asked}'. Valid values: {valid} (or no accelerator)."
+    runs = shapes.effective(asked)
+    limit_s = int(runs.limit_hours * 3600)
+    record = {"machine_shape_effective": runs.name}
+    if timeout is not None and timeout > limit_s:
+        record["session_timeout_requested"] = timeout
+        timeout = limit_s
+    elif timeout is None and getattr(call.server, "session_limit_s", 0) > limit_s:
+        timeout = limit_s  # the server's default limit is longer than this shape's
+    return record, timeout, None
+
+
 @rpc(SERVICE, "SaveKernel", ApiSaveKernelRequest)
 def save_kernel(req: ApiSaveKernelRequest, call: Call) -> ApiSaveKernelResponse:
     """A new version of the kernel (made when new), queued to run. Bad input: `error`, and no version."""
@@ -187,6 +219,10 @@ def save_kernel(req: ApiSaveKernelRequest, call: Call) -> ApiSaveKernelResponse:
     if timeout is not None and timeout <= 0:
         response.error = "sessionTimeoutSeconds must be positive"
         return response
+    shape, timeout, refused = machine_shape(call, req, timeout)
+    if refused:
+        response.error = refused
+        return response
     mounts = resolve_sources(call, req, response)
     quick = req.kernel_execution_type == KernelExecutionType.QUICK_SAVE
     metadata = {
@@ -213,7 +249,7 @@ def save_kernel(req: ApiSaveKernelRequest, call: Call) -> ApiSaveKernelResponse:
             return response
         version = call.store.create_kernel_version(
             owner, slug, metadata["title"], source_name, req.text, script,
-            {"metadata": metadata, "mounts": mounts, "session_timeout_seconds": timeout,
+            {"metadata": metadata, "mounts": mounts, "session_timeout_seconds": timeout, **shape,
              "status": "NEW_SCRIPT" if quick else "QUEUED", "failure_message": "", "pushed_by": call.username})
     if not quick:
         call.server.scheduler.submit(owner, slug, version["number"])

@@ -57,9 +57,12 @@ class LocalKaggle:
 
     def __init__(self, root: str | os.PathLike, port: int, max_sessions: int = 0,
                  session_limit_s: float = 12 * 3600, host: str = "127.0.0.1", gpu_sessions: int = 2,
-                 cpu_sessions: int = 5, strict_kernel_sources: bool = True):
+                 cpu_sessions: int = 5, strict_kernel_sources: bool = True, dataset_processing_s: float = 2.0,
+                 dataset_processing_s_per_mb: float = 0.05):
         load_handlers()
         self.store = Store(root)
+        # A new dataset version is processing for s + s_per_mb x MB before it is READY (Kaggle's figures: a guess)
+        self.dataset_processing_s, self.dataset_processing_s_per_mb = dataset_processing_s, dataset_processing_s_per_mb
         self.session_caps = {"GPU": gpu_sessions, "CPU": cpu_sessions}  # SaveKernel's refusal; 0: no cap
         self.strict_kernel_sources = strict_kernel_sources  # a source kernel's newest version must be COMPLETE
         self.omit: dict[str, list[str]] = {}  # method -> answer fields left out (POST /_kpack/omit)
@@ -76,6 +79,8 @@ class LocalKaggle:
 
     def start_sessions(self) -> None:
         self.store.prune_uploads()
+        for info in self.store.datasets():  # deleteOldVersions whose new version became READY while down
+            self.store.reap_old_dataset_versions(info["owner"], info["slug"])
         self.scheduler.start()
         competitions_api.score_all_pending(self.store)
 
@@ -93,12 +98,14 @@ class LocalKaggle:
     def health(self) -> dict:
         return {"ok": True, "service": "kpack-local-kaggle", "root": str(self.store.root), "pid": os.getpid(),
                 "port": self.port, "max_sessions": self.scheduler.max_sessions,
-                "session_caps": self.session_caps, "session_limit_s": self.session_limit_s}
+                "session_caps": self.session_caps, "session_limit_s": self.session_limit_s,
+                "dataset_processing": [self.dataset_processing_s, self.dataset_processing_s_per_mb]}
 
 
 def serve(root: str | os.PathLike, port: int, max_sessions: int = 0, session_limit_s: float = 12 * 3600,
           **rules) -> None:
-    """Run in the foreground until SIGINT or SIGTERM. rules: gpu_sessions, cpu_sessions, strict_kernel_sources."""
+    """Run in the foreground until SIGINT or SIGTERM. rules: gpu_sessions, cpu_sessions, strict_kernel_sources,
+    dataset_processing_s, dataset_processing_s_per_mb."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = LocalKaggle(root, port, max_sessions, session_limit_s, **rules)
     for sig in (signal.SIGTERM, signal.SIGINT):

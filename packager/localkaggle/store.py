@@ -7,7 +7,8 @@ the server runs, and a restarted server has everything it had. Layout under the 
     secrets/<name>/<kernel-slug>.json          mode 0600; label -> value, passed as env to that kernel's sessions only
     uploads/<token>.json, <token>.part         one blob upload: what was announced, the bytes received so far
     datasets/<owner>/<slug>/dataset.json       title, license, privacy ...
-    datasets/<owner>/<slug>/versions/<N>/      version.json (notes, tokens, file list) and files/
+    datasets/<owner>/<slug>/versions/<N>/      version.json (notes, tokens, file list, when processing ends)
+                                               and files/ (gone once deleteOldVersions deleted the version)
     kernels/<owner>/<slug>/kernel.json         id, title, created
     kernels/<owner>/<slug>/versions/<N>/       version.json (metadata, status, mounts), the pushed source,
                                                script.py (what runs) and run/ (the runner's root: output, log)
@@ -41,6 +42,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 ACTIVE = ("QUEUED", "RUNNING", "CANCEL_REQUESTED")  # what counts against the concurrent-session cap
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# kagglesdk's DatabundleVersionStatus stages a new dataset version passes through before READY (which of them
+# kaggle.com shows, and for how long, is a guess): reported in turn over its processing time.
+PROCESSING_STAGES = ("BLOBS_RECEIVED", "BLOBS_DECOMPRESSED", "BLOBS_COPIED_TO_SDS", "INDIVIDUAL_BLOBS_COMPRESSED")
 
 
 class StoreError(Exception):
@@ -86,6 +90,19 @@ def _version_numbers(versions_dir: Path) -> list[int]:
         return []
     return sorted(int(p.name) for p in versions_dir.iterdir()
                   if p.name.isdigit() and (p / "version.json").is_file())
+
+
+def dataset_version_status(version: dict, now: float | None = None) -> str:
+    """A DatabundleVersionStatus name: DELETED once its files are gone, a processing stage until its ready_at
+    (versions made before processing existed have none: READY), then READY."""
+    if version.get("deleted"):
+        return "DELETED"
+    ready_at, began = version.get("ready_at"), version.get("processing_from")
+    now = time.time() if now is None else now
+    if ready_at is None or now >= ready_at:
+        return "READY"
+    share = (now - (began or now)) / max(ready_at - (began or now), 1e-9)
+    return PROCESSING_STAGES[min(len(PROCESSING_STAGES) - 1, int(share * len(PROCESSING_STAGES)))]
 
 
 def list_files(folder: Path) -> list[tuple[str, int]]:
@@ -356,16 +373,53 @@ class Store:
                 return version
         return None
 
-    def _write_dataset_version(self, parent: Path, number: int, infos: list[dict], notes: str | None) -> Path:
+    def _write_dataset_version(self, parent: Path, number: int, infos: list[dict], notes: str | None,
+                               processing: tuple[float, float], delete_old: bool = False) -> Path:
+        """processing: (seconds, seconds per MB uploaded) the version stays in processing, as on Kaggle."""
         staging = self._tmp_dir(parent, f"v{number}")
         self._place_uploads(infos, staging / "files")
         files = [{"name": n, "size": s} for n, s in list_files(staging / "files")]
+        size = sum(int(i["length"]) for i in infos)
+        began = time.time()
         write_json(staging / "version.json", {"number": number, "notes": notes or "", "created": now_iso(),
                                               "tokens": [i["token"] for i in infos], "files": files,
-                                              "status": "READY"})
+                                              "bytes": size, "processing_from": began,
+                                              "ready_at": began + processing[0] + processing[1] * size / 1e6,
+                                              "delete_old": bool(delete_old)})
         return staging
 
-    def create_dataset(self, user: str, owner: str, slug: str, meta: dict, tokens: list[str]) -> tuple[dict, bool]:
+    def dataset_statuses(self, owner: str, slug: str) -> dict[int, str]:
+        """Each version's status now (dataset_version_status); the versions before one made with
+        deleteOldVersions are DELETED once it is READY (until then kernels still mount them)."""
+        info = self.dataset(owner, slug)
+        out, now, superseded = {}, time.time(), False
+        for number in reversed(info["versions"] if info else []):
+            version = self.dataset_version(owner, slug, number) or {}
+            out[number] = "DELETED" if superseded else dataset_version_status(version, now)
+            superseded = superseded or (out[number] == "READY" and bool(version.get("delete_old")))
+        return dict(sorted(out.items()))
+
+    def ready_dataset_versions(self, owner: str, slug: str) -> list[int]:
+        return [n for n, status in self.dataset_statuses(owner, slug).items() if status == "READY"]
+
+    def reap_old_dataset_versions(self, owner: str, slug: str) -> list[int]:
+        """Remove the files of versions that deleteOldVersions made DELETED; their numbers stay taken."""
+        reaped = []
+        with self.locked():
+            for number, status in self.dataset_statuses(owner, slug).items():
+                folder = self.dataset_dir(owner, slug) / "versions" / str(number)
+                record = read_json(folder / "version.json")
+                if status != "DELETED" or record is None or record.get("deleted"):
+                    continue
+                record["deleted"] = now_iso()
+                write_json(folder / "version.json", record)
+                shutil.rmtree(folder / "files", ignore_errors=True)
+                (folder / "download.zip").unlink(missing_ok=True)
+                reaped.append(number)
+        return reaped
+
+    def create_dataset(self, user: str, owner: str, slug: str, meta: dict, tokens: list[str],
+                       processing: tuple[float, float] = (0.0, 0.0)) -> tuple[dict, bool]:
         """(dataset, created) - created False when this exact request already made it (a client retry)."""
         with self.locked():
             if self.dataset(owner, slug):
@@ -376,7 +430,8 @@ class Store:
             final = self.dataset_dir(owner, slug)
             staging = self._tmp_dir(final.parent, slug)
             try:
-                version_dir = self._write_dataset_version(staging / "versions", 1, infos, "Initial release")
+                version_dir = self._write_dataset_version(staging / "versions", 1, infos, "Initial release",
+                                                          processing)
                 version_dir.rename(staging / "versions" / "1")
                 write_json(staging / "dataset.json", {**meta, "owner": owner, "slug": slug, "created": now_iso(),
                                                       "id": self.next_id("dataset")})
@@ -388,7 +443,9 @@ class Store:
             return self.dataset(owner, slug), True
 
     def create_dataset_version(self, user: str, owner: str, slug: str, tokens: list[str], notes: str | None,
-                               delete_old: bool = False, meta: dict | None = None) -> tuple[dict, bool]:
+                               delete_old: bool = False, meta: dict | None = None,
+                               processing: tuple[float, float] = (0.0, 0.0)) -> tuple[dict, bool]:
+        """delete_old: the older versions' files go once this one is READY (reap_old_dataset_versions)."""
         with self.locked():
             info = self.dataset(owner, slug)
             if not info:
@@ -400,7 +457,7 @@ class Store:
             infos = self._take_uploads(tokens, user)
             folder = self.dataset_dir(owner, slug)
             number = (info["versions"][-1] if info["versions"] else 0) + 1
-            staging = self._write_dataset_version(folder / "versions", number, infos, notes)
+            staging = self._write_dataset_version(folder / "versions", number, infos, notes, processing, delete_old)
             try:
                 staging.rename(folder / "versions" / str(number))
             except BaseException:
@@ -411,9 +468,7 @@ class Store:
                 base = read_json(folder / "dataset.json") or {}
                 base.update({k: v for k, v in meta.items() if v})
                 write_json(folder / "dataset.json", base)
-            if delete_old:
-                for old in info["versions"]:
-                    shutil.rmtree(folder / "versions" / str(old), ignore_errors=True)
+            self.reap_old_dataset_versions(owner, slug)
             return self.dataset_version(owner, slug, number), True
 
     def datasets(self) -> list[dict]:
