@@ -1,9 +1,17 @@
 """Session chaining: keep training going across Kaggle's per-session time limit.
 
 When a session's output holds a state.json whose `done` is false, the next session is pushed: the same script,
-under a distinct slug per session (<slug>, <slug>-s2, <slug>-s3, ...: a kernel reading its own earlier output
-is not a path known to work on Kaggle, a kernel reading another kernel's output is), with the previous
-session's kernel added to its kernel_sources. The kernel finds the checkpoint by searching /kaggle/input.
+with the previous session's kernel added to its kernel_sources (a kernel reading its own earlier output is not
+a path known to work on Kaggle, a kernel reading another kernel's output is). Which slug runs it is the
+kernel's `chain` setting:
+
+- alternate (the default): two kernels, <slug> for sessions 1, 3, 5, ... and <slug>-b for 2, 4, 6, ...; each new
+  version reads the other kernel's newest output. Kaggle attaches secrets per notebook in its web UI (no API
+  call does), so a secret is attached to these two kernels once, and a run of 20 sessions leaves two kernels
+  on the profile, not 20. `-b`: short (the 50-character slug limit), and no session number, which it is not.
+- distinct: a new kernel per session, <slug>, <slug>-s2, <slug>-s3, ... (each needs its secrets attached).
+
+The kernel finds the checkpoint by searching /kaggle/input.
 The chain stops when state.json says done (or is missing), when a session does not end COMPLETE, when a
 session made no progress (its state.json has the step and epoch of the one before: start-up left no time to
 train, so every further session would do the same), or after `max_sessions` sessions
@@ -24,12 +32,26 @@ DEFAULT_MAX_SESSIONS = 20
 SLUG_MAX = 50
 
 
-def session_slug(base: str, session: int) -> str:
-    """The slug of session `session` (1-based): the base slug first, then <base>-s2, <base>-s3, ..."""
-    if session <= 1:
+ALTERNATE_SUFFIX = "-b"  # kernel_src/runtime/attached.py names the same pair: keep them alike
+
+
+def session_slug(base: str, session: int, mode: str = "alternate") -> str:
+    """The slug of session `session` (1-based). alternate: <base>, <base>-b, <base>, ...; distinct: <base>,
+    <base>-s2, <base>-s3, ..."""
+    if session <= 1 or (mode == "alternate" and session % 2 == 1):
         return base
-    suffix = f"-s{session}"
+    suffix = ALTERNATE_SUFFIX if mode == "alternate" else f"-s{session}"
     return base[: SLUG_MAX - len(suffix)].rstrip("-") + suffix
+
+
+def chain_mode(cfg, kind: str) -> str:
+    return getattr(cfg.kernel(kind), "chain", None) or "alternate"
+
+
+def chain_slugs(cfg, kind: str) -> set[str]:
+    """Every slug KIND's chain can run under (the first 50 sessions, for distinct)."""
+    base, mode = cfg.kernel(kind).slug, chain_mode(cfg, kind)
+    return {session_slug(base, k, mode) for k in range(1, (3 if mode == "alternate" else 51))}
 
 
 def max_sessions(cfg, kind: str) -> int:
@@ -66,15 +88,14 @@ def progress(output_dir: str | os.PathLike) -> tuple | None:
 def prepare_session(cfg, kind: str, folder: str | os.PathLike, session: int, previous: str,
                     out_root: str | os.PathLike = Path("build") / "kernels") -> Path:
     """A kernel folder for session `session`: the built kernel's script, and its metadata with the session's
-    slug and title and the previous session's kernel (`previous`, owner/slug) added to its kernel_sources."""
+    slug and title and the previous session's kernel (`previous`, owner/slug) added to its kernel_sources.
+    It lives in build/kernels/sessions/<slug>/s<N>/ (alternate reuses the built kernel's slug)."""
     from packager.metadata import KERNEL_METADATA, kernel_metadata, title_for
 
     folder = Path(folder)
     built = json.loads((folder / KERNEL_METADATA).read_text())
-    slug = session_slug(cfg.kernel(kind).slug, session)
-    dest = Path(out_root) / slug
-    if dest.resolve() == folder.resolve():
-        raise ValueError(f"session {session} would overwrite the built kernel folder {folder}")
+    slug = session_slug(cfg.kernel(kind).slug, session, chain_mode(cfg, kind))
+    dest = Path(out_root) / "sessions" / cfg.kernel(kind).slug / f"s{session}"
     sources = [s for s in built.get("kernel_sources", []) if s != previous] + [previous]
     meta = kernel_metadata(cfg, kind, built["code_file"], built.get("dataset_sources", []), sources,
                            slug=slug, title=title_for(slug))

@@ -7,18 +7,25 @@ download its output to runs/<slug>/v<N>/, fill its ledger row, announce the resu
 session while the output's state.json says training is not done (see packager.chain).
 
 Exit status: 0 when the last session ended COMPLETE; 1 (a UserError) when a session ended ERROR or was
-cancelled, after the failure was announced; a push the server refused is one error line, never a retry loop.
+cancelled, after the failure was announced; a push the server refused is one error line, never a retry loop,
+except Kaggle's concurrent-session cap ("Maximum batch GPU session count of 2 reached."): Kaggle makes no
+version then, so kpack waits for a slot and pushes again (up to KPACK_SLOT_WAIT_S seconds, 12 h by default).
 """
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 from packager import chain, datasets, kaggle_api, ledger, notify, watch
-from packager.errors import UserError
+from packager.errors import UserError, env_number
 from packager.fsutil import file_sha256
+
+SESSION_CAP = re.compile(r"Maximum batch (\w+) session count of (\d+) reached", re.IGNORECASE)
+SOURCES_INVALID = "SOURCES_INVALID"  # ledger status: a chain session made without the previous session's output
 
 
 @dataclass
@@ -41,22 +48,68 @@ def scan_for_secrets(cfg, paths: list[Path]) -> None:
 
 # --------------------------------------------------------------------------------------------- push
 
-def _check_save_response(ref: str, response) -> int | None:
+class InvalidSources(UserError):
+    """SaveKernel made the version without some of its sources (invalid*Sources)."""
+
+    def __init__(self, message: str, version: int | None, kernels: list[str], url: str | None):
+        super().__init__(message, exit_code=1)
+        self.version, self.kernels, self.url = version, kernels, url
+
+
+def kernel_source_problem(api, source: str) -> str:
+    """Why Kaggle would not mount kernel SOURCE (owner/slug): it mounts a source kernel only when its newest
+    version is COMPLETE."""
+    owner, _, slug = source.partition("/")
+    newest = kaggle_api.current_kernel_version(api, owner, slug)
+    if newest is None:
+        return f"{source} not found"
+    status, _ = kaggle_api.kernel_status(api, owner, slug, newest)
+    if status == "COMPLETE":
+        return f"{source} (v{newest}) was not mountable when pushed"
+    return f"{source}: its newest version v{newest} is {status}, not COMPLETE (Kaggle mounts only that one)"
+
+
+def _check_save_response(api, ref: str, response) -> int | None:
     """SaveKernel's `error` and invalid*Sources as one error line (the kaggle CLI prints them and exits 0)."""
     error = getattr(response, "error", None)
     if error:
         raise UserError(f"kaggle: push {ref} refused: {error}", exit_code=1)
-    problems = []
-    for kind in ("dataset", "competition", "kernel", "model"):
+    problems, kernels = [], list(getattr(response, "invalid_kernel_sources", None) or [])
+    for kind in ("dataset", "competition", "model"):
         invalid = getattr(response, f"invalid_{kind}_sources", None)
         if invalid:
             problems.append(f"{kind} sources not found: {', '.join(invalid)}")
+    problems += [kernel_source_problem(api, k) for k in kernels]
     version = getattr(response, "version_number", None)
     if problems:
         made = f" (v{version} was made without them)" if version else ""
-        raise UserError(f"kaggle: push {ref}: {'; '.join(problems)}{made}; fix the sources in kpack.yaml and "
-                        "push again", exit_code=1)
+        fix = ("wait for that kernel to end COMPLETE, then push again" if kernels and len(problems) == len(kernels)
+               else "fix the sources in kpack.yaml and push again")
+        raise InvalidSources(f"kaggle: push {ref}: {'; '.join(problems)}{made}; {fix}", version, kernels,
+                             getattr(response, "url", None))
     return version
+
+
+def _push_when_a_slot_is_free(ref: str, push):
+    """push() until Kaggle does not refuse it for the concurrent-session cap (it makes no version then, and does
+    not queue): one line saying so, then backoff from KPACK_POLL_MIN_S to KPACK_POLL_MAX_S, at most
+    KPACK_SLOT_WAIT_S seconds in all."""
+    wait_s = env_number("KPACK_SLOT_WAIT_S", 12 * 3600)
+    deadline, delay, told = time.monotonic() + wait_s, watch.POLL_MIN_S, False
+    while True:
+        response = push()
+        error = getattr(response, "error", None) or ""
+        if not SESSION_CAP.search(error):
+            return response
+        if time.monotonic() + delay > deadline:
+            raise UserError(f"kaggle: push {ref} refused: {error} Still no free session after {wait_s:.0f}s "
+                            "(KPACK_SLOT_WAIT_S); stop a running session or raise KPACK_SLOT_WAIT_S", exit_code=1)
+        if not told:
+            told = True
+            print(f"{ref}: Kaggle refused the push: {error} Waiting for a running session to end, then pushing "
+                  f"again (up to {wait_s:.0f}s, KPACK_SLOT_WAIT_S)", flush=True)
+        kaggle_api.sleep(delay)
+        delay = min(watch.POLL_MAX_S, delay * 1.5)
 
 
 def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
@@ -75,9 +128,9 @@ def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
             return SimpleNamespace(version_number=now, error=None, url=None)
         return None
 
-    response = kaggle_api.call(f"push kernel {owner}/{slug}", api.kernels_push, str(folder), timeout,
-                               accelerator, done=landed)
-    version = _check_save_response(f"{owner}/{slug}", response) or landed()
+    response = _push_when_a_slot_is_free(f"{owner}/{slug}", lambda: kaggle_api.call(
+        f"push kernel {owner}/{slug}", api.kernels_push, str(folder), timeout, accelerator, done=landed))
+    version = _check_save_response(api, f"{owner}/{slug}", response) or landed()
     if not isinstance(version, int):
         version = getattr(version, "version_number", None)
     if version is None:
@@ -89,16 +142,19 @@ def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
 
 # --------------------------------------------------------------------------------------------- one session
 
-def _record_start(cfg, ref: watch.KernelRef, base_slug: str, script_sha256: str) -> None:
+def _record_start(cfg, ref: watch.KernelRef, base_slug: str, script_sha256: str, status: str = "QUEUED",
+                  failure: str = "") -> None:
     row = ledger.make_row(cfg, kernel=ref.ref, kind=ref.kind, version=ref.version, session=ref.session,
-                          status="QUEUED", seconds=None, output=None, base_slug=base_slug)
+                          status=status, seconds=None, output=None, base_slug=base_slug, failure=failure)
     ledger.append({**row, "script_sha256": script_sha256}, cfg)
 
 
 def _record_end(cfg, ref: watch.KernelRef, base_slug: str, outcome: watch.Outcome, out: Path | None) -> dict:
+    # The session's own run time, from its log's timestamps: the watcher may have started late (push --no-wait,
+    # kpack watch later) or waited through the queue.
     row = ledger.make_row(cfg, kernel=ref.ref, kind=ref.kind, version=ref.version, session=ref.session,
-                          status=outcome.status, seconds=outcome.seconds, output=out, failure=outcome.failure,
-                          base_slug=base_slug)
+                          status=outcome.status, seconds=watch.run_seconds(out, ref.slug), output=out,
+                          failure=outcome.failure, base_slug=base_slug)
     fields = {k: v for k, v in row.items() if k not in ("ts", "git_commit", "git_dirty", "config_hash")}
     fields["finished"] = row["ts"]
     if not ledger.update({"kernel": ref.ref, "version": ref.version, "backend": cfg.backend}, fields, cfg):
@@ -130,9 +186,9 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
     row = _record_end(cfg, ref, base_slug, outcome, out)
     score = f", CV {row['cv_score']:.5f}" if isinstance(row.get("cv_score"), float) else ""
     where = f", output in {out}" if out else ""
+    took = f" in {row['seconds']:.0f}s" if isinstance(row.get("seconds"), (int, float)) else ""
     if outcome.status == "COMPLETE":
-        notify.notify(cfg, f"{ref} ({ref.kind}, session {ref.session}) COMPLETE in {outcome.seconds:.0f}s"
-                           f"{score}{where}", ok=True)
+        notify.notify(cfg, f"{ref} ({ref.kind}, session {ref.session}) COMPLETE{took}{score}{where}", ok=True)
     else:
         failure = f": {outcome.failure}" if outcome.failure else ""
         notify.notify(cfg, f"{ref} ({ref.kind}, session {ref.session}) {outcome.status}{failure}{where}", ok=False)
@@ -143,14 +199,16 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
 
 def upstream_sources(cfg, kind: str) -> list[str]:
     """validate reads the trained models from the train chain's last COMPLETE session (its slug changes as the
-    chain grows: <slug>, <slug>-s2, ...); infer reads those and validate's thresholds. A kernel kpack.yaml
+    chain grows: <slug>, <slug>-b, <slug>, ... or <slug>-s2, ...); infer reads those and validate's thresholds.
+    Kaggle mounts a source kernel's newest version, so that session must still be its kernel's newest (a
+    push over it is refused in one line by push_folder). A kernel kpack.yaml
     already names as a source is left as configured."""
     upstream = {"validate": ("train",), "infer": ("train", "validate")}.get(kind, ())
     configured = cfg.kernel(kind).sources.kernels
     found = []
     for source in (k for k in upstream if k in cfg.kernels):
-        base = cfg.kernel(source).slug
-        if any(ref.split("/")[-1] == base or ref.split("/")[-1].startswith(base + "-s") for ref in configured):
+        base, slugs = cfg.kernel(source).slug, chain.chain_slugs(cfg, source)
+        if any(ref.split("/")[-1] in slugs or ref.split("/")[-1].startswith(base + "-s") for ref in configured):
             continue
         rows = [r for r in ledger.read() if r.get("kind") == source and r.get("base_slug") == base
                 and r.get("backend") == cfg.backend and r.get("status") == "COMPLETE"]
@@ -223,12 +281,17 @@ def watch_kernel(cfg, kind: str) -> PushResult:
         raise UserError(f"{folder}: not the script {ref} runs (rebuilt since, or missing); the next session must "
                         f"run the same code: check out {row.get('git_commit') or 'the commit it was pushed from'}, "
                         f"run `kpack build {kind}`, then `kpack watch {kind}` again")
+    if row["status"] == SOURCES_INVALID:  # pushing again would only make another session without its checkpoint
+        raise UserError(row.get("failure") or f"{ref} was made without the previous session's output; start the "
+                        f"run again with `kpack push {kind}`", exit_code=1)
     api = kaggle_api.connect(cfg)
     finished = None
-    if row["status"] in watch.TERMINAL:  # its end is recorded: go on from its output (downloaded again if gone)
+    if row["status"] in watch.TERMINAL:  # its end is known: go on from its output (downloaded again if gone)
         out = Path(row["output"]) if row.get("output") else None
         if row["status"] == "COMPLETE" and not (out and out.is_dir()):
             out = watch.download(api, ref)
+        if not row.get("finished"):  # `kpack status` saw the end, nobody recorded it: CV, run time
+            _record_end(cfg, ref, base_slug, watch.Outcome(row["status"], row.get("failure") or "", 0.0), out)
         finished = (row["status"], row.get("failure") or "", out)
     print(f"{kind}: following {ref} (session {ref.session}, {row['status']} in the ledger)", flush=True)
     return follow_chain(api, cfg, kind, folder, script_sha256, ref, before=None, finished=finished)
@@ -280,10 +343,48 @@ def follow_chain(api, cfg, kind: str, folder: Path, script_sha256: str, ref: wat
             raise UserError(f"{kind}: training not done after {limit} sessions", exit_code=1)
         session = ref.session + 1
         print(f"{ref}: training not done (state.json); pushing session {session}", flush=True)
+        _check_chain_source(api, cfg, kind, ref, session)
         next_folder = chain.prepare_session(cfg, kind, folder, session, ref.ref)
         scan_for_secrets(cfg, [next_folder])
-        ref = push_folder(api, cfg, kind, next_folder)
+        try:
+            pushed = push_folder(api, cfg, kind, next_folder)
+        except InvalidSources as err:
+            if ref.ref not in err.kernels or err.version is None:
+                raise
+            _chain_source_invalid(api, cfg, kind, ref, session, err, script_sha256)
+        ref = pushed
         ref.session = session
         _record_start(cfg, ref, base_slug, script_sha256)
         result.ref = ref
         result.sessions.append(ref)
+
+
+def _stop_chain(cfg, message: str):
+    notify.notify(cfg, message, ok=False)
+    raise UserError(message, exit_code=1)
+
+
+def _check_chain_source(api, cfg, kind: str, previous: watch.KernelRef, session: int) -> None:
+    """Kaggle mounts a source kernel's newest version only: when the previous session's kernel has a newer
+    version (pushed again since), the next session could not see its checkpoint. Stop before pushing."""
+    newest = kaggle_api.current_kernel_version(api, previous.owner, previous.slug)
+    if newest is not None and previous.version is not None and newest != previous.version:
+        _stop_chain(cfg, f"{kind}: not pushing session {session}: {previous.ref} was pushed again since session "
+                         f"{previous.session} (its newest version is v{newest}, the session was v{previous.version}), "
+                         "and a kernel source mounts only its newest version: the next session would train from "
+                         f"scratch. Start the run again with `kpack push {kind}`")
+
+
+def _chain_source_invalid(api, cfg, kind: str, previous: watch.KernelRef, session: int, err: InvalidSources,
+                          script_sha256: str):
+    """SaveKernel made session `session` without the previous session's output: it would train from scratch.
+    Record it as SOURCES_INVALID (so `kpack watch` does not follow or chain from it) and stop with the cause."""
+    owner, slug = cfg.kaggle_user, chain.session_slug(cfg.kernel(kind).slug, session, chain.chain_mode(cfg, kind))
+    made = watch.KernelRef(owner, slug, err.version, kind, session)
+    page = err.url or f"https://www.kaggle.com/code/{owner}/{slug}"
+    message = (f"{kind}: session {session} ({made}) was made without session {previous.session}'s output: "
+               f"{kernel_source_problem(api, previous.ref)}: that kernel was pushed again or has not ended. {made} "
+               f"would train from scratch: stop it on its page ({page}; no API call can: SaveKernel "
+               f"names no session to cancel), then start the run again with `kpack push {kind}`")
+    _record_start(cfg, made, cfg.kernel(kind).slug, script_sha256, status=SOURCES_INVALID, failure=message)
+    _stop_chain(cfg, message)

@@ -108,9 +108,15 @@ def submit(cfg, message: str | None = None, wait_s: float = WAIT_S) -> dict:
                                SUBMISSION_FILE, description, cfg.competition, ref.ref, ref.version, quiet=True,
                                done=landed)
     submission_ref = getattr(response, "ref", None)
-    if not submission_ref:
-        message = getattr(response, "message", "") or "no submission reference in the answer"
-        raise UserError(f"kaggle: submit {ref} to {cfg.competition} refused: {message}", exit_code=1)
+    if not submission_ref:  # an answer without a ref is not a refusal by itself: look for the submission it made
+        made = landed()
+        submission_ref = getattr(made, "ref", None)
+        if not submission_ref:
+            message = getattr(response, "message", "") or "no submission reference in the answer"
+            raise UserError(f"kaggle: submit {ref} to {cfg.competition} refused: {message} (and no new submission "
+                            "with its description is listed)", exit_code=1)
+        print(f"submission {submission_ref}: the answer named no ref; found it in the competition's submissions",
+              flush=True)
     sub = wait_scored(api, cfg, ref, submission_ref, wait_s)
     _record(cfg, ref, sub)
     if _status(sub) == "ERROR":

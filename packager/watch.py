@@ -10,6 +10,7 @@ folder there is always a whole download.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -74,20 +75,61 @@ def resolve(cfg, kernel: str, version: int | None = None) -> KernelRef:
     raise UserError(f"{kernel!r}: name a kernel as train, validate, infer or owner/slug[/version]")
 
 
+NO_VERSION = object()  # GetKernel answered, without currentVersionNumber
+_told_no_version: set[str] = set()
+
+
+def current_version(api, ref: KernelRef):
+    """The kernel's current version number; None when the kernel does not exist; NO_VERSION when GetKernel
+    answers without currentVersionNumber (Kaggle fills it today; code must not rely on it forever)."""
+    kernel = kaggle_api.get_kernel(api, ref.owner, ref.slug)
+    if kernel is None or kernel.metadata is None:
+        return None
+    number = kernel.metadata.current_version_number
+    return number if number else NO_VERSION
+
+
 def latest_version(api, ref: KernelRef) -> int:
-    version = kaggle_api.current_kernel_version(api, ref.owner, ref.slug)
+    version = current_version(api, ref)
     if version is None:
         raise UserError(f"kernel {ref.ref} not found on the {'local Kaggle' if '--local' in api.args else 'server'}"
                         "; push it first (kpack push KIND)", exit_code=1)
+    if version is NO_VERSION:
+        raise UserError(f"kernel {ref.ref}: the server's answer names no current version (currentVersionNumber); "
+                        f"name the version: kpack status {ref.ref}/N", exit_code=1)
     return version
 
 
 def status_of(api, ref: KernelRef) -> tuple[str, str]:
     """(status, failure message) of ref.version, or ("PENDING", "") while the server does not list it yet."""
-    current = kaggle_api.current_kernel_version(api, ref.owner, ref.slug)
-    if current is None or (ref.version is not None and current < ref.version):
+    current = current_version(api, ref)
+    if current is NO_VERSION and ref.version is not None:
+        # Nothing says whether the push is visible yet; the status request names its version, so it cannot be
+        # another run's: go by it (said once per kernel).
+        if ref.ref not in _told_no_version:
+            _told_no_version.add(ref.ref)
+            print(f"{ref}: the server's GetKernel answer has no currentVersionNumber; following v{ref.version} by "
+                  "its own status", flush=True)
+        try:
+            return kaggle_api.kernel_status(api, ref.owner, ref.slug, ref.version)
+        except kaggle_api.KaggleCallError as err:
+            if err.status == 404:
+                return "PENDING", ""
+            raise
+    if current is None or current is NO_VERSION or (ref.version is not None and current < ref.version):
         return "PENDING", ""  # the push is not visible yet: whatever status there is belongs to an older run
     return kaggle_api.kernel_status(api, ref.owner, ref.slug, ref.version)
+
+
+def run_seconds(out: Path | None, slug: str) -> float | None:
+    """A session's own run time: the last timestamp in its log (`<slug>.log`; Kaggle's log entries carry
+    `time`, seconds since the session started). None without a readable log."""
+    try:
+        entries = json.loads((Path(out) / f"{slug}.log").read_text()) if out else None
+    except (OSError, ValueError):
+        return None
+    times = [e["time"] for e in entries or [] if isinstance(e, dict) and isinstance(e.get("time"), (int, float))]
+    return float(max(times)) if times else None
 
 
 def wait_for(api, ref: KernelRef, timeout_s: float | None = None, max_delay_s: float | None = None) -> Outcome:
@@ -186,7 +228,7 @@ def sync_ledger(cfg, ref: KernelRef, status: str, failure: str = "", out: Path |
     fields: dict = {"status": status, "failure": (failure or "")[:2000]}
     if out is not None:
         cv, metrics = ledger.read_metrics(out)
-        fields.update(output=str(out), cv_score=cv, metrics=metrics)
+        fields.update(output=str(out), cv_score=cv, metrics=metrics, seconds=run_seconds(out, ref.slug))
     ledger.update({"kernel": ref.ref, "version": ref.version, "backend": cfg.backend}, fields, cfg)
 
 

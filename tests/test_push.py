@@ -114,8 +114,8 @@ def test_chain_of_two_sessions(local_kaggle, tmp_path, monkeypatch, telegram):
         kaggle_api._restore_env()
     assert result.status == "COMPLETE"
     assert [(r.slug, r.version, r.session) for r in result.sessions] == [
-        (project.train_slug, 1, 1), (f"{project.train_slug}-s2", 1, 2)]
-    second = project.kernel_versions(f"{project.train_slug}-s2")[0]
+        (project.train_slug, 1, 1), (f"{project.train_slug}-b", 1, 2)]
+    second = project.kernel_versions(f"{project.train_slug}-b")[0]
     assert second["metadata"]["kernel_data_sources"] == [f"alice/{project.train_slug}"]
     state = json.loads((result.output / "state.json").read_text())
     assert state == {"done": True, "session": 2}
@@ -144,7 +144,7 @@ def test_watch_follows_a_no_wait_push_and_goes_on_with_the_chain(chain_project):
     result = watch_kernel(chain_project.cfg(), "train")
     assert result.status == "COMPLETE" and json.loads((result.output / "state.json").read_text())["done"]
     assert [(r.slug, r.session) for r in result.sessions] == [
-        (chain_project.train_slug, 1), (f"{chain_project.train_slug}-s2", 2)]
+        (chain_project.train_slug, 1), (f"{chain_project.train_slug}-b", 2)]
     assert chain_rows(chain_project) == [(1, "COMPLETE"), (2, "COMPLETE")]
     built = chain_project.root / "build" / "kernels" / chain_project.train_slug / f"{chain_project.train_slug}.py"
     assert {r["script_sha256"] for r in ledger.read()} == {hashlib.sha256(built.read_bytes()).hexdigest()}
@@ -200,7 +200,7 @@ def test_infer_warns_when_train_stopped_mid_chain(local_kaggle, tmp_path, monkey
                 in capsys.readouterr().out)
         watch_kernel(cfg, "train")
         capsys.readouterr()
-        assert push.upstream_sources(cfg, "infer") == [f"alice/{project.train_slug}-s2"]
+        assert push.upstream_sources(cfg, "infer") == [f"alice/{project.train_slug}-b"]
         assert "warning" not in capsys.readouterr().out
     finally:
         kaggle_api._restore_env()
@@ -289,7 +289,7 @@ def test_encrypted_weights_open_in_the_kernel_with_the_users_secret(project, loc
     config = project.root / "kpack.yaml"
     config.write_text(config.read_text().replace("dir: models}", f"dir: models, encrypt: true, key_env: {label}}}"))
     project.write_entry(WEIGHTS_ENTRY)
-    Store(local_kaggle.root).set_secret("alice", label, key_text)
+    Store(local_kaggle.root).set_secret("alice", label, key_text, project.train_slug)
 
     result = push_kernel(project.cfg(), "train", wait=True)
     assert result.status == "COMPLETE"
@@ -302,7 +302,7 @@ def test_encrypted_weights_open_in_the_kernel_with_the_users_secret(project, loc
     for path in result.output.rglob("*"):
         assert not path.is_file() or key_text not in path.read_text(errors="replace")
 
-    Store(local_kaggle.root).set_secret("alice", label, base64.b64encode(os.urandom(32)).decode())
+    Store(local_kaggle.root).set_secret("alice", label, base64.b64encode(os.urandom(32)).decode(), project.train_slug)
     with pytest.raises(UserError, match="sealed with another key"):  # the kernel stops at the first file
         push_kernel(project.cfg(), "train", wait=True)
 

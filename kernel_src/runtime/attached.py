@@ -1,0 +1,54 @@
+"""The secrets a kernel needs, checked first (stdlib only, before any heavy import): Kaggle attaches secrets per
+notebook in its web UI, so a kernel without one must stop at once, naming the secret and the kernels to attach
+it to, rather than minutes later (or after importing torch) with a traceback.
+
+Today the one secret a kpack kernel needs is the weights key (datasets.weights.encrypt, label key_env).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+ALTERNATE_SUFFIX = "-b"  # packager/chain.py names the same pair: keep them alike
+SLUG_MAX = 50
+
+
+def needed(config: dict) -> list[str]:
+    weights = (config.get("datasets") or {}).get("weights") or {}
+    return [weights.get("key_env") or "KPACK_WEIGHTS_KEY"] if weights.get("encrypt") else []
+
+
+def present(label: str) -> bool:
+    """The environment variable LABEL (how the local Kaggle passes secrets), else a Kaggle secret of that label."""
+    if os.environ.get(label):
+        return True
+    try:
+        from kaggle_secrets import UserSecretsClient
+    except ImportError:
+        return False
+    try:
+        return bool(UserSecretsClient().get_secret(label))
+    except Exception:  # noqa: BLE001 - not attached, or not reachable: either way not here
+        return False
+
+
+def kernels_to_attach(config: dict) -> str:
+    """The kernels that run this script: for train, every kernel of its session chain."""
+    kind = config.get("kernel") or "train"
+    kernel = (config.get("kernels") or {}).get(kind) or {}
+    owner, slug = config.get("kaggle_user") or "<owner>", kernel.get("slug") or "<slug>"
+    if kind != "train":
+        return f"{owner}/{slug}"
+    if (kernel.get("chain") or "alternate") == "alternate":
+        other = slug[: SLUG_MAX - len(ALTERNATE_SUFFIX)].rstrip("-") + ALTERNATE_SUFFIX
+        return f"{owner}/{slug} and {owner}/{other} (the two kernels its sessions alternate between)"
+    return f"{owner}/{slug} and each session's own kernel ({owner}/{slug}-s2, {owner}/{slug}-s3, ...)"
+
+
+def check(config: dict) -> None:
+    """Stop the kernel (one line, exit 2) when a secret it needs is not attached."""
+    missing = [label for label in needed(config) if not present(label)]
+    if missing:
+        print(f"[kpack] error: Kaggle secret {', '.join(missing)} is not attached to this kernel: attach it "
+              f"(Add-ons -> Secrets) to {kernels_to_attach(config)}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
