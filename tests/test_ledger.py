@@ -101,3 +101,49 @@ def test_kpack_ledger_prints_the_newest_rows_as_a_table(tmp_path, monkeypatch):
     only_train = CliRunner().invoke(cli, ["ledger", "--kind", "train"]).output.splitlines()
     assert [line.split()[4] for line in only_train[1:]] == ["COMPLETE", "ERROR"]
     assert "0.81163" in only_train[1]
+
+
+# --------------------------------------------------------------------------------------------- through a push
+
+SLOW_ENTRY = '''import json
+import os
+import time
+from pathlib import Path
+
+
+def main(config):
+    work = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle") / "working"
+    time.sleep(2.5)
+    (work / "metrics.json").write_text(json.dumps({"cv_score": 0.77}))
+    (work / "state.json").write_text(json.dumps({"done": True}))
+    print("trained", flush=True)
+'''
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("status_first", [False, True], ids=["watch", "status-then-watch"])
+def test_a_no_wait_push_followed_later_keeps_cv_and_the_kernels_own_run_time(local_kaggle, tmp_path, monkeypatch,
+                                                                             status_first):
+    from packager import kaggle_api, watch
+    from packager.localkaggle.store import Store
+    from packager.push import push_kernel, watch_kernel
+    from pushkit import isolate, make_project
+
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, local_kaggle, datasets=False)
+    project.write_entry(SLOW_ENTRY)
+    monkeypatch.chdir(project.root)
+    try:
+        ref = push_kernel(project.cfg(), "train", wait=False).ref
+        ran = local_kaggle.wait_kernel("alice", ref.slug, ref.version)   # it ended while nobody watched
+        if status_first:
+            watch.show_status(project.cfg(), "train")                     # `kpack status train` saw the end
+        watch_kernel(project.cfg(), "train")                              # `kpack watch train`, later
+    finally:
+        kaggle_api._restore_env()
+    row = ledger.latest(kernel=ref.ref, version=ref.version)
+    assert row["status"] == "COMPLETE" and row["cv_score"] == 0.77
+    assert Store(local_kaggle.root).kernel_version("alice", ref.slug, ref.version)["seconds"] == ran["seconds"]
+    assert 2.5 <= row["seconds"] <= ran["seconds"] + 0.1  # the kernel's own time (its log), not the watcher's ~0 s

@@ -418,6 +418,21 @@ def test_submit_latest_complete_infer_and_record_score(with_infer, local_kaggle)
     assert row["submission_status"] == "COMPLETE"
 
 
+@pytest.mark.slow
+def test_a_submission_answer_without_a_ref_is_not_a_refusal(with_infer, local_kaggle, capsys):
+    from packager.submit import submit
+
+    good = push_kernel(with_infer.cfg(), "infer", wait=True)
+    local_kaggle.admin("POST", "/_kpack/omit", {"method": "CreateCodeSubmission", "fields": ["ref"]})
+    try:
+        result = submit(with_infer.cfg(), "no ref in the answer")
+    finally:
+        local_kaggle.admin("POST", "/_kpack/omit", {"method": "CreateCodeSubmission", "fields": []})
+    assert result["public_score"] == pytest.approx(1.0) and result["ref"]
+    assert "the answer named no ref; found it in the competition's submissions" in capsys.readouterr().out
+    assert ledger.latest(kernel=good.ref.ref, version=1)["submission_ref"] == result["ref"]
+
+
 def test_submit_without_a_complete_infer_is_one_error(with_infer):
     from packager.submit import submit
 

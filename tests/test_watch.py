@@ -101,3 +101,26 @@ def test_cli_output(project, local_kaggle):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(f"runs/{project.train_slug}/v{version}")
     assert (project.root / "runs" / project.train_slug / f"v{version}" / "state.json").is_file()
+
+
+@pytest.fixture
+def no_current_version(local_kaggle):
+    """The server's GetKernel answers leave currentVersionNumber out (Kaggle fills it today)."""
+    local_kaggle.admin("POST", "/_kpack/omit", {"method": "GetKernel", "fields": ["currentVersionNumber"]})
+    yield
+    local_kaggle.admin("POST", "/_kpack/omit", {"method": "GetKernel", "fields": []})
+
+
+def test_an_answer_without_the_current_version_does_not_poll_forever(project, local_kaggle, no_current_version,
+                                                                      capsys):
+    version = pushed(project, local_kaggle)
+    api = kaggle_api.connect(project.cfg())
+    ref = watch.KernelRef("alice", project.train_slug, version)
+    outcome = watch.wait_for(api, ref, timeout_s=20)   # before: PENDING until the timeout, forever without one
+    assert outcome.status == "COMPLETE"
+    out = capsys.readouterr().out
+    assert out.count("has no currentVersionNumber; following v1 by its own status") == 1, out
+    with pytest.raises(UserError, match=r"names no current version \(currentVersionNumber\); name the version: "
+                                        f"kpack status alice/{project.train_slug}/N"):
+        watch.show_status(project.cfg(), f"alice/{project.train_slug}")
+    assert watch.show_status(project.cfg(), f"alice/{project.train_slug}/{version}") == "COMPLETE"
