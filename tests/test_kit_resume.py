@@ -16,7 +16,7 @@ import yaml
 
 import kit_support
 from kit_support import kit_env  # noqa: F401  (autouse: own Kaggle root, one thread)
-from kernel_src import checkpoint, clock, engine, settings
+from kernel_src import atomic, checkpoint, clock, engine, settings
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,9 @@ def test_kill_9_at_random_moments_then_resume_ends_the_same(demo, straight, tmp_
             pass
         code = forker.wait_exit()
         assert code in (0, -signal.SIGKILL), "".join(forker.lines[-30:])
-        mid_save += any(working.glob(".checkpoint.pt.*.tmp"))  # killed while writing a checkpoint
+        scratch = tmp_path / "kaggle" / "temp" / atomic.SCRATCH
+        mid_save += any(scratch.glob(f"{atomic.TEMP_PREFIX}checkpoint.pt.*"))  # killed while writing a checkpoint
+        assert not atomic.temp_files(working), "a killed write's temp file would ship as output"
         found = checkpoint.latest(checkpoint.candidates([working]), training_hash, log=quiet)
         if steps:  # once one checkpoint exists, a valid one always does, never older than the last
             assert found is not None and found.meta["step"] >= steps[-1]
@@ -285,3 +287,69 @@ def test_two_process_ddp_trains_and_resumes_exactly(demo, tmp_path):
     assert second["done"] and "resumed from" in out
     assert kit_support.same_weights(kit_support.final_weights(tmp_path / "resumed" / "working"),
                                     kit_support.final_weights(tmp_path / "straight" / "working"))
+
+
+KILL_WHILE_WRITING = r"""
+import json, os, signal, sys, time, traceback
+from pathlib import Path
+from kernel_src import checkpoint, clock, train
+import yaml
+
+config, target = yaml.safe_load(open(sys.argv[1])), sys.argv[2]
+save = checkpoint.save
+
+
+def dies_writing_the_target(path, *args, **kwargs):
+    if Path(path).name == target:  # the first bytes of the target kill the process, as kill -9 would
+        checkpoint._Hashing.write = lambda self, b: os.kill(os.getpid(), signal.SIGKILL)
+    return save(path, *args, **kwargs)
+
+
+for kill in (True, False):  # the killed session, then the next one in the same working/
+    pid = os.fork()
+    if pid == 0:
+        clock.STARTED = time.monotonic()
+        if kill:
+            checkpoint.save = dies_writing_the_target
+        code = 1
+        try:
+            train.main(config)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    working = Path(os.environ["KPACK_KAGGLE_ROOT"]) / "working"
+    print("exit", json.dumps([os.waitstatus_to_exitcode(status), sorted(p.name for p in working.iterdir())]),
+          flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["best.pt", "model.pt"])
+def test_kill_9_while_writing_a_model_file_leaves_no_temp_file_and_the_restart_ends_the_same(
+        demo, straight, tmp_path, target):
+    """Killed in the first write of best.pt (epoch 1) or of model.pt (after the last checkpoint): what the
+    session leaves in working/ (its output) holds no temp file, and the next session's files are the straight
+    run's, byte for byte (model.pt saying the epochs the run has)."""
+    kit = kit_support.tiny_kit(demo, **{"session.checkpoint_every_steps": 1})
+    ref_dir, ref = straight(kit)
+    config = tmp_path / "kpack.yaml"
+    write_config(config, kit)
+    done = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, str(config), target],
+                          env=kit_support.train_env(tmp_path / "kaggle"), cwd=kit_support.REPO, text=True,
+                          capture_output=True, timeout=600)
+    exits = [json.loads(line[5:]) for line in done.stdout.splitlines() if line.startswith("exit ")]
+    assert done.returncode == 0 and len(exits) == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    (killed, left_by_kill), (restarted, _) = exits
+    assert killed == -signal.SIGKILL and restarted == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not [n for n in left_by_kill if n.startswith(".")], f"temp files would ship as output: {left_by_kill}"
+    working = tmp_path / "kaggle" / "working"
+    assert not [p.name for p in working.iterdir() if p.name.startswith(".")]
+    for name in ("model.pt", "best.pt", "oof.npy", "metrics.json"):
+        assert (working / name).read_bytes() == (ref_dir / name).read_bytes(), name
+    assert checkpoint.load_model(working / "model.pt")["epoch"] == ref["epochs"] == 3
