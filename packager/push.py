@@ -13,14 +13,13 @@ version then, so kpack waits for a slot and pushes again (up to KPACK_SLOT_WAIT_
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from packager import chain, datasets, kaggle_api, ledger, notify, watch
+from packager import chain, datasets, kaggle_api, ledger, metadata, notify, watch
 from packager.errors import UserError, env_number
 from packager.fsutil import file_sha256
 
@@ -114,7 +113,7 @@ def _push_when_a_slot_is_free(ref: str, push):
 
 def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
     """Push one kernel folder (kernel-metadata.json + script); returns owner/slug with the new version."""
-    meta = json.loads((Path(folder) / "kernel-metadata.json").read_text())
+    meta = metadata.read_kernel_metadata(folder)  # hand-edited and broken: one line, not a traceback
     owner, slug = meta["id"].split("/", 1)
     kcfg = cfg.kernel(kind)
     before = kaggle_api.current_kernel_version(api, owner, slug)
@@ -299,10 +298,9 @@ def watch_kernel(cfg, kind: str) -> PushResult:
 
 def _script(folder: Path) -> Path | None:
     """The kernel script of a built kernel folder, as its kernel-metadata.json names it; None when missing."""
-    try:
-        script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
-    except (OSError, ValueError, KeyError):
+    if not (folder / metadata.KERNEL_METADATA).is_file():
         return None
+    script = folder / metadata.read_kernel_metadata(folder)["code_file"]  # a damaged file says so in one line
     return script if script.is_file() else None
 
 

@@ -209,3 +209,70 @@ def test_kaggle_client_dataset_create_accepts_the_metadata(tmp_path, monkeypatch
     monkeypatch.setattr(api, "dataset_status", lambda ref: "ready")  # stops right after the client's checks
     result = api.dataset_create_new(str(tmp_path))
     assert "already in use" in result.error  # i.e. every validation passed
+
+
+# ------------------------------------------------------------------ a hand-edited kernel-metadata.json
+
+GOOD_META = {"id": "alice/mini-comp-train", "title": "Mini Comp Train", "code_file": "mini-comp-train.py"}
+FIX = "fix it, or rebuild it with `kpack build KIND`"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[1, 2]", "expected a JSON object of kernel settings, got a list"),
+    ('"alice/mini-comp-train"', "expected a JSON object of kernel settings, got a string"),
+    (json.dumps({**GOOD_META, "code_file": 3}), "code_file: expected a string, the script's file name, e.g. "
+                                                "'train.py' (got a number 3)"),
+    (json.dumps({**GOOD_META, "code_file": ["a.py"]}), "code_file: expected a string, the script's file name, "
+                                                       "e.g. 'train.py' (got a list [\"a.py\"])"),
+    (json.dumps({k: v for k, v in GOOD_META.items() if k != "code_file"}),
+     "code_file: expected a string, the script's file name, e.g. 'train.py' (missing)"),
+    (json.dumps({**GOOD_META, "id": None}), "id: expected a string, 'owner/kernel-slug' (got null null)"),
+    (json.dumps({**GOOD_META, "id": "mini-comp-train"}), "id: 'mini-comp-train' is not 'owner/kernel-slug'"),
+    (json.dumps({**GOOD_META, "code_file": "../x.py"}), "code_file: '../x.py' must be a file name inside "),
+    ('{"id": "alice/x",\n "code_file": "x.py",,}', "not valid JSON (line 2 column 22: Expecting property name "
+                                                   "enclosed in double quotes)"),
+])
+def test_a_broken_kernel_metadata_is_one_line(tmp_path, text, expected):
+    from packager.metadata import read_kernel_metadata
+
+    (tmp_path / "kernel-metadata.json").write_text(text)
+    with pytest.raises(UserError) as err:
+        read_kernel_metadata(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'kernel-metadata.json'}: {expected}"), message
+    assert message.endswith(FIX) or "must be a file name" in message
+
+
+def test_kernel_metadata_read_back(tmp_path):
+    from packager.metadata import read_kernel_metadata
+
+    (tmp_path / "kernel-metadata.json").write_text(json.dumps(GOOD_META))
+    assert read_kernel_metadata(tmp_path) == GOOD_META
+    with pytest.raises(UserError, match=r"kernel-metadata.json: missing; build the kernel first"):
+        read_kernel_metadata(tmp_path / "nowhere")
+
+
+def test_watch_names_a_damaged_metadata_file_not_a_rebuild(tmp_path):
+    """`kpack watch` used to call invalid JSON "rebuilt since, or missing", and a list a traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "kpack.yaml").write_text("competition: mini-comp\nkaggle_user: alice\nkernels:\n"
+                                         "  train: {entry: kernel_src/train.py}\n")
+    folder = tmp_path / "build" / "kernels" / "mini-comp-train"
+    folder.mkdir(parents=True)
+    (folder / "mini-comp-train.py").write_text("print(1)\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "ledger.jsonl").write_text(json.dumps(
+        {"kind": "train", "base_slug": "mini-comp-train", "backend": "local", "kernel": "alice/mini-comp-train",
+         "version": 1, "session": 1, "status": "RUNNING"}) + "\n")
+    path = folder / "kernel-metadata.json"
+    for text, expected in [('{"id": "alice/mini-comp-train", ', "not valid JSON (line 1 column 33: Expecting "
+                                                                "property name enclosed in double quotes)"),
+                           ("[]", "expected a JSON object of kernel settings, got a list")]:
+        path.write_text(text)
+        done = subprocess.run([sys.executable, "-m", "packager.cli", "watch", "train"], cwd=tmp_path,
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [f"error: {Path('build/kernels/mini-comp-train/kernel-metadata.json')}: "
+                                            f"{expected}; {FIX}"]
