@@ -194,3 +194,19 @@ def test_a_session_made_without_its_source_is_marked_and_never_pushed_again(proj
         assert _save_kernel_calls(local_kaggle) == 0
     finally:
         local_kaggle.admin("POST", "/_kpack/cancel", {"kernel": f"alice/{slug}", "version": 2})
+
+
+@pytest.mark.slow
+def test_infer_names_the_kernel_source_that_is_not_complete(project, local_kaggle, tmp_path):
+    slug = project.train_slug
+    push_kernel(project.cfg(), "train", wait=True)             # sessions on slug v1, slug-b v1, slug v2
+    _push_over(local_kaggle, tmp_path, slug, "import time\ntime.sleep(60)\n")   # slug v3, RUNNING
+    local_kaggle.wait_kernel("alice", slug, 3, until=("RUNNING",))
+    try:
+        with pytest.raises(UserError) as err:
+            push_kernel(project.cfg(), "infer", wait=True)
+        message = str(err.value)
+        assert f"alice/{slug}: its newest version v3 is RUNNING, not COMPLETE (Kaggle mounts only that one)" in message
+        assert "wait for that kernel to end COMPLETE, then push again" in message and "kpack.yaml" not in message
+    finally:
+        local_kaggle.admin("POST", "/_kpack/cancel", {"kernel": f"alice/{slug}", "version": 3})

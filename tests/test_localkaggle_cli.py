@@ -257,6 +257,43 @@ def test_a_secret_reaches_only_the_kernels_it_is_attached_to(run_kaggle, local_k
     assert (tmp_path / "o" / other / "s.txt").read_text() == "-"  # another kernel of the same user: not attached
 
 
+@pytest.mark.parametrize("lenient", [False, True], ids=["kaggle", "lenient-switch"])
+def test_a_kernel_source_whose_newest_version_is_not_complete_is_invalid(local_kaggle, tmp_path, lenient):
+    from conftest import LocalKaggleServer
+
+    server = LocalKaggleServer(tmp_path / "root", None, 0, 120, "--lenient-kernel-sources").start() if lenient \
+        else local_kaggle
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k.lower() not in
+               ("http_proxy", "https_proxy", "no_proxy", "all_proxy")}
+        (tmp_path / "home" / ".kaggle").mkdir(parents=True)
+        env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path), KAGGLE_CONFIG_DIR=str(tmp_path / "home" / ".kaggle"),
+                   **server.env(USER))
+
+        def push(folder):
+            return ok(subprocess.run([KAGGLE, "kernels", "push", "-p", str(folder)], env=env, text=True,
+                                     capture_output=True, timeout=120))
+
+        source, reader = uniq("src"), uniq("reader")
+        push(make_kernel(tmp_path / "s1", source, ROOT + '(root / "working" / "o.txt").write_text("v1")\n'))
+        server.wait_kernel(USER, source, 1)
+        push(make_kernel(tmp_path / "s2", source, "import time\ntime.sleep(30)\n"))  # its newest: RUNNING
+        server.wait_kernel(USER, source, 2, until=("RUNNING",))
+        out = push(make_kernel(tmp_path / "r", reader, ROOT + 'print(sorted(str(p) for p in (root / "input").rglob("o.txt")))\n',
+                               kernel_sources=[f"{USER}/{source}"]))
+        invalid = "The following are not valid kernel sources and could not be added to the kernel"
+        assert (invalid in out) is not lenient, out
+        assert "Kernel version 1 successfully pushed" in out  # the version is made anyway, without the source
+        from packager.localkaggle.store import Store
+
+        record = Store(server.root).kernel_version(USER, reader, 1)
+        assert record["metadata"]["kernel_data_sources"] == ([f"{USER}/{source}"] if lenient else [])
+        server.admin("POST", "/_kpack/cancel", {"kernel": f"{USER}/{source}", "version": 2})
+    finally:
+        if lenient:
+            server.stop()
+
+
 @pytest.mark.slow
 def test_a_push_over_the_gpu_session_cap_is_refused_with_kaggles_text(run_kaggle, local_kaggle, tmp_path):
     from packager.localkaggle.store import Store
