@@ -43,8 +43,12 @@ def check_shape(cfg, kind: str) -> Found:
     kernel = cfg.kernel(kind)
     shape = shapes.guess(kernel.accelerator)
     warning = metadata.accelerator_warning(kernel.accelerator)
-    return Found(f"kernels.{kind}.accelerator: {shape.name} ({shape.label}, {shape.kind.upper()}); session_hours "
-                 f"{kernel.session_hours:g} of {shape.limit_hours:g} h",
+    if shapes.known(shape.name) is None:
+        what = f"not in kpack's table: taken for a {shape.kind.upper()}"
+    else:
+        what = shape.label if shape.kind == "cpu" else f"{shape.label}, {shape.kind.upper()}"
+    return Found(f"kernels.{kind}.accelerator: {shape.name} ({what}); session_hours {kernel.session_hours:g} of "
+                 f"{shape.limit_hours:g} h",
                  [f"kernels.{kind}.accelerator: {warning}"] if warning else [])
 
 
