@@ -23,6 +23,7 @@ from packager.weights import build_weights_dataset
 KEY = bytes(range(100, 132))
 KEY_TEXT = base64.b64encode(KEY).decode()
 OWNER, SLUG = "alice", "digits-weights"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_cfg(models: Path, encrypt: bool = True, **extra):
@@ -250,12 +251,12 @@ def test_prepare_uses_plain_files_in_place(kaggle, models):
         f.seek(10)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(kweights.WeightsError) as info:
-        kweights.prepare(config)
+        kweights.open_all(config)
     assert "head.safetensors: sha256 mismatch" in str(info.value) and "\n" not in str(info.value)
     with open(mounted / "head.safetensors", "ab") as f:
         f.write(b"x")
     with pytest.raises(kweights.WeightsError, match=r"head\.safetensors: 5001 bytes where the manifest lists 5000"):
-        kweights.prepare(config)
+        kweights.open_all(config)
 
 
 @pytest.mark.parametrize("offset", [100, -5])  # in the first chunk; in the last chunk (after earlier ones)
@@ -266,7 +267,7 @@ def test_prepare_refuses_a_flipped_byte_and_leaves_no_partial_file(kaggle, offse
     data[offset] ^= 0x40
     enc.write_bytes(bytes(data))
     with pytest.raises(kweights.WeightsError) as info:
-        kweights.prepare(config)
+        kweights.open_all(config)
     message = str(info.value)
     assert "resnet18.a1_in1k.pth.enc: authentication failed" in message and "\n" not in message
     out = root / "temp" / "weights"
@@ -279,10 +280,10 @@ def test_prepare_without_key_names_the_variable_and_secret(kaggle, monkeypatch):
     monkeypatch.delenv("KPACK_WEIGHTS_KEY")
     with pytest.raises(kweights.WeightsError, match="set the environment variable KPACK_WEIGHTS_KEY or attach a "
                                                     "Kaggle secret labelled KPACK_WEIGHTS_KEY"):
-        kweights.prepare(config)
+        kweights.open_all(config)
     monkeypatch.setenv("KPACK_WEIGHTS_KEY", os.urandom(32).hex())
     with pytest.raises(kweights.WeightsError, match="sealed with another key"):
-        kweights.prepare(config)
+        kweights.open_all(config)
 
 
 def test_prepare_reads_the_key_from_a_kaggle_secret(kaggle, monkeypatch):
@@ -308,7 +309,7 @@ def test_prepare_finds_the_legacy_mount_and_tolerates_no_weights_config(kaggle, 
     assert kweights.prepare({"kaggle_user": OWNER, "datasets": {}}) == {}
     shutil.rmtree(legacy)
     with pytest.raises(kweights.WeightsError, match=f"weights dataset {OWNER}/{SLUG} is not mounted"):
-        kweights.prepare(config)
+        kweights.open_all(config)
 
 
 def test_prepare_in_a_kernel_process_imports_nothing_from_packager(kaggle, tmp_path):
@@ -335,5 +336,70 @@ def test_prepare_reports_a_full_disk_in_one_line(kaggle, monkeypatch):
 
     monkeypatch.setattr(sealed, "_pwrite_all", full)
     with pytest.raises(kweights.WeightsError, match=r"cannot decrypt into .*temp/weights: No space left on device"):
-        kweights.prepare(config)
+        kweights.open_all(config)
     assert [p.name for p in (root / "temp" / "weights").iterdir()] == []
+
+
+# ------------------------------------------------------------------------------------ in a packed kernel
+
+def packed_kernel(models: Path, tmp_path: Path) -> Path:
+    """A kernel script built by kpack from the real runtime and an entry that says it ran."""
+    from packager.build import build_kernel
+
+    project = tmp_path / "proj"
+    shutil.copytree(REPO / "kernel_src" / "runtime", project / "kernel_src" / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "kernel_src" / "__init__.py").write_text("")
+    (project / "kernel_src" / "train.py").write_text("def main(config):\n    print('the entry ran')\n")
+    return build_kernel(make_cfg(models), "train", root=project).script
+
+
+def run_packed(script: Path, root: Path, key: str) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root), "KPACK_KAGGLE_ROOT": str(root),
+           "KPACK_WEIGHTS_KEY": key}
+    return subprocess.run([sys.executable, "-I", str(script)], cwd=root / "working", env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,said", [
+    ("flipped", "resnet18.a1_in1k.pth.enc: authentication failed at chunk 0"),
+    ("header", "resnet18.a1_in1k.pth.enc: "),
+    ("truncated", "resnet18.a1_in1k.pth.enc: truncated"),
+    ("wrong key", "sealed with another key"),
+    ("bad key", "expected a 32-byte key"),
+    ("manifest", "not a kpack weights manifest"),
+])
+def test_damaged_or_wrongly_keyed_weights_stop_a_packed_kernel_in_one_line(kaggle, models, tmp_path, damage, said):
+    root, mounted, _ = kaggle()
+    key = {"wrong key": base64.b64encode(os.urandom(32)).decode(), "bad key": "not-a-key"}.get(damage, KEY_TEXT)
+    enc = mounted / "resnet18.a1_in1k.pth.enc"
+    if damage == "flipped":
+        flip(enc, 100)
+    elif damage == "header":
+        flip(enc, 2)  # the magic
+    elif damage == "truncated":
+        enc.write_bytes(enc.read_bytes()[:-7])
+    elif damage == "manifest":
+        manifest = json.loads((mounted / "manifest.json").read_text())
+        del manifest["files"][0]["sha256"]
+        (mounted / "manifest.json").write_text(json.dumps(manifest))
+    done = run_packed(packed_kernel(models, tmp_path), root, key)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("[kpack] error: ") and said in lines[0], lines[0]
+    assert "the entry ran" not in done.stdout
+    assert KEY_TEXT not in done.stdout + done.stderr and key not in done.stdout + done.stderr
+    assert not list((root / "working").iterdir())
+
+
+def test_sound_weights_let_the_packed_kernel_run_its_entry(kaggle, models, tmp_path):
+    root, _, _ = kaggle()
+    done = run_packed(packed_kernel(models, tmp_path), root, KEY_TEXT)
+    assert done.returncode == 0, done.stderr
+    assert "3 file(s) verified" in done.stdout and "the entry ran" in done.stdout

@@ -10,13 +10,14 @@ Plain files are used where they are mounted (read-only inputs, no copy). Sealed 
 The key comes from the environment variable named by datasets.weights.key_env (the local Kaggle passes user
 secrets that way) or else from a Kaggle secret with that label. Every file is checked against the manifest's
 sha256 (a plain file is hashed; a sealed one carries its plaintext's hash in a header that every chunk's tag
-authenticates, see sealed.py); a failure stops the kernel with one line naming the file, leaving no partial
-file.
+authenticates, see sealed.py). A failure (a damaged file, a wrong key) stops the kernel as the entries' errors
+do: one line naming the file, exit code 2, no partial file; open_all() raises WeightsError instead.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -82,19 +83,36 @@ def _kaggle_secret(label: str) -> str | None:
         return None
 
 
+_ENTRY_FIELDS = {"name": str, "stored": str, "size": int, "sha256": str}
+
+
 def _manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        files = manifest["files"]
-        assert isinstance(files, list)
-        return manifest
-    except (OSError, ValueError, KeyError, AssertionError) as exc:
-        raise WeightsError(f"{folder / MANIFEST}: not a kpack weights manifest ({type(exc).__name__})") from None
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise WeightsError(f"{path}: not a kpack weights manifest ({type(exc).__name__}); the dataset is "
+                           "damaged, push it again") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list) or not all(
+            isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in _ENTRY_FIELDS.items()) for e in files):
+        raise WeightsError(f"{path}: not a kpack weights manifest (a list of files, each with "
+                           f"{', '.join(_ENTRY_FIELDS)}); the dataset is damaged, push it again")
+    return manifest
 
 
 def prepare(config) -> dict[str, Path]:
+    """The kernel's start-up step (runtime.bootstrap): open_all(), or one line on stderr and exit code 2."""
+    try:
+        return open_all(config)
+    except WeightsError as exc:
+        print(f"[kpack] error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def open_all(config) -> dict[str, Path]:
     """Make every weight file of the configured weights dataset available and verified; returns name -> path.
-    No weights dataset configured: nothing to do, {}."""
+    No weights dataset configured: nothing to do, {}. Raises WeightsError (one line, never the key)."""
     spec = _spec(config)
     if spec is None:
         return {}
