@@ -89,6 +89,18 @@ def test_a_version_is_made_whole_or_not_at_all(tmp_path):
         store.create_dataset_version("mallory", USER, "demo-data", [_upload(store, b"z", user=USER)], "x")
 
 
+def test_a_dataset_version_is_processing_for_its_time_even_across_a_restart(tmp_path):
+    store = Store(tmp_path)
+    store.create_dataset(USER, USER, "slow-data", {}, [_upload(store, b"a" * 500_000)], processing=(1.0, 2.0))
+    assert store.dataset_statuses(USER, "slow-data")[1] == "BLOBS_RECEIVED"  # 1 + 1 s: the first of four stages
+    assert store.ready_dataset_versions(USER, "slow-data") == []
+    time.sleep(1.1)
+    restarted = Store(tmp_path)  # the time is on disk: a restarted server goes on where it was
+    assert restarted.dataset_statuses(USER, "slow-data")[1] in ("BLOBS_COPIED_TO_SDS", "INDIVIDUAL_BLOBS_COMPRESSED")
+    time.sleep(1.0)
+    assert restarted.ready_dataset_versions(USER, "slow-data") == [1]
+
+
 def test_archives_unpack_into_a_folder_and_may_not_escape(tmp_path):
     import io
     import zipfile
