@@ -83,3 +83,22 @@ def test_session_budget_is_whole_seconds_like_the_pushed_limit(monkeypatch):
     monkeypatch.delenv(clock.ENV_SECONDS, raising=False)
     assert clock.session_seconds({"kernels": {"train": {"session_hours": 0.012}}}) == 43.0  # push sends int(43.2)
     assert clock.session_seconds({"kernels": {"train": {}}}) == 12 * 3600
+
+
+def test_settings_load_on_the_host_with_the_standard_library_only(tmp_path):
+    """kpack's pre-flight check loads kernel_src/settings.py by path on the user's machine (packager/preflight.py):
+    it must need nothing but the standard library, not even the kernel_src package."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(settings.__file__)
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('s', {str(path)!r})\n"
+            "m = importlib.util.module_from_spec(spec); sys.modules['s'] = m; spec.loader.exec_module(m)\n"
+            "try:\n    m.from_config({'kit': {'optim': {'lr': 'fast'}, 'thresholds': {'fixed': 0.4}}})\n"
+            "except m.SettingsError as e:\n    print(e)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('kernel_src', 'numpy', 'torch')))\n")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["kit.optim.lr: expected a number (got 'fast')", "[]"]
