@@ -18,7 +18,7 @@ from packager.errors import UserError
 from packager.push import push_kernel, watch_kernel
 from packager.localkaggle.store import Store
 from pushkit import isolate, make_project
-from kernel_src.runtime import attached
+import kernel_src.runtime as runtime
 
 
 def test_session_slugs_alternate_by_default_or_are_distinct():
@@ -34,7 +34,7 @@ def test_the_kernel_names_the_same_two_kernels_the_chain_pushes_to():
         cfg = parse_config({"competition": "comp-x", "kaggle_user": "alice", "datasets": {"weights": {
             "slug": "w-weights", "encrypt": True}}, "kernels": {"train": {"entry": "kernel_src/train.py",
                                                                           "slug": slug, "chain": mode}}})
-        named = attached.kernels_to_attach(cfg.model_dump(mode="json") | {"kernel": "train"})
+        named = runtime.kernels_to_attach(cfg.model_dump(mode="json") | {"kernel": "train"})
         for session in (1, 2, 3):
             assert f"alice/{chain.session_slug(slug, session, mode)}" in named
     with pytest.raises(UserError, match="chain"):
@@ -53,7 +53,7 @@ def test_a_missing_secret_stops_the_bootstrap_before_anything_is_imported(tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "MY_KEY"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "2 ['kernel_src.runtime.attached']", done.stdout + done.stderr
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         "[kpack] error: Kaggle secret MY_KEY is not attached to this kernel: attach it (Add-ons -> Secrets) to "
         "alice/x-train and alice/x-train-b (the two kernels its sessions alternate between)"]
