@@ -356,11 +356,6 @@ def finish_dataset(api, cfg, build, sent: PushedDataset | Pending) -> PushedData
     return PushedDataset(sent.ref, new_version, uploaded=True, bytes=sent.bytes, files=sent.files)
 
 
-def push_dataset(api, cfg, build, state: RemoteState, message: str | None = None) -> PushedDataset:
-    """Create or version one built dataset when its content hash changed; waits until it is ready."""
-    return finish_dataset(api, cfg, build, send_dataset(api, cfg, build, state, message))
-
-
 def push_all(api, cfg, builds, check_uploads=None) -> list[PushedDataset]:
     """Push every build; `check_uploads` (the secrets scan) first gets the folders of those that will be
     uploaded, before any is: what the server already holds is not read again. Every new version is sent
