@@ -2,7 +2,7 @@
 
     local_kaggle      (session) one `kpack local serve` subprocess on a free port with a temp root
                       (Kaggle's session caps on: 2 GPU, 5 CPU; --session-limit 120; dataset versions
-                      processing 0.2 s + 0.5 s/MB); see LocalKaggleServer
+                      processing 0.1 s + 0.2 s/MB); see LocalKaggleServer
     kaggle_env        (function) the environment for a `kaggle` subprocess: the server's endpoint and the
                       credentials of user `alice`, plus a fresh HOME, TMPDIR and KAGGLE_CONFIG_DIR under
                       tmp_path, and no stray KAGGLE_* of the caller
@@ -30,7 +30,7 @@ KAGGLE = str(BIN / "kaggle")
 USER = "alice"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Kaggle's dataset processing stays on in tests, short: kpack's wait-until-ready runs in every push.
-SMALL_DATASET_PROCESSING = ("--dataset-processing-s", "0.2", "--dataset-processing-s-per-mb", "0.5")
+SMALL_DATASET_PROCESSING = ("--dataset-processing-s", "0.1", "--dataset-processing-s-per-mb", "0.2")
 
 
 def free_port() -> int:
