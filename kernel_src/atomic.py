@@ -32,13 +32,16 @@ _temp_dir_for: dict[str, Path] = {}
 
 
 def _scratch() -> Optional[Path]:
+    """<kaggle temp>/kpack-writes, or None outside a kernel (no Kaggle root: a dev machine has no /kaggle)."""
     from kernel_src.runtime import inputs
 
+    if not inputs.kaggle_root().is_dir():
+        return None
     try:
         folder = inputs.temp_dir() / SCRATCH
         folder.mkdir(parents=True, exist_ok=True)
         return folder
-    except OSError:  # no kernel temp folder here (a dev machine without /kaggle)
+    except OSError:  # a root that cannot hold a temp folder
         return None
 
 
