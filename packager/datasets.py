@@ -188,7 +188,7 @@ def wait_ready(api, ref: str, at_least: int | None = None, timeout_s: float | No
                   f"at most {timeout_s:.0f}s)", flush=True)
             said = waited
         kaggle_api.sleep(min(delay, max(0.1, timeout_s - waited)))
-        delay = min(10.0, delay * 1.5)
+        delay = 1.0 if waited < 30 else min(10.0, delay * 1.5)  # a short wait ends within a second of ready
 
 
 # --------------------------------------------------------------------------------------------- upload
