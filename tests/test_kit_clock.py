@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,26 @@ def test_a_run_checks_working_before_it_trains(tmp_path, monkeypatch):
     stopped = run(full)
     assert not stopped["done"] and stopped["stopped_by"] == "clock" and stopped["step"] == 0
     assert stopped["session"]["output_save_s"] >= 40 * clock.OUTPUT_SECONDS_PER_GB
+
+
+def test_a_local_kernel_counts_from_its_sandboxs_start(tmp_path):
+    """Through the local Kaggle's runner: in its sandbox (a PID namespace of its own, as a Kaggle container)
+    PID 1 is the sandbox's init, so the kit's clock starts there; without a sandbox, at the process start."""
+    import json
+
+    from packager.localkaggle import runner
+
+    script = tmp_path / "k.py"  # clock.py needs only the standard library: it runs as the kernel itself
+    script.write_text(Path(clock.__file__).read_text()
+                      + "\nimport json\nprint('AGES', json.dumps(start_ages(read_proc())))\n")
+    started = time.monotonic()
+    result = runner.run_kernel(script, tmp_path / "run", [], enable_internet=False, timeout_s=120)
+    wall = time.monotonic() - started
+    log = [e["data"] for e in json.loads(result.log_path.read_text())]
+    assert result.status == "COMPLETE", log
+    process, container = json.loads(next(line for line in log if "AGES" in line).split("AGES", 1)[1])
+    sandboxed = any("sandbox bwrap" in line or "sandbox unshare" in line for line in log)
+    if sandboxed:
+        assert container is not None and process <= container <= wall, (process, container, wall)
+    else:
+        assert container is None
