@@ -7,8 +7,8 @@ A Kaggle kernel sees its image, /kaggle and nothing of the user's machine; a loc
                               group naming the kernel's user); never /etc/shadow or the host's users
     /dev                      null, zero, full, random, urandom, tty, shm, pts, and the GPUs' nodes
     /proc, /sys               a fresh /proc of the kernel's own processes (a private PID namespace); /sys read-only
-    <python>, <image>         the interpreter and stdlib (sys.base_prefix), the local image's site farm and what
-                              its links point to, read-only, at their host paths (the links must resolve)
+    <python>, <image>         the interpreter and stdlib (sys.base_prefix), the local image's site farm and the
+                              site-packages its links point into, read-only, at their host paths
     /opt/kpack/python         the run's throwaway venv: `pip install` lands here
     /kaggle/input             read-only, with every input read-only in both layouts
     /kaggle/working, /kaggle/temp   writable; working/ is the version's output
@@ -40,6 +40,7 @@ import threading
 from pathlib import Path
 
 from packager.localkaggle import netns
+from packager.localkaggle.image import site_dirs
 
 MODES = ("bwrap", "unshare", "none")
 MODE_ENV = "KPACK_SANDBOX"
@@ -100,16 +101,21 @@ def _covered(path: str, ops: list[list[str]]) -> bool:
 _targets_cache: dict[str, list[str]] = {}
 
 
-def _link_targets(farm: Path) -> list[str]:
-    """What the image farm's links point at (a farm never changes once built, so this is cached)."""
+def _link_folders(farm: Path) -> list[str]:
+    """The folders the image farm's links point into: a site-packages folder whole rather than each of its
+    ~200 packages (one mount instead of hundreds: 0.1-0.2 s less per kernel start). The packages the farm
+    leaves out stay unimportable (they are not on sys.path), as they do without a sandbox. A farm never
+    changes once built, so this is cached."""
     key = str(farm)
     if key not in _targets_cache:
+        sites = [str(p.resolve()) for p in site_dirs()]
         found = set()
         for folder, dirs, files in os.walk(farm):
             for name in dirs + files:
                 path = os.path.join(folder, name)
                 if os.path.islink(path):
-                    found.add(os.path.realpath(path))
+                    target = os.path.realpath(path)
+                    found.add(next((s for s in sites if target.startswith(s + "/")), target))
         _targets_cache[key] = sorted(found)
     return _targets_cache[key]
 
@@ -130,7 +136,7 @@ def root_ops(private: Path, run_root: Path, script: Path, input_binds: list[tupl
     # pyvenv.cfg and the farm's links name them); only what is not shown already.
     wanted = [str(Path(sys.base_prefix).resolve())]
     wanted += [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p and os.path.isdir(p)]
-    wanted += [str(image)] + _link_targets(image)
+    wanted += [str(image)] + _link_folders(image)
     for path in wanted:
         if os.path.exists(path) and not _covered(path, ops):
             ops.append(["ro", path, path])
