@@ -18,7 +18,8 @@ Files written into `working` (rank 0):
     best.pt        weights of the best validation epoch (EMA weights when EMA is on); model.pt: final ones
     kit.json       the resolved kit settings
 Files from earlier sessions that this one did not rewrite are carried over from the resumed checkpoint's
-folder, so the last session's output is always complete.
+folder, so the last session's output is always complete. Every file is written whole or not at all, through
+a temp file that never ships as output (atomic.py).
 """
 from __future__ import annotations
 
