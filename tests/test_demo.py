@@ -65,8 +65,9 @@ def test_kpack_demo_runs_the_whole_flow(tmp_path):
         ("train", 1, "COMPLETE"), ("train", 2, "COMPLETE"), ("train", 3, "COMPLETE"), ("validate", 1, "COMPLETE"),
         ("infer", 1, "COMPLETE")]
     assert 0 < rows[3]["cv_score"] <= 1 and 0 <= rows[4]["lb_score"] <= 1
-    states = [json.loads((project / "runs" / slug / "v1" / "state.json").read_text())
-              for slug in (f"{config['competition']}-train-s2", f"{config['competition']}-train-s3")]
+    # sessions alternate between two kernels: session 2 is <slug>-b v1, session 3 is <slug> v2
+    states = [json.loads((project / "runs" / slug / f"v{v}" / "state.json").read_text())
+              for slug, v in ((f"{config['competition']}-train-b", 1), (f"{config['competition']}-train", 2))]
     assert [(s["step"], s["session"]["steps"], s["done"]) for s in states] == [(40, 20, False), (45, 5, True)]
     first = f"{config['competition']}-train"
     log = (project / "runs" / first / "v1" / f"{first}.log").read_text()

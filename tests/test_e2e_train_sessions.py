@@ -87,7 +87,7 @@ def write_project(root: Path, server, prefix: str, epochs: int) -> dict:
         "competition": comp, "kaggle_user": USER, "backend": "local",
         "local": {"port": server.port, "root": str(server.root)},
         "kernels": {"train": {"entry": "kernel_src/train.py", "slug": f"{prefix}-train", "accelerator": "None",
-                              "session_hours": SESSION_HOURS, "sources": {"competitions": [comp]}}},
+                              "session_hours": SESSION_HOURS, "chain": "distinct", "sources": {"competitions": [comp]}}},
         "datasets": {"wheels": {"slug": f"{prefix}-wheels", "requirements": "requirements-kernel.txt"}},
         "kit": kit_config(epochs),
     }
@@ -123,10 +123,10 @@ def chain_of(store, slug: str) -> list[tuple[str, dict]]:
 
     found = []
     for session in range(1, MAX_SESSIONS + 2):
-        record = store.kernel_version(USER, session_slug(slug, session), 1)
+        record = store.kernel_version(USER, session_slug(slug, session, "distinct"), 1)
         if record is None:
             break
-        found.append((session_slug(slug, session), record))
+        found.append((session_slug(slug, session, "distinct"), record))
     return found
 
 
