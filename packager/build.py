@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager import inline, metadata, preflight
+from packager import importcheck, inline, metadata, preflight
 from packager.errors import UserError
 
 log = logging.getLogger("kpack")
@@ -118,15 +118,16 @@ def _entry_module(entry: str, kind: str, root: Path) -> str:
 
 
 def _file_readers(bundle: inline.Bundle) -> list[str]:
-    """kernel_src modules that use __file__: in the kernel it names no file on disk (nothing is extracted)."""
+    """One line per packed package whose code names __file__, at its first use: the kernel writes that package
+    to a temp folder on its first import (so paths made from __file__ exist), which importlib.resources avoids."""
     found = []
-    for file in bundle.files:
-        if file.is_module and file.path.startswith(KERNEL_SRC + "/") and b"__file__" in file.data:
-            tree = ast.parse(file.data)
-            line = next((n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "__file__"), None)
-            if line:
-                found.append(f"{file.path}:{line} uses __file__; in the kernel no packed file is on disk: "
-                             "read package data with importlib.resources.files(...) instead")
+    for name, (path, line) in inline.file_users(bundle).items():
+        root = next(r for r in bundle.roots if r.name == name)
+        mine = [f for f in bundle.files if inline.root_of(bundle, f) == root]
+        size = sum(len(f.data) for f in mine)
+        found.append(f"{path}:{line} uses __file__: the kernel writes {name} ({len(mine)} files, {size:,} bytes) to "
+                     f"a temp folder on its first import so that paths made from __file__ exist; "
+                     f"importlib.resources.files({name!r}) reads packed data from memory without that")
     return found
 
 
@@ -197,6 +198,7 @@ def build_kernel(cfg, kind: str, *, root: str | os.PathLike | None = None, out_d
 
     bundle = inline.collect(root, _sources(cfg, kind, root))
     inline.check_compiles(bundle)
+    checked += importcheck.check_build(cfg, kind, root, bundle)  # every import resolves in the kernel
 
     config = resolved_config(cfg, kind)
     config_sha = hashlib.sha256(canonical_json(config)).hexdigest()

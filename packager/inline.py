@@ -2,9 +2,14 @@
 
 The script carries every packed file under its original path (`kernel_src/losses.py`) and a small
 meta-path importer that serves them from memory: modules, package data through `importlib.resources`
-and `loader.get_data`, and `importlib.metadata` for packed `*.dist-info` folders. Nothing is extracted to
-disk. Each module is compiled with its original path as the filename and its text is registered with
-`linecache`, so a traceback inside the kernel names `kernel_src/losses.py`, the line and its text.
+and `loader.get_data`, and `importlib.metadata` for packed `*.dist-info` folders. Each module is compiled
+with its original path as the filename and its text is registered with `linecache`, so a traceback inside the
+kernel names `kernel_src/losses.py`, the line and its text.
+
+Nothing is extracted to disk, except for a package whose code names `__file__` (the build finds those): its
+files are written to a private temp folder the first time it is imported, and its modules' `__file__` and
+`__path__` name that copy, so `Path(__file__).parent / "data.json"` reads a real file. The folder is under the
+kernel's temp dir (`/kaggle/temp`, never `/kaggle/working`, which is saved as output) and removed at exit.
 
 A file is written as a raw string literal when its exact text survives that (and the trip through the
 kaggle client, which reads the script in text mode and so turns `\\r` into `\\n`), else as base64.
@@ -163,6 +168,29 @@ def collect(root: Path, sources: list[tuple[str, Path]]) -> Bundle:
                         rel = f"{dist_label}/{fname}"
                         files[rel] = PackedFile(rel, (dist / fname).read_bytes())
     return Bundle(roots, [files[k] for k in sorted(files)], dists)
+
+
+def root_of(bundle: Bundle, file: PackedFile) -> PackedRoot | None:
+    """The packed package (or single module) a file belongs to."""
+    return next((r for r in bundle.roots if file.path == r.path or file.path.startswith(r.path + "/")), None)
+
+
+def file_users(bundle: Bundle) -> dict[str, tuple[str, int]]:
+    """Packed packages whose code names `__file__`: root name -> (file, line) of the first use.
+
+    Only the bare name counts (a module asking where it itself lives): `other.__file__` merely names a path.
+    Such packages are written to disk in the kernel so that paths made from `__file__` exist."""
+    found: dict[str, tuple[str, int]] = {}
+    for file in bundle.files:
+        if not file.is_module or b"__file__" not in file.data:
+            continue
+        root = root_of(bundle, file)
+        if root is None or root.name in found:
+            continue
+        lines = [n.lineno for n in ast.walk(ast.parse(file.data)) if isinstance(n, ast.Name) and n.id == "__file__"]
+        if lines:
+            found[root.name] = (file.path, min(lines))
+    return found
 
 
 def check_compiles(bundle: Bundle) -> None:
@@ -371,21 +399,49 @@ def _kpack_distribution(importer, path):
     return KpackDistribution()
 
 
+def _kpack_private_dir():
+    """A private folder for packed files that must exist on disk, removed at exit by the process that made it.
+    Under the kernel's temp dir (KPACK_KAGGLE_ROOT or /kaggle, then temp/), never working/ (saved as output);
+    the system temp dir where there is no such root (the script run on a laptop)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    root = _kpack_os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle"
+    folder = None
+    if _kpack_os.path.isdir(root):
+        try:
+            _kpack_os.makedirs(_kpack_os.path.join(root, "temp"), exist_ok=True)
+            folder = tempfile.mkdtemp(prefix="kpack-files-", dir=_kpack_os.path.join(root, "temp"))
+        except OSError:
+            pass
+    folder = folder or tempfile.mkdtemp(prefix="kpack-files-")
+    owner = _kpack_os.getpid()  # a forked worker inherits the atexit handler: only the owner removes the folder
+    atexit.register(lambda: _kpack_os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    return folder
+
+
 def _kpack_norm(name):
     return _kpack_re.sub(r"[-_.]+", "_", name).lower()
 
 
 class KpackImporter:
-    """Serves the packed modules, package data and dist-info from memory: nothing touches the disk."""
+    """Serves the packed modules, package data and dist-info from memory; a package whose code names __file__
+    from a copy written to a private temp folder on its first import (see on_disk)."""
 
     def __init__(self):
         self.files = {}  # packed path -> bytes
         self.roots = {}  # top-level import name -> packed path (a folder, or one .py file)
         self.dists = []  # packed *.dist-info folders
+        self.disk_roots = {}  # packages whose code names __file__ -> False, then True once written to disk
+        self.disk_dir = None  # the private folder they are written to, made on first use
 
     # --- filled in by section 2
     def root(self, name, path):
         self.roots[name] = path
+
+    def on_disk(self, name):
+        self.disk_roots[name] = False
 
     def dist(self, path):
         self.dists.append(path)
@@ -420,13 +476,37 @@ class KpackImporter:
             return None, True, stem  # a folder without __init__.py: a namespace package
         return None
 
+    def _disk_prefix(self, fullname):
+        """'<private folder>/' for a package written to disk (written now, on its first import), else ''."""
+        top = fullname.partition(".")[0]
+        written = self.disk_roots.get(top)
+        if written is None:
+            return ""
+        if not written:
+            self._write(self.roots[top])
+            self.disk_roots[top] = True
+        return self.disk_dir + "/"
+
+    def _write(self, base):
+        if self.disk_dir is None:
+            self.disk_dir = _kpack_private_dir()
+        for path, data in self.files.items():
+            if path == base or path.startswith(base + "/"):
+                target = _kpack_os.path.join(self.disk_dir, path)
+                _kpack_os.makedirs(_kpack_os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as out:
+                    out.write(data)
+
     def find_spec(self, fullname, path=None, target=None):
         found = self._locate(fullname)
         if found is None:
             return None
-        origin, is_package, _ = found
-        spec = _kpack_machinery.ModuleSpec(fullname, self, origin=origin, is_package=is_package)
+        origin, is_package, folder = found
+        prefix = self._disk_prefix(fullname)
+        spec = _kpack_machinery.ModuleSpec(fullname, self, origin=origin and prefix + origin, is_package=is_package)
         spec.has_location = origin is not None
+        if is_package and prefix:
+            spec.submodule_search_locations = [prefix + folder]  # __path__ names the folder on disk
         return spec
 
     def find_distributions(self, context=None):
@@ -446,7 +526,8 @@ class KpackImporter:
         return self._locate(fullname)[1]
 
     def get_filename(self, fullname):
-        return self._locate(fullname)[0]
+        origin = self._locate(fullname)[0]
+        return origin and self._disk_prefix(fullname) + origin
 
     def get_source(self, fullname):
         origin = self._locate(fullname)[0]
@@ -465,6 +546,8 @@ class KpackImporter:
         key = _kpack_os.fspath(path).replace(_kpack_os.sep, "/")
         while key.startswith("./"):
             key = key[2:]
+        if self.disk_dir and key.startswith(self.disk_dir + "/"):  # a path made from __file__ of a written package
+            key = key[len(self.disk_dir) + 1:]
         try:
             return self.files[key]
         except KeyError:
@@ -519,7 +602,7 @@ def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_
         f"# packed: {counts}",
         "#",
         "# sections, each under a banner like this one:",
-        "#   1. loader   serves the packed files below from memory (nothing is extracted to disk)",
+        "#   1. loader   serves the packed files below from memory (a package that names __file__: from a temp copy)",
         "#   2. packed   one banner per original file, its text verbatim below it (base64 when it must be)",
         "#   3. config   the resolved project config this kernel runs with",
         "#   4. run      bootstrap the runtime, then main(config) of the entry",
@@ -541,6 +624,8 @@ def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_
         out.append(f"_kpack.root({root.name!r}, {root.path!r})")
     for dist in bundle.dists:
         out.append(f"_kpack.dist({dist!r})")
+    for name, (path, line) in sorted(file_users(bundle).items()):
+        out.append(f"_kpack.on_disk({name!r})  # {path}:{line} names __file__: written to a temp folder on import")
     for file in bundle.files:
         method, literal, why = encode(file.data)
         out += ["", THIN_RULE, f"# {_describe(bundle, file, method, why)}", THIN_RULE,

@@ -329,8 +329,23 @@ def test_warns_about_file_relative_paths_in_kernel_src(proj):
     assert build(proj).warnings == ()
     (proj / "kernel_src" / "paths.py").write_text("from pathlib import Path\n\n# __file__ in a comment\n"
                                                   "HERE = Path(__file__).parent\n")
-    assert build(proj).warnings == ("kernel_src/paths.py:4 uses __file__; in the kernel no packed file is on disk: "
-                                    "read package data with importlib.resources.files(...) instead",)
+    (warning,) = build(proj).warnings
+    assert warning.startswith("kernel_src/paths.py:4 uses __file__: the kernel writes kernel_src (11 files, ")
+    assert "to a temp folder on its first import" in warning and "importlib.resources.files('kernel_src')" in warning
+
+
+def test_file_warning_covers_every_packed_package_and_names_its_first_line(proj):
+    """Packages given with kernels.<kind>.packages are checked too, and the line named is the first use (a use
+    inside a function, above a top-level one, comes first), once per package."""
+    vendor = proj / "vendor" / "datapkg"
+    vendor.mkdir(parents=True)
+    (vendor / "__init__.py").write_text("import os\ndef where():\n    return os.path.dirname(os.path.dirname(__file__))\n"
+                                        "\n\nHERE = os.path.dirname(__file__)\n")
+    (vendor / "more.py").write_text("X = __file__\n")
+    (proj / "vendor" / "single.py").write_text("import os\n\nHERE = os.path.dirname(__file__)\n")
+    warnings = build(proj, kernel={"packages": ["vendor/datapkg", "vendor/single.py"]}).warnings
+    assert [w.split(" uses __file__")[0] for w in warnings] == ["vendor/datapkg/__init__.py:3", "vendor/single.py:3"]
+    assert "the kernel writes datapkg (2 files, " in warnings[0]
 
 
 SLOW_TEARDOWN = """import atexit, builtins, time
