@@ -19,6 +19,7 @@ from packager import metadata, shapes
 from packager.errors import UserError
 
 SETTINGS = Path("kernel_src") / "settings.py"
+_loaded: dict[tuple, ModuleType] = {}  # (path, size, mtime) -> the module: one load per build, reloaded when edited
 
 
 @dataclass
@@ -152,7 +153,11 @@ def _kit_module(root: Path) -> tuple[ModuleType | None, str]:
     path = Path(root) / SETTINGS
     if not path.is_file():
         return None, f"{SETTINGS} is not in this project (its entries validate their own settings)"
-    name = "_kpack_project_settings_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _loaded:
+        return _loaded[key], ""
+    name = "_kpack_project_settings_" + hashlib.sha256(key[0].encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and typing.get_type_hints look the module up by name
@@ -163,6 +168,7 @@ def _kit_module(root: Path) -> tuple[ModuleType | None, str]:
         return None, f"{SETTINGS} does not load here ({type(exc).__name__}: {exc})"
     if not (hasattr(module, "from_config") and hasattr(module, "SettingsError")):
         return None, f"{SETTINGS} is not the kit's (no from_config)"
+    _loaded[key] = module
     return module, ""
 
 
