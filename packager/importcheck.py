@@ -511,8 +511,9 @@ def check(bundle: inline.Bundle, sources: Sources, kind: str) -> list[str]:
         fix += f", or pack its folder with kernels.{kind}.packages"
         image = sources.image.label if sources.image is not None else "no image snapshot"
         what = "may fail" if undecided else "resolves to nothing"
-        line = f"{where}: `import {use.module}` {what} in the kernel: {top} is not packed, not in " \
-               f"{sources.wheels.label}, not in {image}; {fix}"
+        wheels_part = f"not in {sources.wheels.label}" if sources.requirements else "no wheels dataset"
+        line = f"{where}: `import {use.module}` {what} in the kernel: {top} is not packed, {wheels_part}, " \
+               f"not in {image}; {fix}"
         if undecided:
             warned.add(top)
             warnings.append(f"{line} ({undecided})")

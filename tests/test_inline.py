@@ -366,3 +366,79 @@ def test_worker_processes_import_packed_modules_and_do_not_rerun_main(tmp_path, 
     done = run_script(built.script, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("main runs") == 1 and "squares [0, 1, 4, 9, 16]" in done.stdout
+
+
+# -------------------------------------------------------------------------------------------------------
+# package data found through __file__
+
+DATAPKG = {
+    "__init__.py": "import os, pkgutil\n"
+                   "from pathlib import Path\n"
+                   "import importlib.resources\n"
+                   "\n"
+                   "HERE = Path(__file__).parent\n"
+                   "\n"
+                   "def words():\n"
+                   "    return (HERE / 'data' / 'words.txt').read_text().split()\n"
+                   "\n"
+                   "def table():\n"
+                   "    with open(os.path.join(os.path.dirname(__file__), 'data', 'table.json')) as f:\n"
+                   "        return f.read().strip()\n"
+                   "\n"
+                   "def via_resources():\n"
+                   "    return importlib.resources.files(__name__).joinpath('data/table.json').read_text().strip()\n"
+                   "\n"
+                   "def via_get_data():\n"
+                   "    return pkgutil.get_data(__name__, 'data/words.txt').decode().strip()\n"
+                   "\n"
+                   "def fail():\n"
+                   "    raise ValueError('datapkg failure')\n",
+    "sub/__init__.py": "",
+    "sub/reader.py": "from pathlib import Path\n\nNOTE = Path(__file__).with_name('note.txt').read_text().strip()\n",
+    "sub/note.txt": "beside the module\n",
+    "data/words.txt": "alpha beta\n",
+    "data/table.json": '{"a": 1}\n',
+}
+
+
+def test_package_data_read_through_file_works_in_the_kernel(tmp_path):
+    """Path(__file__).parent, os.path.dirname(__file__) and pkgutil.get_data find the packed data files (before:
+    FileNotFoundError, __file__ named a path with nothing behind it), from a copy under the kernel's temp dir:
+    nothing lands in working/, the copy is gone at exit, tracebacks still name the original file."""
+    root, _ = make_project(tmp_path)
+    for name, text in DATAPKG.items():
+        (root / "vendor" / "datapkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "vendor" / "datapkg" / name).write_text(text)
+    (root / "kernel_src" / "usedata.py").write_text(
+        "import os, kernel_src, datapkg\n"
+        "from datapkg.sub import reader\n"
+        "def main(config):\n"
+        "    print('words', datapkg.words(), datapkg.table(), datapkg.via_resources(), datapkg.via_get_data())\n"
+        "    print('note', reader.NOTE)\n"
+        "    print('file', datapkg.__file__, datapkg.__path__[0], sorted(os.listdir(datapkg.__path__[0])))\n"
+        "    print('in memory', kernel_src.__file__)\n"
+        "    datapkg.fail()\n")
+    cfg = parse_config({"competition": "mini-comp", "kaggle_user": "alice",
+                        "kernels": {"train": {"entry": "kernel_src/usedata.py", "packages": ["vendor/datapkg"]}}})
+    built = build_kernel(cfg, "train", root=root)
+    assert build_kernel(cfg, "train", root=root).sha256 == built.sha256  # still deterministic
+    text = built.script.read_text()
+    assert "_kpack.on_disk('datapkg')  # vendor/datapkg/__init__.py:5 names __file__" in text
+    assert "_kpack.on_disk('kernel_src')" not in text  # kernel_src does not name __file__: it stays in memory
+
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "working").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {"KPACK_KAGGLE_ROOT": str(kaggle)}
+    done = subprocess.run([KERNEL_PYTHON, "-I", "-S", str(built.script)], cwd=kaggle / "working", env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "words ['alpha', 'beta'] {\"a\": 1} {\"a\": 1} alpha beta" in done.stdout
+    assert "note beside the module" in done.stdout
+    copy = str(kaggle / "temp") + os.sep + "kpack-files-"
+    line = next(line for line in done.stdout.splitlines() if line.startswith("file "))
+    assert line.startswith(f"file {copy}") and line.endswith("vendor/datapkg ['__init__.py', 'data', 'sub']")
+    assert "in memory kernel_src/__init__.py" in done.stdout
+    assert 'File "vendor/datapkg/__init__.py", line 21, in fail' in done.stderr
+    assert "raise ValueError('datapkg failure')" in done.stderr
+    assert list((kaggle / "working").iterdir()) == []  # working/ is saved as output: nothing written there
+    assert list((kaggle / "temp").iterdir()) == []  # the copy is removed at exit
