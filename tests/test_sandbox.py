@@ -88,7 +88,8 @@ def probed(request, tmp_path_factory):
         "write": {"repo": str(REPO / "written-by-a-kernel.txt"), "host tmp": str(host_tmp / "written.txt"),
                   "input": "/kaggle/input/myds/new.csv", "input layout": "/kaggle/input/datasets/alice/myds/x",
                   "input root": "/kaggle/input/new.txt", "root": "/written.txt", "usr": "/usr/written.txt",
-                  "etc": "/etc/passwd", "image": str(image_site() / "written.txt"), "kaggle": "/kaggle/new.txt"},
+                  "etc": "/etc/passwd", "image": str(image_site() / "written.txt"), "kaggle": "/kaggle/new.txt",
+                  "sysctl": "/proc/sys/vm/overcommit_memory"},  # a bad value: harmless even if it got through
     }
     script = tmp / "probe.py"
     script.write_text(PROBE)
@@ -135,7 +136,7 @@ def test_kernel_cannot_write_outside_working_and_temp(probed):
     _, report, host_tmp = probed
     denied = {k: v for k, v in report["write"].items() if k not in ("working", "temp", "private tmp", "home")}
     assert set(denied.values()) <= {"EROFS", "ENOENT", "EACCES"}, denied
-    assert denied["input"] == denied["root"] == denied["usr"] == denied["etc"] == "EROFS"
+    assert denied["input"] == denied["root"] == denied["usr"] == denied["etc"] == denied["sysctl"] == "EROFS"
     assert not (REPO / "written-by-a-kernel.txt").exists()
     assert sorted(p.name for p in host_tmp.iterdir()) == ["upload.json"]
 

@@ -6,7 +6,8 @@ A Kaggle kernel sees its image, /kaggle and nothing of the user's machine; a loc
     /etc                      a few files only (loader cache, name service, TLS certificates, a passwd and
                               group naming the kernel's user); never /etc/shadow or the host's users
     /dev                      null, zero, full, random, urandom, tty, shm, pts, and the GPUs' nodes
-    /proc, /sys               a fresh /proc of the kernel's own processes (a private PID namespace); /sys read-only
+    /proc, /sys               a fresh /proc of the kernel's own processes (a private PID namespace), its knobs
+                              (/proc/sys ...) read-only and its views of host memory hidden; /sys read-only
     <python>, <image>         the interpreter and stdlib (sys.base_prefix), the local image's site farm and the
                               site-packages its links point into, read-only, at their host paths
     /opt/kpack/python         the run's throwaway venv: `pip install` lands here
@@ -54,6 +55,10 @@ ETC_NAMES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "host
              "protocols", "services", "localtime", "timezone", "ssl", "ca-certificates", "ca-certificates.conf",
              "alternatives", "mime.types", "fonts", "os-release", "debian_version", "mtab")
 GPU_NODES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")
+# As Docker does: /proc's knobs read-only, its windows on the host's memory and keys hidden. Where the
+# server runs as root the kernel's user maps onto root outside, and without these it could write sysctls.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "bus", "fs", "irq")
+PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "kmsg")
 SETUP_FAILED = 125  # netns.py's exit code when the sandbox could not be set up
 PASSWD = ("root:x:0:0:root:/root:/bin/bash\n"
           f"kaggle:x:{KERNEL_UID}:{KERNEL_GID}:kaggle:{HOME_INSIDE}:/bin/bash\n"
@@ -86,6 +91,8 @@ def _system_ops() -> list[list[str]]:
         elif path.exists():
             ops.append(["ro", str(path), str(path)])
     ops += [["devfs", "/dev"], ["proc", "/proc"]]
+    ops += [["ro", f"/proc/{name}", f"/proc/{name}"] for name in PROC_READ_ONLY if os.path.exists(f"/proc/{name}")]
+    ops += [["ro", "/dev/null", f"/proc/{name}"] for name in PROC_HIDDEN if os.path.isfile(f"/proc/{name}")]
     ops += [["dev", node, node] for pattern in GPU_NODES for node in sorted(glob.glob(pattern))]
     if Path("/sys").is_dir():
         ops.append(["ro", "/sys", "/sys"])
