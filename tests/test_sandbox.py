@@ -238,3 +238,10 @@ def test_a_child_that_left_the_process_group_dies_with_the_sandbox(tmp_path, mon
     while host_processes_running(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert host_processes_running(marker) == []
+
+
+def test_without_a_sandbox_a_silent_failure_is_not_blamed_on_the_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv(sandbox.MODE_ENV, "none")
+    result = run_kernel(one_line(tmp_path, "raise SystemExit(4)\n"), tmp_path / "run", [], enable_internet=False,
+                        timeout_s=60)
+    assert result.failure_message == runner.EXCEPTION_MESSAGE.format(code=4)

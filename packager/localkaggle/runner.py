@@ -279,7 +279,7 @@ def _failure(code: int, kernel_log: KernelLog) -> str:
         return SIGNAL_MESSAGE.format(signal=name)
     message = EXCEPTION_MESSAGE.format(code=code)
     last = next((line.strip() for line in reversed(kernel_log.lines("stderr"))
-                 if line.strip() and not line.startswith(OWN_LINE + "sandbox ")), "")
+                 if line.strip() and line.rstrip("\n") not in _announced), "")  # which sandbox ran is no cause
     return f"{message}: {last[:500]}" if last else message
 
 
