@@ -225,7 +225,8 @@ def build_kernel(cfg, kind: str, *, root: str | os.PathLike | None = None, out_d
     header = inline.Header(title=f"kpack single-file kernel: {meta['id']}", lines=header_lines,
                            rebuild=f"kpack build {kind}")
     run_banner = f"kpack kernel {meta['id']} ({kind}), git {commit}, config {config_sha[:12]}, inputs {inputs_sha[:12]}"
-    script = inline.render(bundle, config, entry_module, header, run_banner)
+    script = inline.render(bundle, config, entry_module, header, run_banner,
+                           bytecode=inline.bytecode_for(cfg, root, bundle))  # start-up: no compile
     inline.verify(script, bundle, config)
     data = script.encode("utf-8")
     script_sha = inline.sha256(data)

@@ -350,20 +350,22 @@ class Provider:
 
 
 class Folder:
-    """The local image: the folder of top-level modules the local Kaggle gives its kernels."""
+    """The local image: the folder of top-level modules the local Kaggle gives its kernels (found on first use:
+    listing the venv's distributions costs a tenth of a second)."""
 
     known = True
 
-    def __init__(self, label: str, site: Path):
-        self.label = label
-        self.tops = set()
-        for entry in site.iterdir():
-            name = entry.name
-            if name.endswith((".dist-info", ".egg-info", ".libs", ".pth")) or name == "__pycache__":
-                continue
-            self.tops.add(name.split(".", 1)[0])
+    def __init__(self, label: str, site):
+        self.label, self.site = label, site  # site: a callable giving the folder
+        self.tops: set[str] | None = None
 
     def has(self, top: str, thorough: bool = True) -> bool:
+        if self.tops is None:
+            self.tops = set()
+            for entry in self.site().iterdir():
+                name = entry.name
+                if not (name.endswith((".dist-info", ".egg-info", ".libs", ".pth")) or name == "__pycache__"):
+                    self.tops.add(name.split(".", 1)[0])
         return top in self.tops
 
 
@@ -417,7 +419,7 @@ def kernel_sources(cfg, root: Path) -> Sources:
     elif target.name == "local":
         from packager.localkaggle.image import image_site
 
-        image = Folder("the local image", image_site())
+        image = Folder("the local image", image_site)
     else:
         image = None
         notes.append(f"imports not checked against the image: no {wheels.snapshot_path(target.name, root)} "
@@ -483,7 +485,7 @@ def check(bundle: inline.Bundle, sources: Sources, kind: str) -> list[str]:
                 errors.append((use, f"{where}: `{use.module}`: {top} is packed but has no module {use.module}; "
                                     "check the name, or that the file is in the packed folder"))
             continue
-        if top in sys.stdlib_module_names:
+        if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "__main__":
             if top in removed and top not in seen:
                 seen.add(top)
                 warnings.append(f"{where}: `{use.module}` is no longer in the standard library of the kernel's "

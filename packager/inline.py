@@ -11,6 +11,12 @@ files are written to a private temp folder the first time it is imported, and it
 `__path__` name that copy, so `Path(__file__).parent / "data.json"` reads a real file. The folder is under the
 kernel's temp dir (`/kaggle/temp`, never `/kaggle/working`, which is saved as output) and removed at exit.
 
+Where an interpreter of the kernel's Python version is on this machine, the modules also travel compiled (one
+base64 blob after the sources: `marshal` code objects, zlib): a kernel whose Python has the same bytecode magic
+number executes those instead of compiling the sources, which was most of a packed script's start-up overhead
+(a Python of another version compiles the sources as before). The code objects carry the original file names,
+so tracebacks read the same either way.
+
 A file is written as a raw string literal when its exact text survives that (and the trip through the
 kaggle client, which reads the script in text mode and so turns `\\r` into `\\n`), else as base64.
 Every literal is checked by parsing it back, and the finished script is parsed once more and compared
@@ -23,7 +29,10 @@ import base64
 import functools
 import hashlib
 import json
+import os
+import subprocess
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -297,6 +306,90 @@ def decode(method: str, value: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Bytecode: the packed modules compiled by an interpreter of the kernel's Python version
+
+BYTECODE_PROGRAM = r"""
+import base64, importlib.util, json, marshal, sys, zlib
+sources = json.load(sys.stdin)
+code = {path: base64.b64encode(zlib.compress(marshal.dumps(compile(base64.b64decode(data), path, "exec",
+                                                                   dont_inherit=True)), 9)).decode("ascii")
+        for path, data in sorted(sources.items())}
+json.dump({"magic": importlib.util.MAGIC_NUMBER.hex(), "code": code}, sys.stdout)
+"""
+BYTECODE_CACHE = Path("build") / ".bytecode-1"  # under the project root: compiled modules by interpreter and source
+
+
+@dataclass(frozen=True)
+class Bytecode:
+    magic: str  # importlib.util.MAGIC_NUMBER of the compiling Python, hex
+    python: str  # its version, e.g. 3.12.1
+    blob: str  # base64 of marshal({packed path: zlib(marshal.dumps(code object))})
+
+
+def compile_bytecode(bundle: Bundle, python: str, version: str, cache: Path | None = None) -> Bytecode | None:
+    """Every packed module compiled by `python` (of `version`), in a fresh process with a fixed hash seed so the
+    same sources give the same bytes; modules compiled before come from `cache`. None when compiling fails (the
+    kernel then compiles the sources, as it would without bytecode)."""
+    modules = [f for f in bundle.files if f.is_module]
+    if not modules:
+        return None
+    folder = cache / f"cpython-{version}" if cache is not None else None
+    key = {f.path: sha256(f.path.encode() + b"\0" + f.data) for f in modules}
+    code: dict[str, bytes] = {}
+    magic = None
+    if folder is not None and (folder / "MAGIC").is_file():
+        magic = (folder / "MAGIC").read_text().strip()
+        for f in modules:
+            kept = folder / f"{key[f.path]}.code"
+            if kept.is_file():
+                code[f.path] = kept.read_bytes()
+    todo = {f.path: base64.b64encode(f.data).decode("ascii") for f in modules if f.path not in code}
+    if todo:
+        env = {"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "")}
+        try:
+            done = subprocess.run([python, "-I", "-S", "-c", BYTECODE_PROGRAM], input=json.dumps(todo),
+                                  capture_output=True, text=True, timeout=600, env=env)
+            answer = json.loads(done.stdout) if done.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            answer = None
+        if not answer or (magic and answer["magic"] != magic):
+            return None
+        magic = answer["magic"]
+        fresh = {path: base64.b64decode(data) for path, data in answer["code"].items()}
+        code.update(fresh)
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "MAGIC").write_text(magic + "\n")
+                for path, data in fresh.items():
+                    (folder / f"{key[path]}.code").write_bytes(data)
+            except OSError:  # a read-only project builds all the same, compiling every time
+                pass
+    import marshal
+
+    ordered = {path: code[path] for path in sorted(code)}
+    return Bytecode(magic, version, base64.b64encode(marshal.dumps(ordered)).decode("ascii"))
+
+
+@functools.lru_cache(maxsize=8)
+def _interpreter(target) -> tuple[str, str] | None:
+    from packager import wheels
+
+    return wheels.bytecode_python(target)
+
+
+def bytecode_for(cfg, root: Path, bundle: Bundle) -> Bytecode | None:
+    """Bytecode for the configured backend's kernel Python when this machine has an interpreter of that version
+    (the local Kaggle's kernels run on this one). KPACK_NO_BYTECODE=1 leaves it out."""
+    if os.environ.get("KPACK_NO_BYTECODE", "").strip() not in ("", "0"):
+        return None
+    from packager import wheels
+
+    found = _interpreter(wheels.target_for(cfg, root))
+    return compile_bytecode(bundle, found[0], found[1], Path(root) / BYTECODE_CACHE) if found else None
+
+
+# ---------------------------------------------------------------------------------------------------
 # The loader, copied verbatim into every script (stdlib only; runs on the kernel's Python)
 
 LOADER = r'''
@@ -305,6 +398,7 @@ import importlib.machinery as _kpack_machinery
 import importlib.util as _kpack_util
 import io as _kpack_io
 import linecache as _kpack_linecache
+import marshal as _kpack_marshal
 import os as _kpack_os
 import re as _kpack_re
 import sys as _kpack_sys
@@ -435,6 +529,7 @@ class KpackImporter:
         self.dists = []  # packed *.dist-info folders
         self.disk_roots = {}  # packages whose code names __file__ -> False, then True once written to disk
         self.disk_dir = None  # the private folder they are written to, made on first use
+        self.code = {}  # packed path -> marshalled code object, when the script's bytecode fits this Python
 
     # --- filled in by section 2
     def root(self, name, path):
@@ -442,6 +537,10 @@ class KpackImporter:
 
     def on_disk(self, name):
         self.disk_roots[name] = False
+
+    def bytecode(self, magic, value):
+        if _kpack_util.MAGIC_NUMBER.hex() == magic:  # the same bytecode format; another Python compiles the sources
+            self.code = _kpack_marshal.loads(_kpack_base64.b64decode(value))
 
     def dist(self, path):
         self.dists.append(path)
@@ -540,6 +639,11 @@ class KpackImporter:
         data = self.files[origin]
         lines = _kpack_io.StringIO(_kpack_util.decode_source(data)).readlines()
         _kpack_linecache.cache[origin] = (len(data), None, lines, origin)  # tracebacks show the packed text
+        code = self.code.get(origin)
+        if code is not None:
+            import zlib
+
+            return _kpack_marshal.loads(zlib.decompress(code))
         return compile(data, origin, "exec", dont_inherit=True)
 
     def get_data(self, path):
@@ -587,7 +691,8 @@ def _describe(bundle: Bundle, file: PackedFile, method: str, why: str | None) ->
     return f"{file.path}  ({kind}, {len(file.data):,} bytes{extra})"
 
 
-def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_banner: str) -> str:
+def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_banner: str,
+           bytecode: Bytecode | None = None) -> str:
     """The whole script as text (only '\\n' line ends)."""
     config_json = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=True)
     method, config_literal, _ = encode(config_json.encode())
@@ -604,6 +709,8 @@ def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_
         "# sections, each under a banner like this one:",
         "#   1. loader   serves the packed files below from memory (a package that names __file__: from a temp copy)",
         "#   2. packed   one banner per original file, its text verbatim below it (base64 when it must be)",
+        *(["#   2b.         the same modules compiled, used when the kernel's Python has their bytecode format"]
+          if bytecode else []),
         "#   3. config   the resolved project config this kernel runs with",
         "#   4. run      bootstrap the runtime, then main(config) of the entry",
         "#",
@@ -630,6 +737,14 @@ def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_
         method, literal, why = encode(file.data)
         out += ["", THIN_RULE, f"# {_describe(bundle, file, method, why)}", THIN_RULE,
                 f"_kpack.{method}({file.path!r}, {literal})"]
+    if bytecode is not None:
+        lines = [bytecode.blob[i:i + _B64_LINE] for i in range(0, len(bytecode.blob), _B64_LINE)]
+        out += ["", "", RULE,
+                "# 2b. bytecode",
+                f"# The modules above compiled by CPython {bytecode.python} (marshal, zlib, base64). A kernel whose",
+                "# Python has the same bytecode magic number runs these instead of compiling the sources (start-up",
+                "# time); any other Python compiles the sources. Tracebacks name the same files and lines either way.",
+                RULE, f"_kpack.bytecode({bytecode.magic!r}, " + '"""', *lines, '""")']
     out += [
         "",
         "_kpack.install()",
@@ -707,6 +822,14 @@ def verify(script: str, bundle: Bundle, config: dict) -> None:
     if found != expected:
         bad = sorted(p for p in expected.keys() | found.keys() if found.get(p) != expected.get(p))
         raise RuntimeError(f"kpack bug: packed files do not round-trip: {bad[:5]}")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "bytecode"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "_kpack"):
+            import marshal
+
+            code = marshal.loads(base64.b64decode(ast.literal_eval(node.args[1])))
+            if sorted(code) != sorted(f.path for f in bundle.files if f.is_module):
+                raise RuntimeError("kpack bug: the bytecode does not cover exactly the packed modules")
     namespace: dict = {}
     config_stmt = next(n for n in tree.body if isinstance(n, ast.Assign)
                        and any(isinstance(t, ast.Name) and t.id == "CONFIG" for t in n.targets))

@@ -69,7 +69,7 @@ def test_build_writes_script_metadata_and_record(proj):
 def test_script_layout_is_readable(proj):
     text = build(proj).script.read_text()
     sections = [line for line in text.splitlines() if line.startswith("# ") and line[2:3].isdigit()]
-    assert sections == ["# 1. loader", "# 2. packed files", "# 3. config", "# 4. run"]
+    assert sections == ["# 1. loader", "# 2. packed files", "# 2b. bytecode", "# 3. config", "# 4. run"]
     assert "# kernel_src/pkg/sub.py  (module kernel_src.pkg.sub, " in text
     assert "# kernel_src/assets/labels.json  (data file, " in text
     sub = (proj / "kernel_src" / "pkg" / "sub.py").read_text()
@@ -339,8 +339,8 @@ def test_file_warning_covers_every_packed_package_and_names_its_first_line(proj)
     inside a function, above a top-level one, comes first), once per package."""
     vendor = proj / "vendor" / "datapkg"
     vendor.mkdir(parents=True)
-    (vendor / "__init__.py").write_text("import os\ndef where():\n    return os.path.dirname(os.path.dirname(__file__))\n"
-                                        "\n\nHERE = os.path.dirname(__file__)\n")
+    (vendor / "__init__.py").write_text("import os\ndef where():\n    return os.path.dirname(os.path.dirname("
+                                        "__file__))\n\n\nHERE = os.path.dirname(__file__)\n")
     (vendor / "more.py").write_text("X = __file__\n")
     (proj / "vendor" / "single.py").write_text("import os\n\nHERE = os.path.dirname(__file__)\n")
     warnings = build(proj, kernel={"packages": ["vendor/datapkg", "vendor/single.py"]}).warnings

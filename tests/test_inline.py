@@ -442,3 +442,48 @@ def test_package_data_read_through_file_works_in_the_kernel(tmp_path):
     assert "raise ValueError('datapkg failure')" in done.stderr
     assert list((kaggle / "working").iterdir()) == []  # working/ is saved as output: nothing written there
     assert list((kaggle / "temp").iterdir()) == []  # the copy is removed at exit
+
+
+# -------------------------------------------------------------------------------------------------------
+# bytecode: compiled at build time by an interpreter of the kernel's Python version
+
+BYTECODE_PROBE = ("import __main__, builtins\n"
+                  "def main(config):\n"
+                  "    import kernel_src.pkg.sub\n"
+                  "    print('bytecode', len(__main__._kpack.code) > 0, kernel_src.pkg.sub.value())\n")
+
+
+def test_modules_run_from_the_scripts_bytecode_and_another_python_compiles_the_sources(tmp_path, monkeypatch):
+    root, cfg = make_project(tmp_path, entry="kernel_src/probe.py")
+    (root / "kernel_src" / "probe.py").write_text(BYTECODE_PROBE)
+    built = build_kernel(cfg, "train", root=root)
+    assert "# 2b. bytecode" in built.script.read_text()
+    done = run_script(built.script, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    assert "bytecode True 42" in done.stdout  # this Python's magic number: the compiled modules are used
+    other = _interpreters()
+    if other:
+        monkeypatch.setattr(sys.modules[__name__], "KERNEL_PYTHON", other[0])
+        done = run_script(built.script, tmp_path / "work-other")
+        assert done.returncode == 0, done.stderr
+        assert "bytecode False 42" in done.stdout  # another magic number: the sources are compiled
+
+    monkeypatch.setenv("KPACK_NO_BYTECODE", "1")
+    plain = build_kernel(cfg, "train", root=root, out_dir=tmp_path / "plain")
+    assert "# 2b. bytecode" not in plain.script.read_text()
+    assert "bytecode False 42" in run_script(plain.script, tmp_path / "work-plain").stdout
+
+
+@pytest.mark.skipif(not _interpreters() or not _interpreters()[0].endswith("3.12"),
+                    reason="no python3.12 here to compile Kaggle's bytecode")
+def test_kaggle_backend_ships_bytecode_for_kaggles_python(tmp_path, monkeypatch):
+    root, _ = make_project(tmp_path)
+    (root / "kernel_src" / "probe.py").write_text(BYTECODE_PROBE)
+    cfg = parse_config({"competition": "mini-comp", "kaggle_user": "alice", "backend": "kaggle",
+                        "kernels": {"train": {"entry": "kernel_src/probe.py"}}})
+    built = build_kernel(cfg, "train", root=root)
+    assert "compiled by CPython 3.12." in built.script.read_text()
+    monkeypatch.setattr(sys.modules[__name__], "KERNEL_PYTHON", _interpreters()[0])
+    done = run_script(built.script, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    assert "bytecode True 42" in done.stdout
