@@ -188,3 +188,10 @@ def test_a_real_package_packs_cleanly(proj):
 
     built = build(proj, kernel={"packages": [str(Path(click.__file__).parent)]})
     assert not [w for w in built.warnings if "resolves" in w]
+
+
+def test_the_switch_turns_the_refusal_into_a_warning(proj, monkeypatch):
+    (proj / "kernel_src" / "typo.py").write_text("def main(config):\n    import nmupy_typo\n")
+    monkeypatch.setenv("KPACK_IMPORT_CHECK", "warn")
+    built = build(proj, kernel={"entry": "kernel_src/typo.py"})
+    assert any(w.startswith("kernel_src/typo.py:2: `import nmupy_typo` resolves to nothing") for w in built.warnings)
