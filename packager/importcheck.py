@@ -393,14 +393,15 @@ def kernel_sources(cfg, root: Path) -> Sources:
     spec = cfg.datasets.wheels
     pins: set[str] = set()
     requirements = None
+    label = "no wheels dataset"
     if spec is not None:
         requirements = spec.requirements
         path = root / spec.requirements
+        label = f"the wheels dataset ({requirements})"
         if path.is_file():
-            try:
-                pins = {p.name for p in wheels.read_requirements(path)}
-            except UserError:  # the wheels build says what is wrong with it
-                pass
+            pins = {p.name for p in wheels.read_requirements(path)}  # a bad line: its own one-line error
+        else:
+            label = f"the wheels dataset ({requirements}, which does not exist)"
     shipped = set(pins)
     if spec is not None:
         manifest = root / "build" / "datasets" / spec.slug / wheels.MANIFEST
@@ -411,8 +412,7 @@ def kernel_sources(cfg, root: Path) -> Sources:
         except (OSError, ValueError, AttributeError):
             pass
     wheel_cache = root / wheels.CACHE_DIR / target.key
-    provider = Provider(f"the wheels dataset ({requirements})" if requirements else "no wheels dataset", shipped,
-                        wheel_cache, expand=_requires_closure)
+    provider = Provider(label, shipped, wheel_cache, expand=_requires_closure)
 
     image: Provider | Folder | None
     snapshot = wheels.snapshot_file(wheels.snapshot_path(target.name, root))

@@ -582,7 +582,11 @@ class KpackImporter:
         if written is None:
             return ""
         if not written:
-            self._write(self.roots[top])
+            try:
+                self._write(self.roots[top])
+            except OSError:  # no writable temp dir: served from memory, as a package without __file__ is
+                self.disk_roots[top] = None
+                return ""
             self.disk_roots[top] = True
         return self.disk_dir + "/"
 
