@@ -195,3 +195,13 @@ def test_the_switch_turns_the_refusal_into_a_warning(proj, monkeypatch):
     monkeypatch.setenv("KPACK_IMPORT_CHECK", "warn")
     built = build(proj, kernel={"entry": "kernel_src/typo.py"})
     assert any(w.startswith("kernel_src/typo.py:2: `import nmupy_typo` resolves to nothing") for w in built.warnings)
+
+
+def test_the_local_image_answers_as_the_folder_local_kernels_import_from():
+    from packager.localkaggle.image import image_site
+
+    cheap, exact = importcheck.LocalImage(), importcheck.Folder("the local image", image_site)
+    for name in ("torch", "numpy", "yaml", "PIL", "click", "timm", "albumentations", "pytest", "uv", "kernel_src",
+                 "packager", "nowhere_at_all"):
+        assert cheap.has(name) == exact.has(name), name
+    assert cheap.has("torch") and not cheap.has("timm")  # timm comes from the wheels dataset only
