@@ -487,3 +487,33 @@ def test_kaggle_backend_ships_bytecode_for_kaggles_python(tmp_path, monkeypatch)
     done = run_script(built.script, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     assert "bytecode True 42" in done.stdout
+
+
+@pytest.mark.slow
+def test_package_data_read_through_file_works_on_the_local_kaggle(tmp_path, run_kaggle, local_kaggle):
+    """The same package pushed with the unmodified kaggle client and run by the local Kaggle's sandboxed runner:
+    the copy lands in the kernel's temp folder, and nothing in its output."""
+    import json
+    import uuid
+
+    root, _ = make_project(tmp_path)
+    for name, text in DATAPKG.items():
+        (root / "vendor" / "datapkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "vendor" / "datapkg" / name).write_text(text)
+    (root / "kernel_src" / "usedata.py").write_text(
+        "import datapkg\nfrom datapkg.sub import reader\n"
+        "def main(config):\n    print('words', datapkg.words(), datapkg.table(), reader.NOTE)\n")
+    slug = f"file-data-{uuid.uuid4().hex[:8]}"
+    cfg = parse_config({"competition": "mini-comp", "kaggle_user": "alice",
+                        "kernels": {"train": {"entry": "kernel_src/usedata.py", "packages": ["vendor/datapkg"]}}})
+    built = build_kernel(cfg, "train", root=root, slug=slug)
+    done = run_kaggle("kernels", "push", "-p", str(built.folder))
+    assert done.returncode == 0 and "successfully pushed" in done.stdout, done.stdout + done.stderr
+    record = local_kaggle.wait_kernel("alice", slug, 1, timeout=300)
+    target = tmp_path / "out"
+    assert run_kaggle("kernels", "output", f"alice/{slug}", "-p", str(target)).returncode == 0
+    log = json.loads((target / f"{slug}.log").read_text())
+    assert record["status"] == "COMPLETE", log
+    stdout = "".join(e["data"] for e in log if e["stream_name"] == "stdout")
+    assert "words ['alpha', 'beta'] {\"a\": 1} beside the module" in stdout
+    assert sorted(p.name for p in target.iterdir()) == [f"{slug}.log"]
