@@ -205,3 +205,21 @@ def test_the_local_image_answers_as_the_folder_local_kernels_import_from():
                  "packager", "nowhere_at_all"):
         assert cheap.has(name) == exact.has(name), name
     assert cheap.has("torch") and not cheap.has("timm")  # timm comes from the wheels dataset only
+
+
+def test_a_wheel_in_the_cache_names_its_import_names(tmp_path):
+    """A pinned distribution not installed here: its wheel's top_level.txt (else its file list) says what it
+    installs, e.g. a distribution whose import name is nothing like its name."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "odd_dist-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("odd_dist-1.0.dist-info/top_level.txt", "weirdname\n")
+        zf.writestr("weirdname/__init__.py", "")
+    with zipfile.ZipFile(tmp_path / "plain_dist-2.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("plain_dist-2.0.dist-info/METADATA", "Name: plain-dist\n")
+        zf.writestr("otherpkg/__init__.py", "")
+        zf.writestr("single_module.py", "")
+    wheels = importcheck.Provider("the wheels dataset", {"odd-dist", "plain-dist"}, tmp_path)
+    assert not wheels.has("weirdname", thorough=False)
+    assert wheels.has("weirdname") and wheels.has("otherpkg") and wheels.has("single_module")
+    assert not wheels.has("odd_distx")
