@@ -133,10 +133,11 @@ def offline(request, tmp_path_factory, host_listener):
     make_wheel(tmp / "src-wheels")
     (tmp / "src-ksrc" / "kernel_src").mkdir(parents=True)  # the repository is out of a kernel's sight
     (tmp / "src-ksrc" / "kernel_src" / "__init__.py").write_text("")
-    shutil.copytree(REPO / "kernel_src" / "runtime", tmp / "src-ksrc" / "kernel_src" / "runtime")
+    shutil.copytree(REPO / "kernel_src" / "runtime", tmp / "src-ksrc" / "kernel_src" / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     mounts = [Mount("competition", None, "mycomp", comp), Mount("dataset", "alice", "myds", data),
-              Mount("notebook", "alice", "prev-session", prev), Mount("dataset", "alice", "mywheels", tmp / "src-wheels"),
-              Mount("dataset", "alice", "ksrc", tmp / "src-ksrc")]
+              Mount("notebook", "alice", "prev-session", prev),
+              Mount("dataset", "alice", "mywheels", tmp / "src-wheels"), Mount("dataset", "alice", "ksrc", tmp / "src-ksrc")]
     script = kernel(tmp, REPORT_KERNEL.format(port=host_listener))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(sandbox.MODE_ENV, request.param)
