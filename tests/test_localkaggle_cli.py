@@ -94,6 +94,64 @@ def test_local_commands_refuse_bad_input_in_one_line(tmp_path, args, stdin, mess
     assert not (tmp_path / "r" / "competitions").exists() and not (tmp_path / "r" / "secrets").exists()
 
 
+SOLUTION_CSV = "id,attribute_ids,Usage\nt1,1 2,Public\nt2,3,Private\n"
+
+
+def create_competition_cli(tmp_path: Path, data: Path, solution: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "kpack"), "local", "competition", "create", "c-x",
+                           "--data", str(data), "--solution", str(solution), "--root", str(tmp_path / "r")],
+                          capture_output=True, text=True, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("where", ["solution.csv", "hidden/answers.csv"])
+def test_competition_create_refuses_a_data_folder_holding_the_solution(tmp_path, where):
+    # the data folder is copied whole into every kernel's inputs: the solution itself, or a copy of it under
+    # any name, would hand the answers to the kernel
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "sample_submission.csv").write_text("id,attribute_ids\nt1,0\nt2,0\n")
+    inside = data / where
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text(SOLUTION_CSV)
+    solution = inside if where == "solution.csv" else tmp_path / "solution.csv"
+    solution.write_text(SOLUTION_CSV)
+    done = create_competition_cli(tmp_path, data, solution)
+    copy = "" if solution == inside else f", a copy of {solution}"
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: the data folder holds the solution file ({inside}{copy}): every kernel mounts {data} whole; "
+        "move the solution out of the data folder"]
+    assert not (tmp_path / "r" / "competitions").exists()
+    inside.unlink()  # moved out: accepted
+    if inside.parent != data:
+        inside.parent.rmdir()
+    if solution == inside:
+        solution = tmp_path / "solution.csv"
+        solution.write_text(SOLUTION_CSV)
+    done = create_competition_cli(tmp_path, data, solution)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"competition c-x ready in {tmp_path / 'r'} (2 data entries)"]
+
+
+def test_competition_create_usage_column(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sample_submission.csv").write_text("id,attribute_ids\nt1,0\n")
+    solution = tmp_path / "solution.csv"
+    solution.write_text("id,attribute_ids,Usage\nt1,1,Public\nt2,2,Privat\n")
+    done = create_competition_cli(tmp_path, data, solution)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: {solution}: not a usable solution file: line 3: Usage is 'Privat'; each row's Usage must be "
+        "Public or Private"]
+    solution.write_text("id,attribute_ids\nt1,1\nt2,2\n")  # no Usage: public only, said once
+    done = create_competition_cli(tmp_path, data, solution)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == (
+        f"note: {solution} has no Usage column: every row counts for the public score and private scores stay "
+        "empty (add Usage with Public/Private per row)")
+
+
 # --------------------------------------------------------------------------------------------- datasets
 
 @pytest.mark.slow

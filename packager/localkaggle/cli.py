@@ -140,7 +140,8 @@ def competition() -> None:
 @competition.command("create")
 @click.argument("slug")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="folder of data files (mounted as input/competitions/<slug>/)")
+              help="folder of data files, copied whole and mounted in kernels as input/competitions/<slug>/ (the "
+                   "solution must not be in it)")
 @click.option("--solution", required=True, type=click.Path(exists=True, dir_okay=False),
               help="CSV: id, labels (space-separated), Usage (Public/Private)")
 @click.option("--code", is_flag=True, help="a code competition: notebook submissions only, internet off")
@@ -155,13 +156,16 @@ def competition_create(slug: str, data_dir: str, solution: str, code: bool, titl
 
     _, root_path, _ = _defaults(0, root, "-")
     try:
-        load_solution(Path(solution))
+        _, _, rows = load_solution(Path(solution))
     except (ValueError, OSError) as exc:
         raise UserError(f"{solution}: not a usable solution file: {exc}") from None
     info = _store_error(lambda: Store(root_path).create_competition(
         slug, Path(data_dir), Path(solution), code=code, title=title, replace=replace))
     kind = "code competition" if info["code"] else "competition"
     click.echo(f"{kind} {slug} ready in {root_path} ({len(list(Path(info['data_dir']).rglob('*')))} data entries)")
+    if not any(usage for _, usage in rows.values()):
+        click.echo(f"note: {solution} has no Usage column: every row counts for the public score and private scores "
+                   "stay empty (add Usage with Public/Private per row)")
 
 
 @local.group()

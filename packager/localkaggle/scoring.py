@@ -2,7 +2,8 @@
 
 The solution is a CSV whose first column is the row id, whose `Usage` column (Public / Private) says which
 leaderboard a row counts for, and whose one other column holds the true labels, space-separated (iMet's
-`attribute_ids`). A submission must have the same id and label columns (any order, extra columns refused),
+`attribute_ids`). Without a Usage column every row counts for the public score and the private score stays
+empty; with one, every row must say Public or Private. A submission must have the same id and label columns (any order, extra columns refused),
 exactly the solution's ids, once each. Anything else is malformed: `SubmissionError` with a message the
 submission list shows, as Kaggle's does.
 """
@@ -74,8 +75,10 @@ def load_solution(path: Path) -> tuple[str, str, dict[str, tuple[set[str], str]]
         raise ValueError(f"{path}: the solution needs an id column, one label column and optionally Usage; "
                          f"got {header}")
     solution: dict[str, tuple[set[str], str]] = {}
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
         usage = row[usage_col].strip().capitalize() if usage_col is not None and usage_col < len(row) else ""
+        if usage_col is not None and usage not in ("Public", "Private"):
+            raise ValueError(f"line {line}: Usage is {usage or 'empty'!r}; each row's Usage must be Public or Private")
         solution[row[0].strip()] = (set(row[targets[0]].split()) if targets[0] < len(row) else set(), usage)
     return header[0], header[targets[0]], solution
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -45,6 +46,19 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 # kagglesdk's DatabundleVersionStatus stages a new dataset version passes through before READY (which of them
 # kaggle.com shows, and for how long, is a guess): reported in turn over its processing time.
 PROCESSING_STAGES = ("BLOBS_RECEIVED", "BLOBS_DECOMPRESSED", "BLOBS_COPIED_TO_SDS", "INDIVIDUAL_BLOBS_COMPRESSED")
+
+
+def solution_in_data(data_dir: Path, solution: Path) -> Path | None:
+    """A file of data_dir that is the solution: the same file, or one with the same bytes (a copy)."""
+    real, size, digest = solution.resolve(), solution.stat().st_size, None
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        if path.resolve() == real:
+            return path
+        if path.stat().st_size == size:
+            digest = digest or hashlib.sha256(solution.read_bytes()).digest()
+            if hashlib.sha256(path.read_bytes()).digest() == digest:
+                return path
+    return None
 
 
 class StoreError(Exception):
@@ -611,6 +625,11 @@ class Store:
             raise StoreError(400, f"{data_dir}: not a folder of competition data files")
         if not solution.is_file():
             raise StoreError(400, f"{solution}: solution file not found")
+        leaked = solution_in_data(data_dir, solution)
+        if leaked is not None:  # data/ is mounted whole in every kernel: the answers would be readable there
+            copy = "" if leaked.resolve() == solution.resolve() else f", a copy of {solution}"
+            raise StoreError(400, f"the data folder holds the solution file ({leaked}{copy}): every kernel mounts "
+                                  f"{data_dir} whole; move the solution out of the data folder")
         final = self.competition_dir(slug)
         with self.locked():
             if final.exists() and not replace:
@@ -668,3 +687,96 @@ class Store:
                 return record
         return None
 
+
+    # ----------------------------------------------------------------------------------------- models
+    # models/<owner>/<slug>/model.json; instances/<framework>/<instance>/instance.json; .../versions/<n>/files/
+
+    def model_dir(self, owner: str, slug: str) -> Path:
+        return self.root / "models" / check_name(owner, "owner") / check_name(slug, "model slug")
+
+    def model(self, owner: str, slug: str) -> dict | None:
+        try:
+            return read_json(self.model_dir(owner, slug) / "model.json")
+        except StoreError:
+            return None
+
+    def create_model(self, owner: str, slug: str, meta: dict) -> dict:
+        with self.locked():
+            if self.model(owner, slug):
+                raise StoreError(409, f"model {owner}/{slug} already exists")
+            record = {**meta, "owner": owner, "slug": slug, "created": now_iso(), "id": self.next_id("model")}
+            write_json(self.model_dir(owner, slug) / "model.json", record)
+            return record
+
+    def instance_dir(self, owner: str, slug: str, framework: str, instance: str) -> Path:
+        return self.model_dir(owner, slug) / "instances" / check_name(framework, "framework") / \
+            check_name(instance, "instance slug")
+
+    def model_instance(self, owner: str, slug: str, framework: str, instance: str) -> dict | None:
+        try:
+            folder = self.instance_dir(owner, slug, framework, instance)
+        except StoreError:
+            return None
+        info = read_json(folder / "instance.json")
+        if info is not None:
+            info["versions"] = _version_numbers(folder / "versions")
+        return info
+
+    def model_instances(self, owner: str, slug: str) -> list[dict]:
+        base = self.model_dir(owner, slug) / "instances"
+        found = [self.model_instance(owner, slug, f.parent.name, f.name)
+                 for f in sorted(base.glob("*/*")) if (f / "instance.json").is_file()] if base.is_dir() else []
+        return [i for i in found if i]
+
+    def model_instance_version(self, owner: str, slug: str, framework: str, instance: str,
+                               number: int | None = None) -> dict | None:
+        info = self.model_instance(owner, slug, framework, instance)
+        if not info or not info["versions"]:
+            return None
+        number = info["versions"][-1] if number is None else int(number)
+        folder = self.instance_dir(owner, slug, framework, instance) / "versions" / str(number)
+        version = read_json(folder / "version.json")
+        if version is not None:
+            version["files_dir"] = str(folder / "files")
+        return version
+
+    def create_model_instance_version(self, user: str, owner: str, slug: str, framework: str, instance: str,
+                                      tokens: list[str], notes: str | None, meta: dict | None = None
+                                      ) -> tuple[dict, bool]:
+        """A new version of the instance (the instance itself made first when `meta` is given: a create);
+        (version, created) - created False when this exact request already made it (a client retry)."""
+        with self.locked():
+            if not self.model(owner, slug):
+                raise StoreError(404, f"model {owner}/{slug} not found; create it first with `kaggle models create`")
+            info = self.model_instance(owner, slug, framework, instance)
+            for number in reversed(info["versions"] if info else []):
+                version = self.model_instance_version(owner, slug, framework, instance, number)
+                if version and tokens and sorted(version.get("tokens", [])) == sorted(tokens):
+                    return version, False
+            if meta is not None and info:
+                raise StoreError(409, f"model instance {owner}/{slug}/{framework}/{instance} already exists; use "
+                                      "`kaggle models instances versions create`")
+            if meta is None and not info:
+                raise StoreError(404, f"model instance {owner}/{slug}/{framework}/{instance} not found; create it "
+                                      "first with `kaggle models instances create`")
+            infos = self._take_uploads(tokens, user)
+            folder = self.instance_dir(owner, slug, framework, instance)
+            if meta is not None:
+                write_json(folder / "instance.json", {**meta, "owner": owner, "model": slug, "framework": framework,
+                                                      "slug": instance, "created": now_iso(),
+                                                      "id": self.next_id("model_instance")})
+            number = (info["versions"][-1] if info and info["versions"] else 0) + 1
+            (folder / "versions").mkdir(parents=True, exist_ok=True)
+            staging = self._tmp_dir(folder / "versions", f"v{number}")
+            try:
+                self._place_uploads(infos, staging / "files")
+                write_json(staging / "version.json", {
+                    "number": number, "notes": notes or "", "created": now_iso(), "id": self.next_id("model_version"),
+                    "tokens": [i["token"] for i in infos], "bytes": sum(int(i["length"]) for i in infos),
+                    "files": [{"name": n, "size": s} for n, s in list_files(staging / "files")]})
+                staging.rename(folder / "versions" / str(number))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            self._consume_uploads(infos)
+            return self.model_instance_version(owner, slug, framework, instance, number), True
