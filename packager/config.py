@@ -117,6 +117,8 @@ class ProjectConfig(Strict):
     notifications: Notifications = Notifications()
     kit: dict = Field({}, description="the training kit's own settings, validated by kernel_src")
     competition_limits: CompetitionLimits = CompetitionLimits()
+    # code: notebook submissions only (the infer kernel is rerun offline); unset: the backend's metadata says
+    competition_type: Literal["code", "file"] | None = None
     _source: str = PrivateAttr(CONFIG_FILE)  # the file it was read from, for error lines
     _lines: dict = PrivateAttr(default_factory=dict)  # field path -> line in that file
 
