@@ -211,7 +211,8 @@ def test_kernels_push_status_output_pull(run_kaggle, local_kaggle, tmp_path):
     assert (target / "result.txt").read_text() == "42\n"
     assert (target / "nested" / "deep" / "f.json").read_text() == "{}"
     log = json.loads((target / f"{slug}.log").read_text())
-    assert {"stream_name": "stdout", "data": "hello from the kernel\n"}.items() <= log[0].items()
+    first_stdout = next(e for e in log if e["stream_name"] == "stdout")  # the top line says which sandbox ran
+    assert first_stdout["data"] == "hello from the kernel\n"
     assert f"Kernel log downloaded to {target / slug}.log" in out
 
     pulled = tmp_path / "pulled"
