@@ -7,8 +7,10 @@ kernel runner with Kaggle's mounts, no network and the session time limit.
     datasets_api.py    StartBlobUpload, CreateDataset(Version), GetDatasetStatus, files, downloads
     competitions_api.py  file and code submissions, ListSubmissions, data files
     security_api.py    IntrospectToken
-    scheduler.py       the session queue and worker pool (QUEUED -> RUNNING -> COMPLETE / ERROR / CANCEL_...)
-    runner.py          one kernel session in a sandbox (see its docstring); image.py, netns.py serve it
+    scheduler.py       every accepted session runs at once (SaveKernel refuses over the session caps)
+    runner.py          one kernel session in a sandbox (see its docstring)
+    sandbox.py         the sandbox's root, one list of mounts that bubblewrap and netns.py (kpack's own) both build
+    image.py           what a local kernel can import: this venv minus datasets_meta/local-image-excludes.txt
     store.py           all state on disk under the root, written atomically
     scoring.py         F-beta (beta 2) per row, mean over rows, Public / Private
     faults.py          fault injection and counters for tests
