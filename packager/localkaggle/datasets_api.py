@@ -50,9 +50,10 @@ def _processing(call: Call) -> tuple[float, float]:
 
 @rpc("blobs.BlobApiService", "StartBlobUpload", ApiStartBlobUploadRequest)
 def start_blob_upload(req: ApiStartBlobUploadRequest, call: Call) -> ApiStartBlobUploadResponse:
-    if req.type not in (ApiBlobType.DATASET, ApiBlobType.API_BLOB_TYPE_UNSPECIFIED):
-        raise ApiError(400, f"blob type {req.type.name} is not supported by the local Kaggle (datasets only)")
-    token = call.store.new_upload(call.username, "dataset", req.name, req.content_length,
+    if req.type not in (ApiBlobType.DATASET, ApiBlobType.MODEL, ApiBlobType.API_BLOB_TYPE_UNSPECIFIED):
+        raise ApiError(400, f"blob type {req.type.name} is not supported by the local Kaggle (datasets, models)")
+    kind = "model" if req.type == ApiBlobType.MODEL else "dataset"
+    token = call.store.new_upload(call.username, kind, req.name, req.content_length,
                                   last_modified=req.last_modified_epoch_seconds)
     response = ApiStartBlobUploadResponse()
     response.token, response.create_url = token, upload_url(token)

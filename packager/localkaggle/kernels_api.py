@@ -128,7 +128,18 @@ def resolve_sources(call: Call, req: ApiSaveKernelRequest, response: ApiSaveKern
             response.invalid_kernel_sources.append(ref)
             continue
         mounts.append({"kind": "notebook", "owner": parsed[0], "slug": parsed[1], "version": version["number"]})
-    response.invalid_model_sources.extend(req.model_data_sources or [])  # no models on the local Kaggle
+    for ref in req.model_data_sources or []:
+        from packager.localkaggle.models_api import mountable_version
+
+        version = mountable_version(call, ref)
+        if version is None:
+            response.invalid_model_sources.append(ref)
+            continue
+        owner, model, framework, variation = ref.split("/")[:4]
+        framework = framework.lower()
+        # slug is the path below the owner: input/models/<owner>/<slug> and, legacy, input/<slug>
+        mounts.append({"kind": "model", "owner": owner, "slug": f"{model}/{framework}/{variation}/{version['number']}",
+                       "version": version["number"], "model": model, "framework": framework, "variation": variation})
     return mounts
 
 

@@ -64,9 +64,9 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass
 class Mount:
-    kind: str  # "competition" | "dataset" | "notebook"
+    kind: str  # "competition" | "dataset" | "notebook" | "model"
     owner: str | None
-    slug: str
+    slug: str  # a model's: <model>/<framework>/<variation>/<version>
     source: Path
 
 
@@ -84,9 +84,10 @@ def mount_targets(mount: Mount) -> list[Path]:
     owner = mount.owner or "unknown"
     newer = {"competition": Path("competitions", mount.slug),
              "dataset": Path("datasets", owner, mount.slug),
-             "notebook": Path("notebooks", owner, mount.slug)}
+             "notebook": Path("notebooks", owner, mount.slug),
+             "model": Path("models", owner, mount.slug)}
     if mount.kind not in newer:
-        raise ValueError(f"mount kind {mount.kind!r}: expected competition, dataset or notebook")
+        raise ValueError(f"mount kind {mount.kind!r}: expected competition, dataset, notebook or model")
     return [newer[mount.kind], Path(mount.slug)]
 
 

@@ -145,6 +145,12 @@ class Scheduler:
             if m["kind"] == "dataset":
                 source = self.store.dataset_version(m["owner"], m["slug"], m["version"])
                 path = Path(source["files_dir"]) if source else None
+            elif m["kind"] == "model":
+                from packager.localkaggle.models_api import framework_name
+
+                source = self.store.model_instance_version(m["owner"], m["model"], framework_name(m["framework"]),
+                                                           m["variation"], m["version"])
+                path = Path(source["files_dir"]) if source else None
             elif m["kind"] == "competition":
                 source = self.store.competition(m["slug"])
                 path = Path(source["data_dir"]) if source else None
