@@ -38,12 +38,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _check_model_source(value: str) -> str:
+    """owner/model/framework/variation/version as kernel-metadata's model_sources names one (the version may be
+    left out: the newest, pinned when kpack pushes, since the kaggle client accepts only the full form)."""
+    parts = value.split("/")
+    if len(parts) not in (4, 5) or not all(parts) or (len(parts) == 5 and not parts[4].isdigit()):
+        raise ValueError("'owner/model-slug/framework/variation-slug/version-number', e.g. "
+                         "'google/efficientnet/pytorch/b0/1' (leave out the version for the newest)")
+    return value
+
+
 class Sources(Strict):
     datasets: list[str] = []
     kernels: list[str] = []
     competitions: list[str] = []
+    models: list[str] = []  # Kaggle Models, mounted under /kaggle/input/ (models_push.py pins the version)
 
     _refs = field_validator("datasets", "kernels")(lambda cls, v: [_check_ref(x) for x in v])
+    _models = field_validator("models")(lambda cls, v: [_check_model_source(x) for x in v])
 
 
 class KernelConfig(Strict):
@@ -87,6 +99,42 @@ class Datasets(Strict):
     weights: WeightsDataset | None = None
 
 
+class ModelWeights(Strict):
+    """models/ published as a Kaggle Model instance (packager/models_push.py), beside or instead of
+    datasets.weights: <kaggle_user>/<slug>/<framework>/<variation>, a new instance version per content change."""
+    slug: str
+    framework: str = "PyTorch"  # a kaggle client framework name: PyTorch, Transformers, Other, ...
+    variation: str = "default"
+    dir: str = "models"
+    encrypt: bool = False
+    key_env: str = "KPACK_WEIGHTS_KEY"  # also the Kaggle secret label the kernel reads
+    public: bool = False
+    license: str = "Apache 2.0"
+
+    _slug = field_validator("slug")(lambda cls, v: _check_slug(v))
+    @field_validator("variation")
+    @classmethod
+    def _variation(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$", value) or len(value) > 50:
+            raise ValueError("a variation slug: lowercase letters and digits, single '-' or '_' between, e.g. 'b0'")
+        return value
+
+    @field_validator("framework")
+    @classmethod
+    def _framework(cls, value: str) -> str:
+        from kagglesdk.models.types.model_enums import ModelFramework
+
+        wanted = value.replace("_", "").replace("-", "").lower()
+        if not any(f.name.removeprefix("MODEL_FRAMEWORK_").replace("_", "").lower() == wanted and f.value
+                   for f in ModelFramework):
+            raise ValueError("a Kaggle Models framework, e.g. PyTorch, Transformers, Jax, Keras, Other")
+        return value
+
+
+class Models(Strict):
+    weights: ModelWeights | None = None
+
+
 class Telegram(Strict):
     token_env: str = "TELEGRAM_BOT_TOKEN"
     chat_id_env: str = "TELEGRAM_CHAT_ID"
@@ -114,6 +162,7 @@ class ProjectConfig(Strict):
     local: LocalBackend = LocalBackend()
     kernels: dict[Literal[KERNEL_KINDS], KernelConfig]  # type: ignore[valid-type]
     datasets: Datasets = Datasets()
+    models: Models = Models()
     notifications: Notifications = Notifications()
     kit: dict = Field({}, description="the training kit's own settings, validated by kernel_src")
     competition_limits: CompetitionLimits = CompetitionLimits()
