@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager import kaggle_api
+from packager import kaggle_api, progress
 from packager.errors import UserError, env_number
 from packager.fsutil import atomic_write_text
 
@@ -169,8 +169,9 @@ def wait_ready(api, ref: str, at_least: int | None = None, timeout_s: float | No
     the previous one); returns that version number. Says what it waits for, then every PROGRESS_EVERY_S how
     long it has waited; past timeout_s (KPACK_DATASET_READY_TIMEOUT_S) one error line."""
     timeout_s = READY_TIMEOUT_S if timeout_s is None else timeout_s
-    began, delay, said = time.monotonic(), 0.5, None
+    began, delay = time.monotonic(), 0.5
     what = f"v{at_least}" if at_least else "its current version"
+    wait = progress.Wait(f"dataset {ref}", f"{what} to be ready", every_s=PROGRESS_EVERY_S)
     while True:
         status, version = remote_state(api, ref)
         waited = time.monotonic() - began
@@ -183,10 +184,7 @@ def wait_ready(api, ref: str, at_least: int | None = None, timeout_s: float | No
             raise UserError(f"dataset {ref}: {what} still not ready after {waited:.0f}s (status {status}); "
                             f"nothing was pushed after it: check the dataset's page, then push again (or raise "
                             f"KPACK_DATASET_READY_TIMEOUT_S, now {timeout_s:g})", exit_code=1)
-        if said is None or waited - said >= PROGRESS_EVERY_S:
-            print(f"dataset {ref}: waiting for {what} to be ready (status {status}, {waited:.0f}s so far, "
-                  f"at most {timeout_s:.0f}s)", flush=True)
-            said = waited
+        wait.tick(f"status {status}", f"at most {progress.duration(timeout_s)}")
         kaggle_api.sleep(min(delay, max(0.1, timeout_s - waited)))
         delay = 1.0 if waited < 30 else min(10.0, delay * 1.5)  # a short wait ends within a second of ready
 
@@ -313,6 +311,7 @@ def send_dataset(api, cfg, build, state: RemoteState, message: str | None = None
         raise UserError(f"dataset {ref}: {path} has no files to upload", exit_code=1)
     size = _size(entries)
     _guard_uploads(api, str(path), entries)
+    progress.show_client_uploads(api, f"dataset {ref}: upload")
     notes = message or f"kpack content {build.content_hash[:12]}"
     if status is None:
         print(f"dataset {ref}: creating ({len(entries)} files, {size} bytes)")
