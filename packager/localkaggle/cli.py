@@ -5,6 +5,7 @@
     kpack local stop [--port P]                                         (running sessions end ERROR)
     kpack local env [--port P] [--root DIR] [--user NAME] [--start]      eval "$(kpack local env)"
     kpack local competition create SLUG --data DIR --solution FILE [--code] [--title T] [--replace]
+    kpack local competition mirror SLUG --data DIR [--sample N] [--seed S] [--test-fraction F] [--code] ...
     kpack local secret set LABEL --kernel OWNER/SLUG [--kernel ...] [--root DIR]   (the value from stdin)
 
 Port, root and user default to kpack.yaml's `local.port`, `local.root` and `kaggle_user` when run where a
@@ -166,6 +167,41 @@ def competition_create(slug: str, data_dir: str, solution: str, code: bool, titl
     if not any(usage for _, usage in rows.values()):
         click.echo(f"note: {solution} has no Usage column: every row counts for the public score and private scores "
                    "stay empty (add Usage with Public/Private per row)")
+
+
+@competition.command("mirror")
+@click.argument("slug")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the real competition's downloaded files (train.csv, sample_submission.csv, image folders)")
+@click.option("--sample", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="rows of train.csv to take, stratified (0: all); they make the mirror's train and test sets")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="share of the sampled rows that become the hidden test set")
+@click.option("--id-column", default=None, help="default: sample_submission.csv's first column")
+@click.option("--label-column", default=None, help="default: sample_submission.csv's other column")
+@click.option("--code", is_flag=True, help="a code competition: notebook submissions only, internet off")
+@click.option("--title", default=None)
+@click.option("--replace", is_flag=True, help="rebuild it when it exists (its submissions stay)")
+@root_opt
+def competition_mirror(slug: str, data_dir: str, sample: int, seed: int, test_fraction: float,
+                       id_column: str | None, label_column: str | None, code: bool, title: str | None,
+                       replace: bool, root: str | None) -> None:
+    """A local copy of a real competition from its downloaded files, its hidden test set drawn from train.csv."""
+    from packager.localkaggle.mirror import mirror
+    from packager.localkaggle.store import Store
+
+    _, root_path, _ = _defaults(0, root, "-")
+    made, info = _store_error(lambda: mirror(Store(root_path), slug, Path(data_dir), sample, seed, test_fraction,
+                                             id_column, label_column, code, title, replace))
+    kind = "code competition" if info["code"] else "competition"
+    files = f", {made.files} files from {made.folder}/" if made.folder else ", no image folder named by the ids"
+    click.echo(f"{kind} {slug} ready in {root_path}: mirror of {data_dir} (id {made.id_column}, label "
+               f"{made.label_column}: {made.label_kind}); train {made.train_rows} rows, test "
+               f"{made.public_rows + made.private_rows} ({made.public_rows} public, {made.private_rows} private)"
+               f"{files}")
+    if made.skipped:
+        click.echo(f"note: left out of the mirror: {', '.join(made.skipped)} (not named by train.csv's ids)")
 
 
 @local.group()
