@@ -43,7 +43,7 @@ fd, path = tempfile.mkstemp(suffix=".zip")
 os.write(fd, base64.b64decode(_ZIP)); os.close(fd)
 sys.path.insert(0, path)
 try:
-    import kernel_src.runtime as rt
+    import kpack_runtime as rt
     rt.bootstrap(CONFIG)
     __import__({entry!r}, fromlist=["main"]).main(CONFIG)
 except Exception:

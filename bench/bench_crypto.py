@@ -32,7 +32,7 @@ LABELS = {"copy": "copy (shutil.copyfile)", "encrypt": "encrypt (sealed.encrypt_
 OPERATION = r"""
 import json, resource, shutil, sys, time
 sys.path.insert(0, sys.argv[1])
-from kernel_src.runtime import sealed
+from kpack_runtime import sealed
 op, src, dst = sys.argv[2:5]
 key = bytes(range(32))
 usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -81,7 +81,6 @@ DATAPKG = {
     "data/words.txt": "alpha beta gamma\n",
     "data/table.json": '{"a": 1, "b": 2}\n',
 }
-STUB_RUNTIME = "def bootstrap(config):\n    pass\n"  # the kit's bootstrap is not what this bench measures
 
 
 def median(values):
@@ -122,9 +121,8 @@ def setup(tmp: Path, name: str, body: str, package: str) -> dict:
     plain.write_text(f"{body}\nrun()\n")
 
     proj = tmp / name / "proj"
-    (proj / "kernel_src" / "runtime").mkdir(parents=True)
+    (proj / "kernel_src").mkdir(parents=True)
     (proj / "kernel_src" / "__init__.py").write_text("")
-    (proj / "kernel_src" / "runtime" / "__init__.py").write_text(STUB_RUNTIME)
     (proj / "kernel_src" / "app.py").write_text(f"{body}\n\ndef main(config):\n    run()\n")
     cfg = parse_config({"competition": "bench-inline", "kaggle_user": "bench",
                         "kernels": {"train": {"entry": "kernel_src/app.py", "packages": [str(site / package)]}}})

@@ -57,8 +57,6 @@ def admin(port: int, path: str, method: str = "GET") -> dict:
 
 def make_project(root: Path, port: int, mb: int) -> None:
     (root / "kernel_src").mkdir(parents=True)
-    shutil.copytree(REPO / "kernel_src" / "runtime", root / "kernel_src" / "runtime",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "kernel_src" / "__init__.py").write_text("")
     (root / "kernel_src" / "bench.py").write_text(ENTRY.format(rev=1))
     (root / "models").mkdir()

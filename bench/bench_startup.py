@@ -45,7 +45,7 @@ OWNER, SLUG = "kpack", "bench-startup-wheels"
 
 CHILD = """
 import sys, time
-from kernel_src.runtime import deps
+from kpack_runtime import deps
 info = deps.activate({config!r})
 ready = time.time()
 imported = cpu = None
@@ -69,10 +69,7 @@ def build(project: Path, mode: str) -> Path:
 
 
 def kernel_src_copy(where: Path) -> Path:
-    (where / "kernel_src").mkdir(parents=True)
-    (where / "kernel_src" / "__init__.py").write_text("")
-    shutil.copytree(REPO / "kernel_src" / "runtime", where / "kernel_src" / "runtime",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "kpack_runtime", where / "kpack_runtime", ignore=shutil.ignore_patterns("__pycache__"))
     return where
 
 

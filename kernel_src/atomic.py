@@ -33,7 +33,7 @@ _temp_dir_for: dict[str, Path] = {}
 
 def _scratch() -> Optional[Path]:
     """<kaggle temp>/kpack-writes, or None outside a kernel (no Kaggle root: a dev machine has no /kaggle)."""
-    from kernel_src.runtime import inputs
+    from kpack_runtime import inputs
 
     if not inputs.kaggle_root().is_dir():
         return None

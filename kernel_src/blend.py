@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kernel_src.thresholds import best_global
+from .thresholds import best_global
 
 METHODS = ("mean", "weighted", "rank")
 

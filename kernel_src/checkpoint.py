@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from kernel_src import atomic
+from . import atomic
 
 NAME = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"

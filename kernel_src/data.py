@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kernel_src.settings import DataSettings, KitSettings
+from .settings import DataSettings, KitSettings
 
 cv2.setNumThreads(1)  # workers run in parallel already; OpenCV's own threads only contend with them
 
@@ -85,7 +85,7 @@ class Table:
 
 def data_root(kit: KitSettings, config: Optional[dict] = None) -> Path:
     """Where the competition's CSVs are: kit.data.root, else the mounted competition found in the inputs."""
-    from kernel_src.runtime import inputs
+    from kpack_runtime import inputs
 
     if kit.data.root:
         root = Path(kit.data.root)
@@ -190,7 +190,7 @@ class ImageCache:
 
     def __init__(self, paths: list[Path], size: int, channels: int, directory: Optional[Path] = None):
         if directory is None:
-            from kernel_src.runtime import inputs
+            from kpack_runtime import inputs
             directory = inputs.temp_dir() / "kpack-cache"
         directory.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha256(f"{size}:{channels}:".encode() + "\n".join(map(str, paths)).encode()).hexdigest()[:16]

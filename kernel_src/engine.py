@@ -39,10 +39,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kernel_src import atomic, augment, checkpoint, data, folds, losses, models, schedules, settings
-from kernel_src.metrics import fbeta_score
-from kernel_src.settings import KitSettings
-from kernel_src.thresholds import best_global
+from . import atomic, augment, checkpoint, data, folds, losses, models, schedules, settings
+from .metrics import fbeta_score
+from .settings import KitSettings
+from .thresholds import best_global
 
 CARRIED = ("oof.npy", "oof.csv", "metrics.json", "best.pt", "classes.json")
 
@@ -259,7 +259,7 @@ class Run:
         self.dist.barrier()
 
     def _resume(self, search: list[Path]) -> None:
-        from kernel_src.runtime import inputs
+        from kpack_runtime import inputs
         paths = checkpoint.candidates([self.working] + search,
                                       inputs.find_files(checkpoint.NAME) + inputs.find_files(checkpoint.PREVIOUS))
         found = checkpoint.latest(paths, self.hash, log=self.log if self.dist.main else lambda s: None)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 
 def one_line_errors(run: Callable[[], Any], also: tuple[type[BaseException], ...] = ()) -> Any:
-    from kernel_src import checkpoint, models, settings
+    from . import checkpoint, models, settings
 
     try:
         return run()

@@ -33,10 +33,10 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from kernel_src import augment, blend, checkpoint, data, entrypoint, models, settings, tta
-from kernel_src.atomic import write_text as atomic_write_text
-from kernel_src.runtime import inputs
-from kernel_src.thresholds import Rule
+from . import augment, blend, checkpoint, data, entrypoint, models, settings, tta
+from .atomic import write_text as atomic_write_text
+from kpack_runtime import inputs
+from .thresholds import Rule
 
 MODEL_FILES = {"best": "best.pt", "final": "model.pt"}
 THRESHOLDS_FILE = "thresholds.json"

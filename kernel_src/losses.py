@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernel_src.settings import LossTerm
+from .settings import LossTerm
 
 
 def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@
     logits = model(images_uint8)          # (N, C, H, W) uint8 or float in 0..255; returns (N, num_classes)
 
 Kernels run offline, so timm never downloads: `weights` is a file path, or a file name in the weights
-dataset (kernel_src.runtime.weights, after weights.prepare(config)), the kernel's inputs or ./models.
+dataset (kpack_runtime.weights, after weights.prepare(config)), the kernel's inputs or ./models.
 `pretrained: true` without `weights` takes the weights dataset's file for the architecture, and fails with
 one line where there is none.
 """
@@ -17,7 +17,7 @@ import timm
 import torch
 from torch import nn
 
-from kernel_src.settings import ModelSettings
+from .settings import ModelSettings
 
 
 class WeightsError(RuntimeError):
@@ -48,9 +48,9 @@ class Classifier(nn.Module):
 
 
 def _weights_dataset():
-    """kernel_src.runtime.weights (the verified weights dataset), or None where it is not shipped."""
+    """kpack_runtime.weights (the verified weights dataset), or None where it is not shipped."""
     try:
-        from kernel_src.runtime import weights
+        from kpack_runtime import weights
     except ImportError:
         return None
     return weights
@@ -64,7 +64,7 @@ def resolve_weights(ref: str) -> Path:
     dataset = _weights_dataset()
     if dataset is not None and ref in dataset.available():
         return dataset.weights_path(ref)
-    from kernel_src.runtime import inputs
+    from kpack_runtime import inputs
     hits = inputs.find_files(path.name)
     if hits:
         return hits[0]

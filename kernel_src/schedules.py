@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from kernel_src.settings import ScheduleSettings
+from .settings import ScheduleSettings
 
 
 def _cos(start: float, end: float, pct: float) -> float:

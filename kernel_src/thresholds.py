@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernel_src.metrics import fbeta_from_counts, fbeta_score
+from .metrics import fbeta_from_counts, fbeta_score
 
 GRID = np.round(np.arange(0.01, 1.0, 0.01), 6)
 ROW_CHUNK = 2048

@@ -8,17 +8,17 @@ Local use (outside a kernel): python -m kernel_src.train kpack.yaml  [KPACK_KAGG
 """
 from __future__ import annotations
 
-from kernel_src import clock  # first: the session clock runs from process start
+from . import clock  # first: the session clock runs from process start
 
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
-from kernel_src import entrypoint, settings  # noqa: E402
+from . import entrypoint, settings  # noqa: E402
 
 
 def main(config: dict, working: Optional[Path] = None) -> dict:
-    from kernel_src import engine
-    from kernel_src.runtime import inputs
+    from . import engine
+    from kpack_runtime import inputs
 
     def train() -> dict:
         kit = settings.from_config(config)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from kernel_src import augment
+from . import augment
 
 SHIFT_SHARE = 1 / 16
 View = Callable[[torch.Tensor], torch.Tensor]

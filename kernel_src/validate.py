@@ -27,9 +27,9 @@ from typing import Optional
 
 import numpy as np
 
-from kernel_src import blend, data, entrypoint, folds, infer, metrics, settings, thresholds
-from kernel_src.atomic import write_text as atomic_write_text
-from kernel_src.runtime import inputs
+from . import blend, data, entrypoint, folds, infer, metrics, settings, thresholds
+from .atomic import write_text as atomic_write_text
+from kpack_runtime import inputs
 
 SCORES = "oof_scores.json"
 

@@ -19,12 +19,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import kpack_runtime
 from packager import importcheck, inline, metadata, preflight
 from packager.errors import UserError
 
 log = logging.getLogger("kpack")
 
 KERNEL_SRC = "kernel_src"
+RUNTIME = "kpack_runtime"  # kpack's kernel-side half, packed into every script from the installed kpack
+RUNTIME_DIR = Path(kpack_runtime.__file__).parent
 BUILD_JSON = "build.json"
 LARGE_SCRIPT = 1 << 20  # warn above this: code pages and SaveKernel requests are not meant for data
 FORMAT = 1  # bump when the script layout changes, so the inputs hash changes with it
@@ -132,11 +135,16 @@ def _file_readers(bundle: inline.Bundle) -> list[str]:
 
 
 def _sources(cfg, kind: str, root: Path) -> list[tuple[str, Path]]:
+    """kpack's own kernel runtime first (always packed, from this kpack), then the project's packages."""
     sources = [(f"{KERNEL_SRC}/", root / KERNEL_SRC)]
     for i, package in enumerate(cfg.kernel(kind).packages):
         path = Path(package).expanduser()
         sources.append((f"kernels.{kind}.packages[{i}] ({package})", path if path.is_absolute() else root / path))
-    return sources
+    for what, path in sources:
+        if (path.stem if path.suffix == ".py" else path.name) == RUNTIME:
+            raise UserError(f"{what}: a packed package or module named {RUNTIME} would shadow kpack's kernel "
+                            f"runtime, which every kernel packs from kpack itself; rename yours")
+    return [(f"kpack's kernel runtime ({RUNTIME})", RUNTIME_DIR), *sources]
 
 
 def _generator_sha256() -> str:

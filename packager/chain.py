@@ -32,7 +32,7 @@ DEFAULT_MAX_SESSIONS = 20
 SLUG_MAX = 50
 
 
-ALTERNATE_SUFFIX = "-b"  # kernel_src/runtime/__init__.py names the same pair: keep them alike
+ALTERNATE_SUFFIX = "-b"  # kpack_runtime/__init__.py names the same pair: keep them alike
 
 
 def session_slug(base: str, session: int, mode: str = "alternate") -> str:

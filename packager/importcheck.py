@@ -521,7 +521,10 @@ def check(bundle: inline.Bundle, sources: Sources, kind: str) -> list[str]:
     seen: set[str] = set()  # removed stdlib modules already warned about
     warned: set[str] = set()
     failed: set[str] = set()
+    runtime = next((r.path + "/" for r in bundle.roots if r.name == "kpack_runtime"), None)
     for use in imports(bundle, sources.python, sources.cache):
+        if runtime and use.path.startswith(runtime):
+            continue  # kpack's own kernel runtime: it picks among optional backends (cryptography, Crypto) itself
         where = f"{use.path}:{use.line}"
         if not use.module:
             errors.append((use, f"{where}: a relative import goes above its top-level package; import it by its "

@@ -771,7 +771,7 @@ def render(bundle: Bundle, config: dict, entry_module: str, header: Header, run_
         "",
         f"    print({run_banner!r}, flush=True)",
         "    try:",
-        "        import kernel_src.runtime as rt",
+        "        import kpack_runtime as rt",
         "",
         "        rt.bootstrap(CONFIG)",
         f"        entry = importlib.import_module({entry_module!r})",

@@ -7,7 +7,7 @@ to (a raw key inside a binary file). A match crossing a read boundary is found: 
 the longest pattern's length less one. The error names the file, never the value nor which form matched.
 
 Cost is one pass over the data per pattern (bytes.find), so the pattern set depends on the file:
-- sealed weight files (kernel_src/runtime/sealed.py) are ciphertext: only their header is scanned, since a
+- sealed weight files (kpack_runtime/sealed.py) are ciphertext: only their header is scanned, since a
   plaintext secret cannot show through AES-GCM and scanning gigabytes of random bytes would find only chance;
 - binary files (a NUL byte in the first 8 KiB: checkpoints, wheels) are searched for the secret as given, in
   hex, and for the bytes it decodes to; base64 forms, which belong to text, are left out;
@@ -105,7 +105,7 @@ def _find(path: Path, needles: list[bytes]) -> bool:
 
 def _kind(path: Path) -> str:
     """sealed (ciphertext: only its header can hold a plaintext secret), binary (a NUL byte early on) or text."""
-    from kernel_src.runtime import sealed  # not at the top: redact() serves error paths, with no kernel_src
+    from kpack_runtime import sealed  # not at the top: redact() serves error paths
     with open(path, "rb") as f:
         head = f.read(8192)
     try:
@@ -118,7 +118,7 @@ def _kind(path: Path) -> str:
 def scan(paths: list[Path], secrets: list[str]) -> None:
     """Raise UserError naming the first artifact (a file, or a file under a folder in `paths`) holding any of
     `secrets` in any form; values shorter than 8 characters are ignored."""
-    from kernel_src.runtime import sealed
+    from kpack_runtime import sealed
 
     secrets = [s for s in secrets if s and len(s) >= MIN_LEN]
     if not secrets:

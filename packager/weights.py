@@ -1,7 +1,7 @@
 """The weights dataset: every file at the top of `models/` (plain, or sealed as `<name>.enc`) plus `manifest.json`.
 
 Deterministic: the same weights and key give the same dataset content hash, so re-pushing unchanged weights
-uploads nothing. Sealing draws a fresh random nonce prefix per file (see kernel_src/runtime/sealed.py), so
+uploads nothing. Sealing draws a fresh random nonce prefix per file (see kpack_runtime/sealed.py), so
 encrypting the same file twice gives different bytes; instead of making the nonce a function of the content
 (which would repeat nonces if a derivation ever collided, and leaks plaintext equality), the builder keeps its
 output folder between builds and reuses a sealed file whose plaintext sha256, size, key id and chunk size
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from kernel_src.runtime import sealed
+from kpack_runtime import sealed
 from packager.datasets import METADATA, PUSHED
 from packager.errors import UserError
 from packager.fsutil import HashCache, atomic_write_text, tree_hash

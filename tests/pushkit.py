@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -110,8 +109,6 @@ def make_project(base: Path, server, *, sessions: int = 1, weights_kb: int = 200
     prefix = f"t{os.getpid() % 10000}-{next(_counter)}"
     root = base / "project"
     (root / "kernel_src").mkdir(parents=True)
-    shutil.copytree(REPO / "kernel_src" / "runtime", root / "kernel_src" / "runtime",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "kernel_src" / "__init__.py").write_text("")
     project = Project(root, server, prefix)
     project.write_entry(CHAIN_ENTRY.format(sessions=sessions, mark=mark))

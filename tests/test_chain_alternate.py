@@ -18,7 +18,7 @@ from packager.errors import UserError
 from packager.push import push_kernel, watch_kernel
 from packager.localkaggle.store import Store
 from pushkit import isolate, make_project
-import kernel_src.runtime as runtime
+import kpack_runtime as runtime
 
 
 def test_session_slugs_alternate_by_default_or_are_distinct():
@@ -46,10 +46,10 @@ def test_a_missing_secret_stops_the_bootstrap_before_anything_is_imported(tmp_pa
     config = {"kaggle_user": "alice", "kernel": "train", "kernels": {"train": {"slug": "x-train"}},
               "datasets": {"weights": {"slug": "x-weights", "encrypt": True, "key_env": "MY_KEY"},
                            "wheels": {"slug": "x-wheels"}}}
-    code = ("import json, sys\nfrom kernel_src.runtime import bootstrap\n"
+    code = ("import json, sys\nfrom kpack_runtime import bootstrap\n"
             f"try:\n    bootstrap(json.loads({json.dumps(json.dumps(config))}))\n"
             "except SystemExit as exc:\n"
-            "    print(exc.code, sorted(m for m in sys.modules if m.startswith(('torch', 'kernel_src.runtime.'))))\n")
+            "    print(exc.code, sorted(m for m in sys.modules if m.startswith(('torch', 'kpack_runtime.'))))\n")
     env = {k: v for k, v in os.environ.items() if k != "MY_KEY"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)

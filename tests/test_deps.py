@@ -1,4 +1,4 @@
-"""The kernel side of the wheels dataset (kernel_src/runtime/deps.py), on hand-made datasets under a fake Kaggle
+"""The kernel side of the wheels dataset (kpack_runtime/deps.py), on hand-made datasets under a fake Kaggle
 root: the site folder is found unpacked or as site.zip (extracted into temp/, never working/), goes first on
 sys.path, and every pinned version is checked before anything runs; each failure is one line."""
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_src.runtime import deps
+from kpack_runtime import deps
 
 OWNER, SLUG = "alice", "digits-wheels"
 CONFIG = {"kaggle_user": OWNER, "datasets": {"wheels": {"slug": SLUG}}}
@@ -144,7 +144,7 @@ def test_error_is_a_system_exit_with_one_line(kaggle_root, tmp_path):
 
     make_dataset(kaggle_root, zipped=True, requirements={"kpacktoy": "3.0"})
     repo = Path(__file__).resolve().parents[1]
-    code = ("from kernel_src.runtime import deps\n"
+    code = ("from kpack_runtime import deps\n"
             f"deps.activate({CONFIG!r})\n")
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": str(repo), "KPACK_KAGGLE_ROOT": str(kaggle_root)})

@@ -8,7 +8,6 @@ image does not have, the wheel ships anyway and the kernel runs; then the probe 
 pinned package it has at that version is left to it."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -76,7 +75,7 @@ def test_fresh_snapshot_and_local_backend_are_not_probed(tmp_path, monkeypatch, 
 
 # --------------------------------------------------------------------------------------------- end to end
 
-ENTRY = '''from kernel_src.runtime import deps
+ENTRY = '''from kpack_runtime import deps
 
 
 def main(config):
@@ -95,8 +94,6 @@ def test_guessed_snapshot_ships_the_wheel_and_a_probe_lets_the_image_serve(local
     prefix = f"snap{os.getpid() % 10000}"
     root = tmp_path / "project"
     (root / "kernel_src").mkdir(parents=True)
-    shutil.copytree(REPO / "kernel_src" / "runtime", root / "kernel_src" / "runtime",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "kernel_src" / "__init__.py").write_text("")
     (root / "kernel_src" / "entry.py").write_text(ENTRY)
     (root / "requirements.txt").write_text(f"kpacka==1.0\npyyaml=={pyyaml}\n")

@@ -26,7 +26,6 @@ PROBED = "# source: probe\n# probed: 2026-11-30T10:00:00Z\n# python: 3.12.12\n"
 def proj(tmp_path) -> Path:
     root = tmp_path / "proj"
     shutil.copytree(FIXTURE, root)
-    shutil.copy(REPO / "kernel_src" / "runtime" / "__init__.py", root / "kernel_src" / "runtime" / "__init__.py")
     return root
 
 

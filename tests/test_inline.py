@@ -28,10 +28,9 @@ KERNEL_PYTHON = os.environ.get("KPACK_KERNEL_PYTHON") or sys.executable
 
 
 def make_project(tmp_path: Path, kit: dict | None = None, **kernel) -> tuple[Path, object]:
-    """A copy of the fixture project with the real runtime bootstrap, and its config."""
+    """A copy of the fixture project, and its config (the build packs kpack's own kpack_runtime)."""
     root = tmp_path / "proj"
     shutil.copytree(FIXTURE, root)
-    shutil.copy(REPO / "kernel_src" / "runtime" / "__init__.py", root / "kernel_src" / "runtime" / "__init__.py")
     data = {"competition": "mini-comp", "kaggle_user": "alice",
             "kernels": {"train": {"entry": "kernel_src/train.py", **kernel}}, "kit": kit or {}}
     return root, parse_config(data)
@@ -214,15 +213,19 @@ def test_system_exit_code_passes_through(tmp_path):
 
 
 def test_bootstrap_activates_wheels_then_weights_when_configured(tmp_path):
+    """kpack's own runtime is packed whatever the project holds: its bootstrap readies the wheels first, then the
+    weights (neither dataset is mounted here, so each stops the kernel with its own line, before the entry)."""
     root, _ = make_project(tmp_path)
-    cfg = parse_config({"competition": "mini-comp", "kaggle_user": "alice",
-                        "kernels": {"train": {"entry": "kernel_src/train.py"}},
-                        "datasets": {"wheels": {"slug": "mini-wheels"}, "weights": {"slug": "mini-weights"}}})
-    built = build_kernel(cfg, "train", root=root)
-    done = run_script(built.script, tmp_path / "work")
-    assert done.returncode == 0, done.stderr
-    out = done.stdout.splitlines()
-    assert out.index("deps.activate mini-wheels") < out.index("weights.prepare mini-weights") < len(out) - 3
+    both = {"wheels": {"slug": "mini-wheels"}, "weights": {"slug": "mini-weights"}}
+    for datasets, expected in [(both, "wheels dataset alice/mini-wheels is not mounted"),
+                               ({"weights": both["weights"]}, "alice/mini-weights")]:
+        cfg = parse_config({"competition": "mini-comp", "kaggle_user": "alice",
+                            "kernels": {"train": {"entry": "kernel_src/train.py"}}, "datasets": datasets})
+        built = build_kernel(cfg, "train", root=root)
+        assert "kpack_runtime/__init__.py" in built.script.read_text()
+        done = run_script(built.script, tmp_path / "work")
+        assert done.returncode != 0 and expected in done.stderr, done.stderr
+        assert "mini-wheels" not in done.stderr or "mini-weights" not in done.stderr
 
 
 def test_packed_copy_wins_over_an_installed_one(tmp_path):

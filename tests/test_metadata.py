@@ -64,7 +64,6 @@ def test_p100_is_accepted_with_a_warning(tmp_path):
     assert accelerator_warning("NvidiaTeslaT4") is None
     root = tmp_path / "proj"
     shutil.copytree(FIXTURE, root)
-    shutil.copy(REPO / "kernel_src" / "runtime" / "__init__.py", root / "kernel_src" / "runtime" / "__init__.py")
     built = build_kernel(cfg_with(accelerator="NvidiaTeslaP100"), "train", root=root)
     assert any("T4 x2" in w for w in built.warnings)
     assert json.loads(built.metadata.read_text())["machine_shape"] == "NvidiaTeslaP100"
@@ -176,7 +175,6 @@ def test_kaggle_client_push_accepts_the_build(tmp_path, monkeypatch):
 
     root = tmp_path / "proj"
     shutil.copytree(FIXTURE, root)
-    shutil.copy(REPO / "kernel_src" / "runtime" / "__init__.py", root / "kernel_src" / "runtime" / "__init__.py")
     cfg = parse_config({"competition": "mini-comp", "kaggle_user": "alice",
                         "kernels": {"train": {"entry": "kernel_src/train.py", "accelerator": "NvidiaL4",
                                               "sources": {"competitions": ["mini-comp"],

@@ -33,8 +33,6 @@ def project(tmp_path: Path, model: str = "", lr: str = "1.0e-3", extra: str = ""
     """A project using the kit (kernel_src/settings.py is the repository's) with models/resnet18.a1_in1k.pth."""
     root = tmp_path / "proj"
     (root / "kernel_src").mkdir(parents=True)
-    shutil.copytree(REPO / "kernel_src" / "runtime", root / "kernel_src" / "runtime",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "kernel_src" / "__init__.py").write_text("")
     (root / "kernel_src" / "train.py").write_text(ENTRY)
     if settings:

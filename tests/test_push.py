@@ -267,7 +267,7 @@ import json
 import os
 from pathlib import Path
 
-from kernel_src.runtime import weights
+from kpack_runtime import weights
 
 
 def main(config):

@@ -64,7 +64,7 @@ def host_listener():
 REPORT_KERNEL = """
     import errno, json, os, socket, subprocess, sys, time
     sys.path.insert(0, os.path.join(os.environ["KPACK_KAGGLE_ROOT"], "input", "datasets", "alice", "ksrc"))
-    from kernel_src.runtime import inputs
+    from kpack_runtime import inputs
 
     report = {{"env": dict(os.environ), "cwd": os.getcwd(), "executable": sys.executable}}
     try:
@@ -131,9 +131,7 @@ def offline(request, tmp_path_factory, host_listener):
     (data / "readme.txt").write_text("data")
     (prev / "ckpt.pt").write_bytes(b"ckpt")
     make_wheel(tmp / "src-wheels")
-    (tmp / "src-ksrc" / "kernel_src").mkdir(parents=True)  # the repository is out of a kernel's sight
-    (tmp / "src-ksrc" / "kernel_src" / "__init__.py").write_text("")
-    shutil.copytree(REPO / "kernel_src" / "runtime", tmp / "src-ksrc" / "kernel_src" / "runtime",
+    shutil.copytree(REPO / "kpack_runtime", tmp / "src-ksrc" / "kpack_runtime",  # the repository is out of a kernel's sight
                     ignore=shutil.ignore_patterns("__pycache__"))
     mounts = [Mount("competition", None, "mycomp", comp), Mount("dataset", "alice", "myds", data),
               Mount("notebook", "alice", "prev-session", prev),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_src.runtime import sealed
-from kernel_src.runtime.sealed import HEADER_SIZE, TAG, SealedError
+from kpack_runtime import sealed
+from kpack_runtime.sealed import HEADER_SIZE, TAG, SealedError
 
 KEY = bytes(range(32))
 CHUNK = 64  # small chunks keep multi-chunk cases tiny
@@ -212,7 +212,7 @@ def test_key_id_is_stable_and_not_the_key():
 # fork and exec on Linux (a pytest process that imported torch would make any child look big).
 MEMORY_PROBE = textwrap.dedent("""
     import sys
-    from kernel_src.runtime import sealed
+    from kpack_runtime import sealed
 
     def peak_kb():
         with open("/proc/self/status") as f:

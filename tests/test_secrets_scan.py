@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_src.runtime import sealed
+from kpack_runtime import sealed
 from packager import secrets_scan
 from packager.config import parse_config
 from packager.errors import UserError

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_src.runtime import sealed
-from kernel_src.runtime import weights as kweights
+from kpack_runtime import sealed
+from kpack_runtime import weights as kweights
 from packager import fsutil
 from packager.config import parse_config
 from packager.errors import UserError
@@ -316,7 +316,7 @@ def test_prepare_in_a_kernel_process_imports_nothing_from_packager(kaggle, tmp_p
     root, mounted, config = kaggle()
     (tmp_path / "config.json").write_text(json.dumps(config))
     code = ("import json, sys\n"
-            "from kernel_src.runtime import weights\n"
+            "from kpack_runtime import weights\n"
             "paths = weights.prepare(json.load(open(sys.argv[1])))\n"
             "assert not [m for m in sys.modules if m.startswith('packager')]\n"
             "print(sorted(str(p) for p in paths.values()))\n")
@@ -347,8 +347,6 @@ def packed_kernel(models: Path, tmp_path: Path) -> Path:
     from packager.build import build_kernel
 
     project = tmp_path / "proj"
-    shutil.copytree(REPO / "kernel_src" / "runtime", project / "kernel_src" / "runtime",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     (project / "kernel_src" / "__init__.py").write_text("")
     (project / "kernel_src" / "train.py").write_text("def main(config):\n    print('the entry ran')\n")
     return build_kernel(make_cfg(models), "train", root=project).script

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from packaging.tags import Tag
 
-from kernel_src.runtime import deps
+from kpack_runtime import deps
 from packager import wheels
 from packager.config import parse_config
 from packager.errors import UserError
@@ -427,7 +427,7 @@ def mount(kaggle_root: Path, dataset: Path) -> None:
 KERNEL = """
 import sys, time
 start = time.perf_counter()
-from kernel_src.runtime import deps
+from kpack_runtime import deps
 info = deps.activate({config!r})
 ready = time.perf_counter() - start
 {body}
@@ -438,7 +438,7 @@ print("OK", info["mode"], round(ready, 3))
 def run_local_kernel(kaggle_root: Path, body: str, config: dict | None = None,
                      python: str = sys.executable) -> subprocess.CompletedProcess:
     """A script run as the local Kaggle runs kernels: `python -S` with only the image's site farm importable,
-    plus kernel_src/runtime (a real kernel has its inlined copy; packager/ and the venv are not there)."""
+    plus kpack_runtime (a real kernel has its inlined copy; packager/ and the venv are not there)."""
     config = config or {"kaggle_user": OWNER, "datasets": {"wheels": {"slug": SLUG}}}
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KPACK_KAGGLE_ROOT": str(kaggle_root),
            "PYTHONPATH": os.pathsep.join([str(local_image()[0]), str(_kernel_src_copy())]),
@@ -451,15 +451,12 @@ _KSRC: list[Path] = []
 
 
 def _kernel_src_copy() -> Path:
-    """A folder holding only kernel_src/runtime (stdlib-only modules), so the kernel cannot import packager."""
+    """A folder holding only kpack_runtime (stdlib-only modules), so the kernel cannot import packager."""
     if not _KSRC:
         import tempfile
 
         folder = Path(tempfile.mkdtemp(prefix="kpack-ksrc-"))
-        (folder / "kernel_src").mkdir()
-        (folder / "kernel_src" / "__init__.py").write_text("")
-        shutil.copytree(REPO / "kernel_src" / "runtime", folder / "kernel_src" / "runtime",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / "kpack_runtime", folder / "kpack_runtime", ignore=shutil.ignore_patterns("__pycache__"))
         _KSRC.append(folder)
     return _KSRC[0]
 
@@ -580,7 +577,7 @@ def test_kaggle_target_ships_cp312_wheels_and_site(wheel_cache, tmp_path):
             "'stringzilla']}, 'cp312')\n")
     # Only the shipped packages can be checked on a bare 3.12: the image's (albumentations...) are not here.
     code = (f"import sys; sys.path.append({str(_kernel_src_copy())!r})\n"
-            "from kernel_src.runtime import deps\n"
+            "from kpack_runtime import deps\n"
             "root, manifest_path = deps.find_dataset('alice/digits-wheels')\n"
             "manifest = deps._read_manifest(manifest_path)\n"
             "deps._check_python(manifest)\n"

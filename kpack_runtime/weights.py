@@ -1,6 +1,6 @@
 """Inside the kernel: find the weights dataset, open sealed files, verify every file, say where each one is.
 
-    from kernel_src.runtime import weights
+    from kpack_runtime import weights
     weights.prepare(config)                      # once, before building models
     weights.weights_path("resnet50.a1_in1k.pth") # -> Path to the verified plaintext
     weights.for_architecture("resnet50")         # -> Path or None
@@ -21,7 +21,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kernel_src.runtime import inputs, sealed
+from kpack_runtime import inputs, sealed
 
 MANIFEST = "manifest.json"
 

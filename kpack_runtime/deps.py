@@ -1,6 +1,6 @@
 """Inside the kernel: make the wheels dataset importable, then check every pinned version, before anything runs.
 
-    from kernel_src.runtime import deps
+    from kpack_runtime import deps
     deps.activate(config)   # bootstrap() does this when the config has datasets.wheels
 
 The dataset (built by `packager/wheels.py`) holds a manifest, `kpack-wheels.json`, and per install mode:
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from kernel_src.runtime import inputs
+from kpack_runtime import inputs
 
 MANIFEST = "kpack-wheels.json"
 SITE_MARKER = "kpack-site.json"

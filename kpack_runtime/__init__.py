@@ -18,11 +18,11 @@ def bootstrap(config: dict) -> None:
     check_secrets(config)  # before anything is imported or unpacked
     datasets = config.get("datasets") or {}
     if datasets.get("wheels"):
-        from kernel_src.runtime import deps
+        from kpack_runtime import deps
 
         deps.activate(config)
     if datasets.get("weights"):
-        from kernel_src.runtime import weights
+        from kpack_runtime import weights
 
         weights.prepare(config)
 
