@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,60 @@ def test_unknown_model_and_duplicate_instance_are_refused(run_kaggle, tmp_path):
     _create_model_with_cli(run_kaggle, tmp_path / "m", slug, {"w.bin": b"x"})
     again = run_kaggle("models", "instances", "create", "-p", str(tmp_path / "m" / "instance"))
     assert "already exists" in again.stdout + again.stderr
+
+
+# --------------------------------------------------------------------------------------------- kernels mount them
+
+READER = '''import os
+from pathlib import Path
+
+root = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle")
+out = []
+for rel in ("{legacy}", "models/{owner}/{legacy}"):
+    folder = root / "input" / rel
+    out.append(rel + "=" + (folder / "weights.bin").read_text() + "," + (folder / "hf" / "config.json").read_text())
+(root / "working" / "seen.txt").write_text("\\n".join(out) + "\\n")
+'''
+
+
+def _push_reader(run_kaggle, folder: Path, slug: str, sources: list[str], script: str):
+    folder.mkdir(parents=True)
+    (folder / "reader.py").write_text(script)
+    _write(folder / "kernel-metadata.json", {
+        "id": f"{USER}/{slug}", "title": slug.replace("-", " ").title(), "code_file": "reader.py",
+        "language": "python", "kernel_type": "script", "is_private": True, "enable_gpu": False,
+        "enable_internet": False, "dataset_sources": [], "competition_sources": [], "kernel_sources": [],
+        "model_sources": sources})
+    return run_kaggle("kernels", "push", "-p", str(folder))
+
+
+def test_a_kernel_reads_a_model_source_in_both_layouts(run_kaggle, local_kaggle, tmp_path):
+    slug = _model_slug()
+    _create_model_with_cli(run_kaggle, tmp_path / "m", slug, {"weights.bin": b"w1", "hf/config.json": b"{}"})
+    kernel = f"{slug}-reader"
+    done = _push_reader(run_kaggle, tmp_path / "k", kernel, [f"{USER}/{slug}/pytorch/base/1"],
+                        READER.format(legacy=f"{slug}/pytorch/base/1", owner=USER))
+    assert done.returncode == 0 and "error" not in done.stdout.lower(), done.stdout + done.stderr
+    record = local_kaggle.wait_kernel(USER, kernel, 1)
+    assert record["status"] == "COMPLETE", record.get("failure_message")
+    seen = (Path(record["output_dir"]) / "seen.txt").read_text().splitlines()
+    assert seen == [f"{slug}/pytorch/base/1=w1,{{}}", f"models/{USER}/{slug}/pytorch/base/1=w1,{{}}"]
+
+
+def test_an_unknown_model_source_is_answered_invalid(run_kaggle, kaggle_env, local_kaggle, tmp_path):
+    slug = _model_slug()
+    _create_model_with_cli(run_kaggle, tmp_path / "m", slug, {"weights.bin": b"w1"})
+    kernel = f"{slug}-nomodel"
+    wrong = [f"{USER}/no-such-model/pytorch/base/1", f"{USER}/{slug}/pytorch/base/7", f"{USER}/{slug}/jax/base/1"]
+    folder = tmp_path / "k"
+    done = _push_reader(run_kaggle, folder, kernel, wrong, "print(1)\n")
+    assert done.returncode == 0, done.stdout + done.stderr  # the CLI does not print invalidModelSources
+    # SaveKernel's answer, as the client's API returns it to kpack (a second version of the same kernel)
+    code = ("import sys; from kaggle.api.kaggle_api_extended import KaggleApi; api = KaggleApi(); "
+            "api.authenticate(); print(list(api.kernels_push(sys.argv[1]).invalid_model_sources))")
+    answer = subprocess.run([sys.executable, "-c", code, str(folder)], env=kaggle_env, capture_output=True,
+                            text=True, timeout=120)
+    assert answer.stdout.strip() == repr(wrong), answer.stdout + answer.stderr
+    from packager.localkaggle.store import Store
+
+    assert Store(local_kaggle.root).kernel_version(USER, kernel, 1)["mounts"] == []
