@@ -1,4 +1,4 @@
-"""The weights dataset: every file at the top of `models/` (plain, or sealed as `<name>.enc`) plus `manifest.json`.
+"""The weights dataset: every file under `models/` (plain, or sealed as `<name>.enc`) plus `manifest.json`.
 
 Deterministic: the same weights and key give the same dataset content hash, so re-pushing unchanged weights
 uploads nothing. Sealing draws a fresh random nonce prefix per file (see kpack_runtime/sealed.py), so
@@ -61,25 +61,27 @@ def _architectures(models: Path) -> dict[str, str]:
 
 
 def architecture_of(name: str, mapping: dict[str, str]) -> str | None:
+    """`name` is relative to models/ (a sub-folder's file: 'folder/file'); the convention reads the file name."""
     if name in mapping:
         return mapping[name]
-    parts = name.split(".")
+    parts = name.rsplit("/", 1)[-1].split(".")
     return parts[0] if len(parts) >= 3 and parts[0] else None
 
 
 def weight_files(models: Path) -> list[Path]:
-    """The weight files at the top of `models/`, sorted; a sub-folder is refused (Kaggle uploads top-level
-    files only)."""
+    """The weight files under `models/`, sorted; sub-folders (a Hugging Face folder: config.json +
+    model.safetensors) are kept: each top-level folder goes up as one archive that Kaggle unpacks into a
+    folder of that name (datasets.py, dir_mode zip)."""
     if not models.is_dir():
         raise UserError(f"{models}: no weights folder; create it and put the weight files in it, or remove "
                         "datasets.weights from kpack.yaml")
     files = []
-    for path in sorted(models.iterdir()):
-        if path.name.startswith(".") or path.name in SKIPPED:
+    for path in sorted(models.rglob("*")):
+        rel = path.relative_to(models)
+        if any(part.startswith(".") for part in rel.parts) or (len(rel.parts) == 1 and path.name in SKIPPED):
             continue
-        if path.is_dir():
-            raise UserError(f"{path}: sub-folders are not supported in the weights folder; put the files at its "
-                            "top level")
+        if path.is_dir() or not path.is_file():
+            continue
         if path.name in (MANIFEST, METADATA, PUSHED) or path.name.endswith(SEALED_SUFFIX):
             raise UserError(f"{path}: this name is reserved for the dataset's own files; rename it")
         files.append(path)
@@ -128,6 +130,7 @@ def _same_plain_file(src: Path, stored: Path, digest: str, hashes: HashCache) ->
 
 def _place_plain(src: Path, dst: Path) -> None:
     """A plain weight file in the dataset folder: a hard link where the file system allows, else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.part")
     tmp.unlink(missing_ok=True)
     try:
@@ -137,10 +140,11 @@ def _place_plain(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
+def build_weights_dataset(cfg, out_dir: Path, spec=None) -> DatasetBuild:
     """Write `manifest.json` and the weight files (sealed when datasets.weights.encrypt) into `out_dir`, which
-    is kept between builds; `dataset-metadata.json` there is left alone (the metadata step writes it)."""
-    spec = cfg.datasets.weights
+    is kept between builds; `dataset-metadata.json` there is left alone (the metadata step writes it).
+    `spec`: another section with slug, dir, encrypt and key_env (models.weights: models_push.py)."""
+    spec = spec or cfg.datasets.weights
     if spec is None:
         raise UserError("kpack.yaml: no datasets.weights section; add one with at least 'slug:'")
     models, out_dir = Path(spec.dir), Path(out_dir)
@@ -155,10 +159,12 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
     for src in weight_files(models):
         before = _stamp(src)
         digest, size = hashes.sha256(src), before[0]
-        entry = {"name": src.name, "stored": src.name + (SEALED_SUFFIX if key else ""), "sha256": digest,
-                 "size": size, "architecture": architecture_of(src.name, mapping), "encrypted": bool(key)}
+        name = src.relative_to(models).as_posix()
+        entry = {"name": name, "stored": name + (SEALED_SUFFIX if key else ""), "sha256": digest,
+                 "size": size, "architecture": architecture_of(name, mapping), "encrypted": bool(key)}
         stored = out_dir / entry["stored"]
         if key:
+            stored.parent.mkdir(parents=True, exist_ok=True)
             entry.update(key_id=kid, chunk_size=sealed.DEFAULT_CHUNK, sealed_format=sealed.VERSION)
             if not _reusable(cache.get(entry["stored"]), stored, entry):
                 sealed.encrypt_file(src, stored, key, sealed.DEFAULT_CHUNK, sha256=digest)
@@ -173,9 +179,13 @@ def build_weights_dataset(cfg, out_dir: Path) -> DatasetBuild:
 
     # The folder is this builder's: drop weights removed from models/, the other form (plain/sealed) after the
     # encrypt setting changed, and temp files a killed build left.
-    for stale in out_dir.iterdir():
-        if stale.name not in keep:
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    for stale in sorted(out_dir.rglob("*"), reverse=True):  # a folder's files before the folder
+        rel = stale.relative_to(out_dir).as_posix()
+        if stale.is_dir() and not stale.is_symlink():
+            if not any(k.startswith(rel + "/") for k in keep):
+                shutil.rmtree(stale)
+        elif rel not in keep:
+            stale.unlink()
 
     manifest = {"format": FORMAT, "encrypted": bool(key), "key_id": kid, "files": entries}
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")

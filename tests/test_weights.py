@@ -189,11 +189,12 @@ def test_missing_or_bad_key_is_one_line_naming_the_variable(models, tmp_path, mo
     assert str(info.value).startswith("MY_KEY: expected a 32-byte key") and "not-a-key" not in str(info.value)
 
 
-def test_subfolders_and_reserved_names_are_refused(models, tmp_path):
+def test_reserved_names_are_refused(models, tmp_path):
     (models / "sub").mkdir()
-    with pytest.raises(UserError, match="sub-folders are not supported"):
+    (models / "sub" / "manifest.json").write_bytes(b"{}")
+    with pytest.raises(UserError, match="reserved"):
         build(models, tmp_path)
-    (models / "sub").rmdir()
+    shutil.rmtree(models / "sub")
     (models / "x.enc").write_bytes(b"1")
     with pytest.raises(UserError, match="reserved"):
         build(models, tmp_path)
