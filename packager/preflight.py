@@ -5,6 +5,11 @@ when the check fails). `kpack build` and `kpack push` run `before_build`; `kpack
 The kit's settings are validated by the project's own `kernel_src/settings.py` (stdlib only, the module the
 kernel validates them with), loaded here by file path: a project whose kernel_src has no settings.py does not
 use the kit, and its settings are not checked.
+
+Two checks ask the backend (one API call per source, through the kaggle client as every other call): that each
+source kernels.<kind>.sources names exists, and, for a code competition, that the infer kernel can be
+submitted. A source kpack makes itself in this push (the wheels and weights datasets, the chain's own sessions)
+is not looked up.
 """
 from __future__ import annotations
 
@@ -119,6 +124,151 @@ def check_weights(cfg, kind: str, root: Path) -> Found:
     raise UserError(f"{where}{missing}")
 
 
+def check_imports(cfg, kind: str, root: Path) -> Found:
+    """Every import of the packed code resolves in the kernel (packager/importcheck.py, as `kpack build` runs it)."""
+    from packager import importcheck, inline
+    from packager.build import _sources
+
+    bundle = inline.collect(Path(root), _sources(cfg, kind, Path(root)))
+    inline.check_compiles(bundle)
+    warnings = importcheck.check_build(cfg, kind, Path(root), bundle)
+    return Found("imports: every import of the packed code resolves (packed, standard library, wheels dataset or "
+                 "image)", warnings)
+
+
+def check_sources(cfg, kind: str, backend: "Backend") -> Found:
+    """Every dataset, kernel and competition source of kernels.<kind> exists on the backend (Kaggle would answer
+    it in invalid*Sources after the push, and the kernel would run without it)."""
+    sources = cfg.kernel(kind).sources
+    own = _own_sources(cfg, kind)
+    wanted = [("dataset", r) for r in sources.datasets] + [("kernel", r) for r in sources.kernels] + \
+        [("competition", c) for c in sources.competitions]
+    skipped = [ref for what, ref in wanted if ref in own]
+    wanted = [(what, ref) for what, ref in wanted if ref not in own]
+    made = f" ({', '.join(skipped)}: made by kpack in this push)" if skipped else ""
+    if not wanted:
+        return Found(f"kernels.{kind}.sources: none to look up{made}")
+    missing = [f"{what} {ref}" for what, ref in wanted if not backend.exists(what, ref)]
+    if missing:
+        raise UserError(f"{cfg.where('kernels', kind, 'sources')}kernels.{kind}.sources: not on {backend.name} (or "
+                        f"not visible to {cfg.kaggle_user}): {', '.join(missing)}; fix the name or create it first")
+    counts = ", ".join(f"{n} {what}{'s' if n > 1 else ''}" for what in ("dataset", "kernel", "competition")
+                       if (n := sum(w == what for w, _ in wanted)))
+    return Found(f"kernels.{kind}.sources: {counts} found on {backend.name}{made}")
+
+
+def check_code_competition(cfg, kind: str, backend: "Backend") -> Found:
+    """A code competition reruns the infer kernel offline: its internet must be off and its session must fit the
+    competition's run-time limit (competition_limits.runtime_hours; the config refuses a session_hours over it)."""
+    if kind != "infer":
+        return Found(f"code competition: not checked for the {kind} kernel (only infer is submitted)")
+    competition, warnings = cfg.competition, []
+    if cfg.competition_type is not None:
+        code, said = cfg.competition_type == "code", f"competition_type: {cfg.competition_type}"
+    else:
+        code = backend.is_code_competition(competition)
+        said = f"{backend.name}'s metadata"
+        if code is None:
+            return Found(f"code competition: {competition} not found on {backend.name}; not checked",
+                         [f"competition: {competition} is not on {backend.name}: set competition_type: code (or "
+                          "file) in kpack.yaml, or fix the slug"])
+        if not code and backend.name != "the local Kaggle":  # whether Kaggle fills the flag is a guess
+            warnings.append(f"competition: {backend.name} does not say {competition} takes notebook submissions "
+                            "only; if it does, set competition_type: code")
+    if not code:
+        return Found(f"code competition: {competition} is not one ({said}); the infer kernel is not submitted",
+                     warnings)
+    kernel = cfg.kernel(kind)
+    if kernel.internet:
+        raise UserError(f"{cfg.where('kernels', kind, 'internet')}kernels.infer.internet: {competition} is a code "
+                        f"competition ({said}): Kaggle takes submissions only from notebooks with the internet off; "
+                        "set internet: false (ship packages in the wheels dataset)")
+    runtime = cfg.competition_limits.runtime_hours
+    if runtime is None:
+        return Found(f"code competition: {competition} ({said}): internet off; session_hours "
+                     f"{kernel.session_hours:g}",
+                     warnings + [f"competition_limits.runtime_hours is not set: {competition} reruns the infer "
+                                 "kernel under its own run-time limit (see its rules, often 9 h); set it to have "
+                                 "kernels.infer.session_hours checked against it"])
+    return Found(f"code competition: {competition} ({said}): internet off; session_hours {kernel.session_hours:g} "
+                 f"fits its {runtime:g} h run-time limit", warnings)
+
+
+class Backend:
+    """The backend the checks look things up on: connected on first use, one API call per question."""
+
+    def __init__(self, cfg):
+        self.cfg, self._api = cfg, None
+        self.name = "the local Kaggle" if cfg.backend == "local" else "Kaggle"
+
+    @property
+    def api(self):
+        if self._api is None:
+            from packager import kaggle_api
+
+            self._api = kaggle_api.connect(self.cfg)
+        return self._api
+
+    def exists(self, what: str, ref: str) -> bool:
+        from packager import kaggle_api
+
+        if what == "dataset":
+            return self.dataset_exists(ref)
+        if what == "kernel":
+            return kaggle_api.get_kernel(self.api, *ref.split("/")) is not None
+        return self.competition(ref) is not None
+
+    def dataset_exists(self, ref: str) -> bool:
+        """GetDatasetStatus, the call `kaggle datasets status` makes (a deleted dataset does not count)."""
+        from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetStatusRequest
+
+        from packager import kaggle_api
+
+        request = ApiGetDatasetStatusRequest()
+        request.owner_slug, request.dataset_slug = ref.split("/")
+        try:
+            answer = kaggle_api.rpc(self.api, f"dataset status {ref}", "datasets.dataset_api_client",
+                                    "get_dataset_status", request)
+        except kaggle_api.KaggleCallError as err:
+            if err.status in (403, 404):
+                return False
+            raise
+        return str(getattr(answer.status, "name", answer.status)).lower() != "deleted"
+
+    def competition(self, slug: str):
+        """The competition's ApiCompetition as ListCompetitions gives it (the call `kaggle competitions list -s`
+        makes), True when only ListDataFiles finds it (an ended one may not be listed: a guess), else None."""
+        from kagglesdk.competitions.types.competition_api_service import (ApiListCompetitionsRequest,
+                                                                         ApiListDataFilesRequest)
+
+        from packager import kaggle_api
+
+        request = ApiListCompetitionsRequest()
+        request.search = slug
+        answer = kaggle_api.rpc(self.api, f"look up competition {slug}", "competitions.competition_api_client",
+                                "list_competitions", request)
+        for item in answer.competitions or []:
+            if (item.ref or "").rstrip("/").split("/")[-1] == slug:
+                return item
+        files = ApiListDataFilesRequest()
+        files.competition_name = slug
+        try:
+            kaggle_api.rpc(self.api, f"data files of competition {slug}", "competitions.competition_api_client",
+                           "list_data_files", files)
+        except kaggle_api.KaggleCallError as err:
+            if err.status == 404:
+                return None
+            if err.status != 403:  # 403: it exists, its rules are not accepted
+                raise
+        return True
+
+    def is_code_competition(self, slug: str) -> bool | None:
+        found = self.competition(slug)
+        if found is None:
+            return None
+        return bool(getattr(found, "is_kernels_submissions_only", False))
+
+
 # --------------------------------------------------------------------------------------------- running them
 
 def before_build(cfg, kind: str, root: Path) -> list[str]:
@@ -131,8 +281,11 @@ def before_build(cfg, kind: str, root: Path) -> list[str]:
 
 def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:
     """Every check, each as ("ok" | "warning" | "error", line); a failed check does not stop the others."""
+    backend = Backend(cfg)
     checks = [lambda: check_entry(cfg, kind, root), lambda: check_shape(cfg, kind), lambda: check_metadata(cfg, kind),
-              lambda: check_kit(cfg, kind, root), lambda: check_weights(cfg, kind, root)]
+              lambda: check_kit(cfg, kind, root), lambda: check_weights(cfg, kind, root),
+              lambda: check_imports(cfg, kind, root), lambda: check_sources(cfg, kind, backend),
+              lambda: check_code_competition(cfg, kind, backend)]
     lines: list[tuple[str, str]] = [("ok", f"{cfg._source}: valid")]
     for check in checks:
         try:
@@ -190,6 +343,18 @@ def _path_of(message: str) -> tuple:
         parts.append(name)
         parts += [int(i) for i in rest.replace("]", "[").split("[") if i.isdigit()]
     return tuple(parts)
+
+
+def _own_sources(cfg, kind: str) -> set[str]:
+    """What kpack itself makes in this push: the wheels and weights datasets, the sessions of the kernels whose
+    output this kind reads (they are pushed before it)."""
+    from packager import chain
+
+    own = {f"{cfg.kaggle_user}/{d.slug}" for d in (cfg.datasets.wheels, cfg.datasets.weights) if d is not None}
+    for source in {"validate": ("train",), "infer": ("train", "validate")}.get(kind, ()):
+        if source in cfg.kernels:
+            own |= {f"{cfg.kaggle_user}/{slug}" for slug in chain.chain_slugs(cfg, source)}
+    return own
 
 
 def _weight_files(root: Path, spec) -> dict[str, Path]:

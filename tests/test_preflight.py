@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from packager import preflight
+from packager import importcheck, preflight
 from packager.build import build_kernel
 from packager.config import load_config
 from packager.errors import UserError
@@ -154,16 +154,20 @@ def test_kpack_check_prints_one_line_per_check(tmp_path):
         "client accepts it",
         "ok: kit: valid for kernel_src/settings.py",
         "ok: kit.model.weights: resnet18.a1_in1k.pth is in models/ (the weights dataset mini-comp-weights)",
+        "ok: imports: every import of the packed code resolves (packed, standard library, wheels dataset or image)",
+        "ok: kernels.train.sources: none to look up",
+        "ok: code competition: not checked for the train kernel (only infer is submitted)",
     ]
-    assert not (root / "build").exists()  # it builds nothing
+    assert not (root / "build" / "kernels").exists()  # it builds nothing (the import check keeps a parse cache)
 
 
 def test_kpack_check_reports_every_failure_and_exits_2(tmp_path):
     root = project(tmp_path, lr="fast")
     text = (root / "kpack.yaml").read_text().replace("accelerator: 'None'}", "accelerator: NvidiaK80}", 1)
     (root / "kpack.yaml").write_text(text)
-    (root / "kernel_src" / "train.py").write_text("def run(config):\n    pass\n")
+    (root / "kernel_src" / "train.py").write_text("import nosuchpkg\n\n\ndef run(config):\n    pass\n")
     done = kpack(root, "check", "train")
+    image = importcheck.kernel_sources(load_config(root / "kpack.yaml"), root).image.label
     assert done.returncode == 2
     assert done.stdout.splitlines() == [
         "ok: kpack.yaml: valid",
@@ -177,8 +181,13 @@ def test_kpack_check_reports_every_failure_and_exits_2(tmp_path):
         "client accepts it",
         "error: kpack.yaml: line 10: kit.optim.lr: expected a number (got 'fast')",
         "ok: kit weights: not checked: the kit settings are invalid",
+        "error: kernel_src/train.py:1: `import nosuchpkg` resolves to nothing in the kernel: nosuchpkg is not "
+        f"packed, no wheels dataset, not in {image}; add a wheels dataset (datasets.wheels) whose requirements name "
+        "its distribution, or pack its folder with kernels.train.packages",
+        "ok: kernels.train.sources: none to look up",
+        "ok: code competition: not checked for the train kernel (only infer is submitted)",
     ]
-    assert done.stderr.splitlines() == ["error: kpack check train: 2 of 6 checks failed"]
+    assert done.stderr.splitlines() == ["error: kpack check train: 3 of 9 checks failed"]
 
 
 # --------------------------------------------------------------------------------------------- kpack push
@@ -198,3 +207,122 @@ def test_push_with_a_bad_kit_uploads_nothing(local_kaggle, tmp_path, monkeypatch
         push_kernel(proj.cfg(), "train", wait=False)
     assert proj.dataset() is None and proj.kernel_versions() == []
     assert not (proj.root / "build").exists()  # neither the kernel nor the weights dataset was built
+
+
+# --------------------------------------------------------------------------------------------- on the backend
+
+def backend_project(tmp_path: Path, server, competition: str, train: str = "", infer: str = "",
+                    top: str = "") -> Path:
+    """A project without the kit on the test's local Kaggle; `train`/`infer`: extra fields of those kernels."""
+    root = tmp_path / "proj"
+    if not root.exists():
+        project(tmp_path, settings=False)
+    (root / "kpack.yaml").write_text(
+        f"competition: {competition}\nkaggle_user: alice\nlocal: {{port: {server.port}, root: '{server.root}'}}\n"
+        f"{top}kernels:\n  train: {{entry: kernel_src/train.py, accelerator: 'None'{train}}}\n"
+        f"  infer: {{entry: kernel_src/train.py, accelerator: 'None'{infer}}}\n"
+        "datasets:\n  weights: {slug: " + competition + "-weights, dir: models}\n")
+    return root
+
+
+def check_lines(root: Path, kind: str, tmp_path: Path) -> tuple[int, list[str]]:
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "packager.cli", "check", kind], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                                                       "HOME": str(home), "KAGGLE_CONFIG_DIR": str(home / ".kaggle")})
+    return done.returncode, [line for line in done.stdout.splitlines()
+                             if "sources" in line or "competition" in line]
+
+
+def test_sources_missing_on_the_backend_are_named_in_one_line(local_kaggle, run_kaggle, tmp_path):
+    from conftest import USER
+    from pushkit import make_competition
+    from test_localkaggle_cli import make_dataset, make_kernel, ok, uniq
+
+    comp, data, kernel = uniq("pf-comp"), uniq("pf-data"), uniq("pf-kernel")
+    sources = (f", sources: {{datasets: [{USER}/{data}, {USER}/{comp}-weights], kernels: [{USER}/{kernel}], "
+               f"competitions: [{comp}]}}")
+    root = backend_project(tmp_path, local_kaggle, comp, train=sources)
+    code, lines = check_lines(root, "train", tmp_path)
+    assert code == 2
+    assert lines == [
+        f"error: kpack.yaml: line 5: kernels.train.sources: not on the local Kaggle (or not visible to alice): "
+        f"dataset {USER}/{data}, kernel {USER}/{kernel}, competition {comp}; fix the name or create it first",
+        "ok: code competition: not checked for the train kernel (only infer is submitted)"]
+    # made: each is found with one call; the weights dataset kpack itself makes is not looked up
+    ok(run_kaggle("datasets", "create", "-p", str(make_dataset(tmp_path / "ds", data, {"a.csv": "x\n1\n"}))))
+    ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / "k", kernel, "print('hi')\n"))))
+    make_competition(local_kaggle, comp, tmp_path / "c")
+    local_kaggle.reset_stats()
+    code, lines = check_lines(root, "train", tmp_path)
+    assert code == 0, lines
+    assert lines[0] == (f"ok: kernels.train.sources: 1 dataset, 1 kernel, 1 competition found on the local Kaggle "
+                        f"({USER}/{comp}-weights: made by kpack in this push)")
+    calls = local_kaggle.stats()["calls"]
+    calls.pop("IntrospectToken", None)  # the client's own sign-in
+    assert calls == {"GetDatasetStatus": 1, "GetKernel": 1, "ListCompetitions": 1}  # one call per source
+
+
+def test_the_chains_own_sessions_are_not_looked_up(local_kaggle, tmp_path):
+    comp = "pf-chain-comp"
+    root = backend_project(tmp_path, local_kaggle, comp,
+                           infer=f", sources: {{kernels: [alice/{comp}-train-b]}}")
+    assert check_lines(root, "infer", tmp_path)[1][0] == (
+        f"ok: kernels.infer.sources: none to look up (alice/{comp}-train-b: made by kpack in this push)")
+
+
+def test_code_competition_infer_kernel_needs_the_internet_off(local_kaggle, tmp_path):
+    from pushkit import make_competition
+    from test_localkaggle_cli import uniq
+
+    comp = uniq("pf-code")
+    make_competition(local_kaggle, comp, tmp_path / "c")  # a code competition: the local Kaggle says so
+    root = backend_project(tmp_path, local_kaggle, comp, infer=", internet: true")
+    code, lines = check_lines(root, "infer", tmp_path)
+    assert code == 2
+    assert lines[-1] == (
+        f"error: kpack.yaml: line 6: kernels.infer.internet: {comp} is a code competition (the local Kaggle's "
+        "metadata): Kaggle takes submissions only from notebooks with the internet off; set internet: false (ship "
+        "packages in the wheels dataset)")
+    root = backend_project(tmp_path, local_kaggle, comp)
+    code, lines = check_lines(root, "infer", tmp_path)
+    assert code == 0 and lines[-2:] == [
+        f"ok: code competition: {comp} (the local Kaggle's metadata): internet off; session_hours 12",
+        f"warning: competition_limits.runtime_hours is not set: {comp} reruns the infer kernel under its own "
+        "run-time limit (see its rules, often 9 h); set it to have kernels.infer.session_hours checked against it"]
+    root = backend_project(tmp_path, local_kaggle, comp, top="competition_limits: {runtime_hours: 9}\n")
+    assert check_lines(root, "infer", tmp_path)[1][-1] == (
+        f"ok: code competition: {comp} (the local Kaggle's metadata): internet off; session_hours 9 fits its 9 h "
+        "run-time limit")  # session_hours defaults to the tighter limit
+    root = backend_project(tmp_path, local_kaggle, comp, infer=", session_hours: 10",
+                           top="competition_limits: {runtime_hours: 9}\n")
+    code, lines = check_lines(root, "infer", tmp_path)
+    assert code == 2  # the config itself is refused, before any check runs
+    done = kpack(root, "check", "infer")
+    assert done.stderr.splitlines() == [
+        "error: kpack.yaml: line 7: kernels.infer.session_hours: 10 h is over the competition's 9 h run-time limit "
+        "(competition_limits.runtime_hours); use 9 or less"]
+
+
+def test_competition_type_in_the_config_and_file_competitions(local_kaggle, tmp_path):
+    from packager.localkaggle.store import Store
+    from test_localkaggle_cli import uniq
+
+    comp = uniq("pf-file")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "sample_submission.csv").write_text("id,attribute_ids\na,0\n")
+    (tmp_path / "solution.csv").write_text("id,attribute_ids,Usage\na,1,Public\n")
+    Store(local_kaggle.root).create_competition(comp, tmp_path / "d", tmp_path / "solution.csv")
+    root = backend_project(tmp_path, local_kaggle, comp, infer=", internet: true")
+    assert check_lines(root, "infer", tmp_path)[1][-1] == (
+        f"ok: code competition: {comp} is not one (the local Kaggle's metadata); the infer kernel is not submitted")
+    root = backend_project(tmp_path, local_kaggle, comp, infer=", internet: true", top="competition_type: code\n")
+    code, lines = check_lines(root, "infer", tmp_path)
+    assert code == 2 and lines[-1].startswith(
+        f"error: kpack.yaml: line 7: kernels.infer.internet: {comp} is a code competition (competition_type: code):")
+    root = backend_project(tmp_path, local_kaggle, "pf-nowhere-comp")
+    assert check_lines(root, "infer", tmp_path)[1][-2:] == [
+        "ok: code competition: pf-nowhere-comp not found on the local Kaggle; not checked",
+        "warning: competition: pf-nowhere-comp is not on the local Kaggle: set competition_type: code (or file) in "
+        "kpack.yaml, or fix the slug"]
