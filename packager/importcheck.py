@@ -9,7 +9,8 @@ the target's Python on Linux).
 
 A distribution's import names come from the venv's own metadata where it is installed (top_level.txt, else
 RECORD), else from its wheel in the wheel cache, else from ALIASES or its name with '-' -> '_'. The local
-image is this venv minus datasets_meta/local-image-excludes.txt, as the local Kaggle gives it to its kernels. Where the answer is not certain (a guessed
+image is this venv minus packager/localkaggle/local-image-excludes.txt, as the local Kaggle gives it to its
+kernels. Where the answer is not certain (a guessed
 Kaggle snapshot that does not list a package installed here, an `if` the build cannot decide, a test module
 that is probably never imported, a stdlib module the target Python removed), the check warns instead.
 KPACK_IMPORT_CHECK=warn turns its refusals into warnings too (a kernel that is meant to fail, a bench).
@@ -374,7 +375,7 @@ class Folder:
 
 
 class LocalImage:
-    """The local image (this venv minus datasets_meta/local-image-excludes.txt), asked cheaply: a name found in
+    """The local image (this venv minus packager/localkaggle/local-image-excludes.txt), asked cheaply: a name found in
     the venv's site folders that no excluded distribution installs is in it; only a name an excluded one installs
     is looked up in the image's own folder (listing every distribution for that costs a tenth of a second)."""
 

@@ -10,7 +10,7 @@ kernel runner with Kaggle's mounts, no network and the session time limit.
     scheduler.py       every accepted session runs at once (SaveKernel refuses over the session caps)
     runner.py          one kernel session in a sandbox (see its docstring)
     sandbox.py         the sandbox's root, one list of mounts that bubblewrap and netns.py (kpack's own) both build
-    image.py           what a local kernel can import: this venv minus datasets_meta/local-image-excludes.txt
+    image.py           what a local kernel can import: this venv minus local-image-excludes.txt
     store.py           all state on disk under the root, written atomically
     scoring.py         F-beta (beta 2) per row, mean over rows, Public / Private
     faults.py          fault injection and counters for tests

@@ -2,7 +2,7 @@
 
 A real kernel sees the Kaggle image's packages plus whatever its wheels dataset installs. Locally the image
 is this interpreter's (the project venv's) installed distributions minus those named in
-`datasets_meta/local-image-excludes.txt`: the wheels a real kernel must bring itself, and the tools' own
+`packager/localkaggle/local-image-excludes.txt`: the wheels a real kernel must bring itself, and the tools' own
 packages. Were they importable locally, a broken wheels dataset would pass here and fail on Kaggle.
 
 The allowed distributions are gathered into a "site farm": a folder of symlinks to their top-level modules
@@ -33,8 +33,7 @@ from pathlib import Path
 
 from packager.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EXCLUDES_FILE = REPO_ROOT / "datasets_meta" / "local-image-excludes.txt"
+EXCLUDES_FILE = Path(__file__).with_name("local-image-excludes.txt")  # package data: found wherever kpack is installed
 CACHE_ENV = "KPACK_IMAGE_CACHE"  # where farms are kept; default: <venv>/kpack-image
 FARM_FORMAT = 1  # bump when the farm's layout changes, so old caches are not reused
 
