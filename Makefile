@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 		(apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
 		apt-get install -y -q bubblewrap >/dev/null 2>&1))) || \
 		echo "no bubblewrap: local kernels use kpack's own sandbox (install the bubblewrap package to use it)"
+	@# chromium: the report test opens report.html in a real headless browser; never fails setup
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q chromium >/dev/null 2>&1))) || \
+		echo "no chromium: tests/test_report.py needs it (install the chromium package)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -95,6 +95,30 @@ def output(kernel: str, version: int | None, config_path: str | None) -> None:
 
 
 @cli.command()
+@click.argument("kernel")
+@click.option("-f", "--follow", is_flag=True, help="go on printing new lines until the kernel ends")
+@config_opt
+def logs(kernel: str, follow: bool, config_path: str | None) -> None:
+    """A kernel's log as plain text (train|validate|infer or owner/slug[/N]); -f follows a running kernel."""
+    cfg = load_config(config_path)
+    from packager.logs import show
+
+    show(cfg, kernel, follow=follow)
+
+
+@cli.command()
+@click.argument("kind", required=False, type=click.Choice(KERNEL_KINDS))
+@config_opt
+def report(kind: str | None, config_path: str | None) -> None:
+    """Build report.html (plots of curves, scores, thresholds, time budget) for the newest run with an output
+    (of KIND, when given) and print its path."""
+    cfg = load_config(config_path)
+    from packager.report import report_newest
+
+    click.echo(report_newest(cfg, kind))
+
+
+@cli.command()
 @config_opt
 @click.option("-m", "--message", default=None, help="submission description")
 def submit(config_path: str | None, message: str | None) -> None:

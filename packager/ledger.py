@@ -176,14 +176,24 @@ def _score(value) -> str:
     return f"{value:.5f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
+def report_of(row: dict) -> str | None:
+    """The run's report.html (packager.report) when it has been written."""
+    path = Path(row["output"]) / "report.html" if row.get("output") else None
+    return str(path) if path is not None and path.is_file() else None
+
+
 def table(rows: list[dict]) -> str:
-    """The rows as an aligned text table: when, kernel vN/session, status, minutes, CV, LB, commit."""
+    """The rows as an aligned text table: when, kernel vN/session, status, minutes, CV, LB, commit, and the
+    run's report.html when one of the rows has one."""
     lines = [("when (UTC)", "kernel", "status", "min", "cv", "lb", "commit")]
+    reports = [report_of(r) for r in rows]
     for r in rows:
         commit = (r.get("git_commit") or "-")[:10] + ("+dirty" if r.get("git_dirty") else "")
         minutes = f"{r['seconds'] / 60:.1f}" if isinstance(r.get("seconds"), (int, float)) else "-"
         lines.append(((r.get("finished") or r.get("ts") or "-").replace("T", " ").rstrip("Z"),
                       f"{(r.get('kernel') or '-').split('/')[-1]} v{r.get('version')}",
                       r.get("status") or "-", minutes, _score(r.get("cv_score")), _score(r.get("lb_score")), commit))
+    if any(reports):
+        lines = [lines[0] + ("report",)] + [line + (path or "-",) for line, path in zip(lines[1:], reports)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

@@ -163,6 +163,10 @@ class Wait:
                  + (f", {detail})" if detail else ")"))
         return True
 
+    def said(self, state: str) -> None:
+        """`state` was told another way just now: the next line is due in every_s."""
+        self.state, self.said_at = state, self.clock()
+
     def say(self, text: str) -> None:
         self.console.print(f"{self.subject}: {text}", markup=False, highlight=False, soft_wrap=True)
 

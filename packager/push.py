@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from packager import chain, datasets, kaggle_api, ledger, metadata, notify, watch
+from packager import chain, datasets, kaggle_api, ledger, metadata, notify, progress, watch
 from packager.errors import UserError, env_number
 from packager.fsutil import file_sha256
 
@@ -95,6 +95,7 @@ def _push_when_a_slot_is_free(ref: str, push):
     KPACK_SLOT_WAIT_S seconds in all."""
     wait_s = env_number("KPACK_SLOT_WAIT_S", 12 * 3600)
     deadline, delay, told = time.monotonic() + wait_s, watch.POLL_MIN_S, False
+    wait = progress.Wait(ref, "a free session slot")
     while True:
         response = push()
         error = getattr(response, "error", None) or ""
@@ -107,6 +108,9 @@ def _push_when_a_slot_is_free(ref: str, push):
             told = True
             print(f"{ref}: Kaggle refused the push: {error} Waiting for a running session to end, then pushing "
                   f"again (up to {wait_s:.0f}s, KPACK_SLOT_WAIT_S)", flush=True)
+            wait.said("refused at the session cap")  # the line above said it
+        else:
+            wait.tick("refused at the session cap", f"at most {progress.duration(wait_s)}")
         kaggle_api.sleep(delay)
         delay = min(watch.POLL_MAX_S, delay * 1.5)
 
@@ -166,7 +170,8 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
     # No deadline here: the server enforces the session limit. Interrupting the watch leaves the kernel running;
     # `kpack status` and `kpack output` pick it up later.
     try:
-        outcome = watch.wait_for(api, ref, max_delay_s=watch.LOCAL_POLL_MAX_S if cfg.backend == "local" else None)
+        outcome = watch.wait_for(api, ref, max_delay_s=watch.LOCAL_POLL_MAX_S if cfg.backend == "local" else None,
+                                 session_s=cfg.kernel(ref.kind).session_hours * 3600 if ref.kind else None)
     except kaggle_api.KaggleCallError as err:  # Kaggle out of reach for longer than the retries last
         message = (f"{err}; {ref} may still be running: go on following it (and its chain) with: "
                    f"kpack watch {ref.kind}")

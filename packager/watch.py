@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -132,16 +133,29 @@ def run_seconds(out: Path | None, slug: str) -> float | None:
     return float(max(times)) if times else None
 
 
-def wait_for(api, ref: KernelRef, timeout_s: float | None = None, max_delay_s: float | None = None) -> Outcome:
-    """Poll (with backoff up to max_delay_s) until ref.version ends; prints each status change."""
+def wait_for(api, ref: KernelRef, timeout_s: float | None = None, max_delay_s: float | None = None,
+             session_s: float | None = None) -> Outcome:
+    """Poll (with backoff up to max_delay_s) until ref.version ends; prints each status change with how long it
+    has waited, and while it runs the newest line of its log (fetched at most every KPACK_LOG_EVERY_S seconds;
+    session_s: the session's limit, for the time left)."""
+    from packager import logs, progress
+
     start, delay, last = time.monotonic(), POLL_MIN_S, None
     max_delay_s = min(max_delay_s or POLL_MAX_S, POLL_MAX_S)
     deadline = start + timeout_s if timeout_s else None
+    wait, tail = progress.Wait(str(ref), "the kernel to end"), logs.Tail(api, ref, session_s)
     while True:
         status, failure = status_of(api, ref)
         if status != last:
-            print(f"{ref}: {status}", flush=True)
             last, delay = status, POLL_MIN_S
+            if status in TERMINAL:
+                wait.say(f"{status} (after {progress.duration(wait.waited())})")
+        if status not in TERMINAL:
+            wait.tick(status)
+        if status == "RUNNING":
+            line = tail.poll()
+            if line:
+                wait.say(f"log: {line}")
         if status in TERMINAL:
             return Outcome(status, failure, time.monotonic() - start)
         if deadline is not None and time.monotonic() > deadline:
@@ -164,15 +178,22 @@ def _safe_name(name: str) -> PurePosixPath:
     return path
 
 
-def _fetch(url: str, dest: Path) -> int:
-    """GET one output file (a plain unauthenticated URL) with retries; returns its size."""
+def _fetch(url: str, dest: Path, label: str = "download") -> int:
+    """GET one output file (a plain unauthenticated URL) with retries; returns its size. A file of at least
+    KPACK_PROGRESS_MIN_BYTES (1 MB) shows its progress (packager.progress)."""
+    from packager import progress
+
     def once():
         with requests.get(url, stream=True, timeout=60) as response:
             response.raise_for_status()
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(dest, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            shown = progress.Transfer(f"{label} {dest.name}", total) if (total or 0) >= progress.MIN_BYTES else None
+            with open(dest, "wb") as f, (shown or nullcontext()) as bar:
                 for chunk in response.iter_content(1 << 20):
                     f.write(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
         return dest.stat().st_size
 
     return kaggle_api.call(f"download {dest.name}", once)
@@ -199,7 +220,7 @@ def download(api, ref: KernelRef, dest: Path | None = None) -> Path:
             response = kaggle_api.rpc(api, f"list output of {ref}", "kernels.kernels_api_client",
                                       "list_kernel_session_output", request)
             for item in response.files or []:
-                _fetch(item.url, tmp / _safe_name(item.file_name))
+                _fetch(item.url, tmp / _safe_name(item.file_name), f"{ref}: download")
                 count += 1
             log = log or response.log
             token = response.next_page_token
@@ -207,6 +228,11 @@ def download(api, ref: KernelRef, dest: Path | None = None) -> Path:
                 break
         if log:
             (tmp / f"{ref.slug}.log").write_text(log)
+            decoded = tmp / f"{ref.slug}.txt"  # the same log as plain text, beside Kaggle's raw JSON
+            if not decoded.exists():
+                from packager import logs
+
+                decoded.write_text(logs.plain(logs.decode(log)))
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -214,6 +240,11 @@ def download(api, ref: KernelRef, dest: Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"{ref}: {count} output files in {dest}")
+    from packager import report
+
+    made = report.write_quietly(dest, f"{ref} ({ref.kind or 'kernel'}, session {ref.session})", ref.ref, ref.version)
+    if made is not None:
+        print(f"{ref}: report {made}")
     return dest
 
 
