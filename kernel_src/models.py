@@ -57,7 +57,8 @@ def _weights_dataset():
 
 
 def resolve_weights(ref: str) -> Path:
-    """A weights file by path or by name: the weights dataset (after weights.prepare), the inputs, ./models."""
+    """A weights file by path or by name: the weights dataset and the model sources (after weights.prepare),
+    the inputs, ./models."""
     path = Path(ref).expanduser()
     if path.is_file():
         return path
@@ -72,7 +73,7 @@ def resolve_weights(ref: str) -> Path:
     if local.is_file():
         return local
     raise WeightsError(f"kit.model.weights: {ref!r} is neither a file nor found in the weights dataset, "
-                       f"the kernel inputs or ./models")
+                       f"the model sources, the kernel inputs or ./models")
 
 
 def pretrained_for(model: ModelSettings) -> Optional[Path]:
@@ -85,7 +86,8 @@ def pretrained_for(model: ModelSettings) -> Optional[Path]:
     dataset = _weights_dataset()
     found = dataset.for_architecture(model.name) if dataset is not None else None
     if found is None:
-        raise WeightsError(f"kit.model.pretrained: true, but the weights dataset has no file for {model.name!r} "
+        raise WeightsError(f"kit.model.pretrained: true, but neither the weights dataset nor a model source has a "
+                           f"file for {model.name!r} "
                            "and a hub download is impossible offline; set kit.model.weights to a local file or a "
                            "weights-dataset name")
     return Path(found)

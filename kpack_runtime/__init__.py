@@ -21,7 +21,7 @@ def bootstrap(config: dict) -> None:
         from kpack_runtime import deps
 
         deps.activate(config)
-    if datasets.get("weights"):
+    if datasets.get("weights") or (config.get("models") or {}).get("weights") or _model_sources(config):
         from kpack_runtime import weights
 
         weights.prepare(config)
@@ -31,9 +31,14 @@ ALTERNATE_SUFFIX = "-b"  # packager/chain.py names the same pair: keep them alik
 SLUG_MAX = 50
 
 
+def _model_sources(config: dict) -> list:
+    kernel = (config.get("kernels") or {}).get(config.get("kernel")) or {}
+    return (kernel.get("sources") or {}).get("models") or []
+
+
 def needed_secrets(config: dict) -> list[str]:
-    weights = (config.get("datasets") or {}).get("weights") or {}
-    return [weights.get("key_env") or "KPACK_WEIGHTS_KEY"] if weights.get("encrypt") else []
+    sections = [(config.get("datasets") or {}).get("weights") or {}, (config.get("models") or {}).get("weights") or {}]
+    return list(dict.fromkeys(s.get("key_env") or "KPACK_WEIGHTS_KEY" for s in sections if s.get("encrypt")))
 
 
 def secret_present(label: str) -> bool:

@@ -3,8 +3,10 @@ model instance (unchanged content uploads nothing, a changed file makes a new ve
 model sources in both layouts (an unknown source is answered invalid)."""
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +137,80 @@ def test_an_unknown_model_source_is_answered_invalid(run_kaggle, kaggle_env, loc
     from packager.localkaggle.store import Store
 
     assert Store(local_kaggle.root).kernel_version(USER, kernel, 1)["mounts"] == []
+
+
+# --------------------------------------------------------------------------------------------- the builder, the kernel side
+
+KEY_TEXT = base64.b64encode(bytes(range(32))).decode()
+
+
+def _hf_models(folder: Path) -> Path:
+    """A weights folder with a Hugging Face style sub-folder beside a timm file."""
+    (folder / "hf-tiny").mkdir(parents=True)
+    (folder / "hf-tiny" / "config.json").write_text('{"hidden": 8}')
+    (folder / "hf-tiny" / "model.safetensors").write_bytes(os.urandom(3000))
+    (folder / "resnet18.a1_in1k.pth").write_bytes(os.urandom(2000))
+    return folder
+
+
+def _cfg(models: Path, encrypt: bool, sources=()):
+    from packager.config import parse_config
+
+    return parse_config({"competition": "digits-multilabel", "kaggle_user": USER,
+                         "kernels": {"train": {"entry": "kernel_src/train.py", "sources": {"models": list(sources)}}},
+                         "models": {"weights": {"slug": "tiny-weights", "dir": str(models), "encrypt": encrypt,
+                                                "framework": "PyTorch", "variation": "v1"}}})
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_the_kernel_finds_sub_folders_and_model_sources_by_name(tmp_path, monkeypatch, encrypt):
+    from kpack_runtime import weights as kweights
+    from packager.weights import build_weights_dataset
+
+    monkeypatch.setenv("KPACK_WEIGHTS_KEY", KEY_TEXT)
+    models = _hf_models(tmp_path / "models")
+    cfg = _cfg(models, encrypt, sources=[f"bob/convnext/pytorch/tiny/2"])
+    built = build_weights_dataset(cfg, tmp_path / "build" / "tiny-weights", spec=cfg.models.weights)
+    manifest = json.loads((built.path / "manifest.json").read_text())
+    assert {e["name"] for e in manifest["files"]} == {"hf-tiny/config.json", "hf-tiny/model.safetensors",
+                                                       "resnet18.a1_in1k.pth"}
+    root = tmp_path / "kaggle"
+    # kpack's own instance in the newer layout; another owner's model (no manifest) in the legacy one
+    shutil.copytree(built.path, root / "input" / "models" / USER / "tiny-weights" / "pytorch" / "v1" / "3")
+    theirs = root / "input" / "convnext" / "pytorch" / "tiny" / "2"
+    theirs.mkdir(parents=True)
+    (theirs / "convnext_tiny.fb_in1k.safetensors").write_bytes(b"theirs")
+    (root / "working").mkdir()
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(root))
+    config = cfg.model_dump(mode="json") | {"kernel": "train"}
+
+    paths = kweights.prepare(config)
+    assert kweights.weights_path("hf-tiny/config.json").read_text() == '{"hidden": 8}'
+    folder = kweights.weights_path("hf-tiny")  # a Hugging Face folder by its name, as from_pretrained wants it
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert (folder / "model.safetensors").read_bytes() == (models / "hf-tiny" / "model.safetensors").read_bytes()
+    assert kweights.for_architecture("resnet18") == paths["resnet18.a1_in1k.pth"]
+    assert kweights.weights_path("convnext_tiny.fb_in1k.safetensors").read_bytes() == b"theirs"
+    assert kweights.for_architecture("convnext_tiny") == theirs / "convnext_tiny.fb_in1k.safetensors"
+    assert (root / "temp" / "weights").is_dir() == encrypt  # sealed files are opened into temp only
+
+    shutil.rmtree(root / "input" / "models")
+    with pytest.raises(kweights.WeightsError, match="tiny-weights \\(models.weights\\) is not mounted"):
+        kweights.open_all(config)
+
+
+def test_a_rebuild_drops_stale_files_in_sub_folders_and_hashes_the_same(tmp_path):
+    from packager.weights import build_weights_dataset
+
+    models = _hf_models(tmp_path / "models")
+    cfg = _cfg(models, False)
+    out = tmp_path / "build" / "tiny-weights"
+    first = build_weights_dataset(cfg, out, spec=cfg.models.weights)
+    (out / "hf-tiny" / "stale.bin").write_bytes(b"old")
+    again = build_weights_dataset(cfg, out, spec=cfg.models.weights)
+    assert not (out / "hf-tiny" / "stale.bin").exists() and again.content_hash == first.content_hash
+    (models / "hf-tiny" / "config.json").unlink()
+    (models / "hf-tiny" / "model.safetensors").unlink()
+    (models / "hf-tiny").rmdir()
+    build_weights_dataset(cfg, out, spec=cfg.models.weights)
+    assert not (out / "hf-tiny").exists()
