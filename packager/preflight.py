@@ -7,9 +7,9 @@ kernel validates them with), loaded here by file path: a project whose kernel_sr
 use the kit, and its settings are not checked.
 
 Two checks ask the backend (one API call per source, through the kaggle client as every other call): that each
-source kernels.<kind>.sources names exists, and, for a code competition, that the infer kernel can be
-submitted. A source kpack makes itself in this push (the wheels and weights datasets, the chain's own sessions)
-is not looked up.
+dataset, kernel, model and competition source kernels.<kind>.sources names exists, and, for a code competition,
+that the infer kernel can be submitted. A source kpack makes itself in this push (the wheels and weights datasets,
+the model instance, the chain's own sessions) is not looked up.
 """
 from __future__ import annotations
 
@@ -142,9 +142,10 @@ def check_sources(cfg, kind: str, backend: "Backend") -> Found:
     sources = cfg.kernel(kind).sources
     own = _own_sources(cfg, kind)
     wanted = [("dataset", r) for r in sources.datasets] + [("kernel", r) for r in sources.kernels] + \
-        [("competition", c) for c in sources.competitions]
-    skipped = [ref for what, ref in wanted if ref in own]
-    wanted = [(what, ref) for what, ref in wanted if ref not in own]
+        [("model", r) for r in getattr(sources, "models", [])] + [("competition", c) for c in sources.competitions]
+    ours = [(what, ref) for what, ref in wanted if (ref if what != "model" else "/".join(ref.split("/")[:4])) in own]
+    skipped = [ref for _, ref in ours]
+    wanted = [pair for pair in wanted if pair not in ours]
     made = f" ({', '.join(skipped)}: made by kpack in this push)" if skipped else ""
     if not wanted:
         return Found(f"kernels.{kind}.sources: none to look up{made}")
@@ -152,7 +153,7 @@ def check_sources(cfg, kind: str, backend: "Backend") -> Found:
     if missing:
         raise UserError(f"{cfg.where('kernels', kind, 'sources')}kernels.{kind}.sources: not on {backend.name} (or "
                         f"not visible to {cfg.kaggle_user}): {', '.join(missing)}; fix the name or create it first")
-    counts = ", ".join(f"{n} {what}{'s' if n > 1 else ''}" for what in ("dataset", "kernel", "competition")
+    counts = ", ".join(f"{n} {what}{'s' if n > 1 else ''}" for what in ("dataset", "kernel", "model", "competition")
                        if (n := sum(w == what for w, _ in wanted)))
     return Found(f"kernels.{kind}.sources: {counts} found on {backend.name}{made}")
 
@@ -197,8 +198,8 @@ def check_code_competition(cfg, kind: str, backend: "Backend") -> Found:
 class Backend:
     """The backend the checks look things up on: connected on first use, one API call per question."""
 
-    def __init__(self, cfg):
-        self.cfg, self._api = cfg, None
+    def __init__(self, cfg, api=None):
+        self.cfg, self._api = cfg, api  # api: a caller's connection (push has one already)
         self.name = "the local Kaggle" if cfg.backend == "local" else "Kaggle"
 
     @property
@@ -216,6 +217,15 @@ class Backend:
             return self.dataset_exists(ref)
         if what == "kernel":
             return kaggle_api.get_kernel(self.api, *ref.split("/")) is not None
+        if what == "model":  # owner/model/framework/variation[/version]: the instance (GetModelInstance)
+            instance = "/".join(ref.split("/")[:4])
+            try:
+                kaggle_api.call(f"get model instance {instance}", self.api.model_instance_get, instance)
+            except kaggle_api.KaggleCallError as err:
+                if err.status in (403, 404):
+                    return False
+                raise
+            return True
         return self.competition(ref) is not None
 
     def dataset_exists(self, ref: str) -> bool:
@@ -351,6 +361,11 @@ def _own_sources(cfg, kind: str) -> set[str]:
     from packager import chain
 
     own = {f"{cfg.kaggle_user}/{d.slug}" for d in (cfg.datasets.wheels, cfg.datasets.weights) if d is not None}
+    models = getattr(cfg, "models", None)
+    if models is not None and getattr(models, "weights", None) is not None:  # the project's own model instance
+        from packager.models_push import instance_ref
+
+        own.add(instance_ref(cfg))
     for source in {"validate": ("train",), "infer": ("train", "validate")}.get(kind, ()):
         if source in cfg.kernels:
             own |= {f"{cfg.kaggle_user}/{slug}" for slug in chain.chain_slugs(cfg, source)}

@@ -83,7 +83,8 @@ def test_mirror_of_a_multilabel_download(tmp_path):
     assert files == sorted(["train.csv", "sample_submission.csv", "labels.csv",
                             *(f"train/{i}.png" for i in train_ids), *(f"test/{i}.png" for i in test_ids)])
     assert not set(test_ids) & set(train_ids)
-    assert (comp / "data" / "test" / f"{test_ids[0]}.png").read_bytes() == (data / "train" / f"{test_ids[0]}.png").read_bytes()
+    first = f"{test_ids[0]}.png"
+    assert (comp / "data" / "test" / first).read_bytes() == (data / "train" / first).read_bytes()
     assert Counter(r["Usage"] for r in solution) == {"Public": 10, "Private": 10}
     real = {r["id"]: r["attribute_ids"] for r in table(data / "train.csv")}
     assert all(real[r["id"]] == r["attribute_ids"] for r in solution)  # the hidden labels are train's own

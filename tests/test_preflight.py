@@ -239,29 +239,34 @@ def test_sources_missing_on_the_backend_are_named_in_one_line(local_kaggle, run_
     from conftest import USER
     from pushkit import make_competition
     from test_localkaggle_cli import make_dataset, make_kernel, ok, uniq
+    from test_models import _create_model_with_cli
 
     comp, data, kernel = uniq("pf-comp"), uniq("pf-data"), uniq("pf-kernel")
+    model_slug = uniq("pf-model")
+    model = f"{USER}/{model_slug}/pytorch/base/1"
     sources = (f", sources: {{datasets: [{USER}/{data}, {USER}/{comp}-weights], kernels: [{USER}/{kernel}], "
-               f"competitions: [{comp}]}}")
+               f"models: [{model}], competitions: [{comp}]}}")
     root = backend_project(tmp_path, local_kaggle, comp, train=sources)
     code, lines = check_lines(root, "train", tmp_path)
     assert code == 2
     assert lines == [
         f"error: kpack.yaml: line 5: kernels.train.sources: not on the local Kaggle (or not visible to alice): "
-        f"dataset {USER}/{data}, kernel {USER}/{kernel}, competition {comp}; fix the name or create it first",
+        f"dataset {USER}/{data}, kernel {USER}/{kernel}, model {model}, competition {comp}; fix the name or create "
+        "it first",
         "ok: code competition: not checked for the train kernel (only infer is submitted)"]
     # made: each is found with one call; the weights dataset kpack itself makes is not looked up
     ok(run_kaggle("datasets", "create", "-p", str(make_dataset(tmp_path / "ds", data, {"a.csv": "x\n1\n"}))))
     ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / "k", kernel, "print('hi')\n"))))
+    _create_model_with_cli(run_kaggle, tmp_path / "m", model_slug, {"weights.bin": b"w"})
     make_competition(local_kaggle, comp, tmp_path / "c")
     local_kaggle.reset_stats()
     code, lines = check_lines(root, "train", tmp_path)
     assert code == 0, lines
-    assert lines[0] == (f"ok: kernels.train.sources: 1 dataset, 1 kernel, 1 competition found on the local Kaggle "
-                        f"({USER}/{comp}-weights: made by kpack in this push)")
+    assert lines[0] == (f"ok: kernels.train.sources: 1 dataset, 1 kernel, 1 model, 1 competition found on the local "
+                        f"Kaggle ({USER}/{comp}-weights: made by kpack in this push)")
     calls = local_kaggle.stats()["calls"]
     calls.pop("IntrospectToken", None)  # the client's own sign-in
-    assert calls == {"GetDatasetStatus": 1, "GetKernel": 1, "ListCompetitions": 1}  # one call per source
+    assert calls == {"GetDatasetStatus": 1, "GetKernel": 1, "GetModelInstance": 1, "ListCompetitions": 1}  # 1 each
 
 
 def test_the_chains_own_sessions_are_not_looked_up(local_kaggle, tmp_path):
