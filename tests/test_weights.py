@@ -348,6 +348,7 @@ def packed_kernel(models: Path, tmp_path: Path) -> Path:
     from packager.build import build_kernel
 
     project = tmp_path / "proj"
+    (project / "kernel_src").mkdir(parents=True)
     (project / "kernel_src" / "__init__.py").write_text("")
     (project / "kernel_src" / "train.py").write_text("def main(config):\n    print('the entry ran')\n")
     return build_kernel(make_cfg(models), "train", root=project).script
