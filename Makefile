@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# the exact versions tests and CI run with (pyproject.toml holds the ranges a tool install uses)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[local,dev]'
 	@# bubblewrap sandboxes local kernels (else kpack's own namespaces do); never fails setup
 	@command -v bwrap >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		(apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
