@@ -168,6 +168,24 @@ def demo() -> None:
     run_demo()
 
 
+@cli.command("init")
+@click.argument("directory", default=".", required=False)
+@click.option("--competition", required=True, help="the competition's slug, as in its URL")
+@click.option("--kit", "mode", flag_value="kit", help="with an editable copy of the training kit in kernel_src/")
+@click.option("--bare", "mode", flag_value="bare",
+              help="your own code: kernel_src/train.py to fill in, or (where training code exists) only kpack.yaml "
+                   "and the Makefile, pointing at it")
+@click.option("--entry", default=None, metavar="PATH", help="your train entry (a .py file defining main(config))")
+@click.option("--user", default=None, metavar="KAGGLE_USER", help="your Kaggle user name (default: $KAGGLE_USERNAME)")
+def init_cmd(directory: str, competition: str, mode: str | None, entry: str | None, user: str | None) -> None:
+    """Start a competition repository in DIRECTORY (default: here), or add kpack.yaml and a Makefile to one that
+    already has training code; refuses to overwrite any file."""
+    from packager.init import init
+
+    for line in init(directory, competition, mode, user, entry):
+        click.echo(line)
+
+
 def _register_local() -> None:
     from packager.localkaggle.cli import local
 

@@ -115,25 +115,46 @@ def _short(competition: str, room: int) -> str:
     return competition if len(competition) + room <= 50 else competition[:50 - room].rstrip("-")
 
 
+def _noted(line: str, note: str) -> str:
+    return f"{line:<34} # {note}"
+
+
 def _kernel(kind: str, entry: Path, competition: str, slug: str | None, packages: Path | None,
             note: str) -> str:
-    lines = [f"  {kind}:", f"    entry: {entry.as_posix():<24} # {note}"]
+    lines = [f"  {kind}:", _noted(f"    entry: {entry.as_posix()}", note)]
     if packages is not None:
-        lines.append(f"    packages: [{packages.as_posix()}]{'':<{max(0, 14 - len(packages.as_posix()))}}"
-                     "# folders packed into the kernel (the package that holds the entry)")
+        lines.append(_noted(f"    packages: [{packages.as_posix()}]", "folders packed into the kernel (the package "
+                            "holding the entry)"))
     if kind == "train":
         lines += ["    accelerator: NvidiaTeslaT4     # a Kaggle machine shape (NvidiaTeslaT4, NvidiaL4, ...; None: CPU)",
-                  "    session_hours: 12              # Kaggle's limit; a state.json saying done: false in the "
-                  "output pushes a next session"]
+                  "    session_hours: 12              # Kaggle's limit; state.json done: false in the output: a next "
+                  "session"]
     lines.append(f"    sources: {{competitions: [{competition}]}}")
     if slug:
         lines.append(f"    slug: {slug}")
     return "\n".join(lines) + "\n"
 
 
+def _datasets(wheels_slug: str, weights_slug: str, wheels: bool, weights: bool) -> str:
+    """The datasets section; a dataset whose files the repository lacks (own code: no requirements-kernel.txt,
+    no models/) is left commented out, to switch on once they exist."""
+    lines = render("datasets.yaml", wheels_slug=wheels_slug, weights_slug=weights_slug).splitlines()
+    on = {"wheels": wheels, "weights": weights}
+    out, active = [], False
+    for line in lines:
+        name = line.strip().split(":")[0]
+        if name in on and not on[name]:
+            what = "requirements-kernel.txt" if name == "wheels" else "models/"
+            line = f"  # {line.strip()}   (add {what}, then uncomment)"
+        active |= name in on and on[name]
+        out.append(line)
+    return ("datasets:\n" if active else "# datasets:\n") + "\n".join(out) + "\n"
+
+
 def render_config(competition: str, user: str, mode: str, entries: dict[str, Path] | None = None,
-                  packages: Path | None = None) -> str:
-    """kpack.yaml's text. mode: kit (the training kit), bare (the starter entry), own (`entries` by kind)."""
+                  packages: Path | None = None, wheels: bool = True, weights: bool = True) -> str:
+    """kpack.yaml's text. mode: kit (the training kit), bare (the starter entry), own (`entries` by kind);
+    wheels / weights: whether the repository has requirements-kernel.txt / models/ for those datasets."""
     base = _short(competition, SLUG_ROOM)
     slugs = {kind: (None if base == competition else f"{base}-{kind}") for kind in ("train", "validate", "infer")}
     if mode == "kit":
@@ -152,7 +173,7 @@ def render_config(competition: str, user: str, mode: str, entries: dict[str, Pat
                                f"sources: {{competitions: [{competition}]}}}}\n" for kind in missing)
     base_ds = _short(competition, len("-weights"))
     text = render("kpack.yaml", competition=competition, user=user, kernels=kernels,
-                  wheels_slug=f"{base_ds}-wheels", weights_slug=f"{base_ds}-weights",
+                  datasets=_datasets(f"{base_ds}-wheels", f"{base_ds}-weights", wheels, weights),
                   kit=template("kit.yaml") if mode == "kit" else "")
     parse_config(yaml.safe_load(text), "kpack.yaml (generated)")  # a template that does not validate is a bug
     return text
@@ -161,7 +182,8 @@ def render_config(competition: str, user: str, mode: str, entries: dict[str, Pat
 # ------------------------------------------------------------------------------------------------- the files
 
 def kit_files() -> dict[str, bytes]:
-    """The training kit's files (relative path -> bytes) from the installed package kpack_kit."""
+    """The training kit's files (relative path -> bytes) from the installed package kpack_kit (an editable
+    install maps it onto the repository's kernel_src/)."""
     try:
         top = resources.files(KIT_PACKAGE)
     except ModuleNotFoundError:
@@ -174,7 +196,7 @@ def kit_files() -> dict[str, bytes]:
             if child.is_dir():
                 if child.name != "__pycache__" and not child.name.startswith("."):
                     walk(child, f"{prefix}{child.name}/")
-            elif child.name.endswith(".py"):
+            elif not child.name.endswith((".pyc", ".pyo")):
                 files[f"{prefix}{child.name}"] = child.read_bytes()
 
     walk(top, "")
@@ -212,8 +234,10 @@ def plan(root: Path, competition: str, mode: str, user: str, entry: str | None =
             sibling = own.parent / f"{kind}.py"
             if defines_main(root / sibling):
                 entries[kind] = sibling
-        files["kpack.yaml"] = render_config(competition, user, "own", entries, package_of(root / own).relative_to(root))
-        return files
+        files["kpack.yaml"] = render_config(competition, user, "own", entries, package_of(root / own).relative_to(root),
+                                            wheels=(root / "requirements-kernel.txt").is_file(),
+                                            weights=(root / "models").is_dir())
+        return _encoded(files)
     files["kpack.yaml"] = render_config(competition, user, mode)
     files[".gitignore"] = template("gitignore")
     files["README.md"] = render("README.md", competition=competition, code=code)
@@ -224,6 +248,10 @@ def plan(root: Path, competition: str, mode: str, user: str, entry: str | None =
     else:
         files["requirements-kernel.txt"] = template("requirements-bare.txt")
         files[f"{KIT_DIR}/train.py"] = template("bare-train.py")
+    return _encoded(files)
+
+
+def _encoded(files: dict[str, str | bytes]) -> dict[str, bytes]:
     return {name: data.encode() if isinstance(data, str) else data for name, data in files.items()}
 
 
