@@ -136,6 +136,36 @@ def test_mirror_keeps_a_real_test_csvs_columns(tmp_path):
     assert [r["target"] for r in table(comp / "sample_submission.csv")] == ["0.0"] * 10
 
 
+def test_mirror_with_named_columns_and_a_missing_image(tmp_path):
+    data = make_cassava(tmp_path / "cassava", n=40)
+    (data / "sample_submission.csv").unlink()  # columns then come from the flags
+    text = (data / "train.csv").read_text().replace("image_id,label", "image_id,source,label")
+    (data / "train.csv").write_text("\n".join(_add_source(line, i) for i, line in enumerate(text.splitlines())) + "\n")
+    gone = sorted((data / "train_images").iterdir())[0]
+    gone.unlink()
+    done = mirror(tmp_path / "r", "named-mirror", data, "--sample", "0", "--label-column", "label")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].endswith(
+        "(id image_id, label label: single-label); train 32 rows, test 8 (4 public, 4 private), 39 files from "
+        "train_images/")
+    assert done.stdout.splitlines()[1] == ("note: 1 sampled rows have no file in train_images/; their kernels' "
+                                           "inputs lack it too")
+    comp = tmp_path / "r" / "competitions" / "named-mirror"
+    assert list(table(comp / "data" / "sample_submission.csv")[0]) == ["image_id", "label"]
+    assert list(table(comp / "data" / "train.csv")[0]) == ["image_id", "source", "label"]
+    missing = mirror(tmp_path / "r", "named-mirror-2", data)
+    assert missing.stderr.splitlines() == [
+        f"error: {data}: cannot tell the label column (train.csv has columns image_id,source,label); pass "
+        "--label-column NAME (one column; the local scorer takes one label column)"]
+
+
+def _add_source(line: str, i: int) -> str:
+    if i == 0:
+        return line
+    image_id, label = line.split(",")
+    return f"{image_id},field{i % 3},{label}"
+
+
 @pytest.mark.parametrize("case, args, line", [
     ("no-train", [], "error: {data}: no train.csv; point --data at the unpacked download of `kaggle competitions "
                      "download -c SLUG`"),

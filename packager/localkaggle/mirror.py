@@ -47,6 +47,7 @@ class Mirrored:
     public_rows: int
     private_rows: int
     files: int  # data files of the sampled rows (images)
+    missing: int  # sampled rows without one
     folder: str | None  # the real train folder they came from
     skipped: list[str]  # top-level folders of the download left out
 
@@ -149,23 +150,23 @@ def stratified_split(keys: list[str], rows: list[int], count: int, rng: random.R
 
 def find_image_folder(data: Path, ids: list[str]) -> tuple[Path | None, str]:
     """The folder under `data` whose files are named by the ids (`<id>` or `<id>.<ext>`) and the suffix to add
-    to an id ('' when ids carry their extension), the folder holding most of them winning."""
+    to an id ('' when ids carry their extension): the one holding most of them, if that is at least half."""
     wanted, best = set(ids), (0, None, "")
-    for folder in sorted(p for p in data.rglob("*") if p.is_dir()):
+    for folder, _, names in os.walk(data):
+        if Path(folder) == data:
+            continue
         by_name, by_stem = 0, Counter()
-        for entry in os.scandir(folder):
-            if not entry.is_file():
-                continue
-            if entry.name in wanted:
+        for name in names:
+            if name in wanted:
                 by_name += 1
-            stem, dot, ext = entry.name.rpartition(".")
+            stem, dot, ext = name.rpartition(".")
             if dot and stem in wanted:
                 by_stem["." + ext] += 1
         suffix, hits = by_stem.most_common(1)[0] if by_stem else ("", 0)
         score, choice = (by_name, "") if by_name >= hits else (hits, suffix)
         if score > best[0]:
-            best = (score, folder, choice)
-    return best[1], best[2]
+            best = (score, Path(folder), choice)
+    return (best[1], best[2]) if best[0] * 2 >= len(wanted) else (None, "")
 
 
 def test_folder_name(train_folder: str, data: Path) -> str:
@@ -246,7 +247,7 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
         write_table(out_data / TEST_CSV, real.header, [[r[train.column(h)] for h in real.header] for r in test])
 
     folder, suffix = find_image_folder(data, ids)
-    files, skipped = 0, []
+    files, missing, skipped = 0, 0, []
     image_parts: set[Path] = set()
     if folder is not None:
         rel = folder.relative_to(data)
@@ -258,6 +259,8 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
                 if (folder / name).is_file():
                     place(folder / name, out_data / target / name)
                     files += 1
+                else:
+                    missing += 1
     for entry in sorted(data.iterdir()):
         if entry.name in (TRAIN_CSV, TEST_CSV, SAMPLE_CSV) or entry in image_parts:
             continue
@@ -266,7 +269,7 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
         else:
             skipped.append(entry.name + "/")
     return Mirrored(id_column, label_column, kind, len(kept), usage.count("Public"), usage.count("Private"), files,
-                    None if folder is None else str(folder.relative_to(data)), skipped)
+                    missing, None if folder is None else str(folder.relative_to(data)), skipped)
 
 
 def mirror(store, slug: str, data: Path, sample: int, seed: int, test_fraction: float, id_column: str | None,
