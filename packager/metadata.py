@@ -157,9 +157,16 @@ def kernel_metadata(cfg, kind: str, code_file: str, dataset_sources: Iterable[st
         "dataset_sources": datasets,
         "competition_sources": competitions,
         "kernel_sources": kernels,
-        "model_sources": [],
+        "model_sources": _model_sources(cfg, kind),
     }
     return meta
+
+
+def _model_sources(cfg, kind: str) -> list[str]:
+    """kernels.<kind>.sources.models plus the models.weights instance (models_push pins unversioned ones)."""
+    from packager.models_push import kernel_model_sources
+
+    return _unique(kernel_model_sources(cfg, kind))
 
 
 def dataset_metadata(owner, slug, title: str | None = None, is_private: bool = True, license: str = "CC0-1.0",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from packager import chain, datasets, kaggle_api, ledger, metadata, notify, progress, watch
+from packager import chain, datasets, kaggle_api, ledger, metadata, models_push, notify, progress, watch
 from packager.errors import UserError, env_number
 from packager.fsutil import file_sha256
 
@@ -117,6 +117,8 @@ def _push_when_a_slot_is_free(ref: str, push):
 
 def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
     """Push one kernel folder (kernel-metadata.json + script); returns owner/slug with the new version."""
+    metadata.read_kernel_metadata(folder)  # hand-edited and broken: one line, before any model source is asked
+    models_push.pin_sources(api, cfg, kind, folder)  # model sources as the client takes them: with a version
     meta = metadata.read_kernel_metadata(folder)  # hand-edited and broken: one line, not a traceback
     owner, slug = meta["id"].split("/", 1)
     kcfg = cfg.kernel(kind)
@@ -236,11 +238,14 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     ensure_probed(cfg)  # backend kaggle: a guessed or stale image snapshot is probed first (KPACK_NO_PROBE)
     built = build_kernel(cfg, kind, kernel_sources=upstream_sources(cfg, kind))
     builds = datasets.build_all(cfg)
+    model_build = models_push.build(cfg)  # models.weights: models/ as a Kaggle Model instance
     scan_for_secrets(cfg, [Path(built.script)])
 
     api = kaggle_api.connect(cfg)
     _warn_if_still_running(api, cfg, kind)
     datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
+    if model_build is not None:
+        models_push.publish(api, cfg, model_build, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     ref = push_folder(api, cfg, kind, Path(built.folder))
     _record_start(cfg, ref, cfg.kernel(kind).slug, built.sha256)
     if not wait:

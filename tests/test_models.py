@@ -214,3 +214,75 @@ def test_a_rebuild_drops_stale_files_in_sub_folders_and_hashes_the_same(tmp_path
     (models / "hf-tiny").rmdir()
     build_weights_dataset(cfg, out, spec=cfg.models.weights)
     assert not (out / "hf-tiny").exists()
+
+
+# --------------------------------------------------------------------------------------------- kpack publishes models/
+
+@pytest.fixture
+def model_project(local_kaggle, tmp_path, monkeypatch):
+    """A pushkit project whose models/ (with a Hugging Face style sub-folder) is a model instance, not a dataset."""
+    from packager import kaggle_api
+    from pushkit import isolate, make_project
+
+    isolate(monkeypatch, tmp_path)
+    local_kaggle.clear_faults()
+    proj = make_project(tmp_path, local_kaggle, datasets=False)
+    (proj.root / "models" / "hf-tiny").mkdir()
+    (proj.root / "models" / "hf-tiny" / "config.json").write_text('{"hidden": 8}')
+    (proj.root / "models" / "hf-tiny" / "model.safetensors").write_bytes(os.urandom(4000))
+    proj.model_slug = f"{proj.prefix}-w"
+    with open(proj.root / "kpack.yaml", "a") as f:
+        f.write(f"models:\n  weights: {{slug: {proj.model_slug}, framework: PyTorch, variation: tiny}}\n")
+    monkeypatch.chdir(proj.root)
+    yield proj
+    kaggle_api._restore_env()
+
+
+def test_kpack_publishes_models_as_an_instance_and_versions_it_only_when_changed(model_project, local_kaggle):
+    from packager.localkaggle.store import Store
+    from packager.push import push_kernel
+
+    proj, store = model_project, Store(local_kaggle.root)
+    ref = f"{USER}/{proj.model_slug}/pytorch/tiny"
+    local_kaggle.reset_stats()
+    first = push_kernel(proj.cfg(), "train", wait=False)
+    assert local_kaggle.stats()["calls"].get("CreateModelInstance") == 1
+    version = store.model_instance_version(USER, proj.model_slug, "pytorch", "tiny")
+    names = {f["name"] for f in version["files"]}
+    assert {"manifest.json", "hf-tiny/config.json", "hf-tiny/model.safetensors", "backbone.tiny.pth"} <= names
+    kernel = store.kernel_version(USER, proj.train_slug, first.ref.version)
+    assert kernel["metadata"]["model_data_sources"] == [f"{ref}/1"]  # pinned: the client takes only that form
+    assert [m["slug"] for m in kernel["mounts"]] == [f"{proj.model_slug}/pytorch/tiny/1"]
+    assert local_kaggle.wait_kernel(USER, proj.train_slug, first.ref.version)["status"] == "COMPLETE"
+
+    local_kaggle.reset_stats()
+    push_kernel(proj.cfg(), "train", wait=False)
+    stats = local_kaggle.stats()
+    assert stats["uploaded_bytes"] == 0 and "StartBlobUpload" not in stats["calls"]
+    assert "CreateModelInstanceVersion" not in stats["calls"]
+
+    (proj.root / "models" / "hf-tiny" / "config.json").write_text('{"hidden": 16}')
+    local_kaggle.reset_stats()
+    third = push_kernel(proj.cfg(), "train", wait=False)
+    assert local_kaggle.stats()["calls"].get("CreateModelInstanceVersion") == 1
+    assert store.model_instance(USER, proj.model_slug, "pytorch", "tiny")["versions"] == [1, 2]
+    files = Path(store.model_instance_version(USER, proj.model_slug, "pytorch", "tiny", 2)["files_dir"])
+    assert (files / "hf-tiny" / "config.json").read_text() == '{"hidden": 16}'
+    kernel = store.kernel_version(USER, proj.train_slug, third.ref.version)
+    assert kernel["metadata"]["model_data_sources"] == [f"{ref}/2"]
+
+
+def test_an_unknown_model_source_stops_kpack_in_one_line(model_project, local_kaggle):
+    from packager.errors import UserError
+    from packager.push import push_kernel
+
+    cfg = model_project.cfg()
+    cfg.kernels["train"].sources.models = [f"{USER}/nope-model/pytorch/base"]
+    with pytest.raises(UserError) as unversioned:
+        push_kernel(cfg, "train", wait=False)
+    assert str(unversioned.value) == (f"kernels.train.sources.models: {USER}/nope-model/pytorch/base is not a model "
+                                      "instance on the backend (local); check the name "
+                                      "(owner/model/framework/variation) or publish it first")
+    cfg.kernels["train"].sources.models = [f"{USER}/nope-model/pytorch/base/3"]
+    with pytest.raises(UserError, match=f"model sources not found: {USER}/nope-model/pytorch/base/3 "):
+        push_kernel(cfg, "train", wait=False)

@@ -247,6 +247,8 @@ def save_kernel(req: ApiSaveKernelRequest, call: Call) -> ApiSaveKernelResponse:
                                      if m not in response.invalid_competition_sources],
         "kernel_data_sources": [m for m in req.kernel_data_sources or []
                                 if m not in response.invalid_kernel_sources],
+        "model_data_sources": [m for m in req.model_data_sources or []
+                               if m not in response.invalid_model_sources],
         "category_ids": list(req.category_ids or []), "machine_shape": req.machine_shape or None,
         "docker_image": req.docker_image or None, "docker_image_pinning_type": req.docker_image_pinning_type or None,
     }
@@ -322,6 +324,7 @@ def kernel_metadata(call: Call, info: dict, version: dict | None) -> ApiKernelMe
     out.dataset_data_sources = list(meta.get("dataset_data_sources", []))
     out.kernel_data_sources = list(meta.get("kernel_data_sources", []))
     out.competition_data_sources = list(meta.get("competition_data_sources", []))
+    out.model_data_sources = list(meta.get("model_data_sources", []))
     out.machine_shape, out.docker_image = meta.get("machine_shape"), meta.get("docker_image")
     if version:
         out.current_version_number = version["number"]
