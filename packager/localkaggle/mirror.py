@@ -169,12 +169,13 @@ def find_image_folder(data: Path, ids: list[str]) -> tuple[Path | None, str]:
     return (best[1], best[2]) if best[0] * 2 >= len(wanted) else (None, "")
 
 
-def test_folder_name(train_folder: str, data: Path) -> str:
-    """The real download's test folder beside train's (train_images -> test_images), else that name."""
+def test_folder_of(train_folder: str) -> str:
+    """Where the mirror's test images go: the real download's name for it (train_images -> test_images, train ->
+    test), or the train folder itself when its name says nothing of train (one folder for all images)."""
     for old, new in (("train", "test"), ("Train", "Test"), ("TRAIN", "TEST")):
         if old in train_folder:
             return train_folder.replace(old, new)
-    return f"{train_folder}_test" if not (data / "test").exists() else "test"
+    return train_folder
 
 
 def place(src: Path, dst: Path) -> None:
@@ -240,9 +241,9 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
                     [[test_id, "0"] for test_id in test_ids])
     if (data / TEST_CSV).is_file():
         real = read_table(data / TEST_CSV)
-        missing = [h for h in real.header if h not in train.header]
-        if missing:
-            raise UserError(f"{data / TEST_CSV}: columns {','.join(missing)} are not in {TRAIN_CSV}; the mirror "
+        absent = [h for h in real.header if h not in train.header]
+        if absent:
+            raise UserError(f"{data / TEST_CSV}: columns {','.join(absent)} are not in {TRAIN_CSV}; the mirror "
                             "makes its test.csv from training rows")
         write_table(out_data / TEST_CSV, real.header, [[r[train.column(h)] for h in real.header] for r in test])
 
@@ -251,7 +252,7 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
     image_parts: set[Path] = set()
     if folder is not None:
         rel = folder.relative_to(data)
-        test_rel = rel.parent / test_folder_name(rel.name, data)
+        test_rel = rel.parent / test_folder_of(rel.name)
         image_parts = {data / rel.parts[0], data / test_rel.parts[0]}
         for target, chunk in ((rel, kept), (test_rel, test)):
             for row in chunk:
