@@ -160,6 +160,9 @@ def collect_secrets(cfg) -> list[str]:
         names |= {telegram.token_env, telegram.chat_id_env}
     weights = cfg.datasets.weights if cfg is not None else None
     names.add(weights.key_env if weights is not None else "KPACK_WEIGHTS_KEY")
+    model = getattr(getattr(cfg, "models", None), "weights", None)
+    if model is not None:  # the key of models/ published as a Kaggle Model (models_push.py)
+        names.add(model.key_env)
     values = {os.environ.get(name, "") for name in names}
     values |= {v for k, v in os.environ.items() if SECRET_NAME.search(k) and _looks_secret(v)}
     for folder in _kaggle_dirs():

@@ -286,3 +286,64 @@ def test_an_unknown_model_source_stops_kpack_in_one_line(model_project, local_ka
     cfg.kernels["train"].sources.models = [f"{USER}/nope-model/pytorch/base/3"]
     with pytest.raises(UserError, match=f"model sources not found: {USER}/nope-model/pytorch/base/3 "):
         push_kernel(cfg, "train", wait=False)
+
+
+def test_a_secret_in_models_stops_the_model_push_before_any_upload(model_project, local_kaggle, monkeypatch):
+    from packager.errors import UserError
+    from packager.localkaggle.store import Store
+    from packager.push import push_kernel
+
+    key = "Zk9v" * 11  # the models.weights key's value, found inside a weights file
+    monkeypatch.setenv("KPACK_WEIGHTS_KEY", key)
+    (model_project.root / "models" / "hf-tiny" / "notes.txt").write_text(f"key={key}\n")
+    local_kaggle.reset_stats()
+    with pytest.raises(UserError, match="notes.txt"):
+        push_kernel(model_project.cfg(), "train", wait=False)
+    assert "StartBlobUpload" not in local_kaggle.stats()["calls"]
+    assert Store(local_kaggle.root).model(USER, model_project.model_slug) is None
+
+
+def test_a_weights_dataset_with_a_sub_folder_reaches_the_kernel(local_kaggle, tmp_path, monkeypatch):
+    from packager import kaggle_api
+    from packager.localkaggle.store import Store
+    from packager.push import push_kernel
+    from pushkit import isolate, make_project
+
+    isolate(monkeypatch, tmp_path)
+    proj = make_project(tmp_path, local_kaggle)
+    (proj.root / "models" / "hf-tiny").mkdir()
+    (proj.root / "models" / "hf-tiny" / "config.json").write_text('{"hidden": 8}')
+    proj.write_entry("from kpack_runtime import weights\n\n\ndef main(config):\n"
+                     "    print('config', (weights.weights_path('hf-tiny') / 'config.json').read_text())\n")
+    monkeypatch.chdir(proj.root)
+    try:
+        pushed = push_kernel(proj.cfg(), "train", wait=False)
+    finally:
+        kaggle_api._restore_env()
+    version = Store(local_kaggle.root).dataset_version(USER, proj.weights_slug)
+    assert "hf-tiny/config.json" in {f["name"] for f in version["files"]}  # uploaded as hf-tiny.zip, unpacked
+    record = local_kaggle.wait_kernel(USER, proj.train_slug, pushed.ref.version)
+    assert record["status"] == "COMPLETE", record.get("failure_message")
+    stdout = "".join(e["data"] for e in json.loads(Path(record["log_path"]).read_text())
+                     if e["stream_name"] == "stdout")
+    assert 'config {"hidden": 8}' in stdout
+
+
+def test_the_kernel_opens_a_sub_folder_whose_archive_was_not_unpacked(tmp_path, monkeypatch):
+    import zipfile
+
+    from kpack_runtime import weights as kweights
+    from packager.weights import build_weights_dataset
+
+    models = _hf_models(tmp_path / "models")
+    cfg = _cfg(models, False)
+    built = build_weights_dataset(cfg, tmp_path / "build" / "tiny-weights", spec=cfg.models.weights)
+    mounted = tmp_path / "kaggle" / "input" / "models" / USER / "tiny-weights" / "pytorch" / "v1" / "1"
+    shutil.copytree(built.path, mounted, ignore=shutil.ignore_patterns("hf-tiny"))
+    with zipfile.ZipFile(mounted / "hf-tiny.zip", "w") as zf:  # as the client uploads a folder (dir_mode zip)
+        for path in sorted((built.path / "hf-tiny").iterdir()):
+            zf.write(path, path.name)
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(tmp_path / "kaggle"))
+    kweights.prepare(cfg.model_dump(mode="json") | {"kernel": "train"})
+    assert kweights.weights_path("hf-tiny/config.json").read_text() == '{"hidden": 8}'
+    assert (kweights.weights_path("hf-tiny") / "model.safetensors").is_file()
