@@ -195,6 +195,10 @@ def check_code_competition(cfg, kind: str, backend: "Backend") -> Found:
                  f"fits its {runtime:g} h run-time limit", warnings)
 
 
+class Unreachable(UserError):
+    """The backend could not be connected to: a check after the first that said so is not checked."""
+
+
 class Backend:
     """The backend the checks look things up on: connected on first use, one API call per question."""
 
@@ -202,12 +206,20 @@ class Backend:
         self.cfg, self._api = cfg, api  # api: a caller's connection (push has one already)
         self.name = "the local Kaggle" if cfg.backend == "local" else "Kaggle"
 
+    failed: str | None = None  # why the connection failed: said once, by the first check that needed it
+
     @property
     def api(self):
+        if self.failed is not None:
+            raise Unreachable(self.failed)
         if self._api is None:
             from packager import kaggle_api
 
-            self._api = kaggle_api.connect(self.cfg)
+            try:
+                self._api = kaggle_api.connect(self.cfg)
+            except UserError as exc:
+                self.failed = str(exc)
+                raise
         return self._api
 
     def exists(self, what: str, ref: str) -> bool:
@@ -292,14 +304,18 @@ def before_build(cfg, kind: str, root: Path) -> list[str]:
 def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:
     """Every check, each as ("ok" | "warning" | "error", line); a failed check does not stop the others."""
     backend = Backend(cfg)
-    checks = [lambda: check_entry(cfg, kind, root), lambda: check_shape(cfg, kind), lambda: check_metadata(cfg, kind),
-              lambda: check_kit(cfg, kind, root), lambda: check_weights(cfg, kind, root),
-              lambda: check_imports(cfg, kind, root), lambda: check_sources(cfg, kind, backend),
-              lambda: check_code_competition(cfg, kind, backend)]
+    checks = [("entry", lambda: check_entry(cfg, kind, root)), ("shape", lambda: check_shape(cfg, kind)),
+              ("metadata", lambda: check_metadata(cfg, kind)), ("kit", lambda: check_kit(cfg, kind, root)),
+              ("weights", lambda: check_weights(cfg, kind, root)), ("imports", lambda: check_imports(cfg, kind, root)),
+              (f"kernels.{kind}.sources", lambda: check_sources(cfg, kind, backend)),
+              ("code competition", lambda: check_code_competition(cfg, kind, backend))]
     lines: list[tuple[str, str]] = [("ok", f"{cfg._source}: valid")]
-    for check in checks:
+    for what, check in checks:
         try:
             found = check()
+        except Unreachable:
+            lines.append(("ok", f"{what}: not checked: {backend.name} was not reached (see above)"))
+            continue
         except UserError as exc:
             lines.append(("error", str(exc)))
             continue

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -331,3 +332,20 @@ def test_competition_type_in_the_config_and_file_competitions(local_kaggle, tmp_
         "ok: code competition: pf-nowhere-comp not found on the local Kaggle; not checked",
         "warning: competition: pf-nowhere-comp is not on the local Kaggle: set competition_type: code (or file) in "
         "kpack.yaml, or fix the slug"]
+
+
+def test_a_backend_that_cannot_be_reached_is_said_once(tmp_path):
+    root = backend_project(tmp_path, SimpleNamespace(port=1, root=tmp_path / "lk"), "pf-offline-comp",
+                           infer=", sources: {datasets: [bob/some-data]}", top="backend: kaggle\n")
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-m", "packager.cli", "check", "infer"], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                                                       "HOME": str(home), "KAGGLE_CONFIG_DIR": str(home / ".kaggle")})
+    assert done.returncode == 2
+    assert done.stdout.splitlines()[-2:] == [
+        f"error: no Kaggle credentials (backend: kaggle): none in KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
+        f"{home / '.kaggle' / 'kaggle.json'} or {home / '.kaggle'}/access_token; put the kaggle.json of "
+        f"https://www.kaggle.com/settings (API, Create New Token) in {home / '.kaggle'}/ (chmod 600), or set "
+        "KAGGLE_USERNAME and KAGGLE_KEY",
+        "ok: code competition: not checked: Kaggle was not reached (see above)"]
