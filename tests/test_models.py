@@ -293,12 +293,14 @@ def test_a_secret_in_models_stops_the_model_push_before_any_upload(model_project
     from packager.localkaggle.store import Store
     from packager.push import push_kernel
 
-    key = "Zk9v" * 11  # the models.weights key's value, found inside a weights file
-    monkeypatch.setenv("KPACK_WEIGHTS_KEY", key)
+    key = "Zk9v" * 11  # the models.weights key's value (under a name no heuristic takes for a secret's)
+    monkeypatch.setenv("MODEL_SEAL", key)
     (model_project.root / "models" / "hf-tiny" / "notes.txt").write_text(f"key={key}\n")
+    cfg = model_project.cfg()
+    cfg.models.weights.key_env = "MODEL_SEAL"
     local_kaggle.reset_stats()
     with pytest.raises(UserError, match="notes.txt"):
-        push_kernel(model_project.cfg(), "train", wait=False)
+        push_kernel(cfg, "train", wait=False)
     assert "StartBlobUpload" not in local_kaggle.stats()["calls"]
     assert Store(local_kaggle.root).model(USER, model_project.model_slug) is None
 
