@@ -84,15 +84,34 @@ def git_describe(root: Path, paths: list[str]) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def _entry_module(entry: str, kind: str, root: Path) -> str:
-    """The import name of kernels.<kind>.entry, after checking it is a kernel_src file defining main(config)."""
+def _entry_package(entry: str, kind: str, root: Path) -> tuple[str, list[Path]]:
+    """The import name of kernels.<kind>.entry and what packs it: the outermost package folder holding it (walking
+    up while __init__.py exists: kernel_src/train.py -> kernel_src, src/mycomp/train.py -> mycomp rooted at src/),
+    or, for a module in a folder without __init__.py, that folder's modules, each packed as a top-level module."""
     where = f"kernels.{kind}.entry"
     rel = Path(entry)
-    if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != (KERNEL_SRC,) or rel.suffix != ".py":
-        raise UserError(f"{where}: '{entry}' must be a .py file under {KERNEL_SRC}/, e.g. {KERNEL_SRC}/train.py")
+    if rel.is_absolute() or ".." in rel.parts or rel.suffix != ".py":
+        raise UserError(f"{where}: '{entry}' must be a .py file inside the project, relative to its root "
+                        f"(e.g. {KERNEL_SRC}/train.py or src/mycomp/train.py)")
     path = root / rel
     if not path.is_file():
         raise UserError(f"{where}: {entry} does not exist")
+    top = path.parent
+    while (top / "__init__.py").is_file() and top.parent != top and top != root:
+        top = top.parent
+    names = path.relative_to(top).with_suffix("").parts
+    bad = next((n for n in names if not n.isidentifier()), None)
+    if bad is not None:
+        raise UserError(f"{where}: '{bad}' in {entry} is not an importable name; rename it (letters, digits, _)")
+    if top == path.parent:  # a flat folder of modules
+        return names[0], sorted(p for p in top.glob("*.py") if p.stem.isidentifier())
+    return ".".join(names), [top / names[0]]
+
+
+def _entry_module(entry: str, kind: str, root: Path) -> str:
+    """The import name of kernels.<kind>.entry, after checking it is a project file defining main(config)."""
+    module = _entry_package(entry, kind, root)[0]
+    path = root / entry
     try:
         tree = ast.parse(path.read_bytes(), filename=entry)
     except (SyntaxError, ValueError) as exc:
@@ -117,7 +136,7 @@ def _entry_module(entry: str, kind: str, root: Path) -> str:
         args = main.args
         if not (args.posonlyargs or args.args or args.vararg):
             raise UserError(f"{entry}:{main.lineno}: main() takes no argument; the kernel calls main(config)")
-    return ".".join(rel.with_suffix("").parts)
+    return module
 
 
 def _file_readers(bundle: inline.Bundle) -> list[str]:
@@ -135,16 +154,28 @@ def _file_readers(bundle: inline.Bundle) -> list[str]:
 
 
 def _sources(cfg, kind: str, root: Path) -> list[tuple[str, Path]]:
-    """kpack's own kernel runtime first (always packed, from this kpack), then the project's packages."""
-    sources = [(f"{KERNEL_SRC}/", root / KERNEL_SRC)]
-    for i, package in enumerate(cfg.kernel(kind).packages):
+    """kpack's own kernel runtime first (always packed, from this kpack), then the entry's package (or its
+    folder's modules) and the packages kernels.<kind>.packages lists."""
+    kernel = cfg.kernel(kind)
+    sources = [(f"kernels.{kind}.entry ({kernel.entry}): {_label(path, root)}", path)
+               for path in _entry_package(kernel.entry, kind, root)[1]]
+    for i, package in enumerate(kernel.packages):
         path = Path(package).expanduser()
-        sources.append((f"kernels.{kind}.packages[{i}] ({package})", path if path.is_absolute() else root / path))
+        path = path if path.is_absolute() else root / path
+        if not any(path.resolve() == known.resolve() for _, known in sources):  # the entry's own, listed again
+            sources.append((f"kernels.{kind}.packages[{i}] ({package})", path))
     for what, path in sources:
         if (path.stem if path.suffix == ".py" else path.name) == RUNTIME:
             raise UserError(f"{what}: a packed package or module named {RUNTIME} would shadow kpack's kernel "
                             f"runtime, which every kernel packs from kpack itself; rename yours")
     return [(f"kpack's kernel runtime ({RUNTIME})", RUNTIME_DIR), *sources]
+
+
+def _label(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix() + ("/" if path.is_dir() else "")
+    except ValueError:
+        return str(path)
 
 
 def _generator_sha256() -> str:

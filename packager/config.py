@@ -59,7 +59,8 @@ class Sources(Strict):
 
 
 class KernelConfig(Strict):
-    entry: str = Field(description="file inside kernel_src/ whose main(config) the kernel runs")
+    # anywhere in the project; the build packs the package holding it (or its folder's modules: build.py)
+    entry: str = Field(description="the .py file, relative to the project root, whose main(config) the kernel runs")
     slug: str | None = None
     title: str | None = None
     # a Kaggle machine shape (packager/shapes.py); one kpack does not know is pushed as given, with a warning
@@ -68,7 +69,8 @@ class KernelConfig(Strict):
     private: bool = True
     session_hours: float | None = Field(None, gt=0, description="default: the shape's limit (12 h GPU/CPU, 9 h TPU)")
     sources: Sources = Sources()
-    packages: list[str] = Field([], description="extra local pure-Python package folders to inline")
+    packages: list[str] = Field([], description="more pure-Python package folders (or .py modules) to pack, "
+                                "relative to the project root; the entry's own package is always packed")
     chain: Literal["alternate", "distinct"] = "alternate"  # session slugs: <slug>/<slug>-b, or <slug>-sN (chain.py)
 
     _slug = field_validator("slug")(lambda cls, v: v if v is None else _check_slug(v))

@@ -204,9 +204,10 @@ def test_refuses_a_missing_entry(proj):
     refuse(proj, "kernels.train.entry: kernel_src/nope.py does not exist", kernel={"entry": "kernel_src/nope.py"})
 
 
-def test_refuses_an_entry_outside_kernel_src(proj):
-    (proj / "run.py").write_text("def main(config):\n    pass\n")
-    refuse(proj, "must be a .py file under kernel_src/", kernel={"entry": "run.py"})
+def test_refuses_an_entry_outside_the_project(proj):
+    (proj.parent / "run.py").write_text("def main(config):\n    pass\n")
+    refuse(proj, "must be a .py file inside the project", kernel={"entry": "../run.py"})
+    refuse(proj, "must be a .py file inside the project", kernel={"entry": "kernel_src/assets/labels.json"})
 
 
 def test_refuses_an_entry_without_main(proj):
