@@ -119,12 +119,10 @@ def _noted(line: str, note: str) -> str:
     return f"{line:<34} # {note}"
 
 
-def _kernel(kind: str, entry: Path, competition: str, slug: str | None, packages: Path | None,
-            note: str) -> str:
+def _kernel(kind: str, entry: Path, competition: str, slug: str | None, packed: str | None, note: str) -> str:
     lines = [f"  {kind}:", _noted(f"    entry: {entry.as_posix()}", note)]
-    if packages is not None:
-        lines.append(_noted(f"    packages: [{packages.as_posix()}]", "folders packed into the kernel (the package "
-                            "holding the entry)"))
+    if packed is not None:  # the build packs it by itself (build.py): said here so that the reader knows
+        lines.append(f"    # packed with it: {packed}; packages: [FOLDER, ...] adds more")
     if kind == "train":
         lines += ["    accelerator: NvidiaTeslaT4     # a Kaggle machine shape (NvidiaTeslaT4, NvidiaL4, ...; None: CPU)",
                   "    session_hours: 12              # Kaggle's limit; state.json done: false in the output: a next "
@@ -152,7 +150,7 @@ def _datasets(wheels_slug: str, weights_slug: str, wheels: bool, weights: bool) 
 
 
 def render_config(competition: str, user: str, mode: str, entries: dict[str, Path] | None = None,
-                  packages: Path | None = None, wheels: bool = True, weights: bool = True) -> str:
+                  packed: str | None = None, wheels: bool = True, weights: bool = True) -> str:
     """kpack.yaml's text. mode: kit (the training kit), bare (the starter entry), own (`entries` by kind);
     wheels / weights: whether the repository has requirements-kernel.txt / models/ for those datasets."""
     base = _short(competition, SLUG_ROOM)
@@ -165,7 +163,7 @@ def render_config(competition: str, user: str, mode: str, entries: dict[str, Pat
         notes = {"train": "your entry: the kernel calls its main(config)",
                  "validate": "scores from the train kernel's output (mounted as an input)",
                  "infer": "writes submission.csv from the train kernel's output"}
-        kernels = "".join(_kernel(kind, entries[kind], competition, slugs[kind], packages, notes[kind])
+        kernels = "".join(_kernel(kind, entries[kind], competition, slugs[kind], packed, notes[kind])
                           for kind in ("train", "validate", "infer") if kind in entries)
         missing = [kind for kind in SIBLING_KINDS if kind not in entries]
         if missing:
@@ -234,7 +232,10 @@ def plan(root: Path, competition: str, mode: str, user: str, entry: str | None =
             sibling = own.parent / f"{kind}.py"
             if defines_main(root / sibling):
                 entries[kind] = sibling
-        files["kpack.yaml"] = render_config(competition, user, "own", entries, package_of(root / own).relative_to(root),
+        package = package_of(root / own)
+        packed = (f"{package.relative_to(root).as_posix()}/ (the package holding the entry)"
+                  if (package / "__init__.py").is_file() else "the modules beside the entry")
+        files["kpack.yaml"] = render_config(competition, user, "own", entries, packed,
                                             wheels=(root / "requirements-kernel.txt").is_file(),
                                             weights=(root / "models").is_dir())
         return _encoded(files)

@@ -223,8 +223,8 @@ def test_readme_own_code_flow_runs_verbatim(tmp_path):
         server.stop()
     assert added == [Path("Makefile"), Path("kpack.yaml")]
     config = yaml.safe_load((repo / "kpack.yaml").read_text())
-    assert {kind: (k["entry"], k["packages"]) for kind, k in config["kernels"].items()} == {
-        kind: (f"src/mycomp/{kind}.py", ["src/mycomp"]) for kind in ("train", "validate", "infer")}
+    assert {kind: k["entry"] for kind, k in config["kernels"].items()} == {
+        kind: f"src/mycomp/{kind}.py" for kind in ("train", "validate", "infer")}
     assert_full_run(repo, out)
 
 
@@ -340,8 +340,10 @@ def test_init_in_a_repository_with_training_code_adds_only_the_config_and_makefi
     from packager.config import load_config
 
     cfg = load_config(repo / "kpack.yaml")
+    # the build packs the entry's package itself (kernels.<kind>.packages lists more): the config says so
     assert {kind: (k.entry, k.packages) for kind, k in cfg.kernels.items()} == {
-        "train": ("src/mycomp/train.py", ["src/mycomp"]), "infer": ("src/mycomp/infer.py", ["src/mycomp"])}
+        "train": ("src/mycomp/train.py", []), "infer": ("src/mycomp/infer.py", [])}
+    assert "# packed with it: src/mycomp/ (the package holding the entry)" in after["kpack.yaml"].decode()
     assert cfg.datasets.wheels is None and cfg.datasets.weights is None  # no requirements-kernel.txt, no models/
     assert "# validate: {entry: src/mycomp/validate.py" in after["kpack.yaml"].decode()
 
@@ -366,8 +368,10 @@ def test_entry_packages_follow_the_layout(tmp_path):
     (tmp_path / "requirements-kernel.txt").write_text("timm==1.0.31\n")
     done = kpack("init", "--competition", COMPETITION, "--entry", "scripts/train.py", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    config = yaml.safe_load((tmp_path / "kpack.yaml").read_text())
-    assert config["kernels"]["train"]["packages"] == ["scripts"]
+    text = (tmp_path / "kpack.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["kernels"]["train"]["entry"] == "scripts/train.py" and "packages" not in config["kernels"]["train"]
+    assert "# packed with it: the modules beside the entry" in text
     assert config["datasets"]["wheels"]["requirements"] == "requirements-kernel.txt"
     assert "weights" not in config["datasets"]
 
