@@ -173,12 +173,17 @@ def _add_source(line: str, i: int) -> str:
                         "id,a,b); pass --label-column NAME (one column; the local scorer takes one label column)"),
     ("two-targets", ["--label-column", "c"], "error: {data}/train.csv: no column 'c' (it has id,a,b); pass "
                                              "--label-column with one of those"),
+    ("imet.zip", [], "error: {data}: not a folder; unpack the download first (`unzip {data} -d imet`) and pass "
+                     "--data imet"),
     ("tiny", ["--sample", "3"], "error: --sample 3: too few rows for a train set and a test set of at least 2 "
                                 "(public and private); train.csv has 4"),
 ])
 def test_mirror_refuses_bad_input_in_one_line(tmp_path, case, args, line):
     data = tmp_path / case
-    data.mkdir()
+    if case.endswith(".zip"):  # what `kaggle competitions download` writes
+        data.write_bytes(b"PK\x05\x06" + bytes(18))
+    else:
+        data.mkdir()
     if case == "two-targets":
         (data / "train.csv").write_text("id,a,b\n1,x,y\n2,x,y\n")
         (data / "sample_submission.csv").write_text("id,a,b\n9,x,y\n")

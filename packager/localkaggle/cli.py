@@ -171,7 +171,7 @@ def competition_create(slug: str, data_dir: str, solution: str, code: bool, titl
 
 @competition.command("mirror")
 @click.argument("slug")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
               help="the real competition's downloaded files (train.csv, sample_submission.csv, image folders)")
 @click.option("--sample", type=click.IntRange(min=0), default=1000, show_default=True,
               help="rows of train.csv to take, stratified (0: all); they make the mirror's train and test sets")
@@ -192,6 +192,10 @@ def competition_mirror(slug: str, data_dir: str, sample: int, seed: int, test_fr
     from packager.localkaggle.store import Store
 
     _, root_path, _ = _defaults(0, root, "-")
+    if not Path(data_dir).is_dir():
+        folder = Path(data_dir).name.removesuffix(".zip")
+        raise UserError(f"{data_dir}: not a folder; unpack the download first (`unzip {data_dir} -d {folder}`) and "
+                        f"pass --data {folder}")
     made, info = _store_error(lambda: mirror(Store(root_path), slug, Path(data_dir), sample, seed, test_fraction,
                                              id_column, label_column, code, title, replace))
     kind = "code competition" if info["code"] else "competition"
