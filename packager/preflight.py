@@ -137,8 +137,8 @@ def check_imports(cfg, kind: str, root: Path) -> Found:
 
 
 def check_sources(cfg, kind: str, backend: "Backend") -> Found:
-    """Every dataset, kernel and competition source of kernels.<kind> exists on the backend (Kaggle would answer
-    it in invalid*Sources after the push, and the kernel would run without it)."""
+    """Every dataset, kernel, model and competition source of kernels.<kind> exists on the backend (Kaggle would
+    answer it in invalid*Sources after the push, and the kernel would run without it)."""
     sources = cfg.kernel(kind).sources
     own = _own_sources(cfg, kind)
     wanted = [("dataset", r) for r in sources.datasets] + [("kernel", r) for r in sources.kernels] + \
@@ -204,6 +204,7 @@ class Backend:
 
     def __init__(self, cfg, api=None):
         self.cfg, self._api = cfg, api  # api: a caller's connection (push has one already)
+        self._competitions: dict[str, object] = {}  # slug -> the answer: the sources and code checks ask once
         self.name = "the local Kaggle" if cfg.backend == "local" else "Kaggle"
 
     failed: str | None = None  # why the connection failed: said once, by the first check that needed it
@@ -260,6 +261,11 @@ class Backend:
     def competition(self, slug: str):
         """The competition's ApiCompetition as ListCompetitions gives it (the call `kaggle competitions list -s`
         makes), True when only ListDataFiles finds it (an ended one may not be listed: a guess), else None."""
+        if slug not in self._competitions:
+            self._competitions[slug] = self._look_up_competition(slug)
+        return self._competitions[slug]
+
+    def _look_up_competition(self, slug: str):
         from kagglesdk.competitions.types.competition_api_service import (ApiListCompetitionsRequest,
                                                                          ApiListDataFilesRequest)
 

@@ -284,8 +284,10 @@ def test_code_competition_infer_kernel_needs_the_internet_off(local_kaggle, tmp_
 
     comp = uniq("pf-code")
     make_competition(local_kaggle, comp, tmp_path / "c")  # a code competition: the local Kaggle says so
-    root = backend_project(tmp_path, local_kaggle, comp, infer=", internet: true")
+    root = backend_project(tmp_path, local_kaggle, comp, infer=f", internet: true, sources: {{competitions: [{comp}]}}")
+    local_kaggle.reset_stats()
     code, lines = check_lines(root, "infer", tmp_path)
+    assert local_kaggle.stats()["calls"].get("ListCompetitions") == 1  # the sources and code checks ask once
     assert code == 2
     assert lines[-1] == (
         f"error: kpack.yaml: line 6: kernels.infer.internet: {comp} is a code competition (the local Kaggle's "
