@@ -73,3 +73,100 @@ def notify(cfg, text: str, ok: bool = True) -> None:
     settings = _telegram_settings(cfg)
     if settings is not None:
         send_telegram(settings[0], settings[1], line)
+
+
+# --------------------------------------------------------------------------------------------- what happened
+
+NEXT_STEP = {"train": "kpack push validate", "validate": "kpack push infer", "infer": "kpack submit"}
+
+
+def run_link(cfg, kernel: str, version: int | None = None, output=None) -> str:
+    """Where to look: the kernel's page (kaggle.com, or the local Kaggle's), and its report when written."""
+    if cfg is not None and cfg.backend == "local":
+        page = f"http://127.0.0.1:{cfg.local.port}/code/{kernel}"
+    else:
+        page = f"https://www.kaggle.com/code/{kernel}"
+    page += f" (v{version})" if version else ""
+    from pathlib import Path
+
+    report = Path(output) / "report.html" if output else None
+    return page + (f"; report {report}" if report is not None and report.is_file() else "")
+
+
+def _minutes(seconds) -> str:
+    from packager.progress import duration
+
+    return duration(seconds) if isinstance(seconds, (int, float)) else "time unknown"
+
+
+def _cv(value) -> str:
+    return f"CV {value:.5f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "no CV"
+
+
+def session_finished(cfg, ref, row: dict, output, next_step: str) -> str:
+    """A session ended COMPLETE: its CV, the time it used, what comes next."""
+    text = (f"{ref} ({ref.kind}, session {ref.session}) COMPLETE: {_cv(row.get('cv_score'))}, "
+            f"{_minutes(row.get('seconds'))} used; next: {next_step}; {run_link(cfg, ref.ref, ref.version, output)}")
+    notify(cfg, text, ok=True)
+    return text
+
+
+def chain_finished(cfg, kind: str, rows: list[dict], output=None) -> str:
+    """A chain of sessions ended: the best CV of its sessions and the hours they ran (GPU hours on a GPU)."""
+    scores = [r["cv_score"] for r in rows if isinstance(r.get("cv_score"), (int, float))]
+    hours = sum(r["seconds"] for r in rows if isinstance(r.get("seconds"), (int, float))) / 3600
+    accelerator = cfg.kernel(kind).accelerator if cfg is not None and kind in cfg.kernels else None
+    unit = "GPU" if accelerator and accelerator.lower().startswith(("nvidia", "gpu")) else (
+        "TPU" if accelerator and "tpu" in accelerator.lower() else "CPU")
+    last = rows[-1] if rows else {}
+    text = (f"{kind} chain {last.get('kernel')} done after {len(rows)} session(s): best "
+            f"{_cv(max(scores)) if scores else 'CV none'}, {hours:.2f} {unit} hours in all; "
+            f"next: {NEXT_STEP.get(kind, 'nothing')}; {run_link(cfg, last.get('kernel'), last.get('version'), output)}")
+    notify(cfg, text, ok=True)
+    return text
+
+
+def needs_user(line: str) -> bool:
+    """A failure only the user can clear: a secret not attached, a quota used up."""
+    lowered = line.lower()
+    return "secret" in lowered or "quota" in lowered
+
+
+def kernel_failed(cfg, ref, status: str, failure: str = "", output=None, log_text: str | None = None) -> str:
+    """A session ended ERROR (or was cancelled): the one line of its log that says why, not the whole log."""
+    from packager import logs
+
+    line = logs.failing_line(log_text) if log_text else ""
+    if not line:  # no log: the server's failure message, its last line
+        lines = (failure or "").strip().splitlines()
+        line = lines[-1] if lines else ""
+    why = f": {line}" if line else ""
+    lead = "needs you: " if needs_user(line) else ""
+    text = (f"{lead}{ref} ({ref.kind}, session {ref.session}) {status}{why}; "
+            f"{run_link(cfg, ref.ref, ref.version, output)}")
+    notify(cfg, text, ok=False)
+    return text
+
+
+def refused(cfg, what: str, reason: str, fix: str) -> str:
+    """Something waits for the user (quota, a missing secret, a push refused): what, why, what to do."""
+    text = f"needs you: {what}: {reason}; {fix}"
+    notify(cfg, text, ok=False)
+    return text
+
+
+def submission_scored(cfg, ref, submission_ref, public, private=None, rank_before=None, rank_after=None,
+                      best_before=None) -> str:
+    """A submission was scored: its public score (and private, once revealed), against the best so far, and the
+    rank change where the API gives the team's rank."""
+    text = f"submission {submission_ref} of {ref} scored: public {public}"
+    text += f", private {private}" if private not in (None, "") else ""
+    if isinstance(best_before, (int, float)) and isinstance(public, (int, float)):
+        text += f" (best before {best_before:.5f}, {'better' if public > best_before else 'not better'})"
+    if rank_before and rank_after and rank_before != rank_after:
+        text += f"; rank {rank_before} -> {rank_after}"
+    elif rank_after:
+        text += f"; rank {rank_after}"
+    text += f"; {run_link(cfg, ref.ref, ref.version)}"
+    notify(cfg, text, ok=True)
+    return text

@@ -133,9 +133,16 @@ def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
             return SimpleNamespace(version_number=now, error=None, url=None)
         return None
 
-    response = _push_when_a_slot_is_free(f"{owner}/{slug}", lambda: kaggle_api.call(
-        f"push kernel {owner}/{slug}", api.kernels_push, str(folder), timeout, accelerator, done=landed))
-    version = _check_save_response(api, f"{owner}/{slug}", response) or landed()
+    try:
+        response = _push_when_a_slot_is_free(f"{owner}/{slug}", lambda: kaggle_api.call(
+            f"push kernel {owner}/{slug}", api.kernels_push, str(folder), timeout, accelerator, done=landed))
+        version = _check_save_response(api, f"{owner}/{slug}", response) or landed()
+    except InvalidSources:
+        raise  # a chain stops on it with its own message
+    except UserError as err:  # a refusal (quota, the session cap for too long): nothing runs until the user acts
+        notify.refused(cfg, f"push {owner}/{slug} ({kind})", str(err).removeprefix("kaggle: "),
+                       f"then go on with kpack push {kind}")
+        raise
     if not isinstance(version, int):
         version = getattr(version, "version_number", None)
     if version is None:
@@ -190,15 +197,33 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
             raise
         print(f"{ref}: no output ({err})")
     row = _record_end(cfg, ref, base_slug, outcome, out)
-    score = f", CV {row['cv_score']:.5f}" if isinstance(row.get("cv_score"), float) else ""
-    where = f", output in {out}" if out else ""
-    took = f" in {row['seconds']:.0f}s" if isinstance(row.get("seconds"), (int, float)) else ""
-    if outcome.status == "COMPLETE":
-        notify.notify(cfg, f"{ref} ({ref.kind}, session {ref.session}) COMPLETE{took}{score}{where}", ok=True)
+    if outcome.status != "COMPLETE":
+        log = out / f"{ref.slug}.log" if out else None
+        notify.kernel_failed(cfg, ref, outcome.status, outcome.failure, out,
+                             log.read_text(errors="replace") if log and log.is_file() else None)
+    elif out is not None and chain.needs_another_session(out):
+        more = ref.session < chain.max_sessions(cfg, ref.kind)
+        notify.session_finished(cfg, ref, row, out, f"session {ref.session + 1}" if more else "none: the session cap")
+    elif ref.session > 1:  # the chain's last session: one message for the whole chain
+        notify.chain_finished(cfg, ref.kind, _chain_rows(cfg, ref, base_slug), out)
     else:
-        failure = f": {outcome.failure}" if outcome.failure else ""
-        notify.notify(cfg, f"{ref} ({ref.kind}, session {ref.session}) {outcome.status}{failure}{where}", ok=False)
+        notify.session_finished(cfg, ref, row, out, notify.NEXT_STEP.get(ref.kind, "nothing"))
     return outcome, out
+
+
+def _chain_rows(cfg, ref: watch.KernelRef, base_slug: str) -> list[dict]:
+    """The ledger rows of ref's chain: sessions 1..ref.session of the newest push of base_slug."""
+    rows = [r for r in ledger.read() if r.get("kind") == ref.kind and r.get("base_slug") == base_slug
+            and r.get("backend") == cfg.backend]
+    found, want = [], ref.session
+    for r in reversed(rows):
+        if r.get("session") == want and (want != ref.session or (r.get("kernel"), r.get("version")) ==
+                                          (ref.ref, ref.version)):
+            found.append(r)
+            want -= 1
+            if want < 1:
+                break
+    return found[::-1]
 
 
 # --------------------------------------------------------------------------------------------- the verb

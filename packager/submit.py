@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from packager import kaggle_api, ledger
+from packager import kaggle_api, ledger, notify
 from packager.errors import UserError
 from packager.watch import KernelRef
 
@@ -51,6 +51,19 @@ def latest_complete_infer(api, cfg) -> KernelRef:
             return KernelRef(owner, slug, version, "infer")
     raise UserError(f"no COMPLETE version of {owner}/{slug} (latest v{current}); check it with "
                     "`kpack status infer`, fix it and `make push-infer`", exit_code=1)
+
+
+def team_rank(api, cfg) -> int | None:
+    """The team's leaderboard rank in the competition (ListCompetitions' userRank), None where the answer has
+    none (0) or the call fails: a rank is a nicety in a notification, never a reason to stop."""
+    try:
+        answer = api.competitions_list(search=cfg.competition)
+        for competition in getattr(answer, "competitions", None) or []:  # the client 2.x answers the response
+            if str(getattr(competition, "ref", "")).rstrip("/").split("/")[-1] == cfg.competition:
+                return getattr(competition, "user_rank", None) or None
+    except Exception:  # noqa: BLE001
+        pass
+    return None
 
 
 def submissions(api, cfg) -> list:
@@ -117,11 +130,17 @@ def submit(cfg, message: str | None = None, wait_s: float = WAIT_S) -> dict:
                             "with its description is listed)", exit_code=1)
         print(f"submission {submission_ref}: the answer named no ref; found it in the competition's submissions",
               flush=True)
+    best_before = max((r["lb_score"] for r in ledger.read() if r.get("backend") == cfg.backend
+                       and isinstance(r.get("lb_score"), (int, float))), default=None)
+    rank_before = team_rank(api, cfg)
     sub = wait_scored(api, cfg, ref, submission_ref, wait_s)
     _record(cfg, ref, sub)
     if _status(sub) == "ERROR":
-        raise UserError(f"submission {submission_ref} of {ref} failed: {sub.error_description or 'no reason given'}",
-                        exit_code=1)
+        message = f"submission {submission_ref} of {ref} failed: {sub.error_description or 'no reason given'}"
+        notify.notify(cfg, f"{message}; {notify.run_link(cfg, ref.ref, ref.version)}", ok=False)
+        raise UserError(message, exit_code=1)
+    notify.submission_scored(cfg, ref, submission_ref, _score(sub.public_score), _score(sub.private_score),
+                             rank_before, team_rank(api, cfg), best_before)
     print(f"submission {submission_ref} of {ref}: public score {sub.public_score}"
           + (f", private {sub.private_score}" if sub.private_score else ""))
     return {"ref": submission_ref, "kernel": ref.ref, "version": ref.version,

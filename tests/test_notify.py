@@ -85,3 +85,121 @@ def test_a_secret_quoted_in_a_failure_is_redacted(telegram_stub, monkeypatch, ca
     out = capsys.readouterr().out
     assert "KeyError: '[redacted]'" in out and "0123456789abcdef" not in out
     assert "KeyError: '[redacted]'" in telegram_stub.received[0]["body"]["text"]
+
+
+# --------------------------------------------------------------------------------------------- what happened
+# Each message through a real push, watch or submit on the local Kaggle, read back from the Telegram stand-in.
+
+import re  # noqa: E402
+
+from packager import kaggle_api  # noqa: E402
+from packager.errors import UserError  # noqa: E402
+from packager.push import push_kernel  # noqa: E402
+from pushkit import FAIL_ENTRY, isolate, make_project  # noqa: E402
+
+
+@pytest.fixture
+def told(telegram_stub, monkeypatch):
+    monkeypatch.setenv("KPACK_TELEGRAM_API", telegram_stub.url)
+    monkeypatch.setenv("T_TOKEN", TOKEN)
+    monkeypatch.setenv("T_CHAT", "42")
+    return telegram_stub
+
+
+@pytest.fixture
+def pushed_project(local_kaggle, tmp_path, monkeypatch):
+    def make(**kw):
+        isolate(monkeypatch, tmp_path)
+        local_kaggle.clear_faults()
+        project = make_project(tmp_path, local_kaggle, **{"datasets": False, **kw})
+        monkeypatch.chdir(project.root)
+        return project
+
+    yield make
+    kaggle_api._restore_env()
+
+
+def test_a_session_then_its_chain_finished(told, pushed_project, local_kaggle):
+    project = pushed_project(sessions=2)
+    push_kernel(project.cfg(), "train", wait=True)
+    first, last = told.texts()
+    slug = project.train_slug
+    page = f"http://127.0.0.1:{local_kaggle.port}/code/alice/{slug}"
+    assert re.fullmatch(rf"\[kpack\] done: alice/{slug} v1 \(train, session 1\) COMPLETE: CV 0\.51000, "
+                        rf"\d+s used; next: session 2; {re.escape(page)} \(v1\); report runs/{slug}/v1/report\.html",
+                        first), first
+    assert re.fullmatch(rf"\[kpack\] done: train chain alice/{slug}-b done after 2 session\(s\): best CV 0\.52000, "
+                        rf"\d\.\d\d CPU hours in all; next: kpack push validate; {re.escape(page)}-b \(v1\); "
+                        rf"report runs/{slug}-b/v1/report\.html", last), last
+    assert all(len(t) < 400 for t in told.texts())
+
+
+def test_an_error_says_the_failing_line_not_the_log(told, pushed_project):
+    project = pushed_project()
+    project.write_entry("import sys\n\ndef main(config):\n    print('x' * 300)\n" + "\n".join(
+        f"    print('epoch {i} of a long log', file=sys.stderr)" for i in range(50)) + "\n" +
+        FAIL_ENTRY.split("\n", 1)[1])
+    with pytest.raises(UserError):
+        push_kernel(project.cfg(), "train", wait=True)
+    [text] = told.texts()
+    assert text.startswith(f"[kpack] FAILED: alice/{project.train_slug} v1 (train, session 1) ERROR: ")
+    assert "RuntimeError: the model diverged (loss is nan)" in text
+    assert "epoch 49" not in text and "Traceback" not in text and "xxxx" not in text and len(text) < 300
+
+
+def test_a_missing_secret_is_a_failure_that_needs_the_user(told, pushed_project, monkeypatch):
+    import base64
+    import os
+
+    project = pushed_project(datasets=True)
+    label = "KEY_" + project.prefix.replace("-", "_")
+    monkeypatch.setenv(label, base64.b64encode(os.urandom(32)).decode())
+    config = project.root / "kpack.yaml"
+    config.write_text(config.read_text().replace("dir: models}", f"dir: models, encrypt: true, key_env: {label}}}"))
+    with pytest.raises(UserError):
+        push_kernel(project.cfg(), "train", wait=True)  # the key is never attached to the kernel as a secret
+    [text] = told.texts()
+    assert text.startswith(f"[kpack] FAILED: needs you: alice/{project.train_slug} v1 (train, session 1) ERROR: ")
+    assert f"Kaggle secret {label} is not attached to this kernel" in text
+    assert os.environ[label] not in text
+
+
+def test_a_push_refused_needs_the_user(told, pushed_project, local_kaggle, monkeypatch):
+    project = pushed_project()
+    config = project.root / "kpack.yaml"
+    config.write_text(config.read_text().replace("accelerator: 'None'", "accelerator: NvidiaTeslaK80"))
+    monkeypatch.setenv("KPACK_LOCAL_LENIENT_SHAPES", "0")
+    with pytest.raises(UserError) as err:
+        push_kernel(project.cfg(), "train", wait=True)
+    [text] = told.texts()
+    assert text.startswith(f"[kpack] FAILED: needs you: push alice/{project.train_slug} (train): push alice/") and \
+        text.endswith("then go on with kpack push train"), text
+    assert str(err.value).removeprefix("kaggle: ") in text
+
+
+def test_kpack_submit_says_the_public_score(told, pushed_project):
+    from packager.submit import submit
+
+    project = pushed_project(infer=True)
+    push_kernel(project.cfg(), "infer", wait=True)
+    told.received.clear()
+    result = submit(project.cfg(), "first")
+    [text] = told.texts()
+    assert re.fullmatch(rf"\[kpack\] done: submission {result['ref']} of alice/{project.prefix}-infer v1 scored: "
+                        rf"public 1\.0, private 0\.5; http://127\.0\.0\.1:\d+/code/alice/{project.prefix}-infer \(v1\)",
+                        text), text
+    result = submit(project.cfg(), "again")
+    assert "(best before 1.00000, not better)" in told.texts()[-1]
+
+
+def test_a_score_names_the_rank_change_where_the_api_gives_one(told, capsys):
+    from packager.notify import submission_scored
+    from packager.watch import KernelRef
+
+    ref = KernelRef("alice", "x-infer", 4, "infer")
+    cfg = make_cfg().model_copy(update={"backend": "kaggle"})
+    text = submission_scored(cfg, ref, 77, 0.81, None, rank_before=12, rank_after=9, best_before=0.8)
+    assert text == ("submission 77 of alice/x-infer v4 scored: public 0.81 (best before 0.80000, better); "
+                    "rank 12 -> 9; https://www.kaggle.com/code/alice/x-infer (v4)")
+    assert told.texts() == [f"[kpack] done: {text}"]
+    assert "rank" not in submission_scored(cfg, ref, 78, 0.7)  # no rank in the answer: none said

@@ -298,7 +298,7 @@ def test_encrypted_weights_open_in_the_kernel_with_the_users_secret(project, loc
     assert {name: digest for name, (digest, _) in seen.items()} == plain
     assert all("/temp/weights/" in where and "/working/" not in where for _, where in seen.values())
     assert sorted(p.name for p in result.output.rglob("*") if p.is_file()) == sorted(
-        ["state.json", "weights.json", f"{project.train_slug}.log"])  # no plaintext weights in the output
+        ["state.json", "weights.json", f"{project.train_slug}.log", f"{project.train_slug}.txt", "report.html"])  # no plaintext weights in the output
     for path in result.output.rglob("*"):
         assert not path.is_file() or key_text not in path.read_text(errors="replace")
 
