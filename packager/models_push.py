@@ -181,6 +181,21 @@ def publish(api, cfg, built, check_uploads=None, message: str | None = None) -> 
 
 # --------------------------------------------------------------------------------------------- kernel sources
 
+def check_sources(api, cfg, kind: str) -> None:
+    """Before anything is uploaded: every model source kernels.<kind>.sources.models names is an instance on
+    the backend with that version (Kaggle would only drop it from the kernel after the push: invalidModelSources)."""
+    for source in cfg.kernel(kind).sources.models:
+        parts = source.split("/")
+        _, newest = remote_version(api, "/".join(parts[:4]))
+        where = f"{cfg.where('kernels', kind, 'sources', 'models')}kernels.{kind}.sources.models"
+        if newest is None:
+            raise UserError(f"{where}: {'/'.join(parts[:4])} is not a model instance on {cfg.backend} (or not "
+                            f"visible to {cfg.kaggle_user}); check owner/model/framework/variation", exit_code=1)
+        if len(parts) == 5 and int(parts[4]) > newest:
+            raise UserError(f"{where}: {source}: the instance has no version {parts[4]} (newest v{newest}); pin "
+                            f"an existing version or leave the version out for the newest", exit_code=1)
+
+
 def pin_sources(api, cfg, kind: str, folder: Path) -> None:
     """Give each unversioned model source in the kernel folder's metadata, and the project's own instance,
     the instance's current version; one line naming a source that does not exist. Rewrites the file only

@@ -268,6 +268,7 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
 
     api = kaggle_api.connect(cfg)
     _warn_if_still_running(api, cfg, kind)
+    models_push.check_sources(api, cfg, kind)  # a model source that does not exist: refused before any upload
     datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     if model_build is not None:
         models_push.publish(api, cfg, model_build, check_uploads=lambda folders: scan_for_secrets(cfg, folders))

@@ -272,20 +272,35 @@ def test_kpack_publishes_models_as_an_instance_and_versions_it_only_when_changed
     assert kernel["metadata"]["model_data_sources"] == [f"{ref}/2"]
 
 
-def test_an_unknown_model_source_stops_kpack_in_one_line(model_project, local_kaggle):
+def test_an_unknown_model_source_stops_kpack_in_one_line_before_any_upload(model_project, local_kaggle):
+    from packager import kaggle_api, models_push
     from packager.errors import UserError
     from packager.push import push_kernel
 
     cfg = model_project.cfg()
-    cfg.kernels["train"].sources.models = [f"{USER}/nope-model/pytorch/base"]
-    with pytest.raises(UserError) as unversioned:
-        push_kernel(cfg, "train", wait=False)
-    assert str(unversioned.value) == (f"kernels.train.sources.models: {USER}/nope-model/pytorch/base is not a model "
-                                      "instance on the backend (local); check the name "
-                                      "(owner/model/framework/variation) or publish it first")
-    cfg.kernels["train"].sources.models = [f"{USER}/nope-model/pytorch/base/3"]
-    with pytest.raises(UserError, match=f"model sources not found: {USER}/nope-model/pytorch/base/3 "):
-        push_kernel(cfg, "train", wait=False)
+    where = cfg.where("kernels", "train", "sources", "models")
+    cases = [(f"{USER}/nope-model/pytorch/base", f"{USER}/nope-model/pytorch/base is not a model instance on local "
+              f"(or not visible to {USER}); check owner/model/framework/variation"),
+             (f"{USER}/nope-model/pytorch/base/3", f"{USER}/nope-model/pytorch/base is not a model instance"),
+             (f"{USER}/{model_project.model_slug}/pytorch/tiny/9",
+              f"{USER}/{model_project.model_slug}/pytorch/tiny/9: the instance has no version 9 (newest v1)")]
+    push_kernel(cfg, "train", wait=False)  # makes the project's own instance (v1)
+    for source, message in cases:
+        cfg.kernels["train"].sources.models = [source]
+        local_kaggle.reset_stats()
+        with pytest.raises(UserError) as info:
+            push_kernel(cfg, "train", wait=False)
+        assert str(info.value).startswith(f"{where}kernels.train.sources.models: {message}"), str(info.value)
+        assert "\n" not in str(info.value)
+        calls = local_kaggle.stats()["calls"]
+        assert "StartBlobUpload" not in calls and "SaveKernel" not in calls
+    # A chained session's folder is pinned again at its push: a source gone by then is one line too.
+    folder = Path("build") / "kernels" / model_project.train_slug
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    meta["model_sources"] = [f"{USER}/gone-model/pytorch/base"]
+    (folder / "kernel-metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="gone-model/pytorch/base is not a model instance on the backend"):
+        models_push.pin_sources(kaggle_api.connect(cfg), cfg, "train", folder)
 
 
 def test_a_secret_in_models_stops_the_model_push_before_any_upload(model_project, local_kaggle, monkeypatch):
