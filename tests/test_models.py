@@ -65,6 +65,11 @@ def test_the_kaggle_cli_creates_gets_and_versions_a_model(run_kaggle, local_kagg
     files = run_kaggle("models", "instances", "versions", "files", f"{USER}/{slug}/pytorch/base/1")
     assert "weights.bin" in files.stdout and "hf/config.json" in files.stdout, files.stdout + files.stderr
 
+    (tmp_path / "meta").mkdir()
+    got = run_kaggle("models", "instances", "get", f"{USER}/{slug}/pytorch/base", "-p", str(tmp_path / "meta"))
+    meta = json.loads((tmp_path / "meta" / "model-instance-metadata.json").read_text())
+    assert (meta["versionNumber"], meta["framework"], meta["licenseName"]) == (2, "py_torch", "Apache 2.0"), got.stdout
+
     from packager.localkaggle.store import Store
 
     store = Store(local_kaggle.root)
