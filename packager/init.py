@@ -96,7 +96,8 @@ def package_of(entry: Path) -> Path:
 
 def _entry_arg(root: Path, entry: str) -> Path:
     path = Path(entry)
-    path = path if path.is_absolute() else Path.cwd() / path
+    if not path.is_absolute():  # as the shell means it (from here), else from the repository's root
+        path = Path.cwd() / path if (Path.cwd() / path).exists() or not (root / path).exists() else root / path
     try:
         rel = path.resolve().relative_to(root.resolve())
     except ValueError:
@@ -263,15 +264,13 @@ def write_all(root: Path, files: dict[str, bytes]) -> None:
     if taken:
         raise UserError(f"{root}: kpack init would overwrite {', '.join(taken)}; move them away or init elsewhere "
                         "(nothing was written)")
-    blocked = sorted({str(Path(name).parent) for name in files if Path(name).parent != Path(".")
-                      and (root / name).parent.exists() and not (root / name).parent.is_dir()})
-    if root.exists() and not root.is_dir():
-        blocked.insert(0, ".")
+    folders = {root, *root.parents} | {root / parent for name in files for parent in Path(name).parents}
+    blocked = sorted(str(folder) for folder in folders if folder.exists() and not folder.is_dir())
     if blocked:
-        raise UserError(f"{root}: {', '.join(blocked)} is a file where kpack init writes a folder (nothing was written)")
+        raise UserError(f"{', '.join(blocked)}: a file where kpack init writes a folder (nothing was written)")
     umask = os.umask(0)
     os.umask(umask)
-    created = [d for d in [root, *sorted({(root / n).parent for n in files})] if not d.exists()]
+    created = [folder for folder in folders if not folder.exists()]  # removed again if a write fails
     written: list[Path] = []
     try:
         for name, data in files.items():
@@ -279,7 +278,7 @@ def write_all(root: Path, files: dict[str, bytes]) -> None:
             atomic_write_bytes(path, data)
             written.append(path)
             os.chmod(path, 0o666 & ~umask)  # a normal file, not the temp file's 0600
-    except BaseException:
+    except BaseException as exc:
         for path in written:
             path.unlink(missing_ok=True)
         for folder in sorted(created, key=lambda d: len(d.parts), reverse=True):
@@ -287,6 +286,9 @@ def write_all(root: Path, files: dict[str, bytes]) -> None:
                 folder.rmdir()
             except OSError:
                 pass
+        if isinstance(exc, OSError):
+            raise UserError(f"{exc.filename or root}: cannot write: {exc.strerror or exc} (nothing was written)") \
+                from None
         raise
 
 
@@ -303,6 +305,12 @@ def init(directory: str | os.PathLike, competition: str, mode: str | None, user:
     where = "." if root == Path(".") else str(root)
     shown = sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in files})
     lines = [f"{where}: wrote {', '.join(shown)} for competition {competition}"]
+    if ".gitignore" not in files:  # your repository: only the config and the Makefile were added
+        ignored = (root / ".gitignore").read_text(errors="replace").split() if (root / ".gitignore").is_file() else []
+        missing = [p for p in ("build/", "runs/", ".localkaggle/") if p not in ignored and p.rstrip("/") not in ignored]
+        if missing:
+            lines.append(f"note: add {', '.join(missing)} to .gitignore (kpack's builds, downloaded runs and the "
+                         "local Kaggle's state)")
     config = yaml.safe_load(files["kpack.yaml"])
     for kind, kernel in config["kernels"].items():
         lines.append(f"  kernels.{kind}: {kernel['entry']}")

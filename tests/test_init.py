@@ -335,6 +335,7 @@ def test_init_in_a_repository_with_training_code_adds_only_the_config_and_makefi
     assert done.returncode == 0, done.stderr
     after = listing(repo)
     assert sorted(set(after) - set(before)) == ["Makefile", "kpack.yaml"]
+    assert "note: add build/, runs/, .localkaggle/ to .gitignore" in done.stdout
     assert {name: after[name] for name in before} == before
 
     from packager.config import load_config
@@ -402,8 +403,34 @@ def test_init_over_existing_files_names_them_all_and_writes_nothing(tmp_path):
 def test_a_file_where_init_writes_a_folder_is_refused(tmp_path):
     (tmp_path / "models").write_text("not a folder\n")
     line = one_error_line(kpack("init", ".", "--competition", COMPETITION, "--bare", cwd=tmp_path))
-    assert "models is a file where kpack init writes a folder" in line
+    assert line == "error: models: a file where kpack init writes a folder (nothing was written)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    line = one_error_line(kpack("init", "models/new", "--competition", COMPETITION, "--bare", cwd=tmp_path))
+    assert line == "error: models: a file where kpack init writes a folder (nothing was written)"
+
+
+def test_a_failed_write_removes_what_init_wrote(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk: the third file) leaves nothing behind, folders included."""
+    from packager import init
+    from packager.errors import UserError
+
+    real, calls = init.atomic_write_bytes, []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(init, "atomic_write_bytes", failing)
+    (tmp_path / "keep.txt").write_text("mine\n")
+    with pytest.raises(UserError, match=r": cannot write: No space left on device \(nothing was written\)$"):
+        init.init(tmp_path, COMPETITION, "kit")
+    assert len(calls) == 3 and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    calls.clear()
+    with pytest.raises(UserError):
+        init.init(tmp_path / "new" / "deeper", COMPETITION, "bare")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]  # the folders it made are gone too
 
 
 @pytest.mark.parametrize("slug", ["My-Comp", "my_comp", "ab", "-my-comp", "my-comp-", "x" * 51, "my comp"])
