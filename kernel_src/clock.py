@@ -145,6 +145,7 @@ class SessionClock:
         self.now = now
         self.recent: deque[float] = deque(maxlen=RECENT_STEPS)  # step times; their max is the estimate
         self.max_save = 0.0
+        self.save_total = 0.0   # seconds spent writing checkpoints this session (the run report's time budget)
         self.max_validate = 0.0
         self.validate_total = 0.0
         self.step_total = 0.0   # seconds spent in training steps this session (for the work-lost figure)
@@ -176,6 +177,7 @@ class SessionClock:
 
     def record_save(self, seconds: float, nbytes: int = 0) -> None:
         self.max_save = max(self.max_save, seconds)
+        self.save_total += seconds
         if nbytes and seconds > 0:
             rate = nbytes / seconds
             self.write_bytes_per_s = min(self.write_bytes_per_s or rate, rate)

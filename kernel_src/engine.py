@@ -454,6 +454,7 @@ class Run:
             "session": {"budget_s": clock.budget, "elapsed_s": clock.elapsed(), "loop_started_s": self.loop_started,
                         "started_from": clock.started_from, "output_save_s": clock.output_save_seconds(),
                         "train_step_s": clock.step_total, "validate_s": clock.validate_total, "steps": clock.steps,
+                        "checkpoint_save_s": clock.save_total,
                         "resumed_from": str(self.resumed_from) if self.resumed_from else None},
         }
         self._stop_workers()

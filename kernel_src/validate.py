@@ -116,6 +116,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
         "at_0.5": metrics.report(y, probs >= 0.5, groups),
         "searched": {"rule": result.name, **metrics.report(y, result.rule.apply(probs), groups)},
         "candidates": result.candidates,
+        # F2 of the blend against one global threshold: the search's landscape, plotted by the run report
+        "curve": {"thresholds": grid.tolist(), "f2": [metrics.fbeta_score(y, probs >= g) for g in grid]},
     }
     decision = {"labels": table.labels.ids, **result.to_dict(),
                 "blend": {"method": method, "members": names, "weights": weights}}

@@ -8,10 +8,10 @@ with an output. Everything comes from what the kit writes and the session's log,
     validation curves per epoch     metrics.json `history` (loss, F2 at 0.5, F2 at the searched threshold)
     F2 against threshold, per-class oof.npy + oof.csv + classes.json (train), scored here with the kit's rule
       and per-group F2/P/R          (per-sample F2 averaged over rows; per class: over that label's column)
-    each threshold method's result  oof_scores.json `candidates`, `at_0.5`, `searched` (validate)
+    each threshold method's result  oof_scores.json `candidates`, `curve`, `at_0.5`, `searched` (validate)
       and the blend weights         oof_scores.json `blend` and `members`
-    the time budget                 state.json `session` (start-up, training steps, validation, the final
-                                    save, the rest, the unused tail of the session limit)
+    the time budget                 state.json `session` (start-up, training steps, validation, checkpoint
+                                    saves, the final save, the rest, the unused tail of the session limit)
     the submission                  submission.csv (infer): rows, labels per row, the most frequent labels
 
 Images are embedded as data URIs, so report.html is one file that opens anywhere; the PNGs lie beside it.
@@ -257,6 +257,19 @@ def plots(data: dict) -> list[tuple[str, str, bytes]]:
         out.append(_per_class(oof))
     scores = data["scores"]
     if isinstance(scores, dict):
+        curve = scores.get("curve") or {}
+        if curve.get("thresholds") and len(curve.get("f2") or []) == len(curve["thresholds"]):
+            fig, ax = _figure("F2 of the blend against a global threshold (out of fold)")
+            ax.plot(curve["thresholds"], curve["f2"], color="tab:green", label="one global threshold")
+            searched = (scores.get("searched") or {}).get("f2")
+            if isinstance(searched, (int, float)):
+                ax.axhline(searched, color="tab:purple", linestyle="--",
+                           label=f"chosen rule {(scores.get('searched') or {}).get('rule')}: {searched:.4f}")
+            ax.set_xlabel("threshold")
+            ax.set_ylabel("F2")
+            ax.legend(fontsize=8)
+            out.append(("search.png", "Threshold search: F2 against a global threshold, and the chosen rule",
+                        _png(fig)))
         candidates = scores.get("candidates") or {}
         if candidates:
             fig, ax = _figure("each threshold method's result", 0.6 + 0.3 * len(candidates))
@@ -319,7 +332,8 @@ def _per_class(oof: dict) -> tuple[str, str, bytes]:
 
 
 BUDGET_PARTS = (("start-up", "tab:grey"), ("training", "tab:blue"), ("validation", "tab:green"),
-                ("final save", "tab:orange"), ("other", "tab:brown"), ("unused", "whitesmoke"))
+                ("checkpoints", "tab:red"), ("final save", "tab:orange"), ("other", "tab:brown"),
+                ("unused", "whitesmoke"))
 
 
 def budget_parts(s: dict) -> dict[str, float]:
@@ -327,9 +341,10 @@ def budget_parts(s: dict) -> dict[str, float]:
     num = lambda key: float(s.get(key) or 0.0)  # noqa: E731
     elapsed, budget = num("elapsed_s"), num("budget_s")
     parts = {"start-up": num("loop_started_s"), "training": num("train_step_s"), "validation": num("validate_s"),
-             "final save": num("output_save_s")}
+             "checkpoints": num("checkpoint_save_s"), "final save": num("output_save_s")}
     used = elapsed + parts["final save"]
-    parts["other"] = max(0.0, elapsed - parts["start-up"] - parts["training"] - parts["validation"])
+    parts["other"] = max(0.0, elapsed - parts["start-up"] - parts["training"] - parts["validation"]
+                         - parts["checkpoints"])
     parts["unused"] = max(0.0, budget - used) if budget else 0.0
     return parts
 

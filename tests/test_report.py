@@ -119,6 +119,7 @@ def test_train_report_has_curves_lr_classes_thresholds_and_both_sessions(runs):
     data = report.collect(folder)
     assert [s for s, _ in data["sessions"]] == [1, 2]  # the chain, from the ledger
     assert data["ends"][0] == (1, 4) and len(data["budgets"]) == 2
+    assert all(b["checkpoint_save_s"] > 0 for _, b in data["budgets"])  # each session saved a checkpoint
     sessions = {s["session"] for s in data["steps"]}
     assert sessions == {1, 2} and [s["step"] for s in data["steps"]] == sorted(s["step"] for s in data["steps"])
     assert len(data["history"]) == 3 and data["oof"]["classes"] and data["oof"]["groups"].keys() == {"digit", "count"}
@@ -132,9 +133,11 @@ def test_train_report_has_curves_lr_classes_thresholds_and_both_sessions(runs):
 def test_validate_and_infer_reports(runs):
     _, outs = runs
     page = report.write(outs["rt-validate"]).read_text()
-    for name in ("thresholds.png", "groups.png", "blend.png"):
+    for name in ("search.png", "thresholds.png", "groups.png", "blend.png"):
         assert (outs["rt-validate"] / name).is_file(), name
     scores = json.loads((outs["rt-validate"] / "oof_scores.json").read_text())
+    curve = dict(zip(scores["curve"]["thresholds"], scores["curve"]["f2"]))
+    assert curve[0.5] == pytest.approx(scores["at_0.5"]["f2"])  # the same blend, scored the same way
     assert f"{scores['cv_score']:.5f}" in page and scores["searched"]["rule"] in page
     page = report.write(outs["rt-infer"]).read_text()
     assert (outs["rt-infer"] / "submission.png").is_file() and "submission.csv: 12 rows" in page
@@ -143,8 +146,11 @@ def test_validate_and_infer_reports(runs):
 def test_budget_parts_add_up_to_the_session_limit():
     parts = report.budget_parts({"budget_s": 3600, "elapsed_s": 1000, "loop_started_s": 100, "train_step_s": 700,
                                  "validate_s": 150, "output_save_s": 20})
-    assert parts == {"start-up": 100, "training": 700, "validation": 150, "final save": 20, "other": 50,
-                     "unused": 2580}
+    assert parts == {"start-up": 100, "training": 700, "validation": 150, "checkpoints": 0, "final save": 20,
+                     "other": 50, "unused": 2580}
+    parts = report.budget_parts({"budget_s": 3600, "elapsed_s": 1000, "loop_started_s": 100, "train_step_s": 700,
+                                 "validate_s": 150, "checkpoint_save_s": 30, "output_save_s": 20})
+    assert parts["checkpoints"] == 30 and parts["other"] == 20 and sum(parts.values()) == 3600
     assert sum(parts.values()) == 3600
 
 
