@@ -96,3 +96,36 @@ def test_a_dataset_upload_through_the_kaggle_client_shows_its_progress(local_kag
         assert 1 <= len(mine) <= 2, out  # at 50% steps: at most the half-way line and the end line
         assert re.fullmatch(rf"{ref}: upload {name}: done, {size} in \d+s \(.*/s\)", mine[-1]), out
     assert out.index(f"{ref}: upload backbone.tiny.pth: done") < out.index(f"{ref}: waiting for v1 to be ready")
+
+
+BIG_OUTPUT_ENTRY = '''import os
+from pathlib import Path
+
+
+def main(config):
+    work = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle") / "working"
+    (work / "big.bin").write_bytes(os.urandom(3_000_000))
+    (work / "small.txt").write_text("tiny")
+'''
+
+
+def test_an_output_download_shows_its_progress_and_small_files_go_by(local_kaggle, tmp_path, monkeypatch, capsys):
+    from packager import kaggle_api
+    from packager.push import push_kernel
+    from pushkit import isolate, make_project
+
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setattr(progress, "EVERY_PCT", 50.0)
+    project = make_project(tmp_path, local_kaggle, datasets=False)
+    project.write_entry(BIG_OUTPUT_ENTRY)
+    monkeypatch.chdir(project.root)
+    try:
+        result = push_kernel(project.cfg(), "train", wait=True)
+    finally:
+        kaggle_api._restore_env()
+    out = capsys.readouterr().out
+    ref = f"alice/{project.train_slug} v{result.ref.version}"
+    lines = [line for line in out.splitlines() if line.startswith(f"{ref}: download ")]
+    assert 1 <= len(lines) <= 2 and re.fullmatch(rf"{ref}: download big\.bin: done, 3\.0 MB in \d+s \(.*/s\)",
+                                                 lines[-1]), out
+    assert (result.output / "big.bin").stat().st_size == 3_000_000
