@@ -369,3 +369,13 @@ def test_the_kernel_opens_a_sub_folder_whose_archive_was_not_unpacked(tmp_path, 
     kweights.prepare(cfg.model_dump(mode="json") | {"kernel": "train"})
     assert kweights.weights_path("hf-tiny/config.json").read_text() == '{"hidden": 8}'
     assert (kweights.weights_path("hf-tiny") / "model.safetensors").is_file()
+
+
+def test_a_dataset_and_a_model_of_one_slug_do_not_nest_their_legacy_mounts(tmp_path):
+    from packager.localkaggle.runner import Mount, _place_inputs
+
+    for name in ("d", "m"):
+        (tmp_path / name).mkdir()
+    binds = _place_inputs([Mount("dataset", USER, "same", tmp_path / "d"),
+                           Mount("model", USER, "same/pytorch/base/1", tmp_path / "m")], tmp_path / "input")
+    assert [rel for _, rel in binds] == ["datasets/alice/same", "same", "models/alice/same/pytorch/base/1"]

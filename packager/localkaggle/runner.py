@@ -393,14 +393,15 @@ def _sandboxed_command(mode: str, script: Path, run_root: Path, mounts: list[Mou
 
 def _place_inputs(mounts: list[Mount], inputs: Path) -> list[tuple[str, str]]:
     """Create each input's mount points under input/ and pair each source with its place relative to input/.
-    A legacy `input/<slug>` wanted by two inputs goes to the first."""
+    A legacy `input/<slug>` wanted by two inputs goes to the first (also when one lies inside the other: a
+    dataset `x` and a model `x/pytorch/...`)."""
     binds, taken = [], set()
     for mount in mounts:
         source = Path(mount.source).resolve()
         if not source.is_dir():
             raise OSError(f"input {mount.kind} {mount.slug}: {source} is not a folder")
         for rel in mount_targets(mount):
-            if rel in taken:
+            if any(rel == t or t in rel.parents or rel in t.parents for t in taken):
                 continue
             taken.add(rel)
             (inputs / rel).mkdir(parents=True, exist_ok=True)
