@@ -125,7 +125,8 @@ def _kernel(kind: str, entry: Path, competition: str, slug: str | None, packed: 
     if packed is not None:  # the build packs it by itself (build.py): said here so that the reader knows
         lines.append(f"    # packed with it: {packed}; packages: [FOLDER, ...] adds more")
     if kind == "train":
-        lines += ["    accelerator: NvidiaTeslaT4     # a Kaggle machine shape (NvidiaTeslaT4, NvidiaL4, ...; None: CPU)",
+        lines += ["    accelerator: NvidiaTeslaT4     # a Kaggle machine shape (NvidiaTeslaT4, NvidiaL4, ...; "
+                  "None: CPU)",
                   "    session_hours: 12              # Kaggle's limit; state.json done: false in the output: a next "
                   "session"]
     lines.append(f"    sources: {{competitions: [{competition}]}}")
