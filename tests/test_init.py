@@ -306,8 +306,7 @@ def test_bare_entry_runs_in_a_kernel(tmp_path, local_kaggle, kaggle_env):
     project = tmp_path / "new"
     point_at(project, local_kaggle, kaggle_user="alice")
     config = yaml.safe_load((project / "kpack.yaml").read_text())
-    config["kernels"]["train"]["accelerator"] = "None"
-    del config["datasets"]  # nothing to ship: no wheels, no weights
+    config["kernels"]["train"]["accelerator"] = "None"  # as written but for the machine: a CPU session
     (project / "kpack.yaml").write_text(yaml.safe_dump(config))
     env = {**kaggle_env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["make", "push-train"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
