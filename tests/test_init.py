@@ -254,11 +254,8 @@ def test_kit_writes_a_repository_whose_config_and_makefile_work(tmp_path):
         "train": "kernel_src/train.py", "validate": "kernel_src/validate.py", "infer": "kernel_src/infer.py"}
     assert cfg.datasets.wheels.slug == "my-comp-wheels" and cfg.datasets.weights.slug == "my-comp-weights"
     assert cfg.kit["stages"] and "# " in files["kpack.yaml"].decode()  # commented
-    sys.path.insert(0, str(REPO))
-    try:
-        from kernel_src import settings
-    finally:
-        sys.path.remove(str(REPO))
+    from kpack_kit import settings  # the kit as installed, which init copied
+
     settings.from_config({"kit": cfg.kit, "competition": COMPETITION})  # the kit section is valid for the kit
 
     pins = lambda text: sorted(l for l in text.splitlines() if l.strip() and not l.startswith("#"))  # noqa: E731
