@@ -57,11 +57,15 @@ def plain(entries: list[Entry]) -> str:
     return text
 
 
+RUNNER_LINE = "kpack local runner: "  # the local Kaggle's own line at a log's top (localkaggle/runner.OWN_LINE)
+
+
 def newest_line(entries: list[Entry]) -> Entry | None:
-    """The newest line with something in it (of a tqdm-style line redrawn with carriage returns, its last part)."""
+    """The kernel's newest line with something in it (of a tqdm-style line redrawn with carriage returns, its
+    last part); the local runner's own line is not the kernel's."""
     for entry in reversed(entries):
         line = entry.data.rstrip("\n").split("\r")[-1].strip()
-        if line:
+        if line and not line.startswith(RUNNER_LINE):
             return Entry(entry.stream, entry.time, line[:LINE_MAX])
     return None
 

@@ -51,6 +51,9 @@ def test_decode_keeps_both_streams_in_order_and_copes_with_a_running_log():
     assert logs.plain(entries) == "one\ntwo\n"
     assert logs.decode("not json at all\nsecond") [1].data == "second\n"
     assert logs.newest_line(logs.decode('[{"stream_name":"stdout","time":5,"data":"10%\\r50%\\r90%\\n"}]')).data == "90%"
+    from packager.localkaggle.runner import OWN_LINE
+
+    assert logs.RUNNER_LINE == OWN_LINE
 
 
 def test_the_failing_line_is_the_kits_error_or_the_last_tracebacks_end():
@@ -112,6 +115,7 @@ def test_push_shows_the_newest_log_line_while_it_waits_and_keeps_the_decoded_log
     assert any("[kpack] epoch 1/3 step 10/30 loss 1.0000" in line for line in shown), out
     assert all(re.search(r"\[[\dhms]+ into the session, [\dhms]+ left\]$", line) for line in shown), shown
     assert len(shown) <= 6  # the newest line when it changed, not the whole log
+    assert not any("kpack local runner" in line for line in shown)  # the kernel's lines, not the runner's
     assert f"{ref}: waiting for the kernel to end (" in out and f"{ref}: COMPLETE (after " in out
     text = (result.output / f"{project.train_slug}.txt").read_text()
     assert text.splitlines()[-1] == "finished" and "a warning on stderr" in text.splitlines()
