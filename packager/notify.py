@@ -80,6 +80,21 @@ def notify(cfg, text: str, ok: bool = True) -> None:
 NEXT_STEP = {"train": "kpack push validate", "validate": "kpack push infer", "infer": "kpack submit"}
 
 
+def _never_fails(build):
+    """A message that cannot be put together (an odd ledger row, say) is one warning, never the run's end."""
+    import functools
+
+    @functools.wraps(build)
+    def safe(*args, **kwargs) -> str:
+        try:
+            return build(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            print(f"warning: notification not sent ({build.__name__}: {type(exc).__name__}: {exc})",
+                  file=sys.stderr, flush=True)
+            return ""
+    return safe
+
+
 def run_link(cfg, kernel: str, version: int | None = None, output=None) -> str:
     """Where to look: the kernel's page (kaggle.com, or the local Kaggle's), and its report when written."""
     if cfg is not None and cfg.backend == "local":
@@ -103,6 +118,7 @@ def _cv(value) -> str:
     return f"CV {value:.5f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "no CV"
 
 
+@_never_fails
 def session_finished(cfg, ref, row: dict, output, next_step: str) -> str:
     """A session ended COMPLETE: its CV, the time it used, what comes next."""
     text = (f"{ref} ({ref.kind}, session {ref.session}) COMPLETE: {_cv(row.get('cv_score'))}, "
@@ -111,6 +127,7 @@ def session_finished(cfg, ref, row: dict, output, next_step: str) -> str:
     return text
 
 
+@_never_fails
 def chain_finished(cfg, kind: str, rows: list[dict], output=None) -> str:
     """A chain of sessions ended: the best CV of its sessions and the hours they ran (GPU hours on a GPU)."""
     scores = [r["cv_score"] for r in rows if isinstance(r.get("cv_score"), (int, float))]
@@ -132,6 +149,7 @@ def needs_user(line: str) -> bool:
     return "secret" in lowered or "quota" in lowered
 
 
+@_never_fails
 def kernel_failed(cfg, ref, status: str, failure: str = "", output=None, log_text: str | None = None) -> str:
     """A session ended ERROR (or was cancelled): the one line of its log that says why, not the whole log."""
     from packager import logs
@@ -148,6 +166,7 @@ def kernel_failed(cfg, ref, status: str, failure: str = "", output=None, log_tex
     return text
 
 
+@_never_fails
 def refused(cfg, what: str, reason: str, fix: str) -> str:
     """Something waits for the user (quota, a missing secret, a push refused): what, why, what to do."""
     text = f"needs you: {what}: {reason}; {fix}"
@@ -155,6 +174,7 @@ def refused(cfg, what: str, reason: str, fix: str) -> str:
     return text
 
 
+@_never_fails
 def submission_scored(cfg, ref, submission_ref, public, private=None, rank_before=None, rank_after=None,
                       best_before=None) -> str:
     """A submission was scored: its public score (and private, once revealed), against the best so far, and the

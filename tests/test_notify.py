@@ -203,3 +203,12 @@ def test_a_score_names_the_rank_change_where_the_api_gives_one(told, capsys):
                     "rank 12 -> 9; https://www.kaggle.com/code/alice/x-infer (v4)")
     assert told.texts() == [f"[kpack] done: {text}"]
     assert "rank" not in submission_scored(cfg, ref, 78, 0.7)  # no rank in the answer: none said
+
+
+def test_a_message_that_cannot_be_made_is_a_warning_not_a_failure(told, capsys):
+    from packager.notify import chain_finished
+
+    assert chain_finished(make_cfg(), "train", [{"kernel": "alice/x", "seconds": 60, "cv_score": 0.5},
+                                                {"kernel": "alice/x-b", "seconds": None, "cv_score": "0.6"}]) != ""
+    assert chain_finished(None, "train", [None]) == ""  # a row that is not one: must not raise
+    assert "warning: notification not sent (chain_finished: " in capsys.readouterr().err
