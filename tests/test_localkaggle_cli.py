@@ -143,7 +143,7 @@ def test_competition_create_usage_column(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         f"error: {solution}: not a usable solution file: line 3: Usage is 'Privat'; each row's Usage must be "
-        "Public or Private"]
+        "Public, Private or Ignored"]
     solution.write_text("id,attribute_ids\nt1,1\nt2,2\n")  # no Usage: public only, said once
     done = create_competition_cli(tmp_path, data, solution)
     assert done.returncode == 0, done.stderr

@@ -3,7 +3,8 @@
 The solution is a CSV whose first column is the row id, whose `Usage` column (Public / Private) says which
 leaderboard a row counts for, and whose one other column holds the true labels, space-separated (iMet's
 `attribute_ids`). Without a Usage column every row counts for the public score and the private score stays
-empty; with one, every row must say Public or Private. A submission must have the same id and label columns (any order, extra columns refused),
+empty; with one, every row must say Public, Private or Ignored (a row the submission must hold but no
+leaderboard scores, as in Kaggle's own solution files). A submission must have the same id and label columns (any order, extra columns refused),
 exactly the solution's ids, once each. Anything else is malformed: `SubmissionError` with a message the
 submission list shows, as Kaggle's does.
 """
@@ -67,7 +68,7 @@ def _decode(data: bytes, what: str) -> str:
 
 
 def load_solution(path: Path) -> tuple[str, str, dict[str, tuple[set[str], str]]]:
-    """(id column, label column, id -> (labels, usage)); usage is 'Public', 'Private' or ''."""
+    """(id column, label column, id -> (labels, usage)); usage is 'Public', 'Private', 'Ignored' or ''."""
     header, rows = _read_csv(_decode(Path(path).read_bytes(), "the solution file"), "the solution file")
     usage_col = next((i for i, h in enumerate(header) if h.lower() == "usage"), None)
     targets = [i for i in range(1, len(header)) if i != usage_col]
@@ -77,8 +78,9 @@ def load_solution(path: Path) -> tuple[str, str, dict[str, tuple[set[str], str]]
     solution: dict[str, tuple[set[str], str]] = {}
     for line, row in enumerate(rows, start=2):
         usage = row[usage_col].strip().capitalize() if usage_col is not None and usage_col < len(row) else ""
-        if usage_col is not None and usage not in ("Public", "Private"):
-            raise ValueError(f"line {line}: Usage is {usage or 'empty'!r}; each row's Usage must be Public or Private")
+        if usage_col is not None and usage not in ("Public", "Private", "Ignored"):
+            raise ValueError(f"line {line}: Usage is {usage or 'empty'!r}; each row's Usage must be Public, Private "
+                             "or Ignored")
         solution[row[0].strip()] = (set(row[targets[0]].split()) if targets[0] < len(row) else set(), usage)
     return header[0], header[targets[0]], solution
 
