@@ -139,7 +139,8 @@ def test_unknown_augmentation_names_the_choices():
 
 def test_models_build_offline_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(models.WeightsError, match="kit.model.pretrained: true, but .* has a file for 'resnet18' and a hub download is impossible"):
+    with pytest.raises(models.WeightsError,
+                       match="kit.model.pretrained: true, but .* has a file for 'resnet18' and a hub download is impossible"):
         models.build_model(settings.parse({"model": {"pretrained": True}}).model, 14)
     with pytest.raises(models.WeightsError, match="kit.model.name: timm .* has no model 'nope'"):
         models.build_model(settings.parse({"model": {"name": "nope"}}).model, 14)
