@@ -1,4 +1,4 @@
-"""`kpack build KIND`: kernel_src + the entry + the resolved config -> build/kernels/<slug>/<slug>.py.
+"""`kpack build KIND`: kpack_runtime + the entry's package + the resolved config -> build/kernels/<slug>/<slug>.py.
 
 Beside the script go kernel-metadata.json (so a plain `kaggle kernels push -p build/kernels/<slug>` works)
 and build.json (the script's sha256, the inputs' sha256, what was packed). Everything is checked and
