@@ -13,7 +13,9 @@ def one_line_errors(run: Callable[[], Any], also: tuple[type[BaseException], ...
         return run()
     except (settings.SettingsError, models.WeightsError, checkpoint.CheckpointError, FileNotFoundError,
             *also) as exc:
-        print(f"[kpack] error: {exc}", file=sys.stderr, flush=True)
+        from kpack_runtime import launch
+
+        launch.report_error(f"[kpack] error: {exc}")  # once, when every rank of a launch fails alike
         raise SystemExit(2) from None
 
 

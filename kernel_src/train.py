@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import clock  # first: the session clock runs from process start
 
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
@@ -18,18 +19,20 @@ from . import entrypoint, settings  # noqa: E402
 
 def main(config: dict, working: Optional[Path] = None) -> dict:
     from . import engine
-    from kpack_runtime import inputs
+    from kpack_runtime import inputs, launch
 
     def train() -> dict:
         kit = settings.from_config(config)
         budget = clock.session_seconds(config, "train")
         session = clock.SessionClock(budget, kit.session.margin_seconds, max_steps=kit.session.max_steps)
-        print(f"[kpack] train: session budget {budget:.0f} s (margin {session.margin:.0f} s, plus saving the "
-              f"output at {session.output_s_per_gb:g} s/GB), {session.elapsed():.1f} s gone at start "
-              f"(counted from the {session.started_from})", flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[kpack] train: session budget {budget:.0f} s (margin {session.margin:.0f} s, plus saving the "
+                  f"output at {session.output_s_per_gb:g} s/GB), {session.elapsed():.1f} s gone at start "
+                  f"(counted from the {session.started_from})", flush=True)
         return engine.run(kit, config, working or inputs.working_dir(), session)
 
-    return entrypoint.one_line_errors(train)
+    # one process per GPU (KPACK_PROCESSES): forked here, before anything initialises CUDA
+    return launch.per_device(entrypoint.one_line_errors, train)
 
 
 if __name__ == "__main__":
