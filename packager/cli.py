@@ -142,12 +142,51 @@ def scores(config_path: str | None) -> None:
 @cli.command("ledger")
 @click.option("-n", "count", type=int, default=20, show_default=True, help="how many of the newest rows")
 @click.option("--kind", type=click.Choice(KERNEL_KINDS), default=None, help="only train, validate or infer")
-def ledger_cmd(count: int, kind: str | None) -> None:
+@click.option("--campaign", is_flag=False, flag_value="", default=None, metavar="[NAME]",
+              help="one line per member (its newest session's CV), the blend's CV and the LB public/private")
+@click.option("--csv", "as_csv", is_flag=True, help="every field of every row as CSV (all rows; -n is ignored)")
+def ledger_cmd(count: int, kind: str | None, campaign: str | None, as_csv: bool) -> None:
     """The newest runs in the ledger (runs/ledger.jsonl): kernel version, status, CV and LB scores, commit."""
     from packager import ledger
 
     rows = [r for r in ledger.read() if kind in (None, r.get("kind"))]
-    click.echo(ledger.table(rows[-count:]) if rows else f"no runs in {ledger.ledger_path()} yet")
+    if as_csv:
+        click.echo(ledger.csv_text(rows), nl=False)
+    elif not rows:
+        click.echo(f"no runs in {ledger.ledger_path()} yet")
+    elif campaign is not None:
+        click.echo(ledger.campaign_table(rows, campaign or None))
+    else:
+        click.echo(ledger.table(rows[-count:]))
+
+
+@cli.command()
+@click.argument("run")
+@click.argument("text")
+@click.option("-v", "--version", "version", type=int, default=None, help="that kernel version (default: newest)")
+def note(run: str, text: str, version: int | None) -> None:
+    """Set a free-text note on a run in the ledger: RUN is train|validate|infer, a member, or owner/slug."""
+    from packager import ledger
+
+    row = ledger.note(run, text, version)
+    click.echo(f"note on {row['kernel']} v{row['version']}: {row['note']}")
+
+
+@cli.command()
+@click.argument("ci", type=click.Choice(["github"]))
+@click.option("--every", default="10m", show_default=True, help="how often the tick runs: Nm (5..59) or Nh")
+@click.option("--kpack", "kpack_spec", default=None, metavar="SPEC",
+              help="what CI pip-installs as kpack (default: the git URL and commit this kpack came from)")
+@click.option("--auth", type=click.Choice(["key", "token"]), default="key", show_default=True,
+              help="Kaggle credentials as secrets: KAGGLE_USERNAME/KAGGLE_KEY, or KAGGLE_API_TOKEN")
+@config_opt
+def schedule(ci: str, every: str, kpack_spec: str | None, auth: str, config_path: str | None) -> None:
+    """Write .github/workflows/kpack-tick.yml: `kpack tick` on a schedule in CI, the ledger committed back."""
+    from packager.schedule import write_github
+
+    cfg = load_config(config_path)
+    for line in write_github(cfg, ".", every=every, kpack_spec=kpack_spec, auth=auth, config_path=config_path):
+        click.echo(line)
 
 
 @cli.command("probe-image")

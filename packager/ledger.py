@@ -6,8 +6,15 @@ git-ignored: it is this machine's history, like the outputs).
 
 Row fields: ts, kernel (owner/slug), kind, base_slug (the configured slug a session chain grew from),
 version, session, backend, git_commit, git_dirty, config_hash, script_sha256, status, seconds, cv_score,
-lb_score, metrics, output, failure. `lb_score` is filled later, by `kpack submit` and `kpack scores`.
-`kpack ledger` prints the newest rows as a table (`table()`).
+lb_score, metrics, output, failure. `lb_score` (public) and `private_score` are filled later, by `kpack submit`
+and `kpack scores`. A campaign's train rows add campaign, member, variant and fold; a validate or infer row adds
+`sources` (owner/slug/N of each kernel it read); `kpack note` sets a row's `note`. Rows written before a field
+existed simply lack it: every reader uses .get().
+`kpack ledger` prints the newest rows as a table (`table()`), `--campaign` one line per member
+(`campaign_table()`), `--csv` every field (`csv_text()`).
+
+Why JSON lines and not SQLite: the file is plain text that diffs and merges in git (a CI tick commits it back),
+an append is one write under a lock, a new field needs no schema migration, and each row is one kernel version.
 
 Never a secret: rows are built from named fields only (no environment dump), and every value that
 `collect_secrets(cfg)` knows is redacted from the serialized line before it is written.
@@ -195,5 +202,104 @@ def table(rows: list[dict]) -> str:
                       r.get("status") or "-", minutes, _score(r.get("cv_score")), _score(r.get("lb_score")), commit))
     if any(reports):
         lines = [lines[0] + ("report",)] + [line + (path or "-",) for line, path in zip(lines[1:], reports)]
+    if any(r.get("note") for r in rows):
+        lines = [lines[0] + ("note",)] + [line + (r.get("note") or "",) for line, r in zip(lines[1:], rows)]
+    return _aligned(lines)
+
+
+# --------------------------------------------------------------------------------------------- campaigns
+
+# The CSV's columns, in this order; any other field a row carries follows, sorted by name.
+CSV_FIELDS = ("ts", "finished", "campaign", "member", "variant", "fold", "kind", "kernel", "base_slug", "version",
+              "session", "backend", "status", "seconds", "cv_score", "lb_score", "private_score", "note", "sources",
+              "git_commit", "git_dirty", "config_hash", "script_sha256", "output", "failure", "metrics")
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Every field of every row as CSV: CSV_FIELDS first, then the others sorted; nested values (metrics,
+    sources) as JSON, None as an empty cell."""
+    import csv
+    import io
+
+    extra = sorted({k for r in rows for k in r} - set(CSV_FIELDS))
+    columns = list(CSV_FIELDS) + extra
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow(["" if r.get(c) is None else json.dumps(r[c], sort_keys=True)
+                         if isinstance(r[c], (dict, list, bool)) else r[c] for c in columns])
+    return buffer.getvalue()
+
+
+def member_of(row: dict) -> str:
+    """A train row's member: its `member` field, or (a row written before campaigns) its chain's base slug."""
+    return row.get("member") or row.get("base_slug") or (row.get("kernel") or "-").split("/")[-1]
+
+
+def _aligned(lines: list[tuple]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def campaign_table(rows: list[dict], campaign: str | None = None) -> str:
+    """One line per train member (its newest session: status, CV), then the newest validate row (the blend's CV)
+    and the newest infer row (LB public and private, and the train sessions it read)."""
+    if campaign:  # its members' rows, and the validate and infer rows that read them (or say they belong to it)
+        rows = [r for r in rows if r.get("campaign") == campaign or (r.get("kind") != "train" and any(
+            s.split("/")[1].startswith(campaign) for s in r.get("sources") or [] if s.count("/") >= 1))]
+    newest: dict[str, dict] = {}
+    for r in rows:
+        if r.get("kind") == "train":
+            newest.pop(member_of(r), None)  # re-inserted: members in the order of their newest session
+            newest[member_of(r)] = r
+    lines = [("member", "variant", "fold", "kernel", "session", "status", "cv", "lb", "private", "note")]
+    for member, r in newest.items():
+        lines.append((member, str(r.get("variant") or "-"), "-" if r.get("fold") is None else str(r["fold"]),
+                      f"{(r.get('kernel') or '-').split('/')[-1]} v{r.get('version')}", str(r.get("session") or "-"),
+                      r.get("status") or "-", _score(r.get("cv_score")), "-", "-", r.get("note") or ""))
+    for kind, what in (("validate", "blend"), ("infer", "submission")):
+        r = next((r for r in reversed(rows) if r.get("kind") == kind), None)
+        if r is not None:
+            lines.append((what, "-", "-", f"{(r.get('kernel') or '-').split('/')[-1]} v{r.get('version')}", "-",
+                          r.get("status") or "-", _score(r.get("cv_score")), _score(r.get("lb_score")),
+                          _score(r.get("private_score")), r.get("note") or ""))
+    text = _aligned(lines)
+    reads = next((r.get("sources") for r in reversed(rows) if r.get("kind") == "infer" and r.get("sources")), None)
+    return text + (f"\ninfer read: {', '.join(reads)}" if reads else "")
+
+
+def source_versions(refs: list[str], backend: str, path: str | os.PathLike | None = None) -> list[str]:
+    """owner/slug/N for each source kernel ref: the version the ledger's newest row of that kernel (on this
+    backend) names, which is the version Kaggle mounts; a ref the ledger does not know stays as it is."""
+    rows = read(path)
+    found = []
+    for ref in refs:
+        last = next((r for r in reversed(rows) if r.get("kernel") == ref and r.get("backend") == backend
+                     and r.get("version") is not None), None)
+        found.append(f"{ref}/{last['version']}" if last else ref)
+    return found
+
+
+def find_run(ref: str, version: int | None = None, path: str | os.PathLike | None = None) -> dict:
+    """The newest row that REF names: a kind (train, validate, infer), a member, owner/slug or slug; with
+    version, that kernel version's row."""
+    from packager.errors import UserError
+
+    def names(r: dict) -> bool:
+        kernel = r.get("kernel") or ""
+        return ref in (r.get("kind"), r.get("member"), kernel, kernel.split("/")[-1])
+
+    rows = [r for r in read(path) if names(r) and version in (None, r.get("version"))]
+    if not rows:
+        raise UserError(f"no run in {Path(path or ledger_path())} matches {ref}" + (f" v{version}" if version else "")
+                        + "; see the runs with: kpack ledger")
+    return rows[-1]
+
+
+def note(ref: str, text: str, version: int | None = None, cfg=None, path: str | os.PathLike | None = None) -> dict:
+    """Set the free-text note of the run REF names (a new note replaces the old); returns the row."""
+    row = find_run(ref, version, path)
+    match = {k: row.get(k) for k in ("kernel", "version", "backend", "ts")}
+    update(match, {"note": text}, cfg, path)
+    return latest(path, **match)

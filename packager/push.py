@@ -155,9 +155,11 @@ def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
 # --------------------------------------------------------------------------------------------- one session
 
 def _record_start(cfg, ref: watch.KernelRef, base_slug: str, script_sha256: str, status: str = "QUEUED",
-                  failure: str = "") -> None:
+                  failure: str = "", sources: list[str] | None = None) -> None:
     row = ledger.make_row(cfg, kernel=ref.ref, kind=ref.kind, version=ref.version, session=ref.session,
                           status=status, seconds=None, output=None, base_slug=base_slug, failure=failure)
+    if sources is not None:  # the kernels it reads, owner/slug/N: which train sessions an infer blended
+        row["sources"] = ledger.source_versions(sources, cfg.backend)
     ledger.append({**row, "script_sha256": script_sha256}, cfg)
 
 
@@ -273,7 +275,8 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     if model_build is not None:
         models_push.publish(api, cfg, model_build, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     ref = push_folder(api, cfg, kind, Path(built.folder))
-    _record_start(cfg, ref, cfg.kernel(kind).slug, built.sha256)
+    _record_start(cfg, ref, cfg.kernel(kind).slug, built.sha256,
+                  sources=metadata.read_kernel_metadata(built.folder).get("kernel_sources") or [])
     if not wait:
         print(f"not waiting; follow it with: kpack watch {kind}   (status: kpack status {kind})")
         return PushResult(ref=ref, sessions=[ref])

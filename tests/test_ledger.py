@@ -147,3 +147,139 @@ def test_a_no_wait_push_followed_later_keeps_cv_and_the_kernels_own_run_time(loc
     assert row["status"] == "COMPLETE" and row["cv_score"] == 0.77
     assert Store(local_kaggle.root).kernel_version("alice", ref.slug, ref.version)["seconds"] == ran["seconds"]
     assert 2.5 <= row["seconds"] <= ran["seconds"] + 0.1  # the kernel's own time (its log), not the watcher's ~0 s
+
+
+# --------------------------------------------------------------------------------------------- campaigns
+
+def _grid_rows(path):
+    """A 2 variants x 2 folds campaign, each member two sessions (the second finished with its CV), a validate
+    row (the blend's CV), an infer row (LB public and private, the sessions it read) and one row written before
+    campaigns (no member fields)."""
+    ledger.append({"ts": "2026-11-30T10:00:00Z", "kernel": "alice/old-train", "kind": "train", "version": 3,
+                   "session": 1, "base_slug": "old-train", "status": "COMPLETE", "cv_score": 0.5}, path=path)
+    cvs = {("b0", 0): 0.61, ("b0", 1): 0.62, ("b3", 0): 0.71, ("b3", 1): 0.72}
+    for session in (1, 2):
+        for (variant, fold), cv in cvs.items():
+            slug = f"camp-train-{variant}-f{fold}"
+            ledger.append({"ts": f"2026-12-01T1{session}:00:00Z", "kernel": f"alice/{slug}" + ("-b" if session == 2
+                           else ""), "kind": "train", "version": 1, "session": session, "base_slug": slug,
+                           "status": "COMPLETE", "cv_score": cv if session == 2 else None, "campaign": "camp-train",
+                           "member": f"{variant}:{fold}", "variant": variant, "fold": fold}, path=path)
+    reads = [f"alice/camp-train-{v}-f{f}-b/1" for v, f in cvs]
+    ledger.append({"ts": "2026-12-01T13:00:00Z", "kernel": "alice/camp-validate", "kind": "validate", "version": 1,
+                   "session": 1, "status": "COMPLETE", "cv_score": 0.7345, "sources": reads}, path=path)
+    ledger.append({"ts": "2026-12-01T14:00:00Z", "kernel": "alice/camp-infer", "kind": "infer", "version": 2,
+                   "session": 1, "status": "COMPLETE", "lb_score": 0.701, "private_score": 0.699,
+                   "sources": reads + ["alice/camp-validate/1"], "metrics": {"best": {"f2": 0.7}}}, path=path)
+    return cvs, reads
+
+
+def test_campaign_view_one_line_per_member_with_the_blend_and_the_lb(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from packager.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    cvs, reads = _grid_rows(None)
+    done = CliRunner().invoke(cli, ["ledger", "--campaign"])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert lines[0].split() == ["member", "variant", "fold", "kernel", "session", "status", "cv", "lb", "private",
+                                "note"]
+    assert lines[1].split() == ["old-train", "-", "-", "old-train", "v3", "1", "COMPLETE", "0.50000", "-", "-"]
+    members = [line.split() for line in lines[2:6]]
+    assert [(m[0], m[1], m[2], m[3], m[5], m[7]) for m in members] == [
+        (f"{v}:{f}", v, str(f), f"camp-train-{v}-f{f}-b", "2", f"{cv:.5f}") for (v, f), cv in cvs.items()]
+    assert lines[6].split() == ["blend", "-", "-", "camp-validate", "v1", "-", "COMPLETE", "0.73450", "-", "-"]
+    assert lines[7].split() == ["submission", "-", "-", "camp-infer", "v2", "-", "COMPLETE", "-", "0.70100", "0.69900"]
+    assert lines[8] == "infer read: " + ", ".join(reads + ["alice/camp-validate/1"])
+    assert len(lines) == 9
+    named = CliRunner().invoke(cli, ["ledger", "--campaign", "camp-train"]).output.splitlines()
+    assert [line.split()[0] for line in named[1:-1]] == [f"{v}:{f}" for v, f in cvs] + ["blend", "submission"]
+    assert "old-train" not in "".join(named)
+
+
+def test_csv_has_every_field_in_a_stable_order_and_parses_back(tmp_path, monkeypatch):
+    import csv
+    import io
+
+    from click.testing import CliRunner
+
+    from packager.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    _grid_rows(None)
+    ledger.append({"kernel": "alice/x", "kind": "train", "version": 9, "zz_extra": "a,b \"quoted\"\nnewline"})
+    done = CliRunner().invoke(cli, ["ledger", "--csv"])
+    assert done.exit_code == 0
+    parsed = list(csv.DictReader(io.StringIO(done.output)))
+    rows = ledger.read()
+    header = next(csv.reader(io.StringIO(done.output)))
+    assert tuple(header[:len(ledger.CSV_FIELDS)]) == ledger.CSV_FIELDS and header[len(ledger.CSV_FIELDS):] == [
+        "zz_extra"]
+    assert len(parsed) == len(rows) == 12
+    for row, back in zip(rows, parsed):
+        for key in header:
+            value = row.get(key)
+            if value is None:
+                assert back[key] == ""
+            elif isinstance(value, (dict, list, bool)):
+                assert json.loads(back[key]) == value
+            else:
+                assert back[key] == str(value)
+    assert parsed[-1]["zz_extra"] == "a,b \"quoted\"\nnewline"
+    assert json.loads(parsed[-2]["sources"])[-1] == "alice/camp-validate/1"
+
+
+def test_note_on_a_run_is_stored_in_its_row_and_shown(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLE_KEY", SECRET)
+    _grid_rows(None)
+
+    def kpack(*args):  # the real command line: its exit status and its error line on stderr
+        return subprocess.run([sys.executable, "-c", "from packager.cli import main; main()", *args],
+                              capture_output=True, text=True, cwd=tmp_path)
+
+    done = kpack("note", "infer", "tta x8, thresholds per class")
+    assert done.returncode == 0 and done.stdout == "note on alice/camp-infer v2: tta x8, thresholds per class\n"
+    done = kpack("note", "b3:1", "-v", "1", f"lr 3e-4, key {SECRET}")
+    assert done.returncode == 0, done.stderr
+    rows = ledger.read()
+    assert len(rows) == 11  # a row update, not a new row
+    assert ledger.latest(kind="infer")["note"] == "tta x8, thresholds per class"
+    assert ledger.latest(member="b3:1")["note"] == f"lr 3e-4, key {ledger.REDACTED}"
+    assert ledger.latest(member="b3:1", session=1).get("note") is None  # the newest row of b3:1 only
+    assert SECRET not in (tmp_path / "runs" / "ledger.jsonl").read_text()
+    grouped = kpack("ledger", "--campaign").stdout.splitlines()
+    assert grouped[-2].endswith("tta x8, thresholds per class") and grouped[5].endswith(f"key {ledger.REDACTED}")
+    assert kpack("ledger", "-n", "1").stdout.splitlines()[1].endswith("tta x8, thresholds per class")
+    missing = kpack("note", "nosuch", "x")
+    assert missing.returncode == 2 and missing.stderr == ("error: no run in runs/ledger.jsonl matches nosuch; see "
+                                                         "the runs with: kpack ledger\n")
+    assert len(ledger.read()) == 11
+
+
+def test_an_infer_push_records_the_train_sessions_it_read(local_kaggle, tmp_path, monkeypatch):
+    from packager import kaggle_api
+    from packager.localkaggle.store import Store
+    from packager.push import push_kernel
+    from pushkit import isolate, make_project
+
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, local_kaggle, sessions=2, datasets=False, infer=True)
+    monkeypatch.chdir(project.root)
+    try:
+        trained = push_kernel(project.cfg(), "train", wait=True)
+        infer = push_kernel(project.cfg(), "infer", wait=False).ref
+    finally:
+        kaggle_api._restore_env()
+    last = trained.sessions[-1]
+    assert (last.slug, last.version, last.session) == (f"{project.train_slug}-b", 1, 2)  # the chain's 2nd session
+    row = ledger.latest(kernel=infer.ref, version=infer.version)
+    assert row["sources"] == [f"alice/{project.train_slug}-b/1"]
+    mounted = Store(local_kaggle.root).kernel_version("alice", infer.slug, infer.version)["metadata"]
+    assert mounted["kernel_data_sources"] == [f"alice/{project.train_slug}-b"]
+    assert ledger.latest(kernel=f"alice/{project.train_slug}")["sources"] == []  # train read no kernel
