@@ -204,6 +204,8 @@ def pin_sources(api, cfg, kind: str, folder: Path) -> None:
 
     path = Path(folder) / KERNEL_METADATA
     meta = json.loads(path.read_text())
+    if not meta.get("model_sources"):
+        return  # nothing to pin (and a kernel kpack makes for itself, like the image probe, has no models section)
     own, pinned = instance_ref(cfg), []
     for source in meta.get("model_sources") or []:
         parts = source.split("/")

@@ -23,7 +23,7 @@ from types import ModuleType
 from packager import metadata, shapes
 from packager.errors import UserError
 
-SETTINGS = Path("kernel_src") / "settings.py"
+SETTINGS = "settings.py"  # beside the entry, in the package that packs it (kernel_src/, src/mycomp/, ...)
 _loaded: dict[tuple, ModuleType] = {}  # (path, size, mtime) -> the module: one load per build, reloaded when edited
 
 
@@ -69,11 +69,11 @@ def check_metadata(cfg, kind: str) -> Found:
 
 def check_kit(cfg, kind: str, root: Path) -> Found:
     """config["kit"] through the project's kernel_src/settings.py, as the kernel will validate it."""
-    settings, note = _kit_module(root)
+    settings, note = _kit_module(cfg, kind, root)
     if settings is None:
         return Found(f"kit: not checked: {note}")
     _kit_settings(cfg, kind, settings)
-    return Found(f"kit: valid for {SETTINGS}")
+    return Found(f"kit: valid for {_settings_path(cfg, kind, root).relative_to(root)}")
 
 
 def check_weights(cfg, kind: str, root: Path) -> Found:
@@ -81,7 +81,7 @@ def check_weights(cfg, kind: str, root: Path) -> Found:
     the weights dataset's folder, where the kernel will look for it (kernel_src/models.py resolve_weights)."""
     if kind != "train":
         return Found(f"kit weights: not needed by the {kind} kernel (it loads the trained models)")
-    settings, note = _kit_module(root)
+    settings, note = _kit_module(cfg, kind, root)
     if settings is None:
         return Found(f"kit weights: not checked: {note}")
     try:
@@ -332,12 +332,26 @@ def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------------------------- helpers
 
-def _kit_module(root: Path) -> tuple[ModuleType | None, str]:
-    """The project's kernel_src/settings.py as a module (loaded by path: a project's kernel_src is not kpack's),
+def _settings_path(cfg, kind: str, root: Path) -> Path:
+    """settings.py in the package that packs kernels.<kind>.entry (the kit's, wherever the project put it)."""
+    from packager.build import _entry_package
+
+    root = Path(root)
+    try:
+        packed = _entry_package(cfg.kernel(kind).entry, kind, root)[1]
+    except UserError:  # check_entry says what
+        return root / "kernel_src" / SETTINGS
+    folder = packed[0] if len(packed) == 1 and packed[0].is_dir() else (root / cfg.kernel(kind).entry).parent
+    return folder / SETTINGS
+
+
+def _kit_module(cfg, kind: str, root: Path) -> tuple[ModuleType | None, str]:
+    """The project's settings.py beside its entry as a module (loaded by path: a project's kit is not kpack's),
     or (None, why it is not checked)."""
-    path = Path(root) / SETTINGS
+    path = _settings_path(cfg, kind, root)
+    shown = path.relative_to(Path(root)) if path.is_relative_to(Path(root)) else path
     if not path.is_file():
-        return None, f"{SETTINGS} is not in this project (its entries validate their own settings)"
+        return None, f"{shown} is not in this project (its entries validate their own settings)"
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _loaded:
@@ -350,9 +364,9 @@ def _kit_module(root: Path) -> tuple[ModuleType | None, str]:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - a project's own module that needs the kernel to import
         sys.modules.pop(name, None)
-        return None, f"{SETTINGS} does not load here ({type(exc).__name__}: {exc})"
+        return None, f"{shown} does not load here ({type(exc).__name__}: {exc})"
     if not (hasattr(module, "from_config") and hasattr(module, "SettingsError")):
-        return None, f"{SETTINGS} is not the kit's (no from_config)"
+        return None, f"{shown} is not the kit's (no from_config)"
     _loaded[key] = module
     return module, ""
 

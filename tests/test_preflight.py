@@ -76,6 +76,17 @@ def test_a_project_without_the_kit_is_not_checked(tmp_path):
     build_kernel(cfg, "train", root=root)
 
 
+def test_a_kit_copied_under_another_package_is_checked_where_it_lies(tmp_path):
+    root = project(tmp_path, lr="fast")
+    (root / "src").mkdir()
+    (root / "kernel_src").rename(root / "src" / "mycomp")  # the kit's settings.py beside the entry, in src/mycomp/
+    text = (root / "kpack.yaml").read_text().replace("kernel_src/train.py", "src/mycomp/train.py")
+    (root / "kpack.yaml").write_text(text)
+    cfg = load_config(root / "kpack.yaml")
+    with pytest.raises(UserError, match=r"kit.optim.lr: expected a number \(got 'fast'\)"):
+        preflight.check_kit(cfg, "train", root)
+
+
 # --------------------------------------------------------------------------------------------- weights files
 
 def test_a_weights_file_missing_from_the_weights_dataset_stops_the_build(tmp_path):
