@@ -287,13 +287,14 @@ class EpochBatchSampler(Sampler):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world = shuffle, drop_last, rank, world
         self.epoch, self.start_batch = 0, 0
+        self.order_fn: Optional[Callable[[int], np.ndarray]] = None  # epoch -> order (mining.py); else epoch_order
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches(self, epoch: Optional[int] = None) -> list[list[int]]:
         epoch = self.epoch if epoch is None else epoch
-        order = epoch_order(self.n, self.seed, epoch, self.shuffle)
+        order = self.order_fn(epoch) if self.order_fn else epoch_order(self.n, self.seed, epoch, self.shuffle)
         return shard_batches(order, self.batch_size, self.rank, self.world, self.drop_last)
 
     def __len__(self) -> int:

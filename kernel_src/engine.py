@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import atomic, augment, checkpoint, data, folds, losses, models, schedules, settings
+from . import atomic, augment, checkpoint, data, folds, freezing, losses, mining, mixing, models, schedules, settings
 from .metrics import fbeta_score
 from .settings import KitSettings
 from .thresholds import best_global
@@ -151,7 +151,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(kit: KitSettings, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    groups = _param_groups(model, kit.optim.weight_decay)
+    groups = (freezing.param_groups(kit.freeze, model, kit.optim.weight_decay) if freezing.active(kit.freeze)
+              else _param_groups(model, kit.optim.weight_decay))
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if kit.optim.name == "sgd":
         return torch.optim.SGD(groups, lr=kit.optim.lr, momentum=kit.optim.momentum,
@@ -199,6 +200,9 @@ class Run:
                                                     shuffle=False, drop_last=False, rank=dd.rank, world=dd.world)
         self.valid_loader = data.make_loader(subset(self.valid_idx, kit.augment.valid), self.valid_sampler,
                                              d.num_workers, pin, persistent=False)
+        self.miner = mining.Miner(len(train_idx), kit.mining.share, kit.seed) if kit.mining.share > 0 else None
+        if self.miner:
+            self.train_sampler.order_fn = self.miner.order
         self.batches_per_epoch = len(self.train_sampler)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / kit.optim.accum_steps)
         self.total_steps = self.steps_per_epoch * kit.epochs
@@ -212,7 +216,8 @@ class Run:
         self.net = self.model
         if dd.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
+                self.model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None,
+                find_unused_parameters=kit.freeze.train_stages > 0)  # frozen stages get no gradient
         self.loss_fns = [losses.build(stage.loss) for stage in kit.stages]
         weights_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         self.ckpt_bytes = weights_bytes * (4 if self.ema else 3)  # weights, 2 optimizer moments, EMA
@@ -242,6 +247,7 @@ class Run:
             "best": {"metric": self.best, "epoch": self.best_epoch},
             "history": self.history,
             "rng": self.dist.gather(rng_state()),
+            "mining": self.dist.gather(self.miner.state()) if self.miner else None,
             "world": self.dist.world,
             "kit": settings.to_dict(self.kit),
         }
@@ -282,6 +288,8 @@ class Run:
         self.best, self.best_epoch = s["best"]["metric"], s["best"]["epoch"]
         self.history = s["history"]
         set_rng_state(s["rng"][self.dist.rank])
+        if self.miner:
+            self.miner.load(s["mining"][self.dist.rank])
         self.resumed_from = found.path
         self.saved_at = (self.step, time.monotonic())
         if self.dist.main:
@@ -292,6 +300,22 @@ class Run:
     def _lr(self) -> float:
         _, stage = self.kit.stage_at(self.epoch)
         return schedules.lr_at(self.step, self.total_steps, self.kit.schedule, self.kit.optim.lr) * stage.lr_scale
+
+    def _begin_epoch_part(self) -> None:
+        """Per-epoch state of the techniques, re-derived on resume: trainable stages, the mining record."""
+        if self.kit.freeze.train_stages > 0:
+            freezing.set_trainable(self.kit.freeze, self.model, self.epoch)
+        if self.miner:
+            self.miner.begin(self.epoch, self.dist.gather)
+
+    def _batch_transforms(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label smoothing, multi-scale, mixup/cutmix (each a no-op unless configured; mixing.py)."""
+        kit = self.kit
+        targets = losses.smooth(targets, kit.stage_at(self.epoch)[1].label_smoothing)
+        images = mixing.resize(images, mixing.train_size(kit.data, kit.seed, self.epoch, self.batch))
+        mix = mixing.draw(kit.mix, len(images), images.shape[-2], images.shape[-1], kit.seed, self.epoch,
+                          self.batch, self.dist.rank)
+        return mixing.mix_batch(images, targets, mix)
 
     def _checkpoint_due(self) -> bool:
         s = self.kit.session
@@ -306,27 +330,34 @@ class Run:
         stage_index, _ = kit.stage_at(self.epoch)
         loss_fn = self.loss_fns[stage_index]
         self.net.train()
+        self._begin_epoch_part()
         self.train_sampler.set_epoch(self.epoch, self.batch)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         t_step = time.monotonic()
         seen = 0
-        for images, targets, _ in self.train_loader:
+        for images, targets, index in self.train_loader:
             if self.batch % accum == 0:
                 lr = self._lr()
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
             images = images.to(dev, non_blocking=True)
             targets = targets.to(dev, non_blocking=True)
+            images, targets = self._batch_transforms(images, targets)
             last_micro = (self.batch + 1) % accum == 0 or self.batch + 1 == self.batches_per_epoch
             sync = nullcontext() if last_micro or self.dist.world == 1 else self.net.no_sync()
             with sync:
                 with autocast:
-                    loss = loss_fn(self.net(images), targets)
+                    logits = self.net(images)
+                    loss = loss_fn(logits, targets)
                 self.scaler.scale(loss / accum).backward()
+            if self.miner:
+                self.miner.record(index.numpy(), losses.per_sample_bce(logits.detach(), targets).cpu().numpy())
             self.batch += 1
             seen += len(images)
             if not last_micro:
                 continue
+            if kit.freeze.train_stages > 0:
+                freezing.drop_frozen_grads(self.model)
             if kit.optim.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), kit.optim.grad_clip)

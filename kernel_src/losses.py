@@ -5,7 +5,8 @@
   soft_fbeta  1 - per-sample soft F-beta on sigmoid probabilities (beta 2: iMet's metric), averaged
   forgiving   BCE(x, y) + w * BCE(x * y, y): positives count 1 + w times, negatives once (iMet 2019)
 
-`build(terms)` makes the weighted sum a stage of the config asks for.
+`build(terms)` makes the weighted sum a stage of the config asks for; `smooth(targets, eps)` is label smoothing
+for multi-label targets (each column a binary problem: 1 -> 1 - eps/2, 0 -> eps/2).
 """
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .settings import LossTerm
+
+
+def smooth(targets: torch.Tensor, eps: float) -> torch.Tensor:
+    """Label smoothing of binary targets: y (1 - eps) + eps / 2, so every target lies in [eps/2, 1 - eps/2]."""
+    return targets if eps <= 0 else targets * (1 - eps) + eps / 2
+
+
+def per_sample_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE averaged over the classes of each sample: (N,) (hard-negative mining ranks samples by it)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(1)
 
 
 def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

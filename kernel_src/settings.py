@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 RUNTIME = {"runtime": True}  # field metadata: may change between sessions without breaking resume
+# field metadata of the optional techniques: hashed only when set, so runs without them keep their old hash
+OPTIONAL = {"optional": True}
 
 
 class SettingsError(ValueError):
@@ -54,6 +56,9 @@ class DataSettings:
     max_samples: Optional[int] = None       # first N training rows only (smoke runs)
     num_workers: int = field(default=2, metadata=RUNTIME)
     cache: bool = field(default=False, metadata=RUNTIME)  # pre-resized uint8 cache in the temp dir
+    # multi-scale training: each training batch resized to one of these sizes, a new one every batch or epoch
+    train_sizes: list[int] = field(default_factory=list, metadata=OPTIONAL)
+    train_sizes_per: Literal["batch", "epoch"] = field(default="batch", metadata=OPTIONAL)
 
 
 @dataclass
@@ -87,6 +92,29 @@ class StageSettings:
     epochs: int = 1
     loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
     lr_scale: float = 1.0
+    label_smoothing: float = field(default=0.0, metadata=OPTIONAL)  # training targets y -> y (1 - eps) + eps / 2
+
+
+@dataclass
+class MixSettings:
+    """Mixup / cutmix of each training batch with a shuffled copy of itself; targets mixed by the same weight."""
+    mixup_alpha: float = 0.0    # > 0: lambda ~ Beta(alpha, alpha); 0: off
+    cutmix_alpha: float = 0.0   # > 0: box area share ~ Beta(alpha, alpha); 0: off
+    prob: float = 1.0           # share of batches mixed
+    switch_prob: float = 0.5    # both on: share of mixed batches that use cutmix
+
+
+@dataclass
+class FreezeSettings:
+    """Per backbone stage (timm's group_matcher: stem, stages, head): frozen stages, their learning rates."""
+    train_stages: int = 0       # > 0: only the last N stages (and the head) train at first; 0: all
+    unfreeze_every: int = 0     # > 0: one more stage trains every N epochs (gradual unfreezing)
+    lr_decay: float = 1.0       # stage i from the head: lr * lr_decay**i (discriminative learning rates)
+
+
+@dataclass
+class MiningSettings:
+    share: float = 0.0          # > 0: the hardest share of last epoch's samples is drawn twice as often
 
 
 @dataclass
@@ -138,6 +166,9 @@ class KitSettings:
     optim: OptimSettings = field(default_factory=OptimSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     ema: EmaSettings = field(default_factory=EmaSettings)
+    mix: MixSettings = field(default_factory=MixSettings, metadata=OPTIONAL)
+    freeze: FreezeSettings = field(default_factory=FreezeSettings, metadata=OPTIONAL)
+    mining: MiningSettings = field(default_factory=MiningSettings, metadata=OPTIONAL)
     amp: Literal["auto", "fp16", "off"] = "auto"      # auto: fp16 + GradScaler on CUDA, fp32 on CPU
     deterministic: bool = False                       # torch.use_deterministic_algorithms(True)
     log_every_steps: int = field(default=50, metadata=RUNTIME)
@@ -247,6 +278,7 @@ def _check(obj: Any, where: str) -> None:
         need(obj.num_workers >= 0, "num_workers", "expected 0 or more")
         need(obj.max_samples is None or obj.max_samples > 0, "max_samples", "expected a positive count")
         need(obj.image_ext.startswith("."), "image_ext", "expected an extension with its dot, e.g. '.png'")
+        need(all(n >= 8 for n in obj.train_sizes), "train_sizes", "expected sizes of at least 8")
     elif isinstance(obj, OptimSettings):
         need(obj.lr > 0, "lr", "expected a positive learning rate")
         need(obj.weight_decay >= 0, "weight_decay", "expected 0 or more")
@@ -262,6 +294,20 @@ def _check(obj: Any, where: str) -> None:
         need(obj.epochs >= 1, "epochs", "expected 1 or more")
         need(len(obj.loss) >= 1, "loss", "expected at least one loss term")
         need(obj.lr_scale > 0, "lr_scale", "expected a positive number")
+        need(0 <= obj.label_smoothing < 1, "label_smoothing", "expected a number in [0, 1)")
+    elif isinstance(obj, MixSettings):
+        need(obj.mixup_alpha >= 0, "mixup_alpha", "expected 0 (off) or more")
+        need(obj.cutmix_alpha >= 0, "cutmix_alpha", "expected 0 (off) or more")
+        need(0 <= obj.prob <= 1, "prob", "expected a number in [0, 1]")
+        need(0 <= obj.switch_prob <= 1, "switch_prob", "expected a number in [0, 1]")
+    elif isinstance(obj, FreezeSettings):
+        need(obj.train_stages >= 0, "train_stages", "expected 0 (all) or more")
+        need(obj.unfreeze_every >= 0, "unfreeze_every", "expected 0 (off) or more")
+        need(obj.unfreeze_every == 0 or obj.train_stages > 0, "unfreeze_every",
+             "expected 0 unless train_stages is set (all stages already train)")
+        need(0 < obj.lr_decay <= 1, "lr_decay", "expected a number in (0, 1]")
+    elif isinstance(obj, MiningSettings):
+        need(0 <= obj.share < 1, "share", "expected a number in [0, 1)")
     elif isinstance(obj, EmaSettings):
         need(0 < obj.decay < 1, "decay", "expected a number in (0, 1)")
     elif isinstance(obj, LossTerm):
@@ -309,7 +355,26 @@ def to_dict(settings: Any, *, runtime: bool = True) -> Any:
     return settings
 
 
+def _hashed(settings: Any) -> Any:
+    """to_dict(runtime=False), less the optional techniques' fields left at their default (off)."""
+    if dataclasses.is_dataclass(settings):
+        out = {}
+        for f in dataclasses.fields(settings):
+            value = getattr(settings, f.name)
+            if f.metadata.get("runtime"):
+                continue
+            if f.metadata.get("optional"):
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                if value == default:
+                    continue
+            out[f.name] = _hashed(value)
+        return out
+    if isinstance(settings, list):
+        return [_hashed(v) for v in settings]
+    return settings
+
+
 def training_hash(settings: KitSettings) -> str:
     """sha256 of everything that shapes the trained weights; checkpoints carry it and resume checks it."""
-    text = json.dumps(to_dict(settings, runtime=False), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(_hashed(settings), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
