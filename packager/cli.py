@@ -10,6 +10,8 @@ from packager.config import KERNEL_KINDS, load_config
 from packager.errors import UserError
 
 kind_arg = click.argument("kind", type=click.Choice(KERNEL_KINDS))
+only_opt = click.option("--only", multiple=True, metavar="VARIANT[:FOLD,...]",
+                        help="only these members of kernels.train.members (once per variant)")
 config_opt = click.option("--config", "config_path", default=None, help="project config (default: ./kpack.yaml)")
 
 
@@ -22,7 +24,7 @@ def cli() -> None:
 @kind_arg
 @config_opt
 def build(kind: str, config_path: str | None) -> None:
-    """Pack kernel_src and the config into one kernel script with its kernel-metadata.json."""
+    """Pack the entry's package, kpack_runtime and the config into one kernel script with its kernel-metadata.json."""
     cfg = load_config(config_path)
     from packager.build import build_kernel
 
@@ -52,20 +54,56 @@ def check(kind: str, config_path: str | None) -> None:
 @kind_arg
 @config_opt
 @click.option("--wait/--no-wait", default=True, help="watch the kernel until it ends (and chain sessions)")
-def push(kind: str, config_path: str | None, wait: bool) -> None:
-    """Build, update the datasets that changed, push the kernel and (by default) watch it to the end."""
+@only_opt
+@click.option("--force", is_flag=True, help="push a campaign even when its forecast is over the weekly GPU quota")
+def push(kind: str, config_path: str | None, wait: bool, only: tuple[str, ...], force: bool) -> None:
+    """Build, update the datasets that changed, push the kernel and (by default) watch it to the end; with
+    kernels.train.members, every member (variant x fold) as its own chain, within the session caps."""
     cfg = load_config(config_path)
+    if _campaign(cfg, kind, only):
+        from packager.tick import push_campaign
+
+        push_campaign(cfg, only, wait=wait, force=force)
+        return
     from packager.push import push_kernel
 
     push_kernel(cfg, kind, wait=wait)
 
 
+def _campaign(cfg, kind: str, only: tuple[str, ...]) -> bool:
+    """Whether KIND runs as a campaign (train with kernels.train.members); --only elsewhere is refused."""
+    members = kind == "train" and cfg.kernel(kind).members is not None
+    if only and not members:
+        raise UserError(f"--only: kernels.{kind} has no members section (kernels.train.members) to choose from")
+    return members
+
+
+@cli.command()
+@config_opt
+@only_opt
+def tick(config_path: str | None, only: tuple[str, ...]) -> None:
+    """One step of the train run: poll every open member, download and record what ended, push the next
+    sessions and queued members while slots are free; exits. Safe to run from cron, CI or twice at once."""
+    cfg = load_config(config_path)
+    _campaign(cfg, "train", only)
+    from packager.tick import step
+
+    step(cfg, only)
+
+
 @cli.command("watch")
 @kind_arg
 @config_opt
-def watch_cmd(kind: str, config_path: str | None) -> None:
-    """Follow the newest session of a pushed run to its end and push the sessions still to come."""
+@only_opt
+def watch_cmd(kind: str, config_path: str | None, only: tuple[str, ...]) -> None:
+    """Follow the newest session of a pushed run to its end and push the sessions still to come (a campaign:
+    `kpack tick` every KPACK_TICK_S seconds until every member is done or failed)."""
     cfg = load_config(config_path)
+    if _campaign(cfg, kind, only):
+        from packager.tick import watch_loop
+
+        watch_loop(cfg, only)
+        return
     from packager.push import watch_kernel
 
     watch_kernel(cfg, kind)

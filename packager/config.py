@@ -72,8 +72,31 @@ class KernelConfig(Strict):
     packages: list[str] = Field([], description="more pure-Python package folders (or .py modules) to pack, "
                                 "relative to the project root; the entry's own package is always packed")
     chain: Literal["alternate", "distinct"] = "alternate"  # session slugs: <slug>/<slug>-b, or <slug>-sN (chain.py)
+    members: "Members | None" = None  # train only: the campaign's grid of folds x variants (packager/campaign.py)
 
     _slug = field_validator("slug")(lambda cls, v: v if v is None else _check_slug(v))
+
+
+class Members(Strict):
+    """A campaign's grid: each (variant, fold) is one member, its own chain <slug>-<variant>-f<fold>."""
+    folds: list[int] | Literal["all"] = Field([0], description="validation folds, or all of kit.data.folds")
+    variants: dict[str, dict] = Field({}, description="name -> kit overrides (deep-merged); none: one variant")
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, value: dict) -> dict:
+        for name in value:
+            if not re.match(r"^[a-z0-9]+(?:-[a-z0-9]+)*$", name):
+                raise ValueError(f"variant {name!r}: lowercase letters, digits and single hyphens (it goes in a slug)")
+        return value
+
+
+class Campaign(Strict):
+    """How many sessions a campaign keeps going at once (Kaggle's account caps), and the weekly GPU quota."""
+    gpu_sessions: int = Field(2, ge=1)
+    cpu_sessions: int = Field(5, ge=1)
+    weekly_gpu_hours: float = Field(30.0, gt=0)
+    epoch_minutes: float | None = Field(None, gt=0, description="a measured epoch time, for the forecast")
 
 
 class WheelsDataset(Strict):
@@ -168,10 +191,12 @@ class ProjectConfig(Strict):
     notifications: Notifications = Notifications()
     kit: dict = Field({}, description="the training kit's own settings, validated by kernel_src")
     competition_limits: CompetitionLimits = CompetitionLimits()
+    campaign: Campaign = Campaign()
     # code: notebook submissions only (the infer kernel is rerun offline); unset: the backend's metadata says
     competition_type: Literal["code", "file"] | None = None
     _source: str = PrivateAttr(CONFIG_FILE)  # the file it was read from, for error lines
     _lines: dict = PrivateAttr(default_factory=dict)  # field path -> line in that file
+    _member: dict | None = PrivateAttr(None)  # a campaign member's cfg: its variant, fold (campaign.py)
 
     _competition = field_validator("competition")(lambda cls, v: _check_slug(v))
 

@@ -89,7 +89,11 @@ def _check_save_response(api, ref: str, response) -> int | None:
     return version
 
 
-def _push_when_a_slot_is_free(ref: str, push):
+class SlotBusy(UserError):
+    """Kaggle refused the push for its concurrent-session cap (no version made); `kpack tick` tries later."""
+
+
+def _push_when_a_slot_is_free(ref: str, push, wait_for_slot: bool = True):
     """push() until Kaggle does not refuse it for the concurrent-session cap (it makes no version then, and does
     not queue): one line saying so, then backoff from KPACK_POLL_MIN_S to KPACK_POLL_MAX_S, at most
     KPACK_SLOT_WAIT_S seconds in all."""
@@ -101,6 +105,8 @@ def _push_when_a_slot_is_free(ref: str, push):
         error = getattr(response, "error", None) or ""
         if not SESSION_CAP.search(error):
             return response
+        if not wait_for_slot:
+            raise SlotBusy(f"kaggle: push {ref} refused: {error}", exit_code=1)
         if time.monotonic() + delay > deadline:
             raise UserError(f"kaggle: push {ref} refused: {error} Still no free session after {wait_s:.0f}s "
                             "(KPACK_SLOT_WAIT_S); stop a running session or raise KPACK_SLOT_WAIT_S", exit_code=1)
@@ -115,8 +121,9 @@ def _push_when_a_slot_is_free(ref: str, push):
         delay = min(watch.POLL_MAX_S, delay * 1.5)
 
 
-def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
-    """Push one kernel folder (kernel-metadata.json + script); returns owner/slug with the new version."""
+def push_folder(api, cfg, kind: str, folder: Path, wait_for_slot: bool = True) -> watch.KernelRef:
+    """Push one kernel folder (kernel-metadata.json + script); returns owner/slug with the new version.
+    wait_for_slot=False: a refusal at the session cap raises SlotBusy at once."""
     metadata.read_kernel_metadata(folder)  # hand-edited and broken: one line, before any model source is asked
     models_push.pin_sources(api, cfg, kind, folder)  # model sources as the client takes them: with a version
     meta = metadata.read_kernel_metadata(folder)  # hand-edited and broken: one line, not a traceback
@@ -135,10 +142,11 @@ def push_folder(api, cfg, kind: str, folder: Path) -> watch.KernelRef:
 
     try:
         response = _push_when_a_slot_is_free(f"{owner}/{slug}", lambda: kaggle_api.call(
-            f"push kernel {owner}/{slug}", api.kernels_push, str(folder), timeout, accelerator, done=landed))
+            f"push kernel {owner}/{slug}", api.kernels_push, str(folder), timeout, accelerator, done=landed),
+            wait_for_slot)
         version = _check_save_response(api, f"{owner}/{slug}", response) or landed()
-    except InvalidSources:
-        raise  # a chain stops on it with its own message
+    except (InvalidSources, SlotBusy):
+        raise  # a chain stops on it with its own message; a tick tries the slot again later
     except UserError as err:  # a refusal (quota, the session cap for too long): nothing runs until the user acts
         notify.refused(cfg, f"push {owner}/{slug} ({kind})", str(err).removeprefix("kaggle: "),
                        f"then go on with kpack push {kind}")
@@ -160,7 +168,7 @@ def _record_start(cfg, ref: watch.KernelRef, base_slug: str, script_sha256: str,
                           status=status, seconds=None, output=None, base_slug=base_slug, failure=failure)
     if sources is not None:  # the kernels it reads, owner/slug/N: which train sessions an infer blended
         row["sources"] = ledger.source_versions(sources, cfg.backend)
-    ledger.append({**row, "script_sha256": script_sha256}, cfg)
+    ledger.append({**row, **(cfg._member or {}), "script_sha256": script_sha256}, cfg)
 
 
 def _record_end(cfg, ref: watch.KernelRef, base_slug: str, outcome: watch.Outcome, out: Path | None) -> dict:
@@ -169,6 +177,7 @@ def _record_end(cfg, ref: watch.KernelRef, base_slug: str, outcome: watch.Outcom
     row = ledger.make_row(cfg, kernel=ref.ref, kind=ref.kind, version=ref.version, session=ref.session,
                           status=outcome.status, seconds=watch.run_seconds(out, ref.slug), output=out,
                           failure=outcome.failure, base_slug=base_slug)
+    row.update(cfg._member or {})  # a campaign member's variant and fold (packager.campaign)
     fields = {k: v for k, v in row.items() if k not in ("ts", "git_commit", "git_dirty", "config_hash")}
     fields["finished"] = row["ts"]
     if not ledger.update({"kernel": ref.ref, "version": ref.version, "backend": cfg.backend}, fields, cfg):
@@ -378,22 +387,28 @@ def follow_chain(api, cfg, kind: str, folder: Path, script_sha256: str, ref: wat
             notify.notify(cfg, f"{kind}: training not done after {limit} sessions; stopping the chain "
                                "(raise KPACK_MAX_SESSIONS to go on)", ok=False)
             raise UserError(f"{kind}: training not done after {limit} sessions", exit_code=1)
-        session = ref.session + 1
-        print(f"{ref}: training not done (state.json); pushing session {session}", flush=True)
-        _check_chain_source(api, cfg, kind, ref, session)
-        next_folder = chain.prepare_session(cfg, kind, folder, session, ref.ref)
-        scan_for_secrets(cfg, [next_folder])
-        try:
-            pushed = push_folder(api, cfg, kind, next_folder)
-        except InvalidSources as err:
-            if ref.ref not in err.kernels or err.version is None:
-                raise
-            _chain_source_invalid(api, cfg, kind, ref, session, err, script_sha256)
-        ref = pushed
-        ref.session = session
-        _record_start(cfg, ref, base_slug, script_sha256)
+        ref = push_next_session(api, cfg, kind, folder, script_sha256, ref)
         result.ref = ref
         result.sessions.append(ref)
+
+
+def push_next_session(api, cfg, kind: str, folder: Path, script_sha256: str, ref: watch.KernelRef,
+                      wait_for_slot: bool = True) -> watch.KernelRef:
+    """Push and record session ref.session + 1 of the chain, from the built kernel `folder`."""
+    session = ref.session + 1
+    print(f"{ref}: training not done (state.json); pushing session {session}", flush=True)
+    _check_chain_source(api, cfg, kind, ref, session)
+    next_folder = chain.prepare_session(cfg, kind, folder, session, ref.ref)
+    scan_for_secrets(cfg, [next_folder])
+    try:
+        pushed = push_folder(api, cfg, kind, next_folder, wait_for_slot)
+    except InvalidSources as err:
+        if ref.ref not in err.kernels or err.version is None:
+            raise
+        _chain_source_invalid(api, cfg, kind, ref, session, err, script_sha256)
+    pushed.session = session
+    _record_start(cfg, pushed, cfg.kernel(kind).slug, script_sha256)
+    return pushed
 
 
 def _stop_chain(cfg, message: str):

@@ -1,0 +1,192 @@
+"""A campaign: the members of a train run, folds x variants from kernels.train.members, as data.
+
+A member is (variant, fold). Its config is the project config with the variant's kit overrides deep-merged,
+kit.data.fold set to the fold, and its own train slug `<slug>-<variant>-f<fold>` (`<slug>-f<fold>` without
+variants): from then on it is an ordinary train kernel, with its own chain (<slug>, <slug>-b), its own kernel
+folder and its own ledger rows (base_slug = its slug; variant, fold, member in each row). No members section:
+one member, the configured slug, today's behaviour.
+
+Everything here is a pure function of the config (and, for the forecast, of ledger rows), so it is unit tested
+without a server.
+"""
+from __future__ import annotations
+
+import calendar
+import copy
+import time
+from dataclasses import dataclass
+
+from packager import chain, shapes
+from packager.errors import UserError
+
+KIND = "train"
+
+
+@dataclass(frozen=True)
+class Member:
+    variant: str | None   # None: no variants configured
+    fold: int | None      # None: no members section (one member, the configured kernel as it is)
+    slug: str
+
+    @property
+    def name(self) -> str:
+        """How --only and the messages name it: variant:fold, :fold without variants, '' for the lone member."""
+        if self.fold is None:
+            return ""
+        return f"{self.variant or ''}:{self.fold}"
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """base with overrides laid over it; nested mappings are merged, everything else replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def member_slug(base: str, variant: str | None, fold: int) -> str:
+    slug = f"{base}-{variant}-f{fold}" if variant else f"{base}-f{fold}"
+    longest = slug + chain.ALTERNATE_SUFFIX
+    if len(longest) > chain.SLUG_MAX:
+        raise UserError(f"kernels.train.members: the slug {longest!r} of member {variant or ''}:{fold} has "
+                        f"{len(longest)} characters, over Kaggle's {chain.SLUG_MAX}; shorten kernels.train.slug or "
+                        "the variant's name")
+    return slug
+
+
+def folds_of(cfg) -> list[int]:
+    members = cfg.kernel(KIND).members
+    if members.folds == "all":
+        count = (cfg.kit.get("data") or {}).get("folds", 5)  # the kit's own default
+        if not isinstance(count, int) or count < 1:
+            raise UserError(f"kernels.train.members.folds: all: kit.data.folds is {count!r}, not a number of folds")
+        return list(range(count))
+    if len(set(members.folds)) != len(members.folds) or any(f < 0 for f in members.folds):
+        raise UserError(f"kernels.train.members.folds: {members.folds}: expected distinct fold numbers 0, 1, ...")
+    return list(members.folds)
+
+
+def members(cfg) -> list[Member]:
+    """Every member of the train run, variants in config order, then folds."""
+    kernel = cfg.kernel(KIND)
+    if kernel.members is None:
+        return [Member(None, None, kernel.slug)]
+    variants = list(kernel.members.variants) or [None]
+    return [Member(v, f, member_slug(kernel.slug, v, f)) for v in variants for f in folds_of(cfg)]
+
+
+def parse_only(specs: tuple[str, ...] | list[str] | None, all_members: list[Member]) -> list[Member]:
+    """--only VARIANT[:FOLD,...] (:FOLD,... without variants), given once per variant."""
+    if not specs:
+        return all_members
+    chosen: list[Member] = []
+    for spec in specs:
+        part = spec
+        variant, _, folds = part.partition(":")
+        variant = variant or None
+        try:
+            wanted = {int(f) for f in folds.split(",")} if folds else None
+        except ValueError:
+            raise UserError(f"--only {spec}: folds are numbers, e.g. --only b0:0,1") from None
+        found = [m for m in all_members if m.variant == variant and (wanted is None or m.fold in wanted)]
+        names = sorted({m.variant or "" for m in all_members if m.fold is not None})
+        if not found:
+            raise UserError(f"--only {spec}: no member {part!r}; the members are "
+                            f"{', '.join(m.name for m in all_members) or '(none: no kernels.train.members)'}"
+                            + (f" (variants: {', '.join(names)})" if any(names) else ""))
+        missing = sorted(wanted - {m.fold for m in found}) if wanted else []
+        if missing:
+            raise UserError(f"--only {spec}: {variant or ''} has no fold {missing[0]}; its folds are "
+                            f"{', '.join(str(m.fold) for m in all_members if m.variant == variant)}")
+        chosen += [m for m in found if m not in chosen]
+    return chosen
+
+
+def member_cfg(cfg, member: Member):
+    """The project config as this member's kernel sees it."""
+    if member.fold is None:
+        return cfg
+    mcfg = cfg.model_copy(deep=True)
+    overrides = cfg.kernel(KIND).members.variants.get(member.variant, {}) if member.variant else {}
+    kit = deep_merge(cfg.kit, overrides)
+    kit["data"] = {**(kit.get("data") or {}), "fold": member.fold}
+    mcfg.kit = kit
+    kernel = mcfg.kernels[KIND]
+    kernel.slug, kernel.title = member.slug, member.slug
+    mcfg._member = {"member": member.name, "variant": member.variant, "fold": member.fold,
+                    "campaign": cfg.kernel(KIND).slug}
+    return mcfg
+
+
+# --------------------------------------------------------------------------------------------- forecast
+
+def epochs_of(kit: dict) -> int | None:
+    stages = (kit.get("train") or {}).get("stages") if isinstance(kit.get("train"), dict) else None
+    stages = stages or kit.get("stages")
+    if isinstance(stages, list) and stages:
+        return sum(int(s.get("epochs", 1)) for s in stages if isinstance(s, dict))
+    epochs = (kit.get("train") or {}).get("epochs") if isinstance(kit.get("train"), dict) else kit.get("epochs")
+    return int(epochs) if isinstance(epochs, int) else None
+
+
+def member_hours(cfg, member: Member, rows: list[dict]) -> tuple[float, str]:
+    """(GPU hours one member needs, how that was found): the mean measured hours of earlier finished members of
+    the same variant (their sessions' `seconds` summed), else epochs x campaign.epoch_minutes, else one full
+    session (session_hours: an upper bound of a one-session member)."""
+    per_member: dict[str, float] = {}
+    for r in rows:
+        if (r.get("kind") == KIND and r.get("variant") == member.variant and r.get("campaign") == cfg.kernel(KIND).slug
+                and isinstance(r.get("seconds"), (int, float)) and r.get("backend") == cfg.backend):
+            per_member[r["base_slug"]] = per_member.get(r["base_slug"], 0.0) + r["seconds"]
+    if per_member:
+        hours = sum(per_member.values()) / len(per_member) / 3600
+        return hours, f"measured: the mean of {len(per_member)} earlier {member.variant or 'train'} member(s)"
+    epochs, minutes = epochs_of(member_cfg(cfg, member).kit), cfg.campaign.epoch_minutes
+    if epochs and minutes:
+        return epochs * minutes / 60, f"{epochs} epochs x {minutes:g} min (campaign.epoch_minutes)"
+    hours = cfg.kernel(KIND).session_hours
+    return hours, f"one full session of {hours:g} h (no measured run; set campaign.epoch_minutes)"
+
+
+def is_gpu(cfg) -> bool:
+    return shapes.guess(cfg.kernel(KIND).accelerator).kind == "gpu"
+
+
+def used_gpu_hours(cfg, rows: list[dict], now: float | None = None) -> float:
+    """GPU hours the ledger recorded in the last 7 days (sessions of GPU kernels with a measured `seconds`)."""
+    now = time.time() if now is None else now
+    total = 0.0
+    for r in rows:
+        kind, seconds, ts = r.get("kind"), r.get("seconds"), r.get("finished") or r.get("ts")
+        if kind not in cfg.kernels or not isinstance(seconds, (int, float)) or not ts or r.get("backend") != cfg.backend:
+            continue
+        if shapes.guess(cfg.kernels[kind].accelerator).kind != "gpu":
+            continue
+        try:
+            when = calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))
+        except ValueError:
+            continue
+        if now - when <= 7 * 86400:
+            total += seconds / 3600
+    return total
+
+
+def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = None) -> tuple[list[str], bool]:
+    """(lines to print, whether the campaign fits the weekly GPU quota left)."""
+    if not is_gpu(cfg):
+        return [f"forecast: {len(chosen)} member(s) on {cfg.kernel(KIND).accelerator}: no GPU quota spent"], True
+    needs = [member_hours(cfg, m, rows) for m in chosen]
+    need = sum(h for h, _ in needs)
+    used = used_gpu_hours(cfg, rows, now)
+    left = cfg.campaign.weekly_gpu_hours - used
+    how = sorted({why for _, why in needs})
+    lines = [f"forecast: {len(chosen)} member(s) need about {need:.1f} GPU h ({'; '.join(how)}); weekly quota "
+             f"{cfg.campaign.weekly_gpu_hours:g} h, {used:.1f} h used in the last 7 days, {left:.1f} h left"]
+    fits = need <= left
+    if not fits:
+        lines.append(f"forecast: {need:.1f} GPU h is over the {left:.1f} h left this week; narrow it with --only, "
+                     "raise campaign.weekly_gpu_hours if your quota is larger, or push anyway with --force")
+    return lines, fits

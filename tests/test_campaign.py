@@ -1,0 +1,277 @@
+"""Campaigns: the members of a train run (folds x variants) from one config, pushed as their own chains within
+the session cap, and kept going by `kpack tick` (packager/campaign.py, packager/tick.py)."""
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import LocalKaggleServer
+from packager import campaign, ledger
+from packager.config import parse_config
+from packager.errors import UserError
+from pushkit import isolate, make_project
+
+# session k of a member reads the states of sessions 1..k-1 under its inputs; done after 2 sessions. It sleeps a
+# little so that members overlap and the cap matters; its CV says which fold it trained.
+MEMBER_ENTRY = '''import json
+import os
+import time
+from pathlib import Path
+
+
+def main(config):
+    root = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle")
+    inputs = root / "input"
+    earlier = sorted(inputs.rglob("state.json")) if inputs.is_dir() else []
+    session = 1 + max([json.loads(p.read_text())["session"] for p in earlier] or [0])
+    fold, seed = config["kit"]["data"]["fold"], config["kit"].get("seed")
+    time.sleep(1.0)
+    work = root / "working"
+    (work / "state.json").write_text(json.dumps({"done": session >= 2, "session": session, "step": session}))
+    (work / "metrics.json").write_text(json.dumps({"cv_score": 0.5 + fold / 10 + seed / 100 + session / 1000}))
+'''
+
+MEMBERS = "members: {folds: [0, 1], variants: {a: {seed: 1}, b: {seed: 2}}}"
+
+
+def base_config(**train) -> dict:
+    kernel = {"entry": "kernel_src/entry.py", "slug": "imet-train", **train}
+    return {"competition": "imet", "kaggle_user": "alice", "kernels": {"train": kernel},
+            "kit": {"data": {"folds": 3, "image_size": 64}, "seed": 0}}
+
+
+# --------------------------------------------------------------------------------------------- members
+
+def test_members_are_variants_by_folds_with_their_own_slugs_and_kits():
+    cfg = parse_config(base_config(members={"folds": [0, 1], "variants": {
+        "b0": {"model": {"backbone": "efficientnet_b0"}, "data": {"image_size": 128}}, "r50": {"seed": 7}}}))
+    found = campaign.members(cfg)
+    assert [(m.variant, m.fold, m.slug) for m in found] == [
+        ("b0", 0, "imet-train-b0-f0"), ("b0", 1, "imet-train-b0-f1"),
+        ("r50", 0, "imet-train-r50-f0"), ("r50", 1, "imet-train-r50-f1")]
+    mcfg = campaign.member_cfg(cfg, found[1])
+    assert mcfg.kit == {"data": {"folds": 3, "image_size": 128, "fold": 1}, "seed": 0,
+                        "model": {"backbone": "efficientnet_b0"}}
+    assert mcfg.kernel("train").slug == "imet-train-b0-f1" and cfg.kernel("train").slug == "imet-train"
+    assert cfg.kit["data"] == {"folds": 3, "image_size": 64}  # the project's own config is untouched
+    assert mcfg._member == {"member": "b0:1", "variant": "b0", "fold": 1, "campaign": "imet-train"}
+    assert campaign.member_cfg(cfg, found[2]).kit["seed"] == 7
+
+
+def test_all_folds_and_no_variants_and_no_members_section():
+    cfg = parse_config(base_config(members={"folds": "all"}))
+    assert [m.slug for m in campaign.members(cfg)] == ["imet-train-f0", "imet-train-f1", "imet-train-f2"]
+    plain = parse_config(base_config())
+    (only,) = campaign.members(plain)
+    assert only.slug == "imet-train" and campaign.member_cfg(plain, only) is plain  # today's behaviour
+
+
+def test_a_member_slug_over_kaggles_limit_is_one_clear_line():
+    cfg = parse_config(base_config(slug="a" * 40, members={"folds": [0], "variants": {"resnet": {}}}))
+    with pytest.raises(UserError, match=r"the slug '.*-resnet-f0-b' of member resnet:0 has 52 characters, over "
+                                        r"Kaggle's 50; shorten kernels.train.slug"):
+        campaign.members(cfg)
+
+
+def test_a_bad_variant_name_is_refused_by_the_config():
+    with pytest.raises(UserError, match="variant 'B_0'"):
+        parse_config(base_config(members={"variants": {"B_0": {}}}))
+
+
+def test_only_narrows_to_variants_and_folds():
+    cfg = parse_config(base_config(members={"folds": [0, 1, 2], "variants": {"a": {}, "b": {}}}))
+    found = campaign.members(cfg)
+    assert [m.name for m in campaign.parse_only(["a:0,2"], found)] == ["a:0", "a:2"]
+    assert [m.name for m in campaign.parse_only(["b", "a:1"], found)] == ["b:0", "b:1", "b:2", "a:1"]
+    assert campaign.parse_only([], found) == found
+    with pytest.raises(UserError, match="--only c: no member 'c'; the members are a:0, .* .variants: a, b."):
+        campaign.parse_only(["c"], found)
+    with pytest.raises(UserError, match="--only a:5: no member"):
+        campaign.parse_only(["a:5"], found)
+    with pytest.raises(UserError, match="--only a:1,7: a has no fold 7"):
+        campaign.parse_only(["a:1,7"], found)
+    with pytest.raises(UserError, match="folds are numbers"):
+        campaign.parse_only(["a:x"], found)
+
+
+# --------------------------------------------------------------------------------------------- forecast
+
+def _row(slug, variant, seconds, ts="2026-12-01T10:00:00Z", kind="train"):
+    return {"kind": kind, "base_slug": slug, "variant": variant, "campaign": "imet-train", "seconds": seconds,
+            "backend": "local", "ts": ts}
+
+
+NOW = calendar.timegm((2026, 12, 2, 12, 0, 0))
+
+
+def test_forecast_from_measured_sessions_of_the_same_variant():
+    cfg = parse_config(base_config(accelerator="NvidiaTeslaT4", members={"folds": [0, 1], "variants": {"a": {}}}))
+    rows = [_row("imet-train-a-f0", "a", 3600), _row("imet-train-a-f0", "a", 1800),  # one member: 1.5 h
+            _row("imet-train-a-f1", "a", 1800),                                       # another: 0.5 h
+            _row("imet-train-b-f0", "b", 99999, ts="2026-11-01T10:00:00Z")]          # older than a week
+    lines, fits = campaign.forecast(cfg, campaign.members(cfg), rows, now=NOW)
+    assert fits and lines == [
+        "forecast: 2 member(s) need about 2.0 GPU h (measured: the mean of 2 earlier a member(s)); weekly quota "
+        "30 h, 2.0 h used in the last 7 days, 28.0 h left"]
+
+
+def test_forecast_from_epochs_or_a_full_session_and_the_refusal_over_quota():
+    kit_epochs = {"train": {"stages": [{"epochs": 6}, {"epochs": 2}]}}
+    data = base_config(accelerator="NvidiaTeslaT4", session_hours=12.0, members={"folds": "all"})
+    cfg = parse_config({**data, "kit": {**data["kit"], **kit_epochs}, "campaign": {"epoch_minutes": 30.0}})
+    lines, fits = campaign.forecast(cfg, campaign.members(cfg), [], now=NOW)
+    assert fits and "3 member(s) need about 12.0 GPU h (8 epochs x 30 min (campaign.epoch_minutes))" in lines[0]
+    cfg = parse_config(data)
+    lines, fits = campaign.forecast(cfg, campaign.members(cfg), [], now=NOW)
+    assert not fits and "need about 36.0 GPU h (one full session of 12 h" in lines[0]
+    assert lines[1] == ("forecast: 36.0 GPU h is over the 30.0 h left this week; narrow it with --only, raise "
+                        "campaign.weekly_gpu_hours if your quota is larger, or push anyway with --force")
+    cpu = parse_config(base_config(accelerator="None", members={"folds": [0]}))
+    assert campaign.forecast(cpu, campaign.members(cpu), [])[1]
+
+
+# --------------------------------------------------------------------------------------------- on the local Kaggle
+
+@pytest.fixture
+def two_gpus(tmp_path):
+    server = LocalKaggleServer(tmp_path / "root", None, 0, 120, "--gpu-sessions", "2").start()
+    yield server
+    server.stop()
+
+
+def campaign_project(tmp_path, server, monkeypatch, members: str = MEMBERS):
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, server, datasets=False)
+    project.write_entry(MEMBER_ENTRY)
+    config = project.root / "kpack.yaml"
+    text = config.read_text().replace("accelerator: 'None'", "accelerator: NvidiaTeslaT4")
+    text = text.replace("session_hours: 0.02}", f"session_hours: 0.02, {members}}}")
+    config.write_text(text + "kit: {data: {folds: 2}, seed: 0}\n")
+    monkeypatch.chdir(project.root)
+    return project
+
+
+def kpack(project, *args, timeout=120, wait=True):
+    env = {**os.environ, "KPACK_POLL_MIN_S": "0.2", "KPACK_POLL_MAX_S": "1", "KPACK_TICK_S": "0.5"}
+    command = [sys.executable, "-m", "packager.cli", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    return subprocess.run(command, cwd=project.root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def versions(server, prefix: str) -> list[dict]:
+    from packager.localkaggle.store import Store
+
+    store, found = Store(server.root), []
+    for folder in sorted((Path(server.root) / "kernels" / "alice").glob(f"{prefix}-*")):
+        kernel = store.kernel("alice", folder.name)
+        found += [store.kernel_version("alice", folder.name, n) | {"slug": folder.name} for n in kernel["versions"]]
+    return found
+
+
+def most_at_once(records: list[dict]) -> int:
+    edges = sorted([(r["started"], 1) for r in records] + [(r["ended"], -1) for r in records])
+    now = peak = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def tick_until_done(project, limit_s=120) -> str:
+    """`kpack tick` until its summary line has nothing open, next or waiting; all their output."""
+    deadline, outs = time.monotonic() + limit_s, []
+    while time.monotonic() < deadline:
+        done = kpack(project, "tick")
+        assert done.returncode == 0, done.stdout + done.stderr
+        outs.append(done.stdout)
+        summary = done.stdout.split("tick:")[-1]
+        if not any(word in summary for word in ("open", "next", "waiting")):
+            return "".join(outs)
+        time.sleep(0.5)
+    raise AssertionError("the campaign did not finish:\n" + "".join(outs[-3:]))
+
+
+def member_rows(project) -> list[dict]:
+    return [r for r in ledger.read() if r.get("campaign") == project.train_slug]
+
+
+def assert_campaign_finished(project, server):
+    rows = member_rows(project)
+    by_member: dict = {}
+    for r in rows:
+        by_member.setdefault(r["member"], []).append(r)
+    assert sorted(by_member) == ["a:0", "a:1", "b:0", "b:1"]
+    for name, sessions in by_member.items():
+        variant, fold = name.split(":")
+        assert [(r["session"], r["status"]) for r in sessions] == [(1, "COMPLETE"), (2, "COMPLETE")], sessions
+        assert sessions[-1]["cv_score"] == pytest.approx(0.5 + int(fold) / 10 + {"a": 1, "b": 2}[variant] / 100
+                                                         + 2 / 1000)
+        assert sessions[0]["base_slug"] == f"{project.train_slug}-{variant}-f{fold}"
+    records = versions(server, project.train_slug)
+    assert len(records) == 8 and all(r["status"] == "COMPLETE" for r in records)  # no duplicate, none lost
+    assert sorted((r["slug"], r["number"]) for r in records) == sorted(
+        (r["kernel"].split("/")[1], r["version"]) for r in rows)
+    assert most_at_once(records) <= 2
+
+
+@pytest.mark.slow
+def test_a_campaign_survives_its_killed_watcher_and_ticks_finish_it(two_gpus, tmp_path, monkeypatch):
+    project = campaign_project(tmp_path, two_gpus, monkeypatch)
+    watcher = kpack(project, "push", "train", wait=False)
+    deadline = time.monotonic() + 90
+    while not any(r["status"] == "COMPLETE" for r in member_rows(project)):  # halfway: one session ended
+        assert watcher.poll() is None and time.monotonic() < deadline, watcher.stdout.read()
+        time.sleep(0.2)
+    os.killpg(watcher.pid, signal.SIGKILL)
+    out = watcher.communicate()[0]
+    assert "forecast: 4 member(s) need about" in out and "4 member(s) queued" in out, out
+    assert any(r["status"] == "WAITING" for r in member_rows(project))  # two were still queued
+    tick_until_done(project)
+    assert_campaign_finished(project, two_gpus)
+    watch = kpack(project, "watch", "train", "--only", "a:1")  # each member watchable on its own: already done
+    assert watch.returncode == 0 and "tick: 1 done (cap 2)" in watch.stdout, watch.stdout + watch.stderr
+
+
+def test_two_ticks_at_once_one_advances(two_gpus, tmp_path, monkeypatch):
+    from packager import tick
+
+    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0]}")
+    with tick.tick_lock() as held:  # another tick is running
+        assert held
+        second = kpack(project, "tick")
+    assert second.returncode == 0 and "another kpack tick is running" in second.stdout, second.stdout + second.stderr
+    runs = [kpack(project, "tick", wait=False) for _ in range(2)]
+    outs = [r.communicate(timeout=60)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outs
+    assert sum("another kpack tick is running" in o for o in outs) + sum("tick:" in o for o in outs) == 2, outs
+
+
+@pytest.mark.slow
+def test_push_no_wait_then_a_crash_that_lost_a_ledger_row_is_reconciled(two_gpus, tmp_path, monkeypatch):
+    project = campaign_project(tmp_path, two_gpus, monkeypatch)
+    pushed = kpack(project, "push", "train", "--no-wait")
+    assert pushed.returncode == 0 and "not waiting; keep it going with: kpack tick" in pushed.stdout, pushed.stdout
+    assert sum(r["status"] == "QUEUED" for r in member_rows(project)) == 2  # two go, two wait for a slot
+    # A crash right after session 2 of a:0 was pushed: the server made it, the ledger never heard of it.
+    deadline = time.monotonic() + 90
+    while not any(r["member"] == "a:0" and r["session"] == 2 for r in member_rows(project)):
+        assert time.monotonic() < deadline
+        assert kpack(project, "tick").returncode == 0
+    path = ledger.ledger_path()
+    lines = path.read_text().splitlines()
+    lost = [i for i, line in enumerate(lines) if json.loads(line).get("member") == "a:0"
+            and json.loads(line).get("session") == 2]
+    path.write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in lost))
+    out = tick_until_done(project)
+    assert_campaign_finished(project, two_gpus)
+    assert out.count("session 2 was pushed without a ledger row; recording it, not pushing again") == 1, out
