@@ -57,7 +57,7 @@ def test_the_workflow_runs_kpack_tick_on_a_cron_with_secrets_only(tmp_path, monk
     assert commit["if"] == "always()" and steps.index(commit) > steps.index(tick)
     assert "git add -f runs/ledger.jsonl" in commit["run"] and "[skip ci]" in commit["run"]
     cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache"))
-    assert cache["with"]["path"] == "runs/" and steps.index(cache) < steps.index(tick)
+    assert cache["with"]["path"].split() == ["runs/", "build/kernels/"] and steps.index(cache) < steps.index(tick)
     text = (tmp_path / ".github" / "workflows" / "kpack-tick.yml").read_text()
     assert not re.search(r"kaggle-key-0123|tg-token-value|weights-key-value", text)
     assert set(re.findall(r"\$\{\{\s*secrets\.(\w+)\s*\}\}", text)) == {"KAGGLE_USERNAME", "KAGGLE_KEY", "TG_TOKEN",
