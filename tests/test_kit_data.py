@@ -2,6 +2,8 @@
 and models built offline."""
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -156,3 +158,71 @@ def test_models_build_offline_only(tmp_path, monkeypatch):
     assert model.backbone.conv1[0].weight.shape[1] == 1  # first conv adapted to grey input
     out = model(torch.randint(0, 255, (2, 1, 32, 32), dtype=torch.uint8))
     assert out.shape == (2, 14) and out.dtype == torch.float32
+
+
+def _jpegs(folder, sizes) -> list:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        paths.append(folder / f"{i}.jpg")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return paths
+
+
+def test_the_cache_is_a_file_in_the_temp_folder_with_the_uncached_pipelines_pixels(tmp_path):
+    """Images of other sizes than the output: the cache holds what the uncached `none` pipeline makes of them."""
+    from kpack_runtime import inputs
+
+    paths = _jpegs(tmp_path / "img", [(40, 90), (77, 31), (24, 24), (150, 60)])
+    cache = data.ImageCache(paths, 24, 3)
+    assert cache.file.parent == inputs.temp_dir() / "kpack-cache"  # /kaggle/temp: never saved as output
+    assert cache.file.stat().st_size == 4 * 24 * 24 * 3 and isinstance(cache.array, np.memmap)
+    plain = data.ImageDataset(paths, None, augment.build("none", 24))
+    cached = data.ImageDataset(paths, None, augment.build("none", 24), cache=cache)
+    for i in range(len(paths)):
+        assert torch.equal(plain[i][0], cached[i][0]), i
+
+
+def test_the_cache_is_built_once_reused_and_rebuilt_when_a_build_was_cut_short(tmp_path, monkeypatch):
+    paths = _jpegs(tmp_path / "img", [(50, 40), (33, 70)])
+    first = data.ImageCache(paths, 16, 3, tmp_path / "c")
+    pixels = np.array(first.array)
+
+    def no_build(*_):
+        raise AssertionError("rebuilt")
+    with monkeypatch.context() as m:
+        m.setattr(data.ImageCache, "_build", no_build)
+        again = data.ImageCache(paths, 16, 3, tmp_path / "c")  # a second rank, or the next run in the session
+    assert again.file == first.file and np.array_equal(np.array(again.array), pixels)
+    assert data.ImageCache(paths, 20, 3, tmp_path / "c").file != first.file  # another size: another file
+    for done in (tmp_path / "c").glob("*.done"):  # a build killed before it finished leaves no marker
+        done.unlink()
+    first.file.write_bytes(b"\0" * first.file.stat().st_size)
+    assert np.array_equal(np.array(data.ImageCache(paths, 16, 3, tmp_path / "c").array), pixels)
+
+
+def test_two_processes_build_the_cache_once(tmp_path):
+    """DDP ranks start together: the lock lets one build while the other waits, then both read the file."""
+    import multiprocessing
+
+    paths = _jpegs(tmp_path / "img", [(60, 60)] * 6)
+    log = tmp_path / "builds"
+    build = data.ImageCache._build
+
+    def counting(self, *args):
+        with open(log, "a") as f:
+            f.write("build\n")
+        build(self, *args)
+
+    def rank() -> None:
+        data.ImageCache._build = counting
+        cache = data.ImageCache(paths, 16, 3, tmp_path / "c")
+        os._exit(0 if cache.array[5].any() else 1)
+
+    children = [multiprocessing.get_context("fork").Process(target=rank) for _ in range(2)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(60)
+    assert [c.exitcode for c in children] == [0, 0] and log.read_text() == "build\n"
