@@ -242,6 +242,12 @@ def _aligned(lines: list[tuple]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def _kernel_version(row: dict) -> str:
+    """slug vN; a member still queued (no version yet) shows its slug alone."""
+    slug = (row.get("kernel") or "-").split("/")[-1]
+    return slug if row.get("version") is None else f"{slug} v{row['version']}"
+
+
 def campaign_table(rows: list[dict], campaign: str | None = None) -> str:
     """One line per train member (its newest session: status, CV), then the newest validate row (the blend's CV)
     and the newest infer row (LB public and private, and the train sessions it read)."""
@@ -256,12 +262,12 @@ def campaign_table(rows: list[dict], campaign: str | None = None) -> str:
     lines = [("member", "variant", "fold", "kernel", "session", "status", "cv", "lb", "private", "note")]
     for member, r in newest.items():
         lines.append((member, str(r.get("variant") or "-"), "-" if r.get("fold") is None else str(r["fold"]),
-                      f"{(r.get('kernel') or '-').split('/')[-1]} v{r.get('version')}", str(r.get("session") or "-"),
+                      _kernel_version(r), str(r.get("session") or "-"),
                       r.get("status") or "-", _score(r.get("cv_score")), "-", "-", r.get("note") or ""))
     for kind, what in (("validate", "blend"), ("infer", "submission")):
         r = next((r for r in reversed(rows) if r.get("kind") == kind), None)
         if r is not None:
-            lines.append((what, "-", "-", f"{(r.get('kernel') or '-').split('/')[-1]} v{r.get('version')}", "-",
+            lines.append((what, "-", "-", _kernel_version(r), "-",
                           r.get("status") or "-", _score(r.get("cv_score")), _score(r.get("lb_score")),
                           _score(r.get("private_score")), r.get("note") or ""))
     text = _aligned(lines)

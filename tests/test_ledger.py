@@ -283,3 +283,56 @@ def test_an_infer_push_records_the_train_sessions_it_read(local_kaggle, tmp_path
     mounted = Store(local_kaggle.root).kernel_version("alice", infer.slug, infer.version)["metadata"]
     assert mounted["kernel_data_sources"] == [f"alice/{project.train_slug}-b"]
     assert ledger.latest(kernel=f"alice/{project.train_slug}")["sources"] == []  # train read no kernel
+
+
+MEMBER_ENTRY = '''import json
+import os
+from pathlib import Path
+
+
+def main(config):
+    root = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle")
+    earlier = sorted((root / "input").rglob("state.json")) if (root / "input").is_dir() else []
+    session = 1 + max([json.loads(p.read_text())["session"] for p in earlier] or [0])
+    work, fold = root / "working", config["kit"]["data"]["fold"]
+    (work / "state.json").write_text(json.dumps({"done": session >= 2, "session": session}))
+    (work / "metrics.json").write_text(json.dumps({"cv_score": 0.5 + fold / 10 + session / 1000}))
+'''
+
+
+@pytest.mark.slow
+def test_a_real_campaign_shows_every_members_cv(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import LocalKaggleServer
+    from pushkit import isolate, make_project
+
+    server = LocalKaggleServer(tmp_path / "root", None, 0, 120, "--gpu-sessions", "2").start()
+    try:
+        isolate(monkeypatch, tmp_path)
+        project = make_project(tmp_path, server, datasets=False)
+        project.write_entry(MEMBER_ENTRY)
+        config = project.root / "kpack.yaml"
+        text = config.read_text().replace("accelerator: 'None'", "accelerator: NvidiaTeslaT4")
+        config.write_text(text.replace("session_hours: 0.02}", "session_hours: 0.02, members: {folds: [0, 1]}}")
+                          + "kit: {data: {folds: 2}}\n")
+        env = {**os.environ, "KPACK_POLL_MIN_S": "0.2", "KPACK_POLL_MAX_S": "1", "KPACK_TICK_S": "0.5"}
+
+        def kpack(*args):
+            return subprocess.run([sys.executable, "-m", "packager.cli", *args], cwd=project.root, env=env,
+                                  capture_output=True, text=True, timeout=180)
+
+        pushed = kpack("push", "train")  # the campaign, ticked to its end
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        assert kpack("note", ":1", "fold 1: a note").returncode == 0
+        shown = kpack("ledger", "--campaign", project.train_slug)
+    finally:
+        server.stop()
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.split() for line in shown.stdout.splitlines()]
+    assert lines[0][:3] == ["member", "variant", "fold"] and len(lines) == 3
+    assert lines[1][:8] == [":0", "-", "0", f"{project.train_slug}-f0-b", "v1", "2", "COMPLETE", "0.50200"]
+    assert lines[2][:8] == [":1", "-", "1", f"{project.train_slug}-f1-b", "v1", "2", "COMPLETE", "0.60200"]
+    assert lines[2][-4:] == ["fold", "1:", "a", "note"]
