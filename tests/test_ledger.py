@@ -166,6 +166,9 @@ def _grid_rows(path):
                            "status": "COMPLETE", "cv_score": cv if session == 2 else None, "campaign": "camp-train",
                            "member": f"{variant}:{fold}", "variant": variant, "fold": fold}, path=path)
     reads = [f"alice/camp-train-{v}-f{f}-b/1" for v, f in cvs]
+    ledger.append({"ts": "2026-12-01T12:30:00Z", "kernel": "alice/camp-train-b5-f0", "kind": "train", "version": None,
+                   "session": 1, "base_slug": "camp-train-b5-f0", "status": "WAITING", "campaign": "camp-train",
+                   "member": "b5:0", "variant": "b5", "fold": 0}, path=path)  # queued: no slot yet, no version
     ledger.append({"ts": "2026-12-01T13:00:00Z", "kernel": "alice/camp-validate", "kind": "validate", "version": 1,
                    "session": 1, "status": "COMPLETE", "cv_score": 0.7345, "sources": reads}, path=path)
     ledger.append({"ts": "2026-12-01T14:00:00Z", "kernel": "alice/camp-infer", "kind": "infer", "version": 2,
@@ -190,12 +193,14 @@ def test_campaign_view_one_line_per_member_with_the_blend_and_the_lb(tmp_path, m
     members = [line.split() for line in lines[2:6]]
     assert [(m[0], m[1], m[2], m[3], m[5], m[7]) for m in members] == [
         (f"{v}:{f}", v, str(f), f"camp-train-{v}-f{f}-b", "2", f"{cv:.5f}") for (v, f), cv in cvs.items()]
-    assert lines[6].split() == ["blend", "-", "-", "camp-validate", "v1", "-", "COMPLETE", "0.73450", "-", "-"]
-    assert lines[7].split() == ["submission", "-", "-", "camp-infer", "v2", "-", "COMPLETE", "-", "0.70100", "0.69900"]
-    assert lines[8] == "infer read: " + ", ".join(reads + ["alice/camp-validate/1"])
-    assert len(lines) == 9
+    assert lines[6].split() == ["b5:0", "b5", "0", "camp-train-b5-f0", "1", "WAITING", "-", "-", "-"]
+    assert lines[7].split() == ["blend", "-", "-", "camp-validate", "v1", "-", "COMPLETE", "0.73450", "-", "-"]
+    assert lines[8].split() == ["submission", "-", "-", "camp-infer", "v2", "-", "COMPLETE", "-", "0.70100", "0.69900"]
+    assert lines[9] == "infer read: " + ", ".join(reads + ["alice/camp-validate/1"])
+    assert len(lines) == 10
     named = CliRunner().invoke(cli, ["ledger", "--campaign", "camp-train"]).output.splitlines()
-    assert [line.split()[0] for line in named[1:-1]] == [f"{v}:{f}" for v, f in cvs] + ["blend", "submission"]
+    assert [line.split()[0] for line in named[1:-1]] == [f"{v}:{f}" for v, f in cvs] + ["b5:0", "blend",
+                                                                                       "submission"]
     assert "old-train" not in "".join(named)
 
 
@@ -217,7 +222,7 @@ def test_csv_has_every_field_in_a_stable_order_and_parses_back(tmp_path, monkeyp
     header = next(csv.reader(io.StringIO(done.output)))
     assert tuple(header[:len(ledger.CSV_FIELDS)]) == ledger.CSV_FIELDS and header[len(ledger.CSV_FIELDS):] == [
         "zz_extra"]
-    assert len(parsed) == len(rows) == 12
+    assert len(parsed) == len(rows) == 13
     for row, back in zip(rows, parsed):
         for key in header:
             value = row.get(key)
@@ -248,7 +253,7 @@ def test_note_on_a_run_is_stored_in_its_row_and_shown(tmp_path, monkeypatch):
     done = kpack("note", "b3:1", "-v", "1", f"lr 3e-4, key {SECRET}")
     assert done.returncode == 0, done.stderr
     rows = ledger.read()
-    assert len(rows) == 11  # a row update, not a new row
+    assert len(rows) == 12  # a row update, not a new row
     assert ledger.latest(kind="infer")["note"] == "tta x8, thresholds per class"
     assert ledger.latest(member="b3:1")["note"] == f"lr 3e-4, key {ledger.REDACTED}"
     assert ledger.latest(member="b3:1", session=1).get("note") is None  # the newest row of b3:1 only
@@ -259,7 +264,7 @@ def test_note_on_a_run_is_stored_in_its_row_and_shown(tmp_path, monkeypatch):
     missing = kpack("note", "nosuch", "x")
     assert missing.returncode == 2 and missing.stderr == ("error: no run in runs/ledger.jsonl matches nosuch; see "
                                                          "the runs with: kpack ledger\n")
-    assert len(ledger.read()) == 11
+    assert len(ledger.read()) == 12
 
 
 def test_an_infer_push_records_the_train_sessions_it_read(local_kaggle, tmp_path, monkeypatch):
