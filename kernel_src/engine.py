@@ -356,8 +356,6 @@ class Run:
             seen += len(images)
             if not last_micro:
                 continue
-            if kit.freeze.train_stages > 0:
-                freezing.drop_frozen_grads(self.model)
             if kit.optim.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), kit.optim.grad_clip)

@@ -67,9 +67,3 @@ def set_trainable(freeze: FreezeSettings, model: nn.Module, epoch: int) -> None:
         for p in params:
             p.requires_grad_(on)
 
-
-def drop_frozen_grads(model: nn.Module) -> None:
-    """No gradient on frozen parameters before a step (DDP may hand them zeros: weight decay would move them)."""
-    for p in model.parameters():
-        if not p.requires_grad:
-            p.grad = None

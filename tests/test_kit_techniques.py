@@ -186,6 +186,15 @@ def all_techniques(demo) -> dict:
     return kit
 
 
+def stem_untouched(kit: dict, working) -> bool:
+    """The stem (frozen through all 3 epochs of all_techniques: 5 stages from the head) is at its init."""
+    trained = kit_support.final_weights(working)
+    torch.manual_seed(kit["seed"])  # the engine's initial weights
+    fresh = models.build_model(settings.parse(kit).model, trained["fc.weight"].shape[0], 3).backbone.state_dict()
+    stem = [k for k in trained if k.startswith("conv1.") and "running" not in k and "num_batches" not in k]
+    return bool(stem) and all(torch.equal(trained[k], fresh[k]) for k in stem)
+
+
 def test_all_techniques_stopped_and_resumed_equal_straight(demo, tmp_path):
     kit = all_techniques(demo)
     assert train(kit, tmp_path / "straight")["done"]
@@ -199,6 +208,7 @@ def test_all_techniques_stopped_and_resumed_equal_straight(demo, tmp_path):
     head = max(g["lr"] for g in groups)
     assert head > 0  # lr * lr_decay**d for the stage d stages from the head
     assert sorted({round(g["lr"] / head, 6) for g in groups}) == [0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0]
+    assert stem_untouched(kit, tmp_path / "straight")
     mined = state["mining"][0]
     assert mined["epoch"] == 2 and np.isfinite(mined["previous"]).sum() > 0
     plain = kit_support.tiny_kit(demo)
@@ -221,3 +231,27 @@ def test_training_only_the_last_stages_leaves_the_rest_at_their_init(demo, tmp_p
             assert torch.equal(trained[name], fresh[name]), name  # frozen: stem and layer1..3
     assert not torch.equal(trained["fc.weight"], fresh["fc.weight"])
     assert not torch.equal(trained["layer4.0.conv1.weight"], fresh["layer4.0.conv1.weight"])
+
+
+def test_all_techniques_with_two_processes_resume_exactly(demo, tmp_path, monkeypatch):
+    """Two gloo processes (KPACK_PROCESSES=2, as on a T4 x2): mining merges both ranks' records, frozen stages
+    get no gradient under DDP, and a stop after one step resumes to the straight two-process run's weights."""
+    from kernel_src import train as entry
+
+    monkeypatch.setenv("KPACK_SESSION_SECONDS", "3600")
+    monkeypatch.setenv("KPACK_PROCESSES", "2")
+    kit = all_techniques(demo)
+    config = {"competition": "demo", "kaggle_user": "kpack", "kernels": {}}
+    straight = entry.main({**config, "kit": kit}, working=tmp_path / "straight")
+    assert straight["done"] and straight["world"] == 2
+    stopped = entry.main({**config, "kit": {**kit, "session": {**kit["session"], "max_steps": 2}}},
+                         working=tmp_path / "w")
+    assert not stopped["done"] and stopped["step"] == 2
+    assert entry.main({**config, "kit": kit}, working=tmp_path / "w")["done"]
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path / "w"),
+                                    kit_support.final_weights(tmp_path / "straight"))
+    assert stem_untouched(kit, tmp_path / "straight")  # DDP hands frozen stages no update either
+    mined = checkpoint.load(tmp_path / "straight" / checkpoint.NAME)["mining"]
+    assert len(mined) == 2 and np.array_equal(mined[0]["previous"], mined[1]["previous"], equal_nan=True)
+    seen = [np.isfinite(m["current"]) for m in mined]  # each rank recorded its own shard
+    assert seen[0].any() and seen[1].any() and not (seen[0] & seen[1]).all()
