@@ -9,8 +9,8 @@ Why fork and not spawn: a spawned child re-imports the script as __mp_main__, wh
 importer but not what bootstrap did (wheels on sys.path, decrypted weights) nor the session clock's start.
 A forked child inherits all of it, including the clock's start (kernel_src/clock.py reads it at import), so
 every rank counts the same session. Fork is only safe before CUDA is initialised in the parent: the GPUs are
-counted through NVML (torch.cuda.device_count does not initialise CUDA when NVML answers), and a parent that
-already initialised CUDA is refused with one line.
+counted through NVML (gpu_count), nothing before the launch touches CUDA, and a parent in which torch already
+initialised CUDA is refused with one line.
 
 Each child gets the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), which the
 kit's engine.Dist reads. When one child fails, the others are stopped and this process exits with the failing
@@ -31,17 +31,30 @@ ERROR_FILE_ENV = "KPACK_ERROR_FILE"  # the launcher's marker: the first rank to 
 def process_count() -> int:
     value = (os.environ.get(PROCESSES_ENV) or "auto").strip().lower()
     if value == "auto":
-        try:
-            import torch
-
-            return max(1, torch.cuda.device_count())
-        except ImportError:
-            return 1
+        return max(1, gpu_count())
     if not value.isdigit() or int(value) < 1:
         print(f"[kpack] error: {PROCESSES_ENV}={value!r}: use auto or a whole number of processes (1, 2, ...)",
               file=sys.stderr, flush=True)
         raise SystemExit(2)
     return int(value)
+
+
+def gpu_count() -> int:
+    """The GPUs this process may use, counted without initialising CUDA here (NVML), so forking stays safe;
+    CUDA_VISIBLE_DEVICES is honoured. Where NVML cannot answer on a machine with GPUs: one process."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    nvml = getattr(torch.cuda, "_device_count_nvml", None)  # torch.cuda.device_count's own fork-safe path
+    count = nvml() if nvml is not None and torch.cuda._is_compiled() else -1
+    if count >= 0:
+        return count
+    if not os.path.exists("/dev/nvidiactl"):
+        return 0  # no NVIDIA driver: a CPU machine
+    print(f"[kpack] note: the GPUs cannot be counted without initialising CUDA (NVML unavailable): one process; "
+          f"set {PROCESSES_ENV}=N to start N", flush=True)
+    return 1
 
 
 def report_error(line: str) -> None:

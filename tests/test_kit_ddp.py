@@ -105,3 +105,18 @@ def test_the_packed_script_launches_two_processes(demo, tmp_path, monkeypatch):
     assert "[kpack] 2 processes (one per device), ranks 0-1" in done.stdout
     state = json.loads((kaggle / "working" / "state.json").read_text())
     assert state["done"] and state["world"] == 2
+
+
+def test_auto_is_one_process_per_visible_gpu(monkeypatch):
+    import torch
+
+    from kpack_runtime import launch
+
+    monkeypatch.delenv("KPACK_PROCESSES", raising=False)
+    monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)  # a CPU-only torch in CI too
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 2)
+    assert launch.process_count() == 2
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 0)
+    assert launch.process_count() == 1
+    monkeypatch.setenv("KPACK_PROCESSES", "3")
+    assert launch.process_count() == 3
