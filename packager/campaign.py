@@ -161,7 +161,9 @@ def used_gpu_hours(cfg, rows: list[dict], now: float | None = None) -> float:
     total = 0.0
     for r in rows:
         kind, seconds, ts = r.get("kind"), r.get("seconds"), r.get("finished") or r.get("ts")
-        if kind not in cfg.kernels or not isinstance(seconds, (int, float)) or not ts or r.get("backend") != cfg.backend:
+        if kind not in cfg.kernels or not isinstance(seconds, (int, float)) or not ts:
+            continue
+        if r.get("backend") != cfg.backend:
             continue
         if shapes.guess(cfg.kernels[kind].accelerator).kind != "gpu":
             continue

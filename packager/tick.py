@@ -15,7 +15,6 @@ Two ticks at once: the second finds runs/.tick.lock held and exits 0 at once, sa
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,13 +97,18 @@ def _judge(api, mcfg, member: campaign.Member) -> MemberState:
         row = _rows(mcfg)[-1]
     if row["status"] != "COMPLETE":
         return MemberState(member, mcfg, "failed", row, f"{row['status']} {row.get('failure') or ''}".strip())
-    out = Path(row["output"]) if row.get("output") else None
-    if out is None or not out.is_dir():
-        out = watch.download(api, ref)
-    if not chain.needs_another_session(out):
+    if "needs_next" not in row:  # read from the output once, then from the ledger (a CI tick has no runs/ folder)
+        out = Path(row["output"]) if row.get("output") else None
+        if out is None or not out.is_dir():
+            out = watch.download(api, ref)
+        after = chain.progress(out)
+        row.update(needs_next=chain.needs_another_session(out), progress=list(after) if after else None)
+        ledger.update({"kernel": row["kernel"], "version": row["version"], "backend": mcfg.backend},
+                      {"needs_next": row["needs_next"], "progress": row["progress"]}, mcfg)
+    if not row["needs_next"]:
         return MemberState(member, mcfg, "done", row)
-    earlier = [r for r in rows if r.get("session") == ref.session - 1 and r.get("output")]
-    if earlier and chain.progress(out) is not None and chain.progress(out) == chain.progress(earlier[-1]["output"]):
+    earlier = [r for r in rows if r.get("session") == ref.session - 1 and r.get("status") == "COMPLETE"]
+    if earlier and row["progress"] is not None and row["progress"] == earlier[-1].get("progress"):
         _stop(mcfg, row, f"{ref}: session {ref.session} ended without a training step: start-up left no time to "
                          "train; raise kernels.train.session_hours")
         return MemberState(member, mcfg, "failed", row, "no progress")
@@ -171,6 +175,12 @@ def _start(api, st: MemberState) -> None:
     push.push_next_session(api, mcfg, KIND, folder, sha, previous, wait_for_slot=False)
 
 
+def _open_in_ledger(cfg, member: campaign.Member) -> bool:
+    """Whether the ledger's newest row of the member is a session not known to have ended (no server call)."""
+    rows = _rows(campaign.member_cfg(cfg, member))
+    return bool(rows) and rows[-1]["status"] not in (WAITING, *watch.TERMINAL, *FAILED)
+
+
 def cap(cfg) -> int:
     kind = shapes.guess(cfg.kernel(KIND).accelerator).kind
     return cfg.campaign.gpu_sessions if kind in ("gpu", "tpu") else cfg.campaign.cpu_sessions
@@ -187,7 +197,8 @@ def step(cfg, only=None) -> list[MemberState] | None:
         chosen = campaign.parse_only(only, campaign.members(cfg))
         api = kaggle_api.connect(cfg)
         states = [_judge(api, campaign.member_cfg(cfg, m), m) for m in chosen]
-        open_now = sum(st.state == "open" for st in states)
+        others = [m for m in campaign.members(cfg) if m not in chosen]  # left out by --only: their open sessions
+        open_now = sum(st.state == "open" for st in states) + sum(_open_in_ledger(cfg, m) for m in others)
         queue = [st for st in states if st.state == "next"] + [st for st in states if st.state == "waiting"]
         for st in queue:
             if open_now >= cap(cfg):
@@ -228,8 +239,8 @@ def watch_loop(cfg, only=None) -> list[MemberState]:
                         f"{cfg.backend} backend; start one with: kpack push train")
     failed = [st for st in states if st.state == "failed"]
     if failed:
-        raise UserError(f"{len(failed)} member(s) failed: " + "; ".join(f"{st.member.slug}: {st.note}" for st in failed),
-                        exit_code=1)
+        causes = "; ".join(f"{st.member.slug}: {st.note}" for st in failed)
+        raise UserError(f"{len(failed)} member(s) failed: {causes}", exit_code=1)
     return states
 
 
@@ -273,12 +284,11 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
         models_push.publish(api, cfg, model_build, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     queue_members(cfg, chosen, built)
     print(f"train: {len(chosen)} member(s) queued: {', '.join(m.slug for m in chosen)}", flush=True)
-    specs = [m.name for m in chosen]
     if not wait:
         step(cfg, specs_of(chosen))
         print("not waiting; keep it going with: kpack tick   (or kpack watch train)", flush=True)
         return None
-    return watch_loop(cfg, specs_of(chosen)) if specs else None
+    return watch_loop(cfg, specs_of(chosen))
 
 
 def specs_of(chosen: list[campaign.Member]) -> list[str]:

@@ -242,18 +242,29 @@ def test_a_campaign_survives_its_killed_watcher_and_ticks_finish_it(two_gpus, tm
     assert watch.returncode == 0 and "tick: 1 done (cap 2)" in watch.stdout, watch.stdout + watch.stderr
 
 
-def test_two_ticks_at_once_one_advances(two_gpus, tmp_path, monkeypatch):
+def test_two_ticks_at_once_push_the_next_session_once(two_gpus, tmp_path, monkeypatch):
     from packager import tick
 
-    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0]}")
-    with tick.tick_lock() as held:  # another tick is running
+    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0, 1]}")
+    config = project.root / "kpack.yaml"
+    config.write_text(config.read_text() + "campaign: {gpu_sessions: 1}\n")
+    pushed = kpack(project, "push", "train", "--no-wait")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    first = f"{project.train_slug}-f0"
+    two_gpus.wait_kernel("alice", first, 1)
+    with tick.tick_lock() as held:  # another tick is running: this one leaves everything as it is
         assert held
-        second = kpack(project, "tick")
-    assert second.returncode == 0 and "another kpack tick is running" in second.stdout, second.stdout + second.stderr
+        blocked = kpack(project, "tick")
+    assert blocked.returncode == 0 and "another kpack tick is running" in blocked.stdout, blocked.stdout
+    assert [r["status"] for r in member_rows(project)] == ["QUEUED", "WAITING"]
     runs = [kpack(project, "tick", wait=False) for _ in range(2)]
     outs = [r.communicate(timeout=60)[0] for r in runs]
     assert [r.returncode for r in runs] == [0, 0], outs
-    assert sum("another kpack tick is running" in o for o in outs) + sum("tick:" in o for o in outs) == 2, outs
+    # Whichever went first pushed session 2 of f0 (the cap is 1: f1 still waits); the other found the lock
+    # held, or found session 2 open: one push in all.
+    assert sum(f"pushed alice/{first}-b v1" in o for o in outs) == 1, outs
+    assert [(r["member"], r["session"]) for r in member_rows(project)] == [(":0", 1), (":1", 1), (":0", 2)]
+    assert len(versions(two_gpus, project.train_slug)) == 2
 
 
 @pytest.mark.slow
@@ -275,3 +286,17 @@ def test_push_no_wait_then_a_crash_that_lost_a_ledger_row_is_reconciled(two_gpus
     out = tick_until_done(project)
     assert_campaign_finished(project, two_gpus)
     assert out.count("session 2 was pushed without a ledger row; recording it, not pushing again") == 1, out
+
+
+def test_tick_goes_on_with_a_plain_train_chain(two_gpus, tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, two_gpus, sessions=2, datasets=False)  # no members section: one chain
+    monkeypatch.chdir(project.root)
+    pushed = kpack(project, "push", "train", "--no-wait")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    out = tick_until_done(project)
+    assert f"pushed alice/{project.train_slug}-b v1" in out and "tick: 1 done (cap 5)" in out, out
+    rows = [(r["kernel"], r["session"], r["status"]) for r in ledger.read()]
+    assert rows == [(f"alice/{project.train_slug}", 1, "COMPLETE"), (f"alice/{project.train_slug}-b", 2, "COMPLETE")]
+    only = kpack(project, "tick", "--only", "a:0")
+    assert only.returncode == 2 and "error: --only: kernels.train has no members section" in only.stderr, only.stderr
