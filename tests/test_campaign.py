@@ -300,3 +300,19 @@ def test_tick_goes_on_with_a_plain_train_chain(two_gpus, tmp_path, monkeypatch):
     assert rows == [(f"alice/{project.train_slug}", 1, "COMPLETE"), (f"alice/{project.train_slug}-b", 2, "COMPLETE")]
     only = kpack(project, "tick", "--only", "a:0")
     assert only.returncode == 2 and "error: --only: kernels.train has no members section" in only.stderr, only.stderr
+
+
+def test_a_campaign_over_the_weekly_quota_is_refused_unless_forced(two_gpus, tmp_path, monkeypatch):
+    project = campaign_project(tmp_path, two_gpus, monkeypatch)
+    config = project.root / "kpack.yaml"
+    config.write_text(config.read_text() + "campaign: {weekly_gpu_hours: 0.01}\n")
+    refused = kpack(project, "push", "train")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "error: 0.1 GPU h is over the 0.0 h left this week; narrow it with --only, raise campaign.weekly_gpu_hours "
+        "if your quota is larger, or push anyway with --force"]
+    assert "4 member(s) need about 0.1 GPU h (one full session of 0.02 h" in refused.stdout
+    assert versions(two_gpus, project.train_slug) == [] and not member_rows(project)  # nothing pushed or queued
+    forced = kpack(project, "push", "train", "--force", "--no-wait", "--only", "b:1")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert [(r["member"], r["status"]) for r in member_rows(project)] == [("b:1", "QUEUED")]
