@@ -120,3 +120,28 @@ def test_auto_is_one_process_per_visible_gpu(monkeypatch):
     assert launch.process_count() == 1
     monkeypatch.setenv("KPACK_PROCESSES", "3")
     assert launch.process_count() == 3
+
+
+def test_a_crashing_rank_stops_the_one_waiting_for_it(demo, tmp_path, monkeypatch, capfd):
+    """Rank 1 raises (a bug, not a user's mistake) while rank 0 waits in a collective: rank 0 is stopped,
+    the launch exits 1 with rank 1's traceback, and nothing waits for a timeout."""
+    import os
+    import time
+
+    from kernel_src import engine
+
+    monkeypatch.setenv("KPACK_SESSION_SECONDS", "3600")
+    monkeypatch.setenv("KPACK_PROCESSES", "2")
+    train_loop = engine.Run.train
+
+    def broken(self):
+        if os.environ["RANK"] == "1":
+            raise RuntimeError("rank 1 broke")
+        return train_loop(self)
+    monkeypatch.setattr(engine.Run, "train", broken)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        train.main(_config(_kit(demo)), working=tmp_path / "w")
+    assert exc.value.code == 1 and time.monotonic() - started < 60
+    err = capfd.readouterr().err
+    assert "RuntimeError: rank 1 broke" in err and not (tmp_path / "w" / "state.json").exists()
