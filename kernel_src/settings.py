@@ -16,6 +16,14 @@ Example (YAML, under `kit:` in kpack.yaml):
     stages:
       - {epochs: 6, loss: {bce: 1.0}}
       - {epochs: 2, loss: {soft_fbeta: 1.0}, lr_scale: 0.1}
+
+The winners' techniques, each off unless set (mixing.py, freezing.py, mining.py):
+
+    stages: [{epochs: 6, loss: bce, label_smoothing: 0.1}]
+    data: {train_sizes: [48, 64, 80], train_sizes_per: batch}      # multi-scale training
+    mix: {mixup_alpha: 0.4, cutmix_alpha: 1.0, prob: 1.0, switch_prob: 0.5}
+    freeze: {train_stages: 2, unfreeze_every: 1, lr_decay: 0.7}    # last stages first, one more per epoch
+    mining: {share: 0.2}                                           # last epoch's hardest 20% drawn twice
 """
 from __future__ import annotations
 
