@@ -216,8 +216,9 @@ def step(cfg, only=None) -> list[MemberState] | None:
             open_now += 1
         counts = {name: sum(st.state == name for st in states) for name in
                   ("open", "next", "waiting", "done", "failed")}
-        print("tick: " + ", ".join(f"{n} {name}" for name, n in counts.items() if n) + f" (cap {cap(cfg)})",
-              flush=True)
+        said = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+        print(f"tick: {said or 'no run of these members in the ledger (kpack push train starts one)'} "
+              f"(cap {cap(cfg)})", flush=True)
         return states
 
 
