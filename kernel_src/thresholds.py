@@ -3,15 +3,20 @@
 A `Rule` turns a (rows, labels) probability matrix into a binary prediction:
   1. `one_of` groups (e.g. the demo's `count::*`, exactly one true per row): the most probable label of
      the group, whatever the thresholds say;
-  2. every other ("free") label: probability >= its threshold, or, with `top_k` > 0, the k most
-     probable free labels whatever their probabilities;
-  3. `min_labels`: rows left with fewer labels than that (one_of labels included) get the most probable
+  2. every other ("free") label: probability >= its threshold, or, with `context` c > 0, >= c times the
+     row's highest free probability (context-aware, as iMet 2019's 6th place: a row's own scale counts);
+     with `top_k` > 0 instead, the k most probable free labels whatever their probabilities;
+  3. `fallback` k: rows left with no free label get their k most probable free labels (top-k fallback);
+  4. `min_labels`: rows left with fewer labels than that (one_of labels included) get the most probable
      free labels added until they have it (the "at least one label" fallback).
 
 `search` scores candidate rules by the competition metric (kernel_src.metrics) on OOF predictions:
 the fixed 0.5 threshold, the best global threshold on a grid, per-class thresholds by coordinate
-ascent from there, each with the min_labels fallbacks, and top-k; it keeps the best. Ties go to the
-simpler rule, and inside a run of equally good thresholds the middle one is taken.
+ascent from there, per label group thresholds (`groups`, e.g. iMet's culture vs tag) by the same ascent
+over groups, each with the min_labels and top-k fallbacks, context-aware (the best threshold and fraction
+on two grids), and top-k; it keeps the best. Ties go to the simpler rule, and inside a run of equally
+good thresholds the middle one is taken. `search_one_of` tries each exactly-one-per-group constraint with
+and without, keeping it only where it scores better.
 
 The searches are exact (tests compare them with brute force) and scale to iMet-sized data: the global curve
 comes from per-row histograms over the grid, one class's curve from a cumulative sum over its sorted column
@@ -27,7 +32,8 @@ from .metrics import fbeta_from_counts, fbeta_score
 
 GRID = np.round(np.arange(0.01, 1.0, 0.01), 6)
 ROW_CHUNK = 2048
-METHODS = ("auto", "fixed", "global", "per_class", "top_k")
+METHODS = ("auto", "fixed", "global", "per_class", "per_group", "context", "top_k")
+CONTEXT_GRID = np.round(np.arange(0.05, 1.0001, 0.05), 6)  # fractions of the row maximum tried
 
 
 @dataclass
@@ -36,6 +42,8 @@ class Rule:
     min_labels: int = 0
     top_k: int = 0
     one_of: tuple[tuple[int, ...], ...] = ()
+    context: float = 0.0                              # free label on also at >= context x the row's max
+    fallback: int = 0                                 # rows with no free label get their top `fallback`
 
     def __post_init__(self) -> None:
         self.thresholds = np.asarray(self.thresholds, dtype=np.float64).ravel()
@@ -59,6 +67,11 @@ class Rule:
             pred[:, free] = _top_k(probs[:, free], self.top_k)
         else:
             pred[:, free] = probs[:, free] >= self.thresholds[free]
+            if self.context > 0 and free.size:
+                pred[:, free] |= probs[:, free] >= self.context * probs[:, free].max(axis=1, keepdims=True)
+        if self.fallback > 0 and free.size:
+            empty = np.flatnonzero(~pred[:, free].any(axis=1))
+            pred[np.ix_(empty, free)] = _top_k(probs[np.ix_(empty, free)], self.fallback)
         need = self.min_labels - len(self.one_of)
         if need > 0 and free.size:
             short = np.flatnonzero(pred[:, free].sum(axis=1) < need)
@@ -67,12 +80,14 @@ class Rule:
 
     def to_dict(self) -> dict:
         return {"thresholds": [round(float(t), 6) for t in self.thresholds], "min_labels": self.min_labels,
-                "top_k": self.top_k, "one_of": [list(cols) for cols in self.one_of]}
+                "top_k": self.top_k, "one_of": [list(cols) for cols in self.one_of],
+                "context": round(float(self.context), 6), "fallback": self.fallback}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Rule":
         return cls(np.asarray(data["thresholds"], dtype=np.float64), int(data.get("min_labels", 0)),
-                   int(data.get("top_k", 0)), tuple(tuple(c) for c in data.get("one_of", ())))
+                   int(data.get("top_k", 0)), tuple(tuple(c) for c in data.get("one_of", ())),
+                   float(data.get("context", 0.0)), int(data.get("fallback", 0)))
 
     @classmethod
     def constant(cls, n_labels: int, threshold: float = 0.5, **kwargs) -> "Rule":
@@ -85,10 +100,14 @@ class SearchResult:
     f2: float
     name: str                                        # which candidate won, e.g. "per_class+min1"
     candidates: dict[str, float] = field(default_factory=dict)
+    constraints: dict[str, dict] = field(default_factory=dict)  # one_of group -> F2 with, without, kept
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "f2": self.f2, "rule": self.rule.to_dict(),
-                "candidates": {k: round(v, 6) for k, v in self.candidates.items()}}
+        out = {"name": self.name, "f2": self.f2, "rule": self.rule.to_dict(),
+               "candidates": {k: round(v, 6) for k, v in self.candidates.items()}}
+        if self.constraints:
+            out["constraints"] = self.constraints
+        return out
 
 
 def score(rule: Rule, probs: np.ndarray, targets: np.ndarray) -> float:
@@ -97,8 +116,10 @@ def score(rule: Rule, probs: np.ndarray, targets: np.ndarray) -> float:
 
 def search(probs: np.ndarray, targets: np.ndarray, *, method: str = "auto", grid: np.ndarray = GRID,
            fixed: float = 0.5, min_labels: tuple[int, ...] = (0, 1), top_k: tuple[int, ...] = (1, 2, 3),
-           one_of: tuple[tuple[int, ...], ...] = (), rounds: int = 3) -> SearchResult:
-    """The best rule on (probs, targets) among the candidates `method` allows (see the module docstring)."""
+           one_of: tuple[tuple[int, ...], ...] = (), rounds: int = 3,
+           groups: dict[str, list[int]] | None = None) -> SearchResult:
+    """The best rule on (probs, targets) among the candidates `method` allows (see the module docstring).
+    groups: label group -> columns, for the per-group thresholds (tried when two or more hold free labels)."""
     if method not in METHODS:
         raise ValueError(f"threshold method must be one of {METHODS}, got {method!r}")
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
@@ -112,25 +133,62 @@ def search(probs: np.ndarray, targets: np.ndarray, *, method: str = "auto", grid
     fixed_counts = _fixed_counts(probs, targets, base)
     mins = sorted({int(k) for k in min_labels} | {0})
     found: dict[str, tuple[str, Rule]] = {"fixed": ("fixed", base)}  # name -> (method family, rule)
-    if method in ("auto", "global", "per_class"):
+    if method in ("auto", "global", "per_class", "per_group"):  # global: the others' start
         for k in mins:
             curve = _global_curve(p, y, fixed_counts, grid, max(0, k - len(one_of)))
             rule = Rule.constant(n_labels, grid[_plateau_middle(curve)], min_labels=k, one_of=one_of)
             found["global" if k == 0 else f"global+min{k}"] = ("global", rule)
+    fallbacks = sorted({int(k) for k in top_k if 0 < k <= len(free)})
+    start = found["global"][1].thresholds[free] if "global" in found else None  # None: not needed
     if method in ("auto", "per_class"):
         per_class = np.array(base.thresholds)
-        per_class[free] = _per_class_ascent(p, y, fixed_counts, grid, found["global"][1].thresholds[free], rounds)
+        per_class[free] = _per_class_ascent(p, y, fixed_counts, grid, start, rounds)
         for k in mins:
             found["per_class" if k == 0 else f"per_class+min{k}"] = ("per_class", Rule(per_class, k, 0, one_of))
+    column_groups = _free_groups(groups, free)
+    if method in ("auto", "per_group") and len(column_groups) >= 2:
+        per_group = np.array(base.thresholds)
+        per_group[free] = _per_group_ascent(p, y, fixed_counts, grid, start, column_groups, rounds)
+        for k in mins:
+            found["per_group" if k == 0 else f"per_group+min{k}"] = ("per_group", Rule(per_group, k, 0, one_of))
+    for family in ("global", "per_class", "per_group"):  # rows with no label get their top k
+        if family in found:
+            for k in fallbacks:  # global: its own best threshold; the others keep theirs
+                thr = found[family][1].thresholds
+                if family == "global":
+                    thr = np.full(n_labels, grid[_plateau_middle(_global_curve(p, y, fixed_counts, grid, 0, k))])
+                found[f"{family}+fb{k}"] = (family, Rule(thr, fallback=k, one_of=one_of))
     if method in ("auto", "top_k"):
         for k in sorted({int(k) for k in top_k if 0 < k <= len(free)}):
             found[f"top{k}"] = ("top_k", Rule(base.thresholds, top_k=k, one_of=one_of))
 
+    if method in ("auto", "context") and free.size:
+        t, c = _context_search(p, y, fixed_counts, grid)
+        found["context"] = ("context", Rule.constant(n_labels, t, one_of=one_of, context=c))
     # every candidate is scored exactly, for the record; the fixed rule wins only under "auto" or "fixed"
     scores = {name: score(rule, probs, targets) for name, (_, rule) in found.items()}
     allowed = [name for name, (family, _) in found.items() if method in ("auto", family)] or ["fixed"]
     best = max(allowed, key=lambda name: scores[name])  # the first of equals: the simpler rule
     return SearchResult(found[best][1], scores[best], best, scores)
+
+
+def search_one_of(probs: np.ndarray, targets: np.ndarray, one_of: dict[str, tuple[int, ...]],
+                  **kwargs) -> SearchResult:
+    """`search` with each exactly-one-per-group constraint in `one_of` (group -> columns) tried with and
+    without: from all of them, a group's constraint is dropped when the best rule scores better without it.
+    The result's `constraints` says, per group, the F2 with and without and whether it was kept."""
+    kept = list(one_of)
+    best = search(probs, targets, one_of=tuple(tuple(one_of[g]) for g in kept), **kwargs)
+    record: dict[str, dict] = {}
+    for name in list(one_of):
+        trial = [g for g in kept if g != name]
+        without = search(probs, targets, one_of=tuple(tuple(one_of[g]) for g in trial), **kwargs)
+        record[name] = {"with": round(best.f2, 6), "without": round(without.f2, 6)}
+        if without.f2 > best.f2 + 1e-12:
+            kept, best = trial, without
+        record[name]["kept"] = name in kept
+    best.constraints = record
+    return best
 
 
 def best_global(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray = GRID) -> tuple[float, float]:
@@ -157,8 +215,9 @@ def _fixed_counts(probs: np.ndarray, targets: np.ndarray, rule: Rule) -> tuple[n
 
 
 def _global_curve(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarray, ...], grid: np.ndarray,
-                  need: int) -> np.ndarray:
-    """Mean F2 at each grid threshold applied to every free column, with the at-least-`need` fallback."""
+                  need: int, fallback: int = 0) -> np.ndarray:
+    """Mean F2 at each grid threshold applied to every free column, with the at-least-`need` fallback (or,
+    with `fallback` k, the top-k one for rows with no free label)."""
     n_grid = len(grid)
     total = np.zeros(n_grid)
     for lo in range(0, len(p), ROW_CHUNK):
@@ -171,10 +230,10 @@ def _global_curve(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarray, 
         above_all = np.cumsum(hist_all[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (n, grid): count of p >= grid[g]
         tp = np.cumsum(hist_pos[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(np.float64)
         fp = above_all - tp
-        if need > 0:
-            top = _top_k(pc, need)
+        if need > 0 or fallback > 0:
+            top = _top_k(pc, fallback or need)
             top_tp = (top & yc).sum(axis=1, dtype=np.float64)[:, None]
-            short = above_all < need
+            short = above_all == 0 if fallback else above_all < need
             tp = np.where(short, top_tp, tp)
             fp = np.where(short, top.sum(axis=1)[:, None] - top_tp, fp)
         fn = yc.sum(axis=1)[:, None] - tp
@@ -212,6 +271,50 @@ def _per_class_ascent(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarr
         if not moved:
             break
     return thr
+
+
+def _free_groups(groups: dict[str, list[int]] | None, free: np.ndarray) -> list[np.ndarray]:
+    """Each label group's free columns, as positions among the free columns (empty groups left out)."""
+    position = {int(c): i for i, c in enumerate(free)}
+    found = [np.asarray([position[c] for c in cols if c in position], dtype=np.int64) for cols in (groups or {}).values()]
+    return [g for g in found if g.size]
+
+
+def _per_group_ascent(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarray, ...], grid: np.ndarray,
+                      start: np.ndarray, column_groups: list[np.ndarray], rounds: int) -> np.ndarray:
+    """Coordinate ascent over label groups: one threshold per group, each set to the grid value best for the
+    whole metric (its exact curve: the other columns' counts held fixed), until nothing moves."""
+    thr = np.array(start, dtype=np.float64)
+    for _ in range(rounds):
+        moved = False
+        for cols in column_groups:
+            rest = np.setdiff1d(np.arange(p.shape[1]), cols)
+            on, yr = p[:, rest] >= thr[rest], y[:, rest]
+            tp = (on & yr).sum(axis=1, dtype=np.float64)
+            held = (fixed_counts[0] + tp, fixed_counts[1] + on.sum(axis=1) - tp, fixed_counts[2] + yr.sum(axis=1) - tp)
+            t = grid[_plateau_middle(_global_curve(p[:, cols], y[:, cols], held, grid, 0))]
+            if not np.all(thr[cols] == t):
+                moved = True
+                thr[cols] = t
+        if not moved:
+            break
+    return thr
+
+
+def _context_search(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarray, ...],
+                    grid: np.ndarray) -> tuple[float, float]:
+    """(threshold, fraction) of the best context-aware rule: for each fraction c, the labels at >= c x the
+    row's max are on at every threshold (their probability lifted above the grid), so one exact global
+    curve per fraction scores every threshold."""
+    top = p.max(axis=1, keepdims=True)
+    best = (-1.0, float(grid[-1]), float(CONTEXT_GRID[-1]))
+    for c in CONTEXT_GRID:
+        lifted = np.where(p >= c * top, 2.0, p)
+        curve = _global_curve(lifted, y, fixed_counts, grid, 0)
+        g = _plateau_middle(curve)
+        if curve[g] > best[0] + 1e-12:
+            best = (float(curve[g]), float(grid[g]), float(c))
+    return best[1], best[2]
 
 
 def _plateau_middle(curve: np.ndarray, tol: float = 1e-12) -> int:

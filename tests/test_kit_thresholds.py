@@ -61,6 +61,9 @@ def test_fast_global_curve_equals_brute_force(one_of, need):
                              max(0, need - len(one_of)))
     brute = [th.score(th.Rule.constant(7, t, min_labels=need, one_of=one_of), p, y) for t in th.GRID]
     np.testing.assert_allclose(curve, brute, atol=1e-12)
+    curve = th._global_curve(p[:, free], y[:, free], th._fixed_counts(p, y, base), th.GRID, 0, need + 1)
+    brute = [th.score(th.Rule.constant(7, t, fallback=need + 1, one_of=one_of), p, y) for t in th.GRID]
+    np.testing.assert_allclose(curve, brute, atol=1e-12)  # the top-k fallback's curve too
 
 
 def test_top_k_wins_when_scales_differ_per_row():
@@ -131,3 +134,72 @@ def test_method_limits_the_candidates():
         th.search(p, y, method="magic")
     with pytest.raises(ValueError, match="shape"):
         th.search(p, y[:, :3])
+
+
+# ---- per label group, context-aware, top-k fallback, the one_of constraint tried with and without --------
+
+def test_per_group_thresholds_find_each_groups_gap():
+    rng = np.random.default_rng(8)
+    y = rng.random((400, 6)) < 0.35
+    p = np.empty(y.shape)
+    p[:, :3] = np.where(y[:, :3], _uniform(rng, 0.3, 0.4, (400, 3)), _uniform(rng, 0.0, 0.25, (400, 3)))
+    p[:, 3:] = np.where(y[:, 3:], _uniform(rng, 0.75, 0.9, (400, 3)), _uniform(rng, 0.5, 0.65, (400, 3)))
+    groups = {"culture": [0, 1, 2], "tag": [3, 4, 5]}
+    result = th.search(p, y, method="per_group", groups=groups)
+    assert result.name == "per_group" and result.f2 == pytest.approx(1.0)
+    assert result.candidates["global"] < 0.95
+    t = result.rule.thresholds
+    assert len(set(t[:3])) == len(set(t[3:])) == 1 and 0.25 < t[0] <= 0.3 and 0.65 < t[3] <= 0.75
+    assert "per_group" not in th.search(p, y, groups={"all": list(range(6))}).candidates  # one group: global
+
+
+def test_context_aware_keeps_labels_near_the_rows_maximum():
+    rng = np.random.default_rng(9)
+    n, c = 400, 8
+    y = np.zeros((n, c), dtype=bool)
+    for row in y:
+        row[rng.choice(c, rng.integers(1, 4), replace=False)] = True  # 1-3 labels: top-k cannot fit
+    scale = rng.uniform(0.05, 1.0, size=(n, 1))                        # each row on its own scale
+    p = scale * np.where(y, _uniform(rng, 0.85, 1.0, (n, c)), _uniform(rng, 0.0, 0.4, (n, c)))
+    result = th.search(p, y)
+    assert result.name == "context" and result.f2 == pytest.approx(1.0)
+    assert 0.4 / 0.85 < result.rule.context <= 0.85 and max(v for k, v in result.candidates.items()
+                                                            if k != "context") < 0.99
+    again = th.Rule.from_dict(json.loads(json.dumps(result.to_dict()))["rule"])
+    np.testing.assert_array_equal(again.apply(p), result.rule.apply(p))
+
+
+def test_top_k_fallback_fills_only_rows_with_no_label():
+    y = np.zeros((40, 6), dtype=bool)
+    p = np.full(y.shape, 0.05)
+    y[:20, 0] = True                       # sure rows: one label, well above 0.5
+    p[:20, 0] = 0.9
+    y[20:, 1:3] = True                     # unsure rows: two labels, their top two, below the sure rows' others
+    p[20:] = 0.01
+    p[20:, 1:3] = [0.04, 0.03]
+    result = th.search(p, y, method="global", min_labels=(0, 1, 2))
+    assert result.name == "global+fb2" and result.f2 == pytest.approx(1.0)
+    assert result.candidates["global+min1"] < 1.0 and result.candidates["global+min2"] < 1.0
+    assert result.rule.fallback == 2 and result.rule.apply(p)[:20].sum() == 20
+
+
+def test_the_one_of_constraint_is_kept_only_where_it_scores_better():
+    rng = np.random.default_rng(10)
+    n = 300
+    count = np.zeros((n, 3), dtype=bool)    # exactly one per row; its probability is the row's max, often low
+    count[np.arange(n), rng.integers(0, 3, n)] = True
+    colour = np.zeros((n, 3), dtype=bool)   # none or two per row: "exactly one" is wrong here
+    colour[rng.random(n) < 0.5] = [True, True, False]
+    y = np.concatenate([count, colour], axis=1)
+    p = np.empty(y.shape)
+    top = _uniform(rng, 0.2, 0.6, (n, 1))  # the true count's probability; the others 30-90 % of it
+    p[:, :3] = np.where(count, top, top * _uniform(rng, 0.3, 0.9, (n, 3)))
+    p[:, 3:] = np.where(colour, _uniform(rng, 0.6, 0.9, (n, 3)), _uniform(rng, 0.0, 0.3, (n, 3)))
+    result = th.search_one_of(p, y, {"count": (0, 1, 2), "colour": (3, 4, 5)}, method="global",
+                              min_labels=(0,), top_k=())  # no fallback: it could stand in for the constraint
+    assert result.rule.one_of == ((0, 1, 2),)
+    assert result.constraints["count"]["kept"] and not result.constraints["colour"]["kept"]
+    assert result.constraints["count"]["with"] > result.constraints["count"]["without"]
+    assert result.constraints["colour"]["without"] > result.constraints["colour"]["with"]
+    assert result.f2 == pytest.approx(1.0)
+    assert result.to_dict()["constraints"] == result.constraints
