@@ -9,7 +9,8 @@ Methods (`kit.blend.method`):
 
 `search_weights` looks for the weights (non-negative, summing to 1) that maximise the OOF F2 at the best
 global threshold: from equal weights it moves `step` of weight between two members while that helps,
-then halves the step, down to `min_step`.
+then halves the step, down to `min_step`. `search_blend` tries every method (mean, weighted, rank) that
+way and keeps the best; ties go to the simpler method (in METHODS order).
 """
 from __future__ import annotations
 
@@ -78,6 +79,21 @@ def search_weights(members: Sequence[np.ndarray], targets: np.ndarray, *, method
         else:
             w = trial
     return w / w.sum(), best
+
+
+def search_blend(members: Sequence[np.ndarray], targets: np.ndarray,
+                 methods: Sequence[str] = METHODS) -> tuple[str, list[float], dict[str, dict]]:
+    """(method, weights, every method's {"weights", "f2"}) of the best blend of `members` on OOF targets."""
+    tried: dict[str, dict] = {}
+    for method in methods:
+        if method == "mean" or len(members) == 1:
+            weights = _weights(len(members), None)
+            f2 = best_global(blend(members, "mean" if method == "mean" else method, weights), targets)[1]
+        else:
+            weights, f2 = search_weights(members, targets, method=method)
+        tried[method] = {"weights": [round(float(w), 6) for w in weights], "f2": round(float(f2), 6)}
+    best = max(tried, key=lambda m: tried[m]["f2"])  # the first of equals: the simpler method
+    return best, tried[best]["weights"], tried
 
 
 def _weights(n: int, weights: Sequence[float] | None) -> np.ndarray:

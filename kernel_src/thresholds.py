@@ -276,7 +276,8 @@ def _per_class_ascent(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarr
 def _free_groups(groups: dict[str, list[int]] | None, free: np.ndarray) -> list[np.ndarray]:
     """Each label group's free columns, as positions among the free columns (empty groups left out)."""
     position = {int(c): i for i, c in enumerate(free)}
-    found = [np.asarray([position[c] for c in cols if c in position], dtype=np.int64) for cols in (groups or {}).values()]
+    found = [np.asarray([position[c] for c in cols if c in position], dtype=np.int64)
+             for cols in (groups or {}).values()]
     return [g for g in found if g.size]
 
 

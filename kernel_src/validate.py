@@ -1,13 +1,17 @@
 """Validation kernel entry: `main(config)` scores the trained models out of fold and searches the decision rule.
 
 Every trained model the inputs hold (infer.find_models) predicts, with TTA, the validation fold it never
-trained on. A member's OOF matrix gathers its folds; the rows every member covers are blended (weights
-searched on them unless the config fixes them) and the decision rule is searched there (thresholds.py).
+trained on. A member (one training config: a campaign's variant) gathers the OOF rows of all its folds (a
+campaign's fold members); the rows every member covers are blended, every blend method tried (mean,
+weighted, rank; weights searched on those rows) unless the config names one, and the decision rule is
+searched on the blend (thresholds.py: every method, and each one_of constraint with and without).
 Models trained on everything (fold -1) have no OOF rows and are left out here; infer still uses them.
 
 Files written into working/:
-    oof_scores.json   rows scored, per member F2, the blend, F2 at 0.5 and with the searched rule, overall
-                      and per label group (precision and recall too), and every candidate rule's F2
+    oof_scores.json   rows scored, per member its folds, rows and F2, the blend and every blend method's
+                      F2 (`blends`), F2 at 0.5 and with the searched rule, overall and per label group
+                      (precision and recall too), every candidate rule's F2 (`candidates`) and each one_of
+                      constraint's F2 with and without (`constraints`)
     thresholds.json   what infer applies: the label ids, the rule, the blend (method, members, weights)
 
 config["kit"] keys read here (besides the training kit's data/augment/amp/seed):
@@ -15,7 +19,8 @@ config["kit"] keys read here (besides the training kit's data/augment/amp/seed):
     infer.checkpoint, infer.batch_size
     thresholds.method                 auto | fixed | global | per_class | top_k
     thresholds.fixed, .min_labels, .top_k, .one_of, .grid_step, .rounds
-    blend.method, blend.weights       mean | weighted | rank; weights searched when not given
+    blend.method, blend.weights       mean | weighted | rank (unset: all tried, the best kept); weights
+                                      searched when not given
 
 Local use: python -m kernel_src.validate kpack.yaml   [KPACK_KAGGLE_ROOT=... for the folders]
 """
@@ -34,8 +39,10 @@ from kpack_runtime import inputs
 SCORES = "oof_scores.json"
 
 
-def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log) -> tuple[data.Table, dict]:
-    """The training table and, per member, its OOF probabilities over the table's rows (NaN where none)."""
+def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log,
+         folds_of: Optional[dict] = None) -> tuple[data.Table, dict]:
+    """The training table and, per member, its OOF probabilities over the table's rows (NaN where none);
+    folds_of (when given) gets each member's folds."""
     root = data.data_root(kit, config)
     table = data.read_train(kit.data, root)
     row_of = {image_id: i for i, image_id in enumerate(table.ids)}
@@ -62,28 +69,39 @@ def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log) -
             probs = infer.predict(model, [own.paths[i] for i in valid], kit.augment.tta, ev, kit)
             target = oof.setdefault(name, np.full(table.targets.shape, np.nan, dtype=np.float32))
             target[rows[rows >= 0]] = probs[rows >= 0]
+            if folds_of is not None:
+                folds_of.setdefault(name, []).append(model.fold)
             log(f"[kpack] {name} fold {model.fold}: {len(valid)} OOF rows from {model.path}")
     if not oof:
         raise FileNotFoundError("no model with a validation fold among the inputs: nothing to score out of fold")
     return table, oof
 
 
+def _own_cv(oof: np.ndarray, targets: np.ndarray) -> float:
+    """A member's CV on every row its folds cover (the blend scores only the rows all members cover)."""
+    own = ~np.isnan(oof).any(axis=1)
+    return thresholds.best_global(oof[own], targets[own].astype(bool))[1]
+
+
 def _key(d: settings.DataSettings) -> str:
     return json.dumps(settings.to_dict(d, runtime=False), sort_keys=True)
 
 
-def _blend(names: list[str], member_probs: list[np.ndarray], y: np.ndarray,
-           ev: infer.EvalSettings) -> tuple[str, list[float]]:
+def _blend(names: list[str], member_probs: list[np.ndarray], y: np.ndarray, ev: infer.EvalSettings,
+           named: bool) -> tuple[str, list[float], dict]:
+    """(method, weights, every method tried with its weights and F2). named: kit.blend.method was set."""
     method, given = ev.blend.method, ev.blend.weights
-    if len(names) == 1 or method == "mean":
-        return "mean", [1.0 / len(names)] * len(names)
-    if given:
+    if given and len(names) > 1:
         if len(given) != len(names):
             raise settings.SettingsError(f"kit.blend.weights: {len(given)} weights for {len(names)} members "
                                          f"({', '.join(names)})")
-        return method, [float(w) / sum(given) for w in given]
-    weights, _ = blend.search_weights(member_probs, y, method=method)
-    return method, [float(w) for w in weights]
+        weights = [float(w) / sum(given) for w in given]
+        f2 = thresholds.best_global(blend.blend(member_probs, method, weights), y)[1]
+        return method, weights, {method: {"weights": weights, "f2": f2}}
+    best, weights, tried = blend.search_blend(member_probs, y, methods=(method,) if named else blend.METHODS)
+    if len(names) == 1:
+        best, weights = "mean", [1.0]
+    return best, [float(w) for w in weights], tried
 
 
 def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
@@ -91,31 +109,38 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
     kit, ev = infer.kit_settings(config)
     working = Path(working or inputs.working_dir())
     working.mkdir(parents=True, exist_ok=True)
-    table, oof = _oof(config, kit, ev, log)
+    folds_of: dict[str, list[int]] = {}
+    table, oof = _oof(config, kit, ev, log, folds_of)
     names = list(oof)
     covered = np.all([~np.isnan(p).any(axis=1) for p in oof.values()], axis=0)
     if not covered.any():
         raise ValueError(f"the members {', '.join(names)} share no OOF rows (each covers other folds)")
     y = table.targets[covered].astype(bool)
     member_probs = [oof[n][covered] for n in names]
-    method, weights = _blend(names, member_probs, y, ev)
+    named = "method" in ((config.get("kit") or {}).get("blend") or {})
+    method, weights, blends = _blend(names, member_probs, y, ev, named)
     probs = blend.blend(member_probs, method, weights)
 
     t = ev.thresholds
     grid = np.round(np.arange(t.grid_step, 1.0, t.grid_step), 6)
-    result = thresholds.search(probs, y, method=t.method, grid=grid, fixed=t.fixed, min_labels=tuple(t.min_labels),
-                               top_k=tuple(t.top_k), one_of=infer.one_of_columns(t.one_of, table.labels),
-                               rounds=t.rounds)
     groups = table.labels.groups
+    one_of = dict(zip(t.one_of, infer.one_of_columns(t.one_of, table.labels)))
+    result = thresholds.search_one_of(probs, y, one_of, method=t.method, grid=grid, fixed=t.fixed,
+                                      min_labels=tuple(t.min_labels), top_k=tuple(t.top_k), rounds=t.rounds,
+                                      groups=groups)
     scores = {
         "cv_score": result.f2,  # what the ledger records: F2 of the blend with the searched rule
         "rows": int(covered.sum()), "rows_total": len(table.ids),
-        "members": {n: {"f2@0.5": metrics.fbeta_score(y, p >= 0.5), "f2_global": thresholds.best_global(p, y)[1]}
+        "members": {n: {"f2@0.5": metrics.fbeta_score(y, p >= 0.5), "f2_global": thresholds.best_global(p, y)[1],
+                        "folds": sorted(folds_of.get(n, [])), "rows": int((~np.isnan(oof[n]).any(axis=1)).sum()),
+                        "f2_own_rows": _own_cv(oof[n], table.targets)}
                     for n, p in zip(names, member_probs)},
         "blend": {"method": method, "weights": weights},
+        "blends": blends,
         "at_0.5": metrics.report(y, probs >= 0.5, groups),
         "searched": {"rule": result.name, **metrics.report(y, result.rule.apply(probs), groups)},
         "candidates": result.candidates,
+        "constraints": result.constraints,
         # F2 of the blend against one global threshold: the search's landscape, plotted by the run report
         "curve": {"thresholds": grid.tolist(), "f2": [metrics.fbeta_score(y, probs >= g) for g in grid]},
     }

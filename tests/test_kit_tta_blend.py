@@ -102,3 +102,33 @@ def test_weight_search_prefers_the_informative_model():
     assert f2 > best_global(blend.blend([noise, good]), y)[1]
     rank_weights, rank_f2 = blend.search_weights([noise, good], y, method="rank")
     assert rank_weights[1] > 0.8 and rank_f2 > 0.95
+
+
+def _known_blend(n=1500, seed=0):
+    """Three members whose true weighted mean (0.6, 0.3, 0.1) decides every label exactly."""
+    rng = np.random.default_rng(seed)
+    members = [rng.random((n, 4)) for _ in range(3)]
+    truth = np.array([0.6, 0.3, 0.1])
+    return members, truth, sum(w * m for w, m in zip(truth, members)) > 0.5
+
+
+def test_weight_search_recovers_known_weights():
+    members, truth, y = _known_blend()
+    method, weights, tried = blend.search_blend(members, y)
+    assert method == "weighted" and np.abs(np.array(weights) - truth).max() < 0.03
+    assert tried["weighted"]["f2"] > 0.98 > tried["mean"]["f2"]
+    assert set(tried) == {"mean", "weighted", "rank"} and tried["mean"]["weights"] == [0.333333] * 3
+
+
+def test_rank_blend_wins_and_recovers_weights_when_a_member_is_on_another_scale():
+    members, truth, y = _known_blend(seed=1)
+    members[0] = members[0] ** 4  # the same order, another scale (another loss, a temperature)
+    method, weights, tried = blend.search_blend(members, y)
+    assert method == "rank" and np.abs(np.array(weights) - truth).max() < 0.03
+    assert tried["rank"]["f2"] > tried["weighted"]["f2"]
+
+
+def test_one_member_blends_as_itself():
+    members, _, y = _known_blend(n=200)
+    method, weights, tried = blend.search_blend(members[:1], y)
+    assert method == "mean" and weights == [1.0] and tried["weighted"]["f2"] == tried["mean"]["f2"]
