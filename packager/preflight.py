@@ -1,6 +1,7 @@
 """Checks that run on this machine before anything is built or uploaded, so what would fail minutes into a
 Kaggle session fails here with one line: one function per check, each returning what it found (a UserError
-when the check fails). `kpack build` and `kpack push` run `before_build`; `kpack check KIND` runs them all.
+when the check fails). `kpack build` and `kpack push` run `before_build`, `kpack push` also `before_upload`;
+`kpack check KIND` runs them all.
 
 The kit's settings are validated by the project's own `kernel_src/settings.py` (stdlib only, the module the
 kernel validates them with), loaded here by file path: a project whose kernel_src has no settings.py does not
@@ -305,6 +306,13 @@ def before_build(cfg, kind: str, root: Path) -> list[str]:
     for check in (check_kit, check_weights):
         warnings += check(cfg, kind, root).warnings
     return warnings
+
+
+def before_upload(cfg, kind: str, api) -> list[str]:
+    """The backend checks `kpack push` runs on its own connection before anything is uploaded: every source exists,
+    and a code competition's infer kernel is offline; returns their warnings."""
+    backend = Backend(cfg, api)
+    return check_sources(cfg, kind, backend).warnings + check_code_competition(cfg, kind, backend).warnings
 
 
 def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:

@@ -13,13 +13,14 @@ version then, so kpack waits for a slot and pushes again (up to KPACK_SLOT_WAIT_
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from packager import chain, datasets, kaggle_api, ledger, metadata, models_push, notify, progress, watch
+from packager import chain, datasets, kaggle_api, ledger, metadata, models_push, notify, preflight, progress, watch
 from packager.errors import UserError, env_number
 from packager.fsutil import file_sha256
 
@@ -242,26 +243,45 @@ def _chain_rows(cfg, ref: watch.KernelRef, base_slug: str) -> list[dict]:
 def upstream_sources(cfg, kind: str) -> list[str]:
     """validate reads the trained models from the train chain's last COMPLETE session (its slug changes as the
     chain grows: <slug>, <slug>-b, <slug>, ... or <slug>-s2, ...); infer reads those and validate's thresholds.
+    A campaign (kernels.train.members): every member's newest COMPLETE session, each its own chain; a member
+    without one is refused in one line, unless KPACK_PARTIAL=1 (then left out, with a warning).
     Kaggle mounts a source kernel's newest version, so that session must still be its kernel's newest (a
     push over it is refused in one line by push_folder). A kernel kpack.yaml
     already names as a source is left as configured."""
+    from packager import campaign
+
     upstream = {"validate": ("train",), "infer": ("train", "validate")}.get(kind, ())
     configured = cfg.kernel(kind).sources.kernels
     found = []
     for source in (k for k in upstream if k in cfg.kernels):
-        base, slugs = cfg.kernel(source).slug, chain.chain_slugs(cfg, source)
-        if any(ref.split("/")[-1] in slugs or ref.split("/")[-1].startswith(base + "-s") for ref in configured):
-            continue
-        rows = [r for r in ledger.read() if r.get("kind") == source and r.get("base_slug") == base
-                and r.get("backend") == cfg.backend and r.get("status") == "COMPLETE"]
-        if rows:
+        members = campaign.members(cfg) if source == campaign.KIND else [None]
+        missing = []
+        for member in members:
+            scfg = campaign.member_cfg(cfg, member) if member else cfg
+            base, slugs = scfg.kernel(source).slug, chain.chain_slugs(scfg, source)
+            if any(ref.split("/")[-1] in slugs or ref.split("/")[-1].startswith(base + "-s") for ref in configured):
+                continue
+            rows = [r for r in ledger.read() if r.get("kind") == source and r.get("base_slug") == base
+                    and r.get("backend") == cfg.backend and r.get("status") == "COMPLETE"]
+            if not rows:
+                missing.append(member.name if member and member.fold is not None else base)
+                continue
             last = rows[-1]
-            print(f"{kind}: reads {source}'s output from {last['kernel']} (its last COMPLETE session in the ledger)")
+            who = f"{source} member {member.name}" if member and member.fold is not None else source
+            print(f"{kind}: reads {who}'s output from {last['kernel']} (its last COMPLETE session in the ledger)")
             found.append(last["kernel"])
             if last.get("output") and chain.needs_another_session(last["output"]):
                 print(f"warning: {last['kernel']} stopped mid-training (its state.json says not done): {kind} "
                       f"reads that checkpoint; for the final model, let the chain finish first (kpack watch "
                       f"{source})", flush=True)
+        if missing and len(members) > 1:
+            said = (f"{kind}: campaign {cfg.kernel(source).slug}: member(s) {', '.join(missing)} have no COMPLETE "
+                    f"session in the ledger")
+            if os.environ.get("KPACK_PARTIAL") != "1":
+                raise UserError(f"{said}; let them finish (kpack tick, kpack ledger --campaign), or blend the "
+                                f"others with KPACK_PARTIAL=1 kpack push {kind}")
+            print(f"warning: {said}; {kind} reads the other {len(members) - len(missing)} (KPACK_PARTIAL=1)",
+                  flush=True)
     return found
 
 
@@ -279,7 +299,9 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
 
     api = kaggle_api.connect(cfg)
     _warn_if_still_running(api, cfg, kind)
-    models_push.check_sources(api, cfg, kind)  # a model source that does not exist: refused before any upload
+    for warning in preflight.before_upload(cfg, kind, api):  # a source that does not exist: refused before any upload
+        print(f"warning: {warning}", flush=True)
+    models_push.check_sources(api, cfg, kind)  # and a pinned model version the instance does not have
     datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     if model_build is not None:
         models_push.publish(api, cfg, model_build, check_uploads=lambda folders: scan_for_secrets(cfg, folders))

@@ -283,19 +283,19 @@ def test_an_unknown_model_source_stops_kpack_in_one_line_before_any_upload(model
     from packager.push import push_kernel
 
     cfg = model_project.cfg()
-    where = cfg.where("kernels", "train", "sources", "models")
-    cases = [(f"{USER}/nope-model/pytorch/base", f"{USER}/nope-model/pytorch/base is not a model instance on local "
-              f"(or not visible to {USER}); check owner/model/framework/variation"),
-             (f"{USER}/nope-model/pytorch/base/3", f"{USER}/nope-model/pytorch/base is not a model instance"),
+    where = cfg.where("kernels", "train", "sources", "models") + "kernels.train.sources.models: "
+    missing = (cfg.where("kernels", "train", "sources") + "kernels.train.sources: not on the local Kaggle (or not "
+               f"visible to {USER}): model {USER}/nope-model/pytorch/base")  # the pre-upload source check's line
+    cases = [(f"{USER}/nope-model/pytorch/base", missing), (f"{USER}/nope-model/pytorch/base/3", missing),
              (f"{USER}/{model_project.model_slug}/pytorch/tiny/9",
-              f"{USER}/{model_project.model_slug}/pytorch/tiny/9: the instance has no version 9 (newest v1)")]
+              f"{where}{USER}/{model_project.model_slug}/pytorch/tiny/9: the instance has no version 9 (newest v1)")]
     push_kernel(cfg, "train", wait=False)  # makes the project's own instance (v1)
     for source, message in cases:
         cfg.kernels["train"].sources.models = [source]
         local_kaggle.reset_stats()
         with pytest.raises(UserError) as info:
             push_kernel(cfg, "train", wait=False)
-        assert str(info.value).startswith(f"{where}kernels.train.sources.models: {message}"), str(info.value)
+        assert str(info.value).startswith(message), str(info.value)
         assert "\n" not in str(info.value)
         calls = local_kaggle.stats()["calls"]
         assert "StartBlobUpload" not in calls and "SaveKernel" not in calls

@@ -369,8 +369,11 @@ def test_refused_push_is_one_error(project, local_kaggle):
     cfg.kernels["train"].sources.datasets.append("alice/no-such-dataset")
     with pytest.raises(UserError) as err:
         push_kernel(cfg, "train", wait=False)
-    assert "dataset sources not found: alice/no-such-dataset" in str(err.value)
-    assert err.value.exit_code == 1 and "\n" not in str(err.value)
+    # refused by the pre-upload source check: nothing went up (Kaggle would only drop the source after the push)
+    assert ("kernels.train.sources: not on the local Kaggle (or not visible to alice): dataset alice/no-such-dataset; "
+            "fix the name or create it first") in str(err.value)
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+    assert project.dataset() is None and project.kernel_versions() == []
 
 
 # --------------------------------------------------------------------------------------------- submit
@@ -497,3 +500,4 @@ def test_demo_session_steps_reach_the_kit_and_a_bad_value_is_one_error(monkeypat
     monkeypatch.setenv("KPACK_DEMO_SESSION_STEPS", "ten")
     with pytest.raises(UserError, match="KPACK_DEMO_SESSION_STEPS='ten': expected a whole number"):
         with_short_train_sessions(cfg)
+
