@@ -92,3 +92,95 @@ def test_validate_blends_the_variants_of_a_2x2_campaign_and_infer_applies_it(cam
     with open(out, newline="") as f, open(comp.data_dir / "sample_submission.csv", newline="") as g:
         rows, sample = list(csv.DictReader(f)), list(csv.DictReader(g))
     assert [r["id"] for r in rows] == [r["id"] for r in sample] and list(rows[0]) == list(sample[0])
+
+
+# --------------------------------------------------------------------------------------------- host side
+
+# A validate kernel that records which train outputs are mounted (the member, as its CV says, and the session)
+VALIDATE_ENTRY = '''import json
+import os
+from pathlib import Path
+
+
+def main(config):
+    root = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle")
+    seen = []
+    for state in sorted((root / "input").rglob("state.json")):
+        metrics = json.loads((state.parent / "metrics.json").read_text())
+        seen.append({"path": str(state.parent.relative_to(root / "input")), "cv": metrics["cv_score"],
+                     "session": json.loads(state.read_text())["session"]})
+    work = root / "working"
+    (work / "seen.json").write_text(json.dumps(seen))
+    (work / "oof_scores.json").write_text(json.dumps({"cv_score": 0.9}))
+    (work / "thresholds.json").write_text("{}")
+'''
+
+
+@pytest.fixture
+def two_gpus(tmp_path):
+    from conftest import LocalKaggleServer
+
+    server = LocalKaggleServer(tmp_path / "root", None, 0, 120, "--gpu-sessions", "2").start()
+    yield server
+    server.stop()
+
+
+def _rows_of(kind: str) -> list[dict]:
+    from packager import ledger
+
+    return [r for r in ledger.read() if r.get("kind") == kind]
+
+
+@pytest.mark.slow
+def test_validate_and_infer_read_every_members_newest_complete_session(two_gpus, tmp_path, monkeypatch):
+    from test_campaign import campaign_project, kpack, member_rows, tick_until_done
+
+    project = campaign_project(tmp_path, two_gpus, monkeypatch)
+    project.write_entry(VALIDATE_ENTRY, "validate_entry.py")
+    project.write_entry("from kernel_src.validate_entry import main  # noqa: F401\n", "infer_entry.py")
+    config = project.root / "kpack.yaml"
+    kernels = (f"  validate: {{entry: kernel_src/validate_entry.py, slug: {project.prefix}-validate, "
+               "accelerator: 'None', session_hours: 0.02}\n"
+               f"  infer: {{entry: kernel_src/infer_entry.py, slug: {project.prefix}-infer, accelerator: 'None', "
+               "session_hours: 0.02}\n")
+    text = config.read_text().replace("notifications:", kernels + "notifications:")
+    config.write_text(text)
+    pushed = kpack(project, "push", "train", "--no-wait")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    tick_until_done(project)
+    # every member ran two sessions, <slug> then <slug>-b: session 1 is stale, session 2 (-b) the newest
+    newest = {r["member"]: r for r in member_rows(project) if r["session"] == 2 and r["status"] == "COMPLETE"}
+    assert sorted(newest) == ["a:0", "a:1", "b:0", "b:1"]
+    expected = sorted(f"{r['kernel']}/{r['version']}" for r in newest.values())
+    assert all(k.split("/")[1].endswith("-b") for k in expected)
+
+    # a third variant without a session: validate is refused in one line, nothing pushed
+    with_c = text.replace("b: {seed: 2}}", "b: {seed: 2}, c: {seed: 3}}")
+    assert with_c != text
+    config.write_text(with_c)
+    refused = kpack(project, "push", "validate")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        f"error: validate: campaign {project.train_slug}: member(s) c:0, c:1 have no COMPLETE session in the "
+        "ledger; let them finish (kpack tick, kpack ledger --campaign), or blend the others with KPACK_PARTIAL=1 "
+        "kpack push validate"], refused.stderr
+    assert not _rows_of("validate") and not project.kernel_versions(f"{project.prefix}-validate")
+
+    config.write_text(text)
+    done = kpack(project, "push", "validate")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = _rows_of("validate")
+    assert row["status"] == "COMPLETE" and sorted(row["sources"]) == expected
+    seen = json.loads((Path(row["output"]) / "seen.json").read_text())
+    # each member's session 2 (the local Kaggle mounts a source in both layouts: each seen twice)
+    assert sorted({(s["session"], round(s["cv"], 3)) for s in seen}) == [(2, 0.512), (2, 0.522), (2, 0.612),
+                                                                         (2, 0.622)]
+
+    config.write_text(with_c)  # KPACK_PARTIAL=1: the members that have a COMPLETE session, and a warning
+    monkeypatch.setenv("KPACK_PARTIAL", "1")
+    partial = kpack(project, "push", "infer")
+    assert partial.returncode == 0, partial.stdout + partial.stderr
+    assert "member(s) c:0, c:1 have no COMPLETE session in the ledger; infer reads the other 4" in partial.stdout
+    (row,) = _rows_of("infer")
+    validate_row = _rows_of("validate")[0]
+    assert sorted(row["sources"]) == sorted(expected + [f"{validate_row['kernel']}/{validate_row['version']}"])
