@@ -390,6 +390,14 @@ def _summary(data: dict) -> list[tuple[str, str]]:
         blend = scores.get("blend") or {}
         if blend:
             rows.append(("blend", f"{blend.get('method')}, weights {blend.get('weights')}"))
+        for method, tried in (scores.get("blends") or {}).items():  # every blend method validate tried
+            if isinstance(tried, dict) and isinstance(tried.get("f2"), (int, float)):
+                rows.append((f"blend {method}", f"F2 {tried['f2']:.4f} (global threshold), weights "
+                                                f"{tried.get('weights')}"))
+        for group, c in (scores.get("constraints") or {}).items():  # each one_of tried with and without
+            if isinstance(c, dict):
+                rows.append((f"exactly one {group}", f"F2 {c.get('with', 0):.4f} with, {c.get('without', 0):.4f} "
+                                                     f"without: {'kept' if c.get('kept') else 'dropped'}"))
         rows.append(("rows scored", f"{scores.get('rows')} of {scores.get('rows_total')}"))
     if len(data["sessions"]) > 1:
         rows.append(("sessions", ", ".join(f"{s}: {f.parent.name}/{f.name}" for s, f in data["sessions"])))

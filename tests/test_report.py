@@ -139,6 +139,7 @@ def test_validate_and_infer_reports(runs):
     curve = dict(zip(scores["curve"]["thresholds"], scores["curve"]["f2"]))
     assert curve[0.5] == pytest.approx(scores["at_0.5"]["f2"])  # the same blend, scored the same way
     assert f"{scores['cv_score']:.5f}" in page and scores["searched"]["rule"] in page
+    assert "blend mean" in page and "exactly one count" in page  # every blend method, each one_of tried
     page = report.write(outs["rt-infer"]).read_text()
     assert (outs["rt-infer"] / "submission.png").is_file() and "submission.csv: 12 rows" in page
 
