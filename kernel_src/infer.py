@@ -318,7 +318,7 @@ def make_plan(config: dict, kit: settings.KitSettings, ev: EvalSettings, groups:
                                      batches=ev.infer.plan_batches, warmup=PLAN_WARMUP,
                                      autocast=lambda: _autocast(device, kit))
         del net
-        plans.append(planner.MemberPlan(name, len(fold_models), load_s, timing.loader_start_s,
+        plans.append(planner.MemberPlan(name, len(fold_models), load_s, timing.start_s,
                                         timing.batch_load_s, timing.view_s,
                                         float(weights[k]) if weights else 1.0))
     session_s = clock.session_seconds(config, "infer")

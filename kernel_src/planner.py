@@ -4,7 +4,7 @@ Before the long run, infer times a few batches of each member on the kernel's ow
 the first `warmup` batches excluded; the data loading timed as the real loader does it, each TTA view's
 forward timed apart, so a view can be priced on its own) and predicts the whole run (`predict`):
 
-    per model  = load_s + loader_start_s + batches * (batch_load_s + sum(view_s of the views kept))
+    per model  = load_s + start_s + batches * (batch_load_s + sum(view_s of the views kept))
     whole run  = sum over members of models * per model  +  write_s
     batches    = test rows * hidden_test_factor / batch_size   (fractional: a partial last batch costs its share)
 
@@ -38,14 +38,15 @@ class MemberPlan:
     name: str
     models: int
     load_s: float                 # build the network, load its weights, move it to the device
-    loader_start_s: float         # the loader's start beyond a steady batch's load (worker processes)
+    start_s: float                # the first batch beyond a steady one: the loader's start (worker processes,
+                                  # the first fetch) and the network's first forward (allocations), once a model
     batch_load_s: float           # one batch's data loading (read, decode, augment, collate, to device)
     view_s: dict[str, float]      # one batch's forward per TTA view
     weight: float = 1.0           # its blend weight: dropping a heavier member costs more
 
     def seconds(self, batches: float, views: Iterable[str]) -> float:
         per_batch = self.batch_load_s + sum(self.view_s[v] for v in views)
-        return self.models * (self.load_s + self.loader_start_s + batches * per_batch)
+        return self.models * (self.load_s + self.start_s + batches * per_batch)
 
 
 @dataclass
@@ -188,7 +189,7 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class Timing:
-    loader_start_s: float
+    start_s: float
     batch_load_s: float
     view_s: dict[str, float]
     batches: int
@@ -199,8 +200,9 @@ def time_member(net: torch.nn.Module, loader: Iterable, views: list[str], device
                 batches: int = 5, warmup: int = 1, autocast: Callable = None,
                 clock: Callable[[], float] = time.perf_counter) -> Timing:
     """Mean seconds per batch of loading and of each view's forward, over `batches` batches after `warmup`
-    (first-forward allocations, cudnn's choice of kernels). The loader's start (worker processes, the first
-    fetch) beyond a steady batch's load counts once per model."""
+    (first-forward allocations, cudnn's choice of kernels). What the warm-up took beyond as many steady
+    batches (the loader's start: worker processes, the first fetch; the first forwards) is `start_s`: the
+    real run pays it once per model."""
     from contextlib import nullcontext
 
     chosen = dict(zip(views, tta.views(views)))
@@ -223,6 +225,8 @@ def time_member(net: torch.nn.Module, loader: Iterable, views: list[str], device
         load = clock() - start
         if first_load is None:
             first_load = clock() - t0
+        if i == warmup:
+            warm_total = clock() - t0 - load  # the warm-up batches, the loader's start included
         with autocast() if autocast else nullcontext():
             for name, view in chosen.items():
                 start = clock()
@@ -238,6 +242,8 @@ def time_member(net: torch.nn.Module, loader: Iterable, views: list[str], device
         if first_load is None:
             raise ValueError("the test set is empty: nothing to time")
         n = min(i, warmup) or 1
-        return Timing(0.0, first_load / n, {v: s / n for v, s in warm.items()}, 0)
+        return Timing(0.0, first_load, {v: s / n for v, s in warm.items()}, 0)
     batch_load = sum(loads) / timed
-    return Timing(max(0.0, first_load - batch_load), batch_load, {v: s / timed for v, s in forwards.items()}, timed)
+    view_s = {v: s / timed for v, s in forwards.items()}
+    steady = warmup * (batch_load + sum(view_s.values()))
+    return Timing(max(0.0, warm_total - steady), batch_load, view_s, timed)

@@ -1,0 +1,252 @@
+"""The runtime planner (kernel_src.planner) and infer's plan: arithmetic, the cheapest drop that fits, warn vs
+refuse, and the prediction against the measured run of real tiny timm models (several members, TTA, a
+hidden-test multiplier) in a fake Kaggle root."""
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kernel_src import infer, planner
+from packager import democomp
+
+SLUG = "digits-multilabel"
+
+
+def _member(name, models=1, load=1.0, start=0.5, batch=0.1, views=None, weight=1.0):
+    return planner.MemberPlan(name, models, load, start, batch, views or {"none": 1.0, "hflip": 1.0}, weight)
+
+
+def _plan(members, session_s=1e6, factor=1.0, rows=100, batch_size=10, views=("none", "hflip"), elapsed=0.0):
+    return planner.Plan.make(members, views=list(views), rows=rows, batch_size=batch_size,
+                             hidden_test_factor=factor, write_s=2.0, session_s=session_s, elapsed_s=elapsed,
+                             margin_s=10.0, timed_batches=5)
+
+
+def test_prediction_arithmetic():
+    a = _member("a", models=2, views={"none": 1.0, "hflip": 0.5})
+    b = _member("b", models=1, load=3.0, start=0.0, batch=0.2, views={"none": 2.0, "hflip": 2.0})
+    plan = _plan([a, b], rows=95, batch_size=10, factor=3.0, elapsed=100.0, session_s=1000.0)
+    # 9.5 batches: a = 2 * (1 + 0.5 + 9.5 * (0.1 + 1.5)), b = 3 + 9.5 * 4.2; + 2 s writing
+    assert plan.predicted_s == pytest.approx(2 * (1.5 + 9.5 * 1.6) + 3 + 9.5 * 4.2 + 2)
+    # the hidden test set: 28.5 batches, writing x3
+    assert plan.predicted_hidden_s == pytest.approx(2 * (1.5 + 28.5 * 1.6) + 3 + 28.5 * 4.2 + 6)
+    assert plan.available_s() == pytest.approx(1000 - 100 - 10)
+    assert plan.fits and plan.drop == {} and plan.drop_line() == "nothing to drop: the plan fits"
+    saved = plan.as_dict(actual_s=40.0)
+    assert saved["predicted_s"] == pytest.approx(plan.predicted_s, abs=1e-3) and saved["actual_s"] == 40.0
+    assert [m["name"] for m in saved["members"]] == ["a", "b"] and saved["fits"] is True
+
+
+def test_the_cheapest_drop_that_fits():
+    # per member and batch: none 1 s, hflip 1 s, vflip 1 s; 10 batches; 3 members, c the lightest in the blend
+    views = {"none": 1.0, "hflip": 1.0, "vflip": 1.0}
+    members = [_member(n, load=0, start=0, batch=0, views=views, weight=w) for n, w in (("a", .4), ("b", .4), ("c", .2))]
+    full = _plan(members, views=views, session_s=1e6).predicted_s
+    assert full == pytest.approx(3 * 30 + 2)
+    # 70 s free: one view dropped (3 x 20 + 2 = 62) fits, as does one member (2 x 30 + 2 = 62): the view goes
+    plan = _plan(members, views=views, session_s=70 + 10)
+    assert not plan.fits and plan.drop == {"views": ["none"], "members": [], "seconds": 62.0}
+    assert plan.drop_line() == "drop TTA view(s) none (kit.augment.tta: ['hflip', 'vflip']): 62 s predicted"
+    # 45 s free: no single drop fits; two views (3 x 10 + 2 = 32) against a view and a member (2 x 20 + 2 = 42):
+    # as many drops, views first (no blend weight lost)
+    assert _plan(members, views=views, session_s=45 + 10).drop["views"] == ["none", "hflip"]
+    # 25 s free: two views and the lightest member (2 x 10 + 2 = 22)
+    plan = _plan(members, views=views, session_s=25 + 10)
+    assert plan.drop == {"views": ["none", "hflip"], "members": ["c"], "seconds": 22.0}
+    assert "member(s) c" in plan.drop_line()
+    # 5 s free: even one view of one member (12 s) does not fit
+    plan = _plan(members, views=views, session_s=5 + 10)
+    assert plan.drop == {} and plan.drop_line().startswith("no subset of TTA views and members fits")
+
+
+def test_the_drop_search_is_greedy_beyond_its_limit(monkeypatch):
+    monkeypatch.setattr(planner, "MAX_SEARCH", 4)
+    members = [_member(n, load=0, start=0, batch=0, views={"none": 1.0, "hflip": 1.0}) for n in "abc"]
+    plan = _plan(members, session_s=25 + 10)  # 10 batches: one member with both views (20 + 2) fits
+    assert plan.drop and plan.drop["seconds"] <= 25 and len(plan.drop["members"]) <= 2
+
+
+def test_time_member_excludes_the_warm_up():
+    ticks = iter(range(1000))
+    clock = lambda: float(next(ticks))  # every reading one second later
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.zeros(2, 3, 2, 2), None, [0, 1])] * 4
+    timing = planner.time_member(net, batches, ["none", "hflip"], torch.device("cpu"), batches=2, warmup=1,
+                                 clock=clock)
+    # readings per batch: load start/end, then start/end per view: 1 s each; the first also t0 and first_load
+    assert timing.batches == 2 and timing.batch_load_s == 1.0 and timing.view_s == {"none": 1.0, "hflip": 1.0}
+
+
+# -------------------------------------------------------------------------------- real models, real timing
+
+KIT = {"seed": 0, "data": {"image_size": 32, "folds": 2, "fold": 0, "num_workers": 0},
+       "augment": {"train": "none", "valid": "none", "tta": ["none", "hflip"]},
+       "model": {"name": "test_resnet", "channels_last": False},
+       "optim": {"batch_size": 16, "lr": 3e-3}, "stages": [{"epochs": 1}], "log_every_steps": 1000}
+
+
+def _config(kit: dict, **infer_settings) -> dict:
+    kit = copy.deepcopy(kit)
+    kit["infer"] = {"batch_size": 16, "plan_batches": 20, **infer_settings}
+    return {"competition": SLUG, "kaggle_user": "kpack", "kernels": {"infer": {"session_hours": 9}}, "kit": kit}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Three members (learning rates), two of them with both folds: five test_resnet models."""
+    from kernel_src import train
+
+    base = tmp_path_factory.mktemp("planner")
+    comp = democomp.generate(base / "comp", seed=0, n_train=48, n_test=1200, image_size=32)
+    runs = {}
+    for member, lr, folds in (("a", 3e-3, (0, 1)), ("b", 1e-2, (0, 1)), ("c", 1e-3, (0,))):
+        for fold in folds:
+            runs[f"{member}-f{fold}"] = {**copy.deepcopy(KIT), "optim": {"batch_size": 16, "lr": lr},
+                                         "data": {**KIT["data"], "fold": fold}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KPACK_SESSION_SECONDS", "3600")
+        mp.setenv("KPACK_KAGGLE_ROOT", str(base / "train-root"))
+        (base / "train-root" / "input").mkdir(parents=True)
+        (base / "train-root" / "input" / SLUG).symlink_to(comp.data_dir)
+        for name, kit in runs.items():
+            train.main({"competition": SLUG, "kaggle_user": "kpack", "kernels": {}, "kit": kit},
+                       working=base / "runs" / name)
+    return comp, base / "runs"
+
+
+def _root(tmp_path: Path, monkeypatch, comp, runs: Path, members: list[str], public_rows: int | None = None) -> Path:
+    """A Kaggle root with the runs mounted; `public_rows`: a competition folder whose sample_submission holds
+    only the first rows (the public test set of a competition that reruns on the hidden, larger one)."""
+    root = tmp_path / "kaggle"
+    (root / "input" / "competitions").mkdir(parents=True)
+    (root / "working").mkdir()
+    data = root / "input" / "competitions" / SLUG
+    if public_rows is None:
+        data.symlink_to(comp.data_dir)
+    else:
+        data.mkdir()
+        for item in comp.data_dir.iterdir():
+            if item.name != "sample_submission.csv":
+                (data / item.name).symlink_to(item)
+        pd.read_csv(comp.data_dir / "sample_submission.csv", dtype=str).head(public_rows).to_csv(
+            data / "sample_submission.csv", index=False)
+    for name in members:
+        shutil.copytree(runs / name, root / "input" / "notebooks" / "kpack" / f"train-{name}")
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(root))
+    monkeypatch.delenv("KPACK_SESSION_SECONDS", raising=False)
+    return root
+
+
+ATTEMPTS = 5  # the 2-core CI machine is shared: a run that a load spike hit is measured again, up to this often
+
+
+def _within_10_percent(measure) -> None:
+    """measure() -> (predicted, actual): passes as soon as one attempt lands within 10%."""
+    seen = []
+    for _ in range(ATTEMPTS):
+        predicted, actual = measure()
+        seen.append(f"{predicted:.2f} s predicted, {actual:.2f} s taken ({100 * (predicted - actual) / actual:+.1f}%)")
+        print(seen[-1])
+        if abs(predicted - actual) <= 0.10 * actual:
+            return
+    pytest.fail("the plan missed by more than 10% in every attempt: " + "; ".join(seen))
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_prediction_within_10_percent_of_the_run(trained, tmp_path, monkeypatch, one_thread):
+    comp, runs = trained
+    root = _root(tmp_path, monkeypatch, comp, runs, ["a-f0", "a-f1", "b-f0", "b-f1", "c-f0"])
+    lines: list[str] = []
+
+    def measure():
+        lines.clear()
+        infer.run(_config(KIT), log=lines.append)
+        plan = json.loads((root / "working" / infer.PLAN_FILE).read_text())
+        return plan["predicted_s"], plan["actual_s"]
+
+    _within_10_percent(measure)
+    out = root / "working" / infer.SUBMISSION
+    plan = json.loads((root / "working" / infer.PLAN_FILE).read_text())
+    assert len(plan["members"]) == 3 and [m["models"] for m in plan["members"]] == [2, 2, 1]
+    assert plan["views"] == ["none", "hflip"] and plan["rows"] == 1200 and plan["fits"]
+    assert plan["session_s"] == 9 * 3600  # kernels.infer.session_hours
+    assert any(line.startswith("[kpack] plan:") and "taken" in line for line in lines)
+    sample = pd.read_csv(comp.data_dir / "sample_submission.csv", dtype=str)
+    written = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(written.columns) == list(sample.columns) and written.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+
+
+@pytest.mark.slow
+def test_hidden_test_multiplier_predicts_the_larger_run(trained, tmp_path, monkeypatch, one_thread):
+    """The plan made on a public test set of 400 rows with kit.infer.hidden_test_factor 3 against the run on
+    the 1200 rows."""
+    comp, runs = trained
+    members = ["a-f0", "a-f1", "b-f0"]
+    public_root = _root(tmp_path / "public", monkeypatch, comp, runs, members, public_rows=400)
+    hidden_root = _root(tmp_path / "hidden", monkeypatch, comp, runs, members)
+
+    def measure():
+        monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(public_root))
+        out = infer.run(_config(KIT, plan_only=True, hidden_test_factor=3), log=lambda line: None)
+        assert out == public_root / "working" / infer.PLAN_FILE
+        assert not (public_root / "working" / infer.SUBMISSION).exists()
+        public = json.loads(out.read_text())
+        assert public["actual_s"] is None and public["rows"] == 400 and public["hidden_test_factor"] == 3
+        monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(hidden_root))
+        infer.run(_config(KIT), log=lambda line: None)
+        return public["predicted_hidden_s"], json.loads((hidden_root / "working" / infer.PLAN_FILE).read_text())["actual_s"]
+
+    _within_10_percent(measure)
+
+
+@pytest.mark.slow
+def test_a_plan_that_does_not_fit_is_refused_in_one_line(trained, tmp_path, monkeypatch, capsys):
+    from kernel_src import clock
+    import time
+
+    comp, runs = trained
+    root = _root(tmp_path, monkeypatch, comp, runs, ["a-f0", "b-f0"])
+    kit = {**KIT, "session": {"margin_seconds": 0}}
+    # a hidden test set making the run about 2000 s, and a session that leaves 1500 s of it: too little for
+    # both members with both views, enough for one view or one member
+    probe = json.loads(infer.run(_config(kit, plan_only=True), log=lambda line: None).read_text())
+    factor = 2000 / probe["predicted_s"]
+    monkeypatch.setenv("KPACK_SESSION_SECONDS", str(int(time.monotonic() - clock.STARTED + 1500)))
+    with pytest.raises(SystemExit) as stop:
+        infer.main(_config(kit, plan="refuse", hidden_test_factor=factor))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[kpack] error: the plan does not fit:"), err
+    assert "; drop TTA view(s) " in err[0] and "(kit.infer.plan: warn runs it anyway)" in err[0]
+    assert not (root / "working" / infer.SUBMISSION).exists()  # nothing predicted
+    saved = json.loads((root / "working" / infer.PLAN_FILE).read_text())
+    assert saved["fits"] is False and len(saved["drop"]["views"]) == 1 and saved["drop"]["members"] == []
+
+    # warn: the same plan runs, with a warning that says what to drop
+    lines: list[str] = []
+    infer.run(_config(kit, plan="warn", hidden_test_factor=factor), log=lines.append)
+    assert any(line.startswith("[kpack] warning: the plan does not fit") and "; drop TTA" in line for line in lines)
+    assert (root / "working" / infer.SUBMISSION).is_file()
+
+
+def test_infer_plan_settings_are_validated():
+    from kernel_src import settings
+
+    with pytest.raises(settings.SettingsError, match=r"kit\.infer\.hidden_test_factor: expected a number above 0"):
+        infer.kit_settings(_config({}, hidden_test_factor=0))
+    with pytest.raises(settings.SettingsError, match=r"kit\.infer\.plan_batches"):
+        infer.kit_settings(_config({}, plan_batches=0))
+    with pytest.raises(settings.SettingsError, match=r"kit\.infer\.plan"):
+        infer.kit_settings(_config({}, plan="maybe"))
