@@ -314,7 +314,8 @@ def make_plan(config: dict, kit: settings.KitSettings, ev: EvalSettings, groups:
         start = time.perf_counter()
         net = _network(first, device)
         load_s = time.perf_counter() - start
-        timing = planner.time_member(net, _loader(first, timed_paths, ev, kit, device), views, device,
+        timing = planner.time_member(net, _loader(first, timed_paths, ev, kit, device),
+                                     dict(zip(views, tta.views(views))), device,
                                      batches=ev.infer.plan_batches, warmup=PLAN_WARMUP,
                                      autocast=lambda: _autocast(device, kit))
         del net

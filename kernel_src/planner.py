@@ -14,7 +14,7 @@ the session plus the whole run plus the margin is within the session limit; when
 looks for the fewest TTA views and members to drop (the smallest blend weight first, then the most time kept)
 that make it fit, at least one of each kept.
 
-    timing = time_member(net, loader, ["none", "hflip"], device, batches=5)
+    timing = time_member(net, loader, {"none": tta.VIEWS["none"], ...}, device, batches=5)
     plan = Plan.make([...MemberPlan...], rows=..., batch_size=..., ...)
     plan.fits, plan.drop_line()
 """
@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
-
-from . import tta
 
 MAX_SEARCH = 1 << 16  # drop subsets tried exhaustively up to this many, greedily beyond
 
@@ -196,7 +194,7 @@ class Timing:
 
 
 @torch.no_grad()
-def time_member(net: torch.nn.Module, loader: Iterable, views: list[str], device: torch.device,
+def time_member(net: torch.nn.Module, loader: Iterable, views: dict[str, Callable], device: torch.device,
                 batches: int = 5, warmup: int = 1, autocast: Callable = None,
                 clock: Callable[[], float] = time.perf_counter) -> Timing:
     """Mean seconds per batch of loading and of each view's forward, over `batches` batches after `warmup`
@@ -205,7 +203,7 @@ def time_member(net: torch.nn.Module, loader: Iterable, views: list[str], device
     real run pays it once per model."""
     from contextlib import nullcontext
 
-    chosen = dict(zip(views, tta.views(views)))
+    chosen = dict(views)  # name -> view (kernel_src.tta.VIEWS)
     net.eval()
     loads: list[float] = []
     forwards = {v: 0.0 for v in views}

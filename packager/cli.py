@@ -56,10 +56,18 @@ def check(kind: str, config_path: str | None) -> None:
 @click.option("--wait/--no-wait", default=True, help="watch the kernel until it ends (and chain sessions)")
 @only_opt
 @click.option("--force", is_flag=True, help="push a campaign even when its forecast is over the weekly GPU quota")
-def push(kind: str, config_path: str | None, wait: bool, only: tuple[str, ...], force: bool) -> None:
+@click.option("--plan", is_flag=True, help="infer: run only the runtime planner's timing (as <slug>-plan), print the plan")
+def push(kind: str, config_path: str | None, wait: bool, only: tuple[str, ...], force: bool, plan: bool) -> None:
     """Build, update the datasets that changed, push the kernel and (by default) watch it to the end; with
     kernels.train.members, every member (variant x fold) as its own chain, within the session caps."""
     cfg = load_config(config_path)
+    if plan:
+        if kind != "infer" or not wait:
+            raise UserError("--plan: only with `kpack push infer` (and waiting for it): it times the infer kernel")
+        from packager.push import push_plan
+
+        push_plan(cfg)
+        return
     if _campaign(cfg, kind, only):
         from packager.tick import push_campaign
 

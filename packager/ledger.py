@@ -102,6 +102,19 @@ def read_metrics(output_dir: str | os.PathLike | None) -> tuple[float | None, di
     return None, {}
 
 
+def read_plan(output_dir: str | os.PathLike | None) -> dict | None:
+    """An infer run's plan (plan.json, kernel_src.planner): predicted_s against actual_s, the hidden-test
+    prediction, whether it fit; None when the output holds none."""
+    path = Path(output_dir) / "plan.json" if output_dir else None
+    try:
+        data = json.loads(path.read_text()) if path and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {k: data.get(k) for k in ("predicted_s", "actual_s", "predicted_hidden_s", "hidden_test_factor", "fits")}
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)

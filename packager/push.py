@@ -179,6 +179,8 @@ def _record_end(cfg, ref: watch.KernelRef, base_slug: str, outcome: watch.Outcom
                           status=outcome.status, seconds=watch.run_seconds(out, ref.slug), output=out,
                           failure=outcome.failure, base_slug=base_slug)
     row.update(cfg._member or {})  # a campaign member's variant and fold (packager.campaign)
+    if ref.kind == "infer":  # the runtime planner's prediction against the run's measured time
+        row["plan"] = ledger.read_plan(out)
     fields = {k: v for k, v in row.items() if k not in ("ts", "git_commit", "git_dirty", "config_hash")}
     fields["finished"] = row["ts"]
     if not ledger.update({"kernel": ref.ref, "version": ref.version, "backend": cfg.backend}, fields, cfg):
@@ -285,14 +287,15 @@ def upstream_sources(cfg, kind: str) -> list[str]:
     return found
 
 
-def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
-    """Build, update changed datasets, push the kernel; with wait, follow it (and its next sessions) to the end."""
+def push_kernel(cfg, kind: str, wait: bool = True, slug: str | None = None) -> PushResult:
+    """Build, update changed datasets, push the kernel; with wait, follow it (and its next sessions) to the end.
+    `slug`: push it as that kernel instead (one session, not chained: `kpack push infer --plan`)."""
     from packager.build import build_kernel
     from packager.imageprobe import ensure_probed
 
     kaggle_api.check_credentials(cfg)  # before anything is built: one line instead of the client's banner
     ensure_probed(cfg)  # backend kaggle: a guessed or stale image snapshot is probed first (KPACK_NO_PROBE)
-    built = build_kernel(cfg, kind, kernel_sources=upstream_sources(cfg, kind))
+    built = build_kernel(cfg, kind, kernel_sources=upstream_sources(cfg, kind), slug=slug)
     builds = datasets.build_all(cfg)
     model_build = models_push.build(cfg)  # models.weights: models/ as a Kaggle Model instance
     scan_for_secrets(cfg, [Path(built.script)])
@@ -306,12 +309,59 @@ def push_kernel(cfg, kind: str, wait: bool = True) -> PushResult:
     if model_build is not None:
         models_push.publish(api, cfg, model_build, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     ref = push_folder(api, cfg, kind, Path(built.folder))
-    _record_start(cfg, ref, cfg.kernel(kind).slug, built.sha256,
+    _record_start(cfg, ref, slug or cfg.kernel(kind).slug, built.sha256,
                   sources=metadata.read_kernel_metadata(built.folder).get("kernel_sources") or [])
+    if slug:
+        outcome, out = watch_session(api, cfg, ref, slug)
+        return PushResult(ref=ref, sessions=[ref], status=outcome.status, output=out)
     if not wait:
         print(f"not waiting; follow it with: kpack watch {kind}   (status: kpack status {kind})")
         return PushResult(ref=ref, sessions=[ref])
     return follow_chain(api, cfg, kind, Path(built.folder), built.sha256, ref, before=(0, 0))
+
+
+PLAN_SUFFIX = "-plan"
+
+
+def push_plan(cfg) -> dict:
+    """`kpack push infer --plan`: the infer kernel with kit.infer.plan_only set (only the runtime planner's
+    timing runs), pushed as its own kernel <infer slug>-plan so that a plan never becomes the infer kernel's
+    newest version (which kpack submit uses); prints the plan from its plan.json and returns it."""
+    import copy
+    import json
+
+    kit = copy.deepcopy(cfg.kit)
+    kit["infer"] = {**(kit.get("infer") or {}), "plan_only": True}
+    plan_cfg = cfg.model_copy(update={"kit": kit})
+    result = push_kernel(plan_cfg, "infer", slug=cfg.kernel("infer").slug + PLAN_SUFFIX)
+    found = sorted(Path(result.output).rglob("plan.json")) if result.output else []
+    if result.status != "COMPLETE" or not found:
+        raise UserError(f"{result.ref} ended {result.status} without a plan.json: see kpack logs "
+                        f"{result.ref.ref}/{result.ref.version}", exit_code=1)
+    plan = json.loads(found[0].read_text())
+    print(plan_text(plan))
+    return plan
+
+
+def plan_text(plan: dict) -> str:
+    """The plan as printed: the whole run, one line per member, and what to drop when it does not fit."""
+    hidden = (f", {plan['predicted_hidden_s']:.0f} s on the hidden test set (x{plan['hidden_test_factor']:g})"
+              if plan.get("hidden_test_factor", 1) != 1 else "")
+    lines = [f"plan: {plan['predicted_s']:.1f} s predicted for {plan['rows']} rows x {len(plan['views'])} TTA "
+             f"views ({', '.join(plan['views'])}){hidden}; {plan['available_s']:.0f} s left of the "
+             f"{plan['session_s']:.0f} s session: {'fits' if plan['fits'] else 'does NOT fit'}"]
+    for m in plan["members"]:
+        views = ", ".join(f"{v} {s * 1000:.1f} ms" for v, s in m["view_s"].items())
+        lines.append(f"  member {m['name']}: {m['models']} model(s), {m['predicted_s']:.1f} s "
+                     f"(per batch: loading {m['batch_load_s'] * 1000:.1f} ms, {views})")
+    drop = plan.get("drop") or {}
+    if not plan["fits"]:
+        what = [f"{kind} {', '.join(drop[key])}" for key, kind in (("views", "TTA view(s)"), ("members", "member(s)"))
+                if drop.get(key)]
+        lines.append(f"to fit, drop {' and '.join(what)}: {drop['seconds']:.0f} s predicted" if drop else
+                     "no subset of TTA views and members fits: a smaller kit.infer.hidden_test_factor, a larger "
+                     "kit.infer.batch_size or a faster accelerator")
+    return "\n".join(lines)
 
 
 def _newest_session(cfg, kind: str) -> tuple[dict, watch.KernelRef] | tuple[None, None]:

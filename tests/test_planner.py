@@ -75,7 +75,8 @@ def test_time_member_excludes_the_warm_up():
     clock = lambda: float(next(ticks))  # every reading one second later
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     batches = [(torch.zeros(2, 3, 2, 2), None, [0, 1])] * 4
-    timing = planner.time_member(net, batches, ["none", "hflip"], torch.device("cpu"), batches=2, warmup=1,
+    views = {"none": lambda x: x, "hflip": lambda x: x.flip(-1)}
+    timing = planner.time_member(net, batches, views, torch.device("cpu"), batches=2, warmup=1,
                                  clock=clock)
     # readings per batch: load start/end, then start/end per view: 1 s each; the first also t0 and first_load
     assert timing.batches == 2 and timing.batch_load_s == 1.0 and timing.view_s == {"none": 1.0, "hflip": 1.0}
@@ -250,3 +251,82 @@ def test_infer_plan_settings_are_validated():
         infer.kit_settings(_config({}, plan_batches=0))
     with pytest.raises(settings.SettingsError, match=r"kit\.infer\.plan"):
         infer.kit_settings(_config({}, plan="maybe"))
+
+
+# ------------------------------------------------------------------------ kpack push infer --plan, locally
+
+PLAN_ENTRY = '''import json
+import os
+from pathlib import Path
+
+import torch
+
+from kernel_src import planner
+
+
+def main(config):
+    """The real planner over a tiny network: plan.json; without kit.infer.plan_only also a submission."""
+    work = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle") / "working"
+    settings = config["kit"].get("infer") or {}
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5))
+    views = ["none", "hflip"]
+    timing = planner.time_member(net, [(torch.rand(8, 3, 4, 4), None, list(range(8)))] * 6,
+                                 {"none": lambda x: x, "hflip": lambda x: x.flip(-1)},
+                                 torch.device("cpu"), batches=4)
+    members = [planner.MemberPlan(name, models, 0.01, timing.start_s, timing.batch_load_s, timing.view_s, weight)
+               for name, models, weight in (("m1", 2, 0.6), ("m2", 1, 0.4))]
+    plan = planner.Plan.make(members, views=views, rows=10 ** 9, batch_size=8, write_s=0.01, session_s=72.0,
+                             hidden_test_factor=float(settings.get("hidden_test_factor", 1)), elapsed_s=1.0,
+                             margin_s=1.0, timed_batches=timing.batches)
+    actual = None
+    if not settings.get("plan_only"):
+        (work / "submission.csv").write_text("id,attribute_ids\\\\na,1\\\\n")
+        actual = 3.5
+    (work / "plan.json").write_text(json.dumps(plan.as_dict(actual)))
+'''
+
+
+@pytest.mark.slow
+def test_kpack_push_infer_plan_prints_the_plan(local_kaggle, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from packager import ledger
+    from pushkit import isolate, make_project
+
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, local_kaggle, datasets=False, infer=True)
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("planner.py",):
+        shutil.copy(repo / "kernel_src" / name, project.root / "kernel_src" / name)
+    project.write_entry(PLAN_ENTRY, "infer_entry.py")
+    with open(project.root / "kpack.yaml", "a") as f:
+        f.write("kit: {infer: {hidden_test_factor: 2}}\n")
+    env = {**os.environ, "KPACK_POLL_MIN_S": "0.2", "KPACK_POLL_MAX_S": "1"}
+
+    def kpack(*args):
+        return subprocess.run([sys.executable, "-m", "packager.cli", *args], cwd=project.root, env=env,
+                              capture_output=True, text=True, timeout=240)
+
+    wrong = kpack("push", "train", "--plan")
+    assert wrong.returncode == 2 and wrong.stderr.strip().endswith("--plan: only with `kpack push infer` "
+                                                                    "(and waiting for it): it times the infer kernel")
+    done = kpack("push", "infer", "--plan")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout.splitlines()
+    plan_line = next(line for line in out if line.startswith("plan: "))
+    assert "TTA views (none, hflip)" in plan_line and "(x2)" in plan_line and "does NOT fit" in plan_line
+    assert sum(line.startswith("  member m") for line in out) == 2
+    assert any(line.startswith("to fit, drop ") or line.startswith("no subset of TTA views") for line in out)
+    monkeypatch.chdir(project.root)
+    row = ledger.latest(kind="infer")
+    assert row["kernel"] == f"alice/{project.prefix}-infer-plan" and row["status"] == "COMPLETE"
+    assert row["plan"]["actual_s"] is None and row["plan"]["fits"] is False and row["plan"]["predicted_s"] > 72
+    assert row["plan"]["hidden_test_factor"] == 2
+
+    # the infer kernel itself: its plan's prediction and the run's time in its ledger row
+    done = kpack("push", "infer")
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = ledger.latest(kind="infer")
+    assert row["kernel"] == f"alice/{project.prefix}-infer" and row["plan"]["actual_s"] == 3.5
