@@ -330,3 +330,53 @@ def test_kpack_push_infer_plan_prints_the_plan(local_kaggle, tmp_path, monkeypat
     assert done.returncode == 0, done.stdout + done.stderr
     row = ledger.latest(kind="infer")
     assert row["kernel"] == f"alice/{project.prefix}-infer" and row["plan"]["actual_s"] == 3.5
+
+
+# ------------------------------------------------------------------ the members validate's thresholds.json names
+
+@pytest.mark.slow
+def test_infer_blends_exactly_the_members_thresholds_json_names(trained, tmp_path, monkeypatch, capsys):
+    from kernel_src import validate
+
+    comp, runs = trained
+    root = _root(tmp_path / "validate", monkeypatch, comp, runs, ["a-f0", "a-f1", "b-f0", "b-f1"])
+    validate.run(_config(KIT, plan="off"), log=lambda line: None)
+    decision = json.loads((root / "working" / "thresholds.json").read_text())
+    named = decision["blend"]["members"]
+    assert len(named) == 2
+
+    # a, b and c mounted: c, which validate did not blend, is left out; a and b get validate's weights
+    root = _root(tmp_path / "extra", monkeypatch, comp, runs, ["a-f0", "a-f1", "b-f0", "b-f1", "c-f0"])
+    shutil.copytree(tmp_path / "validate" / "kaggle" / "working", root / "input" / "notebooks" / "kpack" / "validate")
+    lines: list[str] = []
+    infer.run(_config(KIT, plan="off"), log=lines.append)
+    blended = [line for line in lines if line.startswith("[kpack] member ") and "model(s)" in line]
+    assert [line.split()[2].rstrip(":") for line in blended] == named
+    assert any("not in" in line and "left out" in line for line in lines)
+    sample = pd.read_csv(comp.data_dir / "sample_submission.csv", dtype=str)
+    written = pd.read_csv(root / "working" / infer.SUBMISSION, dtype=str, keep_default_na=False)
+    assert list(written.columns) == list(sample.columns) and written.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+
+    # only a mounted: the blend names b, which no mounted model is: one line, nothing written
+    root = _root(tmp_path / "missing", monkeypatch, comp, runs, ["a-f0", "a-f1"])
+    shutil.copytree(tmp_path / "validate" / "kaggle" / "working", root / "input" / "notebooks" / "kpack" / "validate")
+    with pytest.raises(SystemExit) as stop:
+        infer.main(_config(KIT, plan="off"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "blends member" in err[0] and "which no mounted model is" in err[0]
+    assert not (root / "working" / infer.SUBMISSION).exists()
+
+
+@pytest.mark.slow
+def test_a_sample_submission_of_another_layout_is_refused_in_one_line(trained, tmp_path, monkeypatch, capsys):
+    comp, runs = trained
+    root = _root(tmp_path, monkeypatch, comp, runs, ["c-f0"], public_rows=20)
+    sample = root / "input" / "competitions" / SLUG / "sample_submission.csv"
+    frame = pd.read_csv(sample, dtype=str)
+    frame["extra"] = "0"
+    frame.to_csv(sample, index=False)
+    with pytest.raises(SystemExit):
+        infer.main(_config(KIT, plan="off"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has columns ['id', 'attribute_ids', 'extra']: infer writes two" in err[0]
+    assert not (root / "working" / infer.SUBMISSION).exists()
