@@ -82,11 +82,12 @@ def failing_line(entries: list[Entry] | str | None) -> str:
     for _, line in reversed(lines):
         if "[kpack] error:" in line:
             return line[line.index("[kpack] error:"):][:LINE_MAX * 2]
-    last_trace = max((i for i, (_, line) in enumerate(lines) if line.startswith("Traceback (most recent call last)")),
-                     default=None)
+    # Tracebacks go to stderr; stdout is block-buffered and may land after them, so only stderr lines count.
+    last_trace = max((i for i, (stream, line) in enumerate(lines)
+                      if stream == "stderr" and line.startswith("Traceback (most recent call last)")), default=None)
     if last_trace is not None:  # its final line is the exception: the last one after it that looks like one
-        ends = [line for _, line in lines[last_trace + 1:] if line and _TRACE_END.match(line)
-                and not line.startswith(("File ", "Traceback", "During handling"))]
+        ends = [line for stream, line in lines[last_trace + 1:] if stream == "stderr" and line
+                and _TRACE_END.match(line) and not line.startswith(("File ", "Traceback", "During handling"))]
         if ends:
             return ends[-1][:LINE_MAX * 2]
     errs = [line for stream, line in lines if stream == "stderr" and line]

@@ -39,8 +39,12 @@ def section_blocks() -> list[str]:
     return re.findall(r"```sh\n(.*?)```", text[start:end if end > 0 else None], re.S)
 
 
+NESTED_MAKE = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")  # under `make test` a make the test runs would say its folder
+
+
 def clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "TELEGRAM_", "KPACK_"))
+           and k not in NESTED_MAKE
            and k.lower() not in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")}
     (home / ".kaggle").mkdir(parents=True, exist_ok=True)
     env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), PATH=f"{BIN}{os.pathsep}{env['PATH']}")
@@ -266,7 +270,8 @@ def test_kit_writes_a_repository_whose_config_and_makefile_work(tmp_path):
 
     targets = ["push-train", "watch-train", "check-train", "logs-train", "push-validate", "push-infer", "submit",
                "scores", "ledger", "local-serve"]
-    dry = subprocess.run(["make", "-n", *targets], cwd=project, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in NESTED_MAKE}  # as a user types it, not under make test
+    dry = subprocess.run(["make", "-n", *targets], cwd=project, env=env, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines() == [
         "kpack push train", "kpack watch train", "kpack check train", "kpack logs train", "kpack push validate",
@@ -305,7 +310,8 @@ def test_bare_entry_runs_in_a_kernel(tmp_path, local_kaggle, kaggle_env):
     config = yaml.safe_load((project / "kpack.yaml").read_text())
     config["kernels"]["train"]["accelerator"] = "None"  # as written but for the machine: a CPU session
     (project / "kpack.yaml").write_text(yaml.safe_dump(config))
-    env = {**kaggle_env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in kaggle_env.items() if k not in NESTED_MAKE}
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     done = subprocess.run(["make", "push-train"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = next((project / "runs").glob(f"{slug}-train/v1"))

@@ -65,6 +65,9 @@ def test_the_failing_line_is_the_kits_error_or_the_last_tracebacks_end():
                 "", "Traceback (most recent call last):", '  File "x.py", line 9, in main', "    raise",
                 "RuntimeError: the model diverged (loss is nan)")
     assert logs.failing_line(trace) == "RuntimeError: the model diverged (loss is nan)"
+    # stdout is block-buffered: a line printed before the failure can land after the traceback in the log
+    late = json.dumps(json.loads(trace) + [{"stream_name": "stdout", "time": 99, "data": "x" * 300 + "\n"}])
+    assert logs.failing_line(late) == "RuntimeError: the model diverged (loss is nan)"
     kit = log("[kpack] epoch 1/3 step 2/9 loss 0.5", "[kpack] error: kit.optim.lr: expected a number > 0, got -1",
               stream="stdout")
     assert logs.failing_line(kit) == "[kpack] error: kit.optim.lr: expected a number > 0, got -1"
