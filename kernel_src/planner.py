@@ -2,17 +2,18 @@
 
 Before the long run, infer times a few batches of each member on the kernel's own hardware (`time_member`:
 the first `warmup` batches excluded; the data loading timed as the real loader does it, each TTA view's
-forward timed apart, so a view can be priced on its own) and predicts the whole run (`predict`):
+forward timed apart, so a view can be priced on its own; what the warm-up took beyond steady batches is
+`start_s`, paid once per model) and predicts the whole run (`Plan.seconds`):
 
     per model  = load_s + start_s + batches * (batch_load_s + sum(view_s of the views kept))
-    whole run  = sum over members of models * per model  +  write_s
+    whole run  = sum over members of models * per model  +  write_s * hidden_test_factor
     batches    = test rows * hidden_test_factor / batch_size   (fractional: a partial last batch costs its share)
 
 `hidden_test_factor` (kit.infer.hidden_test_factor) scales the public test set to the hidden one a code or
 two-stage competition predicts on when it reruns the kernel. The plan fits when the time already spent in
 the session plus the whole run plus the margin is within the session limit; when it does not, `cheapest_fit`
-looks for the fewest TTA views and members to drop (the smallest blend weight first, then the most time kept)
-that make it fit, at least one of each kept.
+looks for the fewest TTA views and members to drop (views before members, the smallest blend weight first,
+then the most time kept) that make it fit, at least one of each kept.
 
     timing = time_member(net, loader, {"none": tta.VIEWS["none"], ...}, device, batches=5)
     plan = Plan.make([...MemberPlan...], rows=..., batch_size=..., ...)
