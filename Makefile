@@ -7,6 +7,12 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test test-fast build-train build-validate build-infer push-train push-validate push-infer \
 	watch-train watch-validate watch-infer submit scores serve bench clean
 
+# $(call apt_try,COMMAND,PACKAGE,MESSAGE): install a Debian package where we are root with apt-get (updating the
+# package lists only when the first try fails); never fails setup, says MESSAGE when COMMAND is still missing.
+apt_try = command -v $(1) >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	(apt-get install -y -q $(2) >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	apt-get install -y -q $(2) >/dev/null 2>&1))) || echo "$(3)"
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -14,16 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# the exact versions tests and CI run with (pyproject.toml holds the ranges a tool install uses)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[local,dev]'
-	@# bubblewrap sandboxes local kernels (else kpack's own namespaces do); never fails setup
-	@command -v bwrap >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		(apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
-		apt-get install -y -q bubblewrap >/dev/null 2>&1))) || \
-		echo "no bubblewrap: local kernels use kpack's own sandbox (install the bubblewrap package to use it)"
-	@# chromium: the report test opens report.html in a real headless browser; never fails setup
-	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
-		apt-get install -y -q chromium >/dev/null 2>&1))) || \
-		echo "no chromium: tests/test_report.py needs it (install the chromium package)"
+	@# bubblewrap sandboxes local kernels (else kpack's own namespaces do); chromium: the report test's browser
+	@$(call apt_try,bwrap,bubblewrap,no bubblewrap: local kernels use kpack's own sandbox (install the bubblewrap package to use it))
+	@$(call apt_try,chromium,chromium,no chromium: tests/test_report.py needs it (install the chromium package))
 	touch $(STAMP)
 
 demo: $(STAMP)
