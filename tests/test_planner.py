@@ -230,15 +230,20 @@ def test_a_plan_that_does_not_fit_is_refused_in_one_line(trained, tmp_path, monk
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("[kpack] error: the plan does not fit:"), err
-    assert "; drop TTA view(s) " in err[0] and "(kit.infer.plan: warn runs it anyway)" in err[0]
+    assert "(kit.infer.plan: warn runs it anyway)" in err[0]
     assert not (root / "working" / infer.SUBMISSION).exists()  # nothing predicted
     saved = json.loads((root / "working" / infer.PLAN_FILE).read_text())
-    assert saved["fits"] is False and len(saved["drop"]["views"]) == 1 and saved["drop"]["members"] == []
+    # What to drop depends on this run's timing (one view, or a member when the machine ran slower than the
+    # probe): the line names what plan.json says; which drop is cheapest is test_the_cheapest_drop_that_fits's.
+    drop = saved["drop"]
+    assert saved["fits"] is False and 1 <= len(drop["views"]) + len(drop["members"]) <= 2, drop
+    said = "; drop TTA view(s) " if drop["views"] else "; drop member(s) "
+    assert said in err[0], err
 
     # warn: the same plan runs, with a warning that says what to drop
     lines: list[str] = []
     infer.run(_config(kit, plan="warn", hidden_test_factor=factor), log=lines.append)
-    assert any(line.startswith("[kpack] warning: the plan does not fit") and "; drop TTA" in line for line in lines)
+    assert any(line.startswith("[kpack] warning: the plan does not fit") and "; drop " in line for line in lines)
     assert (root / "working" / infer.SUBMISSION).is_file()
 
 
