@@ -13,6 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 _counter = itertools.count(1)
 
@@ -184,3 +186,16 @@ def isolate(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(watch, "POLL_MIN_S", 0.2)
     monkeypatch.setattr(watch, "POLL_MAX_S", 1.0)
     monkeypatch.setattr(kaggle_api, "policy", kaggle_api.RetryPolicy(attempts=6, base_s=0.2, max_backoff_s=2))
+
+
+@pytest.fixture
+def project(local_kaggle, tmp_path, monkeypatch):
+    """A pushed-kernel test's project without datasets, in its own HOME and TMPDIR (import it as a fixture)."""
+    from packager import kaggle_api
+
+    isolate(monkeypatch, tmp_path)
+    local_kaggle.clear_faults()
+    proj = make_project(tmp_path, local_kaggle, datasets=False)
+    monkeypatch.chdir(proj.root)
+    yield proj
+    kaggle_api._restore_env()

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from packager import kaggle_api
 from packager.build import build_kernel
 from packager.config import parse_config
 from packager.errors import UserError
 from packager.push import push_kernel
-from pushkit import REPO, isolate, make_project
+from pushkit import REPO, project  # noqa: F401 (project: a fixture)
 
 # Reads the kernel's own inputs through kpack_runtime, as any user code may; the state says done (one session).
 ENTRY_BODY = '''
@@ -63,16 +62,6 @@ def write_layout(root: Path, entry: str) -> None:
         (root / rel).write_text(text)
     config = root / "kpack.yaml"
     config.write_text(config.read_text().replace("entry: kernel_src/entry.py", f"entry: {entry}"))
-
-
-@pytest.fixture
-def project(local_kaggle, tmp_path, monkeypatch):
-    isolate(monkeypatch, tmp_path)
-    local_kaggle.clear_faults()
-    proj = make_project(tmp_path, local_kaggle, datasets=False)
-    monkeypatch.chdir(proj.root)
-    yield proj
-    kaggle_api._restore_env()
 
 
 @pytest.mark.parametrize("entry", sorted(LAYOUTS))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from packager import kaggle_api, logs
+from packager import logs
 from packager.push import push_kernel
-from pushkit import isolate, make_project
+from pushkit import project  # noqa: F401 (project: a fixture)
 
 KPACK = str(Path(sys.executable).parent / "kpack")
 
@@ -31,16 +31,6 @@ def main(config):
         print(f"[kpack] epoch {{epoch}}/3 step {{epoch * 10}}/30 loss {{1 / epoch:.4f}} lr 1.00e-03 50 img/s", flush=True)
     print("finished", flush=True)
 '''
-
-
-@pytest.fixture
-def project(local_kaggle, tmp_path, monkeypatch):
-    isolate(monkeypatch, tmp_path)
-    local_kaggle.clear_faults()
-    proj = make_project(tmp_path, local_kaggle, datasets=False)
-    monkeypatch.chdir(proj.root)
-    yield proj
-    kaggle_api._restore_env()
 
 
 def test_decode_keeps_both_streams_in_order_and_copes_with_a_running_log():

@@ -12,19 +12,9 @@ import pytest
 from packager import kaggle_api, watch
 from packager.errors import UserError
 from packager.push import push_kernel
-from pushkit import FAIL_ENTRY, isolate, make_project
+from pushkit import FAIL_ENTRY, project  # noqa: F401 (project: a fixture)
 
 KPACK = str(Path(sys.executable).parent / "kpack")
-
-
-@pytest.fixture
-def project(local_kaggle, tmp_path, monkeypatch):
-    isolate(monkeypatch, tmp_path)
-    local_kaggle.clear_faults()
-    proj = make_project(tmp_path, local_kaggle, datasets=False)
-    monkeypatch.chdir(proj.root)
-    yield proj
-    kaggle_api._restore_env()
 
 
 def pushed(project, local_kaggle, entry=None) -> int:
