@@ -61,6 +61,8 @@ REMOVED = {
 SWITCH = "KPACK_IMPORT_CHECK"  # "warn": report what resolves to nothing as warnings instead of refusing the build
 _CATCHES_IMPORT = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 _UNKNOWN = object()  # an expression whose value on the kernel the build cannot tell
+# import names of what pyproject's `local` extra installs: a core-only kpack has no torch for local kernels
+LOCAL_EXTRA = {"torch", "torchvision", "timm", "albumentations", "numpy", "pandas", "sklearn"}
 
 
 @dataclass(frozen=True)
@@ -563,6 +565,8 @@ def check(bundle: inline.Bundle, sources: Sources, kind: str) -> list[str]:
         fix = (f"add its distribution to {sources.requirements} (the wheels dataset)" if sources.requirements else
                "add a wheels dataset (datasets.wheels) whose requirements name its distribution")
         fix += f", or pack its folder with kernels.{kind}.packages"
+        if isinstance(sources.image, LocalImage) and top in LOCAL_EXTRA:
+            fix += f" (or `pip install 'kpack[local]'`: the local Kaggle's image is this Python's packages)"
         image = sources.image.label if sources.image is not None else "no image snapshot"
         what = "may fail" if undecided else "resolves to nothing"
         wheels_part = f"not in {sources.wheels.label}" if sources.requirements else "no wheels dataset"

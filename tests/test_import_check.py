@@ -117,6 +117,14 @@ def test_build_refuses_an_import_that_resolves_to_nothing(proj):
     assert not (proj / "build" / "kernels").exists() or not any((proj / "build" / "kernels").iterdir())
 
 
+def test_a_core_only_install_is_told_to_install_the_local_extra(proj, monkeypatch):
+    """kpack without [local] has no torch in the local image: the refusal says how to get it there."""
+    (proj / "kernel_src" / "net.py").write_text("def main(config):\n    import timm\n")
+    monkeypatch.setattr(importcheck.LocalImage, "has", lambda self, top, thorough=True: top != "timm")
+    with pytest.raises(UserError, match=r"`import timm` resolves to nothing .*`pip install 'kpack\[local\]'`"):
+        build(proj, kernel={"entry": "kernel_src/net.py"})
+
+
 def test_refuses_a_missing_packed_submodule_and_names_every_failure(proj):
     (proj / "kernel_src" / "bad.py").write_text(
         "from kernel_src.pkg import sub\nfrom kernel_src.pkg.nothere import x\nimport missing_one\nimport missing_two\n"
