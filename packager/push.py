@@ -301,7 +301,7 @@ def push_kernel(cfg, kind: str, wait: bool = True, slug: str | None = None) -> P
     scan_for_secrets(cfg, [Path(built.script)])
 
     api = kaggle_api.connect(cfg)
-    _warn_if_still_running(api, cfg, kind)
+    warn_if_still_running(api, cfg, kind)
     for warning in preflight.before_upload(cfg, kind, api):  # a source that does not exist: refused before any upload
         print(f"warning: {warning}", flush=True)
     models_push.check_sources(api, cfg, kind)  # and a pinned model version the instance does not have
@@ -373,10 +373,10 @@ def _newest_session(cfg, kind: str) -> tuple[dict, watch.KernelRef] | tuple[None
     return row, watch.KernelRef(owner, slug, row["version"], kind, row["session"])
 
 
-def _warn_if_still_running(api, cfg, kind: str) -> None:
+def warn_if_still_running(api, cfg, kind: str) -> None:
     """A new push starts a second run beside one still going (both spend GPU quota): say so."""
     row, ref = _newest_session(cfg, kind)
-    if row is None or row["status"] in watch.TERMINAL:
+    if row is None or row["status"] in watch.TERMINAL or row.get("version") is None:  # None: queued, not pushed
         return
     status, _ = watch.status_of(api, ref)
     if status not in watch.TERMINAL:

@@ -265,7 +265,7 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
     from packager import datasets, models_push
     from packager.build import build_kernel
     from packager.imageprobe import ensure_probed
-    from packager.push import scan_for_secrets
+    from packager.push import scan_for_secrets, warn_if_still_running
 
     chosen = campaign.parse_only(only, campaign.members(cfg))
     lines, fits = campaign.forecast(cfg, chosen, ledger.read())
@@ -283,6 +283,8 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
     builds = datasets.build_all(cfg)
     model_build = models_push.build(cfg)
     api = kaggle_api.connect(cfg)
+    for member in chosen:
+        warn_if_still_running(api, campaign.member_cfg(cfg, member), KIND)
     models_push.check_sources(api, cfg, KIND)
     datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     if model_build is not None:

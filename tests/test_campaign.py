@@ -268,6 +268,19 @@ def test_two_ticks_at_once_push_the_next_session_once(two_gpus, tmp_path, monkey
     assert len(versions(two_gpus, project.train_slug)) == 2
 
 
+def test_a_campaign_push_beside_a_running_member_warns(two_gpus, tmp_path, monkeypatch):
+    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0, 1]}")
+    project.write_entry("import time\n\n\ndef main(config):\n    time.sleep(6 if config['kit']['data']['fold'] else 0)\n")
+    assert kpack(project, "push", "train", "--no-wait").returncode == 0
+    two_gpus.wait_kernel("alice", f"{project.train_slug}-f0", 1)  # f0 is done, f1 still runs
+    again = kpack(project, "push", "train", "--no-wait")
+    assert again.returncode == 0, again.stdout + again.stderr
+    warned = [line for line in again.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: alice/{project.train_slug}-f1 v1 (session 1 of the "
+                                                     "last train push) is still "), again.stdout
+    assert "this push starts another run beside it" in warned[0]
+
+
 @pytest.mark.slow
 def test_push_no_wait_then_a_crash_that_lost_a_ledger_row_is_reconciled(two_gpus, tmp_path, monkeypatch):
     project = campaign_project(tmp_path, two_gpus, monkeypatch)
