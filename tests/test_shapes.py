@@ -169,8 +169,8 @@ def test_a_session_is_capped_at_its_shapes_limit(server, tmp_path):
 
 
 def test_the_switch_turns_the_rule_off(tmp_path, monkeypatch):
-    monkeypatch.setenv(LENIENT_SHAPES_ENV, "1")
-    lenient = LocalKaggleServer(tmp_path / "lenient", None, 0, 120, "--gpu-sessions", "0").start()
+    monkeypatch.delenv(LENIENT_SHAPES_ENV, raising=False)
+    lenient = LocalKaggleServer(tmp_path / "lenient", None, 0, 120, "--gpu-sessions", "0", "--lenient-shapes").start()
     try:
         slug, out = push(lenient, tmp_path, "-t", "50000", "--accelerator", "NvidiaK80")
         assert "Kernel version 1 successfully pushed." in out

@@ -13,6 +13,7 @@ project config is, else to 8599, .localkaggle and kpack.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def local() -> None:
               help="concurrent CPU sessions per user (Kaggle's number is not documented: a guess; 0: no cap)")
 @click.option("--lenient-kernel-sources", is_flag=True,
               help="mount a source kernel's newest COMPLETE version (Kaggle: its newest must be COMPLETE)")
+@click.option("--lenient-shapes", is_flag=True,
+              help="run any machineShape, with no per-shape session limit (Kaggle refuses names it does not know)")
 @click.option("--dataset-processing-s", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="seconds a new dataset version stays processing before it is ready (both 0: ready at once)")
 @click.option("--dataset-processing-s-per-mb", type=click.FloatRange(min=0), default=0.05, show_default=True,
@@ -75,7 +78,7 @@ def local() -> None:
 @click.option("--session-limit", type=float, default=12 * 3600, show_default=True,
               help="seconds a session may run when its push sets no limit")
 def serve(port: int | None, root: str | None, gpu_sessions: int, cpu_sessions: int, lenient_kernel_sources: bool,
-          dataset_processing_s: float, dataset_processing_s_per_mb: float, max_sessions: int,
+          lenient_shapes: bool, dataset_processing_s: float, dataset_processing_s_per_mb: float, max_sessions: int,
           session_limit: float) -> None:
     """Run the local Kaggle in the foreground (Ctrl-C stops it)."""
     port, root_path, _ = _defaults(port, root, "-")
@@ -83,7 +86,11 @@ def serve(port: int | None, root: str | None, gpu_sessions: int, cpu_sessions: i
     if answer:
         raise UserError(f"the local Kaggle already runs on port {port} (pid {answer.get('pid')}, root "
                         f"{answer.get('root')})")
+    from packager.localkaggle.kernels_api import LENIENT_SHAPES_ENV
     from packager.localkaggle.server import serve as run
+
+    if lenient_shapes:  # the rule reads the server's environment (KPACK_LOCAL_LENIENT_SHAPES=1 works as well)
+        os.environ[LENIENT_SHAPES_ENV] = "1"
 
     try:
         run(root_path, port, max_sessions=max_sessions, session_limit_s=session_limit, gpu_sessions=gpu_sessions,
