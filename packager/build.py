@@ -187,7 +187,8 @@ def _generator_sha256() -> str:
     return digest.hexdigest()
 
 
-def _inputs_sha256(bundle: inline.Bundle, config: dict, entry: str, meta: dict, header_lines: tuple) -> str:
+def _inputs_sha256(bundle: inline.Bundle, config: dict, entry: str, meta: dict, header_lines: tuple,
+                   bytecode: inline.Bytecode | None) -> str:
     digest = hashlib.sha256()
     digest.update(f"kpack-build {FORMAT} {kpack_version()} {_generator_sha256()}\n".encode())
     for root in bundle.roots:
@@ -200,6 +201,8 @@ def _inputs_sha256(bundle: inline.Bundle, config: dict, entry: str, meta: dict, 
     digest.update(b"metadata " + canonical_json(meta) + b"\n")
     digest.update(f"entry {entry}\n".encode())
     digest.update("\n".join(header_lines).encode())
+    if bytecode is not None:  # compiled by the kernel's interpreter: another patch release, other bytes
+        digest.update(f"\nbytecode {bytecode.magic} {bytecode.python}".encode())
     return digest.hexdigest()
 
 
@@ -260,12 +263,12 @@ def build_kernel(cfg, kind: str, *, root: str | os.PathLike | None = None, out_d
         f"built by kpack {version} from git {commit}",
         f"config sha256: {config_sha}",
     )
-    inputs_sha = _inputs_sha256(bundle, config, entry, meta, header_lines)
+    bytecode = inline.bytecode_for(cfg, root, bundle)  # start-up: no compile in the kernel
+    inputs_sha = _inputs_sha256(bundle, config, entry, meta, header_lines, bytecode)
     header = inline.Header(title=f"kpack single-file kernel: {meta['id']}", lines=header_lines,
                            rebuild=f"kpack build {kind}")
     run_banner = f"kpack kernel {meta['id']} ({kind}), git {commit}, config {config_sha[:12]}, inputs {inputs_sha[:12]}"
-    script = inline.render(bundle, config, entry_module, header, run_banner,
-                           bytecode=inline.bytecode_for(cfg, root, bundle))  # start-up: no compile
+    script = inline.render(bundle, config, entry_module, header, run_banner, bytecode=bytecode)
     inline.verify(script, bundle, config)
     data = script.encode("utf-8")
     script_sha = inline.sha256(data)

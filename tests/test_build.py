@@ -1,6 +1,7 @@
 """`kpack build`: one script plus kernel-metadata.json and build.json; deterministic; refusals in one line."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -127,6 +128,18 @@ def test_same_inputs_same_bytes_anywhere(tmp_path):
     assert first.sha256 == again.sha256 == elsewhere.sha256
     assert first.inputs_sha256 == again.inputs_sha256 == elsewhere.inputs_sha256
     assert snapshot(first.folder) == snapshot(elsewhere.folder)
+
+
+def test_bytecode_of_another_interpreter_changes_the_inputs_hash(proj, monkeypatch):
+    """The packed bytecode is made by the kernel's Python: the same sources under another patch release are
+    other inputs (a build cache keyed on the inputs must not hand out the old script)."""
+    from packager import inline
+
+    before = build(proj)
+    made = inline.bytecode_for
+    monkeypatch.setattr(inline, "bytecode_for", lambda *a: dataclasses.replace(made(*a), python="3.12.99"))
+    after = build(proj)
+    assert after.inputs_sha256 != before.inputs_sha256 and after.config_sha256 == before.config_sha256
 
 
 def test_a_changed_module_changes_the_hashes(proj):
