@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import atomic, augment, checkpoint, data, folds, freezing, losses, mining, mixing, models, schedules, settings
+from . import (atomic, augment, checkpoint, data, folds, freezing, losses, mining, mixing, models, schedules, settings,
+               teacher)
 from .metrics import fbeta_score
 from .settings import KitSettings
 from .thresholds import best_global
@@ -183,19 +184,24 @@ class Run:
         train_idx, self.valid_idx = folds.split(fold_of, d.fold)
         self.valid_ids = [table.ids[i] for i in self.valid_idx]
         self.valid_targets = table.targets[self.valid_idx]
-        cache = data.ImageCache(table.paths, d.image_size, d.channels) if d.cache else None
+        paths, train_targets = table.paths, table.targets[train_idx]
+        if teacher.active(kit.teacher):  # soft targets and pseudo rows (test images appended to paths)
+            taught = teacher.prepare(kit, root, table, train_idx, log if dd.main else lambda s: None)
+            paths, train_idx, train_targets = taught.paths, taught.rows, taught.targets
+            self.hash = taught.hash(self.hash)
+        cache = data.ImageCache(paths, d.image_size, d.channels) if d.cache else None
 
-        def subset(idx: np.ndarray, pipeline: str) -> data.ImageDataset:
+        def subset(idx: np.ndarray, pipeline: str, targets: Optional[np.ndarray] = None) -> data.ImageDataset:
             cached = _Subset(cache, idx) if cache is not None else None
-            return data.ImageDataset([table.paths[i] for i in idx], table.targets[idx],
+            return data.ImageDataset([paths[i] for i in idx], table.targets[idx] if targets is None else targets,
                                      augment.build(pipeline, d.image_size), seed=kit.seed, channels=d.channels,
                                      cache=cached)
 
         pin = dd.device.type == "cuda"
         self.train_sampler = data.EpochBatchSampler(len(train_idx), kit.optim.batch_size, kit.seed,
                                                     shuffle=True, drop_last=True, rank=dd.rank, world=dd.world)
-        self.train_loader = data.make_loader(subset(train_idx, kit.augment.train), self.train_sampler,
-                                             d.num_workers, pin)
+        self.train_loader = data.make_loader(subset(train_idx, kit.augment.train, train_targets),
+                                             self.train_sampler, d.num_workers, pin)
         self.valid_sampler = data.EpochBatchSampler(len(self.valid_idx), kit.optim.batch_size * 2, kit.seed,
                                                     shuffle=False, drop_last=False, rank=dd.rank, world=dd.world)
         self.valid_loader = data.make_loader(subset(self.valid_idx, kit.augment.valid), self.valid_sampler,

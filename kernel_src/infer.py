@@ -23,7 +23,8 @@ config["kit"] keys read here (besides the training kit's data/augment/model/amp/
     thresholds.one_of    label groups with exactly one label per row
     blend.method, blend.weights    weights for the members in name order; none: the plain mean
 
-Writes plan.json (the plan, its predicted_s and the measured actual_s of the run) beside submission.csv.
+Writes plan.json (the plan, its predicted_s and the measured actual_s of the run) beside submission.csv, and
+test_probs.npz (the blend's probabilities before the rule, kind test: a teacher, teacher.py).
 submission.csv has sample_submission.csv's columns and ids, in its order; anything else stops in one line.
 
 Local use: python -m kernel_src.infer kpack.yaml   [KPACK_KAGGLE_ROOT=... for the folders]
@@ -42,7 +43,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from . import augment, blend, checkpoint, clock, data, entrypoint, models, planner, settings, tta
+from . import augment, blend, checkpoint, clock, data, entrypoint, models, planner, settings, teacher, tta
 from .atomic import write_text as atomic_write_text
 from kpack_runtime import inputs
 from .thresholds import Rule
@@ -379,6 +380,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> Path:
         member_probs.append(np.mean(probs, axis=0))
         log(f"[kpack] member {name}: {len(fold_models)} model(s), folds {[m.fold for m in fold_models]}")
     probs = blend.blend(member_probs, method, weights)
+    teacher.write_probs(working / teacher.TEST_FILE, test.ids, labels.ids,
+                        teacher.blend_probs(member_probs, method, weights), "test")  # a teacher (teacher.py)
     pred = rule.apply(probs)
     out = working / SUBMISSION
     atomic_write_text(out, _submission(header, test.ids, labels, pred, sample))

@@ -24,6 +24,7 @@ The winners' techniques, each off unless set (mixing.py, freezing.py, mining.py)
     mix: {mixup_alpha: 0.4, cutmix_alpha: 1.0, prob: 1.0, switch_prob: 0.5}
     freeze: {train_stages: 2, unfreeze_every: 1, lr_decay: 0.7}    # last stages first, one more per epoch
     mining: {share: 0.2}                                           # last epoch's hardest 20% drawn twice
+    teacher: {oof: oof_probs.npz, test: test_probs.npz, weight: 0.5, pseudo_threshold: 0.9}  # teacher.py
 """
 from __future__ import annotations
 
@@ -126,6 +127,16 @@ class MiningSettings:
 
 
 @dataclass
+class TeacherSettings:
+    """Distillation and pseudo-labelling from a teacher's predictions (teacher.py; validate/infer write the files)."""
+    oof: Optional[str] = None       # oof_probs.npz (validate): training targets (1 - weight) y + weight p
+    test: Optional[str] = None      # test_probs.npz (infer): confident test rows join the training rows
+    weight: float = 0.5
+    pseudo_threshold: float = 0.0   # > 0: test rows whose every p >= t or <= 1 - t; 0: off
+    pseudo_max: int = 0             # most pseudo rows, the most confident first (0: all)
+
+
+@dataclass
 class OptimSettings:
     name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
@@ -177,6 +188,7 @@ class KitSettings:
     mix: MixSettings = field(default_factory=MixSettings, metadata=OPTIONAL)
     freeze: FreezeSettings = field(default_factory=FreezeSettings, metadata=OPTIONAL)
     mining: MiningSettings = field(default_factory=MiningSettings, metadata=OPTIONAL)
+    teacher: TeacherSettings = field(default_factory=TeacherSettings, metadata=OPTIONAL)
     amp: Literal["auto", "fp16", "off"] = "auto"      # auto: fp16 + GradScaler on CUDA, fp32 on CPU
     deterministic: bool = False                       # torch.use_deterministic_algorithms(True)
     log_every_steps: int = field(default=50, metadata=RUNTIME)
@@ -316,6 +328,14 @@ def _check(obj: Any, where: str) -> None:
         need(0 < obj.lr_decay <= 1, "lr_decay", "expected a number in (0, 1]")
     elif isinstance(obj, MiningSettings):
         need(0 <= obj.share < 1, "share", "expected a number in [0, 1)")
+    elif isinstance(obj, TeacherSettings):
+        need(0 <= obj.weight <= 1, "weight", "expected a number in [0, 1]")
+        need(obj.pseudo_threshold == 0 or 0.5 <= obj.pseudo_threshold < 1, "pseudo_threshold",
+             "expected 0 (off) or a number in [0.5, 1)")
+        need(obj.pseudo_max >= 0, "pseudo_max", "expected 0 (all) or more")
+        need(obj.oof is None or obj.weight > 0, "oof", "unused with weight 0: set weight above 0 or drop it")
+        need((obj.test is None) == (obj.pseudo_threshold == 0), "test" if obj.test else "pseudo_threshold",
+             "pseudo-labelling needs both test and pseudo_threshold")
     elif isinstance(obj, EmaSettings):
         need(0 < obj.decay < 1, "decay", "expected a number in (0, 1)")
     elif isinstance(obj, LossTerm):

@@ -13,6 +13,7 @@ Files written into working/:
                       (precision and recall too), every candidate rule's F2 (`candidates`) and each one_of
                       constraint's F2 with and without (`constraints`)
     thresholds.json   what infer applies: the label ids, the rule, the blend (method, members, weights)
+    oof_probs.npz     the blend's OOF probabilities (rows every member covers), kind oof: a teacher (teacher.py)
 
 config["kit"] keys read here (besides the training kit's data/augment/amp/seed):
     augment.tta                       test-time views for the OOF predictions
@@ -32,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import blend, data, entrypoint, folds, infer, metrics, settings, thresholds
+from . import blend, data, entrypoint, folds, infer, metrics, settings, teacher, thresholds
 from .atomic import write_text as atomic_write_text
 from kpack_runtime import inputs
 
@@ -148,6 +149,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
                 "blend": {"method": method, "members": names, "weights": weights}}
     atomic_write_text(working / SCORES, json.dumps(scores, indent=1))
     atomic_write_text(working / infer.THRESHOLDS_FILE, json.dumps(decision, indent=1))
+    teacher.write_probs(working / teacher.OOF_FILE, [table.ids[i] for i in np.flatnonzero(covered)],
+                        table.labels.ids, teacher.blend_probs(member_probs, method, weights), "oof")
     log(f"[kpack] OOF rows {scores['rows']}/{scores['rows_total']}: F2 {scores['at_0.5']['f2']:.4f} at 0.5, "
         f"{result.f2:.4f} with rule {result.name} ({method} of {len(names)} member(s))")
     return scores
