@@ -62,11 +62,19 @@ PIPELINES: dict[str, Callable[[int], list]] = {
 }
 
 
-def build(name: str, size: int) -> A.Compose:
-    """The named pipeline for `size` x `size` outputs; an unknown name fails with the known ones."""
+# Pipelines whose first step resizes the whole image: their JPEGs may be decoded at a reduced scale first
+# (data.load_image). medium/heavy crop first already (RandomResizedCrop: crop, then resize the crop).
+WHOLE_IMAGE_RESIZE = ("none", "light", "affine")
+
+
+def build(name: str, size: int, reduced_decode: bool = True) -> A.Compose:
+    """The named pipeline for `size` x `size` outputs; an unknown name fails with the known ones.
+    Its `decode_size` (size, or None) tells the dataset how small a JPEG may be decoded (kit.data.decode_scale)."""
     if name not in PIPELINES:
         raise ValueError(f"augmentation {name!r} is not known; choose one of: {', '.join(PIPELINES)}")
-    return A.Compose(PIPELINES[name](size), seed=0)
+    pipeline = A.Compose(PIPELINES[name](size), seed=0)
+    pipeline.decode_size = size if reduced_decode and name in WHOLE_IMAGE_RESIZE else None
+    return pipeline
 
 
 def _hflip(x: torch.Tensor) -> torch.Tensor:

@@ -174,9 +174,34 @@ def read_test(data: DataSettings, root: Path, labels: Optional[Labels] = None,
 
 # ---------------------------------------------------------------------------------------- images
 
-def load_image(path: Path, channels: int = 3) -> np.ndarray:
-    """uint8 H x W x channels (RGB), whatever the file holds (grey, RGB, RGBA)."""
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+_REDUCED = {(1, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, (1, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+            (1, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8, (3, 2): cv2.IMREAD_REDUCED_COLOR_2,
+            (3, 4): cv2.IMREAD_REDUCED_COLOR_4, (3, 8): cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode_scale(path: Path, reduce_to: Optional[int]) -> int:
+    """1, 2, 4 or 8: the JPEG DCT scaling that still leaves both sides >= reduce_to (1 for other formats,
+    or where the image is under twice the target). Reads only the header (PIL, lazy)."""
+    if not reduce_to:
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(path) as header:
+            if header.format != "JPEG":
+                return 1  # PNG & co: OpenCV would decode in full and resize with INTER_LINEAR_EXACT
+            short = min(header.size)
+    except OSError:
+        return 1  # let cv2 say what is wrong with the file
+    return next((s for s in (8, 4, 2) if short >= s * reduce_to), 1)
+
+
+def load_image(path: Path, channels: int = 3, reduce_to: Optional[int] = None) -> np.ndarray:
+    """uint8 H x W x channels (RGB), whatever the file holds (grey, RGB, RGBA). reduce_to: the size the caller
+    resizes to next; a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+    scaling: cheaper than decoding in full, then the resize has less to do)."""
+    scale = decode_scale(path, reduce_to)
+    flag = _REDUCED[channels, scale] if scale > 1 else cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     image = cv2.imread(str(path), flag)
     if image is None:
         raise FileNotFoundError(f"cannot read image {path}")
@@ -188,12 +213,14 @@ def load_image(path: Path, channels: int = 3) -> np.ndarray:
 class ImageCache:
     """Every image resized once to size x size, in one uint8 memmap under the temp dir (not the output)."""
 
-    def __init__(self, paths: list[Path], size: int, channels: int, directory: Optional[Path] = None):
+    def __init__(self, paths: list[Path], size: int, channels: int, directory: Optional[Path] = None,
+                 reduced: bool = True):
+        self.reduced = reduced  # reduced-size JPEG decode (kit.data.decode_scale), as ImageDataset does it
         if directory is None:
             from kpack_runtime import inputs
             directory = inputs.temp_dir() / "kpack-cache"
         directory.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha256(f"{size}:{channels}:".encode() + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{size}:{channels}:{'' if reduced else 'full:'}".encode() + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
         self.file = directory / f"{key}.u8"
         self.shape = (len(paths), size, size, channels)
         with open(directory / f"{key}.lock", "w") as lock:  # one builder at a time (DDP ranks share the disk)
@@ -207,7 +234,7 @@ class ImageCache:
         array = np.memmap(self.file, dtype=np.uint8, mode="w+", shape=self.shape)
 
         def one(i: int) -> None:
-            image = load_image(paths[i], channels)
+            image = load_image(paths[i], channels, size if self.reduced else None)  # as the uncached pipeline
             resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
             array[i] = resized.reshape(size, size, channels)
 
@@ -240,7 +267,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image = self.cache[index] if self.cache is not None else load_image(self.paths[index], self.channels)
+        image = (self.cache[index] if self.cache is not None else
+                 load_image(self.paths[index], self.channels, getattr(self.transform, "decode_size", None)))
         if self.transform is not None:
             if hasattr(self.transform, "set_random_state"):
                 self.transform.set_random_state(*sample_generators(self.seed, epoch, index))

@@ -43,8 +43,10 @@ from . import (atomic, augment, checkpoint, data, folds, freezing, losses, minin
                teacher)
 from .metrics import fbeta_score
 from .settings import KitSettings
-from .thresholds import best_global
+from .thresholds import cross_fit_global
 
+# what the train kernel's recorded CV is (validate's differs: kernel_src/validate.py CV_KIND)
+CV_KIND = "train: one fold, half B, global threshold from half A, epoch chosen on half A, no TTA"
 CARRIED = ("oof.npy", "oof.csv", "metrics.json", "best.pt", "classes.json")
 
 
@@ -189,12 +191,14 @@ class Run:
             taught = teacher.prepare(kit, root, table, train_idx, log if dd.main else lambda s: None)
             paths, train_idx, train_targets = taught.paths, taught.rows, taught.targets
             self.hash = taught.hash(self.hash)
-        cache = data.ImageCache(paths, d.image_size, d.channels) if d.cache else None
+        reduced = d.decode_scale == "auto"  # reduced-size JPEG decode (data.load_image)
+        cache = data.ImageCache(paths, d.image_size, d.channels, reduced=reduced) if d.cache else None
 
         def subset(idx: np.ndarray, pipeline: str, targets: Optional[np.ndarray] = None) -> data.ImageDataset:
             cached = _Subset(cache, idx) if cache is not None else None
             return data.ImageDataset([paths[i] for i in idx], table.targets[idx] if targets is None else targets,
-                                     augment.build(pipeline, d.image_size), seed=kit.seed, channels=d.channels,
+                                     augment.build(pipeline, d.image_size, reduced), seed=kit.seed,
+                                     channels=d.channels,
                                      cache=cached)
 
         pin = dd.device.type == "cuda"
@@ -414,9 +418,14 @@ class Run:
         loss = float(self.loss_fns[stage_index](logits, torch.from_numpy(y.astype(np.float32))))
         probs = torch.sigmoid(logits).numpy()
         f2_half = fbeta_score(y, probs >= 0.5)
-        threshold, f2_best = best_global(probs, y)
+        # honest CV (thresholds.cross_fit_global): the fold's two seeded halves A and B; the best epoch is
+        # chosen on A's score alone, and the CV recorded is B's (threshold searched on A), so neither the
+        # epoch choice nor the threshold search has seen the labels that score the recorded number
+        fit = cross_fit_global(probs, y, self.kit.seed)
+        threshold, f2_best = fit["threshold"], fit["f2_a"]
         record = {"epoch": self.epoch + 1, "step": self.step, "loss": loss, "f2@0.5": f2_half,
-                  "f2": f2_best, "threshold": threshold}
+                  "f2": fit["f2"], "f2_a": fit["f2_a"], "f2_b": fit["f2_b"], "f2_in_sample": fit["f2_in_sample"],
+                  "threshold": threshold}
         self.history.append(record)
         self.validated = self.epoch
         self.clock.record_validate(time.monotonic() - started)
@@ -425,7 +434,8 @@ class Run:
             self.best, self.best_epoch = f2_best, self.epoch + 1
         if self.dist.main:
             self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} F2@0.5 {f2_half:.4f} "
-                     f"F2 {f2_best:.4f} (threshold {threshold:.2f})")
+                     f"F2 {fit['f2']:.4f} cross-fitted, {fit['f2_in_sample']:.4f} in-sample "
+                     f"(threshold {threshold:.2f})")
             if improved:
                 self._write_model("best.pt", self.epoch + 1)
                 atomic.save_npy(self.working / "oof.npy", probs)
@@ -444,8 +454,10 @@ class Run:
 
     def _write_metrics(self) -> None:
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        cv = best.get("f2_b", best.get("f2")) if best else None  # half B: unseen by the epoch choice
         atomic.write_text(self.working / "metrics.json", json.dumps(
-            {"best": best, "last": self.history[-1] if self.history else None, "history": self.history},
+            {"cv_score": cv, "cv_score_in_sample": best.get("f2_in_sample") if best else None, "cv_kind": CV_KIND,
+             "best": best, "last": self.history[-1] if self.history else None, "history": self.history},
             indent=1))
         self.written.add("metrics.json")
 

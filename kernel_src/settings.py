@@ -65,6 +65,9 @@ class DataSettings:
     max_samples: Optional[int] = None       # first N training rows only (smoke runs)
     num_workers: int = field(default=2, metadata=RUNTIME)
     cache: bool = field(default=False, metadata=RUNTIME)  # pre-resized uint8 cache in the temp dir
+    # auto: a JPEG at least 2x the image size is decoded at 1/2, 1/4 or 1/8 scale before the resize (pipelines
+    # none/light/affine); off: full decode. Pixels differ a little, so off is hashed (auto keeps older hashes)
+    decode_scale: Literal["auto", "off"] = field(default="auto", metadata=OPTIONAL)
     # multi-scale training: each training batch resized to one of these sizes, a new one every batch or epoch
     train_sizes: list[int] = field(default_factory=list, metadata=OPTIONAL)
     train_sizes_per: Literal["batch", "epoch"] = field(default="batch", metadata=OPTIONAL)
@@ -192,6 +195,9 @@ class KitSettings:
     amp: Literal["auto", "fp16", "off"] = "auto"      # auto: fp16 + GradScaler on CUDA, fp32 on CPU
     deterministic: bool = False                       # torch.use_deterministic_algorithms(True)
     log_every_steps: int = field(default=50, metadata=RUNTIME)
+    # training processes: auto = one per visible GPU (one on a CPU), or a number (2 on a CPU: two gloo
+    # processes); KPACK_PROCESSES overrides it. Resume needs the same count (the data order depends on it)
+    processes: Literal["auto", 1, 2, 3, 4, 5, 6, 7, 8] = field(default="auto", metadata=RUNTIME)
     session: SessionSettings = field(default_factory=SessionSettings)
 
     @property

@@ -31,8 +31,10 @@ def main(config: dict, working: Optional[Path] = None) -> dict:
                   f"(counted from the {session.started_from})", flush=True)
         return engine.run(kit, config, working or inputs.working_dir(), session)
 
-    # one process per GPU (KPACK_PROCESSES): forked here, before anything initialises CUDA
-    return launch.per_device(entrypoint.one_line_errors, train)
+    # one process per GPU (kit.processes, KPACK_PROCESSES overrides): forked here, before anything initialises
+    # CUDA; the settings are read here first (stdlib only), so a bad value is one line before any fork
+    processes = entrypoint.one_line_errors(lambda: settings.from_config(config).processes)
+    return launch.per_device(entrypoint.one_line_errors, train, processes=launch.process_count(processes))
 
 
 if __name__ == "__main__":

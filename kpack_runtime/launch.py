@@ -2,8 +2,9 @@
 
     result = launch.per_device(fn, *args)   # fn(*args) in each of N processes; rank 0's result returned
 
-N is KPACK_PROCESSES (`auto`, the default: one per visible GPU; or a number, e.g. 2 on a CPU for two gloo
-processes in tests). N == 1 (one GPU or none) calls fn in this process, as before.
+N is the setting kit.processes (`auto`, the default: one per visible GPU; or a number, e.g. 2 on a CPU for two
+gloo processes), which the entry reads from the config before any process starts; the KPACK_PROCESSES
+environment variable overrides it (tests, local runs). N == 1 (one GPU or none) calls fn in this process.
 
 Why fork and not spawn: a spawned child re-imports the script as __mp_main__, which re-installs the packed
 importer but not what bootstrap did (wheels on sys.path, decrypted weights) nor the session clock's start.
@@ -28,8 +29,9 @@ PROCESSES_ENV = "KPACK_PROCESSES"
 ERROR_FILE_ENV = "KPACK_ERROR_FILE"  # the launcher's marker: the first rank to create it prints its error line
 
 
-def process_count() -> int:
-    value = (os.environ.get(PROCESSES_ENV) or "auto").strip().lower()
+def process_count(setting: str | int = "auto") -> int:
+    """The processes to start: KPACK_PROCESSES when set, else `setting` (kit.processes, validated already)."""
+    value = (os.environ.get(PROCESSES_ENV) or str(setting)).strip().lower()
     if value == "auto":
         return max(1, gpu_count())
     if not value.isdigit() or int(value) < 1:
@@ -53,7 +55,7 @@ def gpu_count() -> int:
     if not os.path.exists("/dev/nvidiactl"):
         return 0  # no NVIDIA driver: a CPU machine
     print(f"[kpack] note: the GPUs cannot be counted without initialising CUDA (NVML unavailable): one process; "
-          f"set {PROCESSES_ENV}=N to start N", flush=True)
+          "set kit.processes: N to start N", flush=True)
     return 1
 
 
@@ -96,7 +98,7 @@ def per_device(fn, *args, processes: int | None = None):
 
         if torch.cuda.is_initialized():
             print("[kpack] error: CUDA was initialised before the processes were started; start them first "
-                  f"(or set {PROCESSES_ENV}=1)", file=sys.stderr, flush=True)
+                  "(or set kit.processes: 1)", file=sys.stderr, flush=True)
             raise SystemExit(2)
     except ImportError:
         pass

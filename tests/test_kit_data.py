@@ -226,3 +226,57 @@ def test_two_processes_build_the_cache_once(tmp_path):
     for c in children:
         c.join(60)
     assert [c.exitcode for c in children] == [0, 0] and log.read_text() == "build\n"
+
+
+def _photo(path, h, w, seed=0):
+    """Smooth colour fields plus noise (compresses like a photo), written as JPEG or PNG by the suffix."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.clip(base.astype(np.int16) + rng.integers(-10, 11, (h, w, 3)), 0, 255).astype(np.uint8))
+    return path
+
+
+def test_a_jpeg_twice_the_target_is_decoded_reduced_close_to_the_full_decode(tmp_path):
+    """DCT scaling exactly when the short side is >= 2x the target (1/2, 1/4, 1/8), never for a PNG; the
+    result is within a small tolerance of full decode + INTER_AREA."""
+    big = _photo(tmp_path / "big.jpg", 200, 260)
+    cases = {47: 4, 50: 4, 51: 2, 100: 2, 101: 1, 25: 8, 10: 8}
+    assert {t: data.decode_scale(big, t) for t in cases} == cases
+    assert data.decode_scale(big, None) == 1
+    png = _photo(tmp_path / "big.png", 200, 260)
+    assert data.decode_scale(png, 24) == 1
+    assert data.load_image(png, 3, 24).shape == (200, 260, 3)  # PNG: decoded in full, as before
+    for target, channels in ((48, 3), (24, 3), (48, 1)):
+        reduced = data.load_image(big, channels, target)
+        assert min(reduced.shape[:2]) < 200 and min(reduced.shape[:2]) >= target
+        a = cv2.resize(reduced, (target, target), interpolation=cv2.INTER_AREA).astype(int)
+        b = cv2.resize(data.load_image(big, channels), (target, target), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(a - b).mean() < 5 and np.abs(a - b).max() < 64, (target, channels)  # of 255
+    light = augment.build("light", 24)
+    assert light.decode_size == 24 and augment.build("medium", 24).decode_size is None
+    assert augment.build("light", 24, reduced_decode=False).decode_size is None
+
+
+def test_the_cache_keeps_the_reduced_decodes_pixels_and_off_is_the_full_decode(tmp_path):
+    paths = [_photo(tmp_path / "img" / f"{i}.jpg", h, w, i) for i, (h, w) in enumerate([(200, 260), (90, 300), (60, 50)])]
+    paths.append(_photo(tmp_path / "img" / "p.png", 120, 140))
+    for reduced in (True, False):
+        cache = data.ImageCache(paths, 24, 3, tmp_path / "c", reduced=reduced)
+        for name in ("none", "light"):
+            plain = data.ImageDataset(paths, None, augment.build(name, 24, reduced))
+            cached = data.ImageDataset(paths, None, augment.build(name, 24, reduced), cache=cache)
+            for i in range(len(paths)):
+                assert torch.equal(plain[(1, i)][0], cached[(1, i)][0]), (reduced, name, i)
+    full = data.ImageDataset(paths, None, augment.build("none", 24, False))[0][0]
+    assert not torch.equal(data.ImageDataset(paths, None, augment.build("none", 24))[0][0], full)
+    assert len(list((tmp_path / "c").glob("*.u8"))) == 2  # reduced and full: two caches
+
+
+def test_decode_scale_is_validated_and_hashed_only_when_off():
+    assert settings.parse({}).data.decode_scale == "auto"
+    with pytest.raises(settings.SettingsError, match=r"kit.data.decode_scale: expected one of 'auto', 'off'"):
+        settings.parse({"data": {"decode_scale": "half"}})
+    base = settings.training_hash(settings.parse({}))
+    assert settings.training_hash(settings.parse({"data": {"decode_scale": "auto"}})) == base
+    assert settings.training_hash(settings.parse({"data": {"decode_scale": "off"}})) != base

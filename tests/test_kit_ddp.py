@@ -79,8 +79,10 @@ def test_a_bad_process_count_is_one_line(monkeypatch, capfd):
     assert capfd.readouterr().err.strip().startswith("[kpack] error: KPACK_PROCESSES='two': use auto or")
 
 
-def test_the_packed_script_launches_two_processes(demo, tmp_path, monkeypatch):
-    """The single-file kernel script itself (built as kpack push builds it), run with KPACK_PROCESSES=2."""
+@pytest.mark.parametrize("how", ["setting", "env"])
+def test_the_packed_script_launches_two_processes(demo, tmp_path, monkeypatch, how):
+    """The single-file kernel script itself (built as kpack push builds it): kit.processes: 2 in the config, no
+    environment variable (as on Kaggle); or KPACK_PROCESSES=2 overriding a config's 1."""
     import shutil
     import subprocess
     import sys
@@ -90,14 +92,17 @@ def test_the_packed_script_launches_two_processes(demo, tmp_path, monkeypatch):
 
     root = tmp_path / "project"
     shutil.copytree(kit_support.REPO / "kernel_src", root / "kernel_src", ignore=shutil.ignore_patterns("__pycache__"))
-    kit = _kit(demo, **{"stages": [{"epochs": 1, "loss": "bce"}]})
+    kit = _kit(demo, **{"stages": [{"epochs": 1, "loss": "bce"}], "processes": 2 if how == "setting" else 1})
     cfg = parse_config({"competition": "demo", "kaggle_user": "kpack",
                         "kernels": {"train": {"entry": "kernel_src/train.py", "slug": "ddp-train"}}, "kit": kit})
     monkeypatch.setenv("KPACK_IMPORT_CHECK", "warn")  # torch, timm: this venv's, as the kernel image's would be
     built = build_kernel(cfg, "train", root=root)
     kaggle = tmp_path / "kaggle"
     (kaggle / "working").mkdir(parents=True)
-    env = kit_support.train_env(kaggle, KPACK_PROCESSES="2", KPACK_SESSION_SECONDS="3600")
+    env = kit_support.train_env(kaggle, KPACK_SESSION_SECONDS="3600")
+    env.pop("KPACK_PROCESSES", None)
+    if how == "env":
+        env["KPACK_PROCESSES"] = "2"
     env.pop("PYTHONPATH")  # the script brings its own modules
     done = subprocess.run([sys.executable, str(built.script)], env=env, cwd=tmp_path, text=True,
                           capture_output=True, timeout=300)
@@ -145,3 +150,17 @@ def test_a_crashing_rank_stops_the_one_waiting_for_it(demo, tmp_path, monkeypatc
     assert exc.value.code == 1 and time.monotonic() - started < 60
     err = capfd.readouterr().err
     assert "RuntimeError: rank 1 broke" in err and not (tmp_path / "w" / "state.json").exists()
+
+
+def test_kit_processes_is_validated_before_any_fork_and_the_env_var_overrides(monkeypatch, capfd):
+    from kpack_runtime import launch
+
+    monkeypatch.delenv("KPACK_PROCESSES", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        train.main(_config({"processes": "two"}))
+    assert exc.value.code == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("[kpack] error: kit.processes: expected one of 'auto', 1, 2") and "\n" not in err
+    assert launch.process_count(3) == 3
+    monkeypatch.setenv("KPACK_PROCESSES", "1")
+    assert launch.process_count(3) == 1
