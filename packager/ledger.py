@@ -136,7 +136,7 @@ def make_row(cfg, *, kernel: str, kind: str | None, version: int | None, session
         "kernel": kernel, "kind": kind, "base_slug": base_slug, "version": version, "session": session,
         "backend": cfg.backend, "git_commit": commit, "git_dirty": dirty, "config_hash": config_hash(cfg),
         "status": status, "seconds": None if seconds is None else round(float(seconds), 1),
-        "cv_score": cv, "lb_score": None, "metrics": metrics,
+        "cv_score": cv, "cv_kind": metrics.get("cv_kind"), "lb_score": None, "metrics": metrics,
         "output": None if output is None else str(output), "failure": (failure or "")[:2000],
     }
 
@@ -202,9 +202,32 @@ def report_of(row: dict) -> str | None:
     return str(path) if path is not None and path.is_file() else None
 
 
+def cv_cell(row: dict) -> str:
+    """The CV with a suffix saying which kind it is (train's one fold vs validate's blend), so the two are never
+    compared by mistake: `(t)` train, `(v)` validate, `(t, in-sample)` a row written before CV was honest."""
+    text = _score(row.get("cv_score"))
+    kind = row.get("cv_kind") or ""
+    if text == "-":
+        return text
+    if kind:
+        return f"{text} ({kind.split(':')[0][:1]})"
+    return f"{text} ({(row.get('kind') or '?')[:1]}, in-sample)"
+
+
+def plan_cell(row: dict) -> str:
+    """An infer row's runtime plan (plan.json) in one cell: predicted against actual seconds, the hidden-test
+    prediction, whether it fits; '-' for a row without one."""
+    plan = row.get("plan") or (read_plan(row.get("output")) if row.get("output") else None)
+    if not isinstance(plan, dict):
+        return "-"
+    num = lambda k: f"{plan[k]:.0f}s" if isinstance(plan.get(k), (int, float)) else "?"  # noqa: E731
+    fits = {True: "fits", False: "TOO SLOW"}.get(plan.get("fits"), "fit ?")
+    return f"pred {num('predicted_s')} act {num('actual_s')} hidden {num('predicted_hidden_s')} {fits}"
+
+
 def table(rows: list[dict]) -> str:
-    """The rows as an aligned text table: when, kernel vN/session, status, minutes, CV, LB, commit, and the
-    run's report.html when one of the rows has one."""
+    """The rows as an aligned text table: when, kernel vN/session, status, minutes, CV (with its kind), LB,
+    commit, an infer run's plan when one of the rows has one, and the run's report.html when one has one."""
     lines = [("when (UTC)", "kernel", "status", "min", "cv", "lb", "commit")]
     reports = [report_of(r) for r in rows]
     for r in rows:
@@ -212,7 +235,10 @@ def table(rows: list[dict]) -> str:
         minutes = f"{r['seconds'] / 60:.1f}" if isinstance(r.get("seconds"), (int, float)) else "-"
         lines.append(((r.get("finished") or r.get("ts") or "-").replace("T", " ").rstrip("Z"),
                       f"{(r.get('kernel') or '-').split('/')[-1]} v{r.get('version')}",
-                      r.get("status") or "-", minutes, _score(r.get("cv_score")), _score(r.get("lb_score")), commit))
+                      r.get("status") or "-", minutes, cv_cell(r), _score(r.get("lb_score")), commit))
+    plans = [plan_cell(r) for r in rows]
+    if any(p != "-" for p in plans):
+        lines = [lines[0] + ("plan",)] + [line + (p,) for line, p in zip(lines[1:], plans)]
     if any(reports):
         lines = [lines[0] + ("report",)] + [line + (path or "-",) for line, path in zip(lines[1:], reports)]
     if any(r.get("note") for r in rows):

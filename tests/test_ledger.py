@@ -341,3 +341,25 @@ def test_a_real_campaign_shows_every_members_cv(tmp_path, monkeypatch):
     assert lines[1][:8] == [":0", "-", "0", f"{project.train_slug}-f0-b", "v1", "2", "COMPLETE", "0.50200"]
     assert lines[2][:8] == [":1", "-", "1", f"{project.train_slug}-f1-b", "v1", "2", "COMPLETE", "0.60200"]
     assert lines[2][-4:] == ["fold", "1:", "a", "note"]
+
+
+def test_the_table_shows_each_cvs_kind_and_an_infer_rows_plan(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from packager.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"cv_score": 0.7, "cv_kind": "train: one fold, half B"}))
+    row = ledger.make_row(make_cfg(), kernel="alice/digits-train", kind="train", version=1, session=1,
+                          status="COMPLETE", seconds=60, output=out)
+    assert row["cv_kind"] == "train: one fold, half B"
+    ledger.append(row)
+    ledger.append({"kernel": "alice/digits-validate", "kind": "validate", "version": 1, "status": "COMPLETE",
+                   "cv_score": 0.71, "cv_kind": "validate: all folds' OOF"})
+    ledger.append({"kernel": "alice/digits-infer", "kind": "infer", "version": 1, "status": "COMPLETE",
+                   "plan": {"predicted_s": 120.4, "actual_s": 131.0, "predicted_hidden_s": 400.0, "fits": True}})
+    lines = CliRunner().invoke(cli, ["ledger"]).output.splitlines()
+    assert "0.70000 (t)" in lines[1] and "0.71000 (v)" in lines[2]
+    assert lines[0].split()[-1] == "plan" and "pred 120s act 131s hidden 400s fits" in lines[3]
