@@ -374,13 +374,18 @@ def _summary(data: dict) -> list[tuple[str, str]]:
                                  f"{state.get('total_steps')}, epoch {state.get('epoch')}/{state.get('epochs')}"))
         if state.get("best_metric") is not None:
             rows.append(("best F2 (validation fold)", f"{state['best_metric']:.5f} at epoch {state.get('best_epoch')}"))
+    if isinstance(metrics, dict) and isinstance(metrics.get("cv_score"), (int, float)):
+        rows.append(("CV (train)", f"{metrics['cv_score']:.5f} ({metrics.get('cv_kind') or 'in-sample'})"))
     if isinstance(metrics, dict) and isinstance(metrics.get("best"), dict):
         best = metrics["best"]
         rows.append(("best epoch", ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in best.items())))
     if isinstance(scores, dict):
         if isinstance(scores.get("cv_score"), (int, float)):
-            rows.append(("CV (blend, chosen rule)", f"{scores['cv_score']:.5f}"))
+            rows.append(("CV (blend, chosen rule)", f"{scores['cv_score']:.5f}"
+                         + (f" ({scores['cv_kind']})" if scores.get("cv_kind") else "")))
+            if isinstance(scores.get("cv_score_in_sample"), (int, float)):
+                rows.append(("CV in-sample (optimistic)", f"{scores['cv_score_in_sample']:.5f}"))
         searched, half = scores.get("searched") or {}, scores.get("at_0.5") or {}
         if searched:
             rows.append(("chosen rule", f"{searched.get('rule')}: F2 {searched.get('f2', 0):.4f}, precision "
