@@ -258,6 +258,18 @@ def test_a_jpeg_twice_the_target_is_decoded_reduced_close_to_the_full_decode(tmp
     assert augment.build("light", 24, reduced_decode=False).decode_size is None
 
 
+def test_validate_and_infer_decode_as_the_model_was_trained(tmp_path):
+    """A model trained with decode_scale off is predicted on full decodes too (infer._loader serves both)."""
+    from kernel_src import infer
+
+    for scale, expected in (("off", None), ("auto", 16)):
+        kit = settings.parse({"data": {"image_size": 16, "decode_scale": scale, "num_workers": 0}})
+        model = infer.TrainedModel(tmp_path / "best.pt", kit, data.Labels(["a"], ["a"]), None, 0)
+        loader = infer._loader(model, [tmp_path / "x.jpg"], infer.kit_settings({"kit": {}})[1], kit,
+                               torch.device("cpu"))
+        assert loader.dataset.transform.decode_size == expected, scale
+
+
 def test_the_cache_keeps_the_reduced_decodes_pixels_and_off_is_the_full_decode(tmp_path):
     paths = [_photo(tmp_path / "img" / f"{i}.jpg", h, w, i) for i, (h, w) in enumerate([(200, 260), (90, 300), (60, 50)])]
     paths.append(_photo(tmp_path / "img" / "p.png", 120, 140))
