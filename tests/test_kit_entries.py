@@ -92,7 +92,8 @@ def test_validate_then_infer(trained, tmp_path, monkeypatch):
     assert set(saved["at_0.5"]["groups"]) == set(saved["searched"]["groups"]) == {"digit", "count"}
     assert saved["searched"]["f2"] >= saved["at_0.5"]["f2"]
     assert saved["searched"]["f2"] == max(saved["candidates"].values())
-    assert saved["cv_score"] == saved["searched"]["f2"]  # the ledger's CV score
+    assert saved["cv_score_in_sample"] == saved["searched"]["f2"]  # the rule infer applies, scored in-sample
+    assert saved["cv_kind"].startswith("validate:") and saved["cv_score"] != saved["cv_score_in_sample"]
     decision = json.loads((root / "working" / "thresholds.json").read_text())
     assert decision["labels"] == [str(i) for i in range(14)]
     kept = saved["constraints"]["count"]["kept"]
