@@ -452,9 +452,13 @@ class Run:
             "step": self.step, "metric": self.history[-1] if self.history else None})
         self.written.add(name)
 
-    def _write_metrics(self) -> None:
+    def _best_record(self) -> tuple[Optional[dict], Optional[float]]:
+        """The chosen epoch's history record and the CV recorded for it (half B: unseen by the epoch choice)."""
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
-        cv = best.get("f2_b", best.get("f2")) if best else None  # half B: unseen by the epoch choice
+        return best, best.get("f2_b", best.get("f2")) if best else None
+
+    def _write_metrics(self) -> None:
+        best, cv = self._best_record()
         atomic.write_text(self.working / "metrics.json", json.dumps(
             {"cv_score": cv, "cv_score_in_sample": best.get("f2_in_sample") if best else None, "cv_kind": CV_KIND,
              "best": best, "last": self.history[-1] if self.history else None, "history": self.history},
@@ -497,6 +501,7 @@ class Run:
             "done": done, "stopped_by": stopped, "step": self.step, "total_steps": self.total_steps,
             "epoch": self.epoch, "epochs": self.kit.epochs, "batch": self.batch,
             "best_metric": self.best if self.best > -math.inf else None, "best_epoch": self.best_epoch,
+            "cv_score": self._best_record()[1],  # best_metric is half A's F2, which chose the epoch
             "training_hash": self.hash, "world": self.dist.world,
             "session": {"budget_s": clock.budget, "elapsed_s": clock.elapsed(), "loop_started_s": self.loop_started,
                         "started_from": clock.started_from, "output_save_s": clock.output_save_seconds(),
@@ -515,7 +520,9 @@ class Run:
             why = ("training done" if done else "stopped at the session's step limit (kit.session.max_steps)"
                    if clock.max_steps and clock.steps >= clock.max_steps else "stopped before the session limit")
             self.log(f"[kpack] {why}: step {self.step}/"
-                     f"{self.total_steps}, epoch {self.epoch}/{self.kit.epochs}, best F2 {summary['best_metric']}")
+                     f"{self.total_steps}, epoch {self.epoch}/{self.kit.epochs}"
+                     + (f", CV F2 {summary['cv_score']:.4f} (epoch {self.best_epoch}, half B of the validation fold)"
+                        if summary["cv_score"] is not None else ""))
         return summary
 
     def _stop_workers(self) -> None:
