@@ -419,13 +419,13 @@ class Run:
         probs = torch.sigmoid(logits).numpy()
         f2_half = fbeta_score(y, probs >= 0.5)
         # honest CV (thresholds.cross_fit_global): the fold's two seeded halves A and B; the best epoch is
-        # chosen on A's score alone, and the CV recorded is B's (threshold searched on A), so neither the
-        # epoch choice nor the threshold search has seen the labels that score the recorded number
+        # chosen on A alone (threshold searched and scored on A), and the CV recorded is B's (threshold searched
+        # on A), so neither the epoch choice nor the threshold search has seen the labels that score it
         fit = cross_fit_global(probs, y, self.kit.seed)
-        threshold, f2_best = fit["threshold"], fit["f2_a"]
+        threshold, f2_best = fit["threshold"], fit["f2_a_alone"]
         record = {"epoch": self.epoch + 1, "step": self.step, "loss": loss, "f2@0.5": f2_half,
                   "f2": fit["f2"], "f2_a": fit["f2_a"], "f2_b": fit["f2_b"], "f2_in_sample": fit["f2_in_sample"],
-                  "threshold": threshold}
+                  "f2_a_alone": fit["f2_a_alone"], "threshold": threshold}
         self.history.append(record)
         self.validated = self.epoch
         self.clock.record_validate(time.monotonic() - started)

@@ -44,3 +44,16 @@ def test_per_class_rule_cross_fitted_is_lower_than_in_sample_on_noise():
         pred[held] = part
     in_sample = thresholds.search(probs, y, method="per_class").f2
     assert fbeta_score(y, pred) < in_sample - 0.01
+
+
+def test_the_epoch_choosing_score_sees_none_of_half_bs_labels():
+    """Half B is recorded as the CV, so the score that chooses the epoch must not move when B's labels do
+    (f2_a, scored on A with B's threshold, does: it would leak B into the choice)."""
+    probs, y = _noise(3, n=200, labels=10)
+    probs = np.clip(probs * 0.5 + y * 0.4, 0, 1)  # some signal, so the thresholds matter
+    _, b = thresholds.halves(len(y), 7)
+    other = y.copy()
+    other[b] = np.random.default_rng(9).uniform(size=(len(b), y.shape[1])) < 0.3
+    one, two = thresholds.cross_fit_global(probs, y, seed=7), thresholds.cross_fit_global(probs, other, seed=7)
+    assert one["f2_a_alone"] == two["f2_a_alone"]
+    assert one["f2_a"] != two["f2_a"] and one["f2_b"] != two["f2_b"]
