@@ -94,6 +94,11 @@ def test_validate_then_infer(trained, tmp_path, monkeypatch):
     assert saved["searched"]["f2"] == max(saved["candidates"].values())
     assert saved["cv_score_in_sample"] == saved["searched"]["f2"]  # the rule infer applies, scored in-sample
     assert saved["cv_kind"].startswith("validate:") and saved["cv_score"] != saved["cv_score_in_sample"]
+    for name in ("a-f0", "a-f1"):  # the train kernel's CV: half B at the epoch half A chose
+        metrics = json.loads((runs / name / "metrics.json").read_text())
+        chosen = max(metrics["history"], key=lambda h: h["f2_a_alone"])
+        assert metrics["best"] == chosen and metrics["cv_score"] == chosen["f2_b"]
+        assert metrics["cv_kind"].startswith("train:") and metrics["cv_score_in_sample"] == chosen["f2_in_sample"]
     decision = json.loads((root / "working" / "thresholds.json").read_text())
     assert decision["labels"] == [str(i) for i in range(14)]
     kept = saved["constraints"]["count"]["kept"]
