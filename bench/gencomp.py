@@ -1,0 +1,164 @@
+"""Generated Kaggle-format multi-label image competitions, unlike the demo's digits, for benchmarking the kit.
+
+Kinds:
+  shapes    shape::{circle,square,triangle,cross,ring,bar} + colour::{red,green,blue,yellow,white}: 1-3 objects per
+            image, each a random shape in a random colour, 40 px
+  longtail  one flat group of 20 texture labels (stripes, dots, checks ...) with Zipf-like frequencies: a few common,
+            many rare; 1-3 textures tiled into regions of the image, 32 px
+  noisy     the shapes task at 48 px with background noise; its TRAIN labels are corrupted (each true label missing
+            with p=MISSING, each absent label spurious with p=SPURIOUS); the test solution stays clean
+
+Layout (as packager/democomp.py): out/data/{train.csv,labels.csv,sample_submission.csv,train/,test/},
+out/solution.csv (id,attribute_ids,Usage; hidden, outside data/), and out/train_clean.csv (the uncorrupted train
+labels, for checking the noise rate). One numpy Generator per seed: the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+KINDS = ("shapes", "longtail", "noisy")
+SIZES = {"shapes": 40, "longtail": 32, "noisy": 48}
+SHAPES = ["circle", "square", "triangle", "cross", "ring", "bar"]
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240), "yellow": (230, 220, 40),
+           "white": (240, 240, 240)}
+TEXTURES = ["hstripes", "vstripes", "dstripes", "checks", "dots", "grid", "solid", "noise", "rings", "gradient",
+            "zigzag", "bricks", "cross", "diamonds", "sparse_dots", "thick_hstripes", "thick_vstripes", "fine_checks",
+            "waves", "speckle"]
+MISSING, SPURIOUS = 0.10, 0.03
+
+
+@dataclass(frozen=True)
+class Competition:
+    kind: str
+    data_dir: Path
+    solution_csv: Path
+    train_clean_csv: Path
+    names: list[str]
+
+
+def label_names(kind: str) -> list[str]:
+    if kind == "longtail":
+        return [f"texture::{t}" for t in TEXTURES]
+    return [f"shape::{s}" for s in SHAPES] + [f"colour::{c}" for c in COLOURS]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy, w = (x0 + x1) / 2, (y0 + y1) / 2, max(2, (x1 - x0) // 5)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif shape == "cross":
+        draw.rectangle((cx - w / 2, y0, cx + w / 2, y1), fill=fill)
+        draw.rectangle((x0, cy - w / 2, x1, cy + w / 2), fill=fill)
+    elif shape == "ring":
+        draw.ellipse(box, outline=fill, width=w)
+    else:  # bar: a thin horizontal rectangle
+        draw.rectangle((x0, cy - w / 2, x1, cy + w / 2), fill=fill)
+
+
+def _shapes_image(size: int, noise: float, rng: np.random.Generator) -> tuple[Image.Image, list[int]]:
+    image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 50, 3)))
+    draw, labels = ImageDraw.Draw(image), set()
+    for _ in range(int(rng.integers(1, 4))):
+        s, c = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS)))
+        side = int(rng.integers(size // 4, size // 2 + 1))
+        x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+        _draw_shape(draw, SHAPES[s], (x, y, x + side - 1, y + side - 1), list(COLOURS.values())[c])
+        labels |= {s, len(SHAPES) + c}
+    pixels = np.asarray(image, np.float32)
+    if noise:
+        pixels = pixels + rng.normal(0, noise * 255, pixels.shape)
+    return Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8), "RGB"), sorted(labels)
+
+
+def _texture(t: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """One grey texture patch, values 0..1; a random phase so no two are pixel-identical."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) + rng.integers(0, 8, 2)[:, None, None]
+    name = TEXTURES[t]
+    period = {"thick_hstripes": 8, "thick_vstripes": 8, "fine_checks": 2, "sparse_dots": 8}.get(name, 4)
+    pattern = {
+        "hstripes": (y // 2) % 2, "vstripes": (x // 2) % 2, "dstripes": ((x + y) // 2) % 2,
+        "checks": (x // 4 + y // 4) % 2, "dots": ((x % 4 < 2) & (y % 4 < 2)), "grid": ((x % 4 == 0) | (y % 4 == 0)),
+        "solid": np.full_like(x, 0.8), "noise": rng.random((h, w)), "rings": (np.hypot(x - w, y - h) // 2) % 2,
+        "gradient": x / max(1, x.max()), "zigzag": ((y + np.abs((x % 8) - 4)) // 2) % 2,
+        "bricks": ((y // 4) % 2 == 0) | (((x + 4 * ((y // 4) % 2)) % 8) == 0), "cross": ((x % 6 == 3) | (y % 6 == 3)),
+        "diamonds": ((np.abs(x % 8 - 4) + np.abs(y % 8 - 4)) < 3), "sparse_dots": ((x % period < 2) & (y % period < 2)),
+        "thick_hstripes": (y // period) % 2, "thick_vstripes": (x // period) % 2,
+        "fine_checks": (x // period + y // period) % 2, "waves": (np.sin(x / 2 + 2 * np.sin(y / 3)) > 0),
+        "speckle": rng.random((h, w)) > 0.85}[name]
+    return np.asarray(pattern, np.float32)
+
+
+def _longtail_image(size: int, rng: np.random.Generator, freq: np.ndarray) -> tuple[Image.Image, list[int]]:
+    k = int(rng.integers(1, 4))
+    chosen = rng.choice(len(TEXTURES), size=k, replace=False, p=freq)
+    canvas = np.zeros((size, size, 3), np.float32)
+    bounds = np.linspace(0, size, k + 1).round().astype(int)  # k vertical bands, one texture each
+    for t, a, b in zip(chosen, bounds[:-1], bounds[1:]):
+        tint = rng.uniform(0.5, 1.0, 3).astype(np.float32)
+        canvas[:, a:b] = _texture(int(t), size, b - a, rng)[..., None] * tint * 255
+    return Image.fromarray(canvas.round().astype(np.uint8), "RGB"), sorted(int(t) for t in chosen)
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _csv(path: Path, header: str, rows: list[tuple]) -> None:
+    path.write_text("".join(",".join(map(str, r)) + "\n" for r in [tuple(header.split(","))] + rows))
+
+
+def generate(out: Path, kind: str, *, seed: int = 0, n_train: int = 600, n_test: int = 300,
+             image_size: int | None = None) -> Competition:
+    """Write competition `kind` under `out` (replacing an earlier one there) and return where its files lie."""
+    if kind not in KINDS:
+        raise ValueError(f"gencomp: kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    size, names = image_size or SIZES[kind], label_names(kind)
+    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    freq = 1.0 / np.arange(1, len(TEXTURES) + 1) ** 1.3  # Zipf: texture 0 common, the tail rare
+    freq /= freq.sum()
+    data = Path(out) / "data"
+    split_rows: dict[str, list[tuple[str, str]]] = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        (data / split).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(n):
+            if kind == "longtail":
+                image, labels = _longtail_image(size, rng, freq)
+            else:
+                image, labels = _shapes_image(size, 0.08 if kind == "noisy" else 0.0, rng)
+            image_id = hashlib.sha1(f"gencomp:{kind}:{seed}:{split}:{i}".encode()).hexdigest()[:16]
+            (data / split / f"{image_id}.png").write_bytes(_png(image))
+            rows.append((image_id, labels))
+        split_rows[split] = rows
+    train = []
+    for image_id, labels in split_rows["train"]:
+        if kind == "noisy":  # corrupt the train labels only: drop true ones, add spurious ones
+            hot = np.zeros(len(names), bool)
+            hot[labels] = True
+            flip = np.where(hot, rng.random(len(names)) < MISSING, rng.random(len(names)) < SPURIOUS)
+            labels = np.flatnonzero(hot ^ flip).tolist()
+        train.append((image_id, " ".join(map(str, labels))))
+    _csv(data / "train.csv", "id,attribute_ids", train)
+    _csv(Path(out) / "train_clean.csv", "id,attribute_ids",
+         [(i, " ".join(map(str, labels))) for i, labels in split_rows["train"]])
+    _csv(data / "labels.csv", "attribute_id,attribute_name", list(enumerate(names)))
+    test = split_rows["test"]
+    _csv(data / "sample_submission.csv", "id,attribute_ids", [(i, "0") for i, _ in test])
+    public = np.zeros(len(test), bool)
+    public[rng.permutation(len(test))[:len(test) // 2]] = True
+    _csv(Path(out) / "solution.csv", "id,attribute_ids,Usage",
+         [(i, " ".join(map(str, labels)), "Public" if p else "Private") for (i, labels), p in zip(test, public)])
+    return Competition(kind, data, Path(out) / "solution.csv", Path(out) / "train_clean.csv", names)

@@ -1,0 +1,72 @@
+"""bench/gencomp.py: generated competitions are deterministic, differ by kind, and read by the kit."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import gencomp  # noqa: E402
+
+from kernel_src import data, settings  # noqa: E402
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _hot(csv: Path, n: int) -> np.ndarray:
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    y = np.zeros((len(frame), n), bool)
+    for r, cell in enumerate(frame["attribute_ids"]):
+        y[r, [int(t) for t in cell.split()]] = True
+    return y
+
+
+@pytest.mark.parametrize("kind", gencomp.KINDS)
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, kind):
+    a = gencomp.generate(tmp_path / "a", kind, seed=4, n_train=12, n_test=5)
+    b = gencomp.generate(tmp_path / "b", kind, seed=4, n_train=12, n_test=5)
+    c = gencomp.generate(tmp_path / "c", kind, seed=5, n_train=12, n_test=5)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert _files(tmp_path / "a") != _files(tmp_path / "c")
+    assert not list(a.data_dir.rglob("solution*")) and a.solution_csv.parent == a.data_dir.parent
+    usage = pd.read_csv(a.solution_csv)["Usage"]
+    assert set(usage) == {"Public", "Private"}
+
+
+@pytest.mark.parametrize("kind,groups", [("shapes", {"shape", "colour"}), ("longtail", {"texture"}),
+                                         ("noisy", {"shape", "colour"})])
+def test_the_kit_reads_the_groups(tmp_path, kind, groups):
+    comp = gencomp.generate(tmp_path / kind, kind, seed=0, n_train=10, n_test=4)
+    table = data.read_train(settings.parse({}).data, comp.data_dir)
+    assert set(table.labels.groups) == groups and len(table.ids) == 10
+    assert table.targets.shape == (10, len(comp.names))
+    assert len(data.read_test(settings.parse({}).data, comp.data_dir).ids) == 4
+    from PIL import Image
+    assert Image.open(comp.data_dir / "train" / f"{table.ids[0]}.png").size == (gencomp.SIZES[kind],) * 2
+
+
+def test_longtail_is_long_tailed_and_shapes_is_not(tmp_path):
+    long = gencomp.generate(tmp_path / "l", "longtail", seed=0, n_train=400, n_test=2, image_size=16)
+    counts = _hot(long.data_dir / "train.csv", len(long.names)).sum(0)
+    assert counts.max() >= 5 * np.median(counts)
+    shapes = gencomp.generate(tmp_path / "s", "shapes", seed=0, n_train=400, n_test=2, image_size=16)
+    shape_counts = _hot(shapes.data_dir / "train.csv", len(shapes.names)).sum(0)[:len(gencomp.SHAPES)]
+    assert shape_counts.max() < 2 * np.median(shape_counts)
+
+
+def test_noisy_train_labels_are_corrupted_at_the_set_rates(tmp_path):
+    comp = gencomp.generate(tmp_path / "n", "noisy", seed=0, n_train=600, n_test=2, image_size=16)
+    clean, noisy = _hot(comp.train_clean_csv, len(comp.names)), _hot(comp.data_dir / "train.csv", len(comp.names))
+    missing = (clean & ~noisy).sum() / clean.sum()
+    spurious = (~clean & noisy).sum() / (~clean).sum()
+    assert abs(missing - gencomp.MISSING) < 0.03 and abs(spurious - gencomp.SPURIOUS) < 0.01
+    shapes = gencomp.generate(tmp_path / "s", "shapes", seed=0, n_train=20, n_test=2, image_size=16)
+    assert (_hot(shapes.train_clean_csv, 11) == _hot(shapes.data_dir / "train.csv", 11)).all()
+
+
+def test_unknown_kind_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="kind must be one of"):
+        gencomp.generate(tmp_path, "stars")
