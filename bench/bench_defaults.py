@@ -5,7 +5,7 @@ validate (OOF blend, searched threshold rule: kit.thresholds defaults), then inf
 submission on the hidden solution (per-row F2, mean over all test rows), validate's honest cv_score and its
 in-sample cv_score_in_sample, and both CV - test gaps.
 
-    .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 5] [--kinds shapes,longtail,noisy]
+    .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 12] [--kinds shapes,longtail,noisy]
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-test", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--kinds", default=",".join(gencomp.KINDS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
     a = ap.parse_args()
