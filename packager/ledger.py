@@ -220,7 +220,10 @@ def plan_cell(row: dict) -> str:
     plan = row.get("plan") or (read_plan(row.get("output")) if row.get("output") else None)
     if not isinstance(plan, dict):
         return "-"
-    num = lambda k: f"{plan[k]:.0f}s" if isinstance(plan.get(k), (int, float)) else "?"  # noqa: E731
+    def num(key: str) -> str:  # a short run keeps a decimal: "0s" for a 0.25 s run says nothing
+        value = plan.get(key)
+        return "?" if not isinstance(value, (int, float)) else f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
+
     fits = {True: "fits", False: "TOO SLOW"}.get(plan.get("fits"), "fit ?")
     return f"pred {num('predicted_s')} act {num('actual_s')} hidden {num('predicted_hidden_s')} {fits}"
 

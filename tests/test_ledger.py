@@ -360,6 +360,9 @@ def test_the_table_shows_each_cvs_kind_and_an_infer_rows_plan(tmp_path, monkeypa
                    "cv_score": 0.71, "cv_kind": "validate: all folds' OOF"})
     ledger.append({"kernel": "alice/digits-infer", "kind": "infer", "version": 1, "status": "COMPLETE",
                    "plan": {"predicted_s": 120.4, "actual_s": 131.0, "predicted_hidden_s": 400.0, "fits": True}})
+    ledger.append({"kernel": "alice/digits-infer", "kind": "infer", "version": 2, "status": "COMPLETE",
+                   "plan": {"predicted_s": 0.188, "actual_s": 0.253, "predicted_hidden_s": 0.564, "fits": False}})
     lines = CliRunner().invoke(cli, ["ledger"]).output.splitlines()
+    assert "pred 0.2s act 0.3s hidden 0.6s TOO SLOW" in lines[4]
     assert "0.70000 (t)" in lines[1] and "0.71000 (v)" in lines[2]
     assert lines[0].split()[-1] == "plan" and "pred 120s act 131s hidden 400s fits" in lines[3]
