@@ -66,11 +66,13 @@ def resolve(ref: str, where: str) -> Path:
     if path.is_file():
         return path
     hits = inputs.find_files(path.name)
-    if len(hits) == 1:
+    # one source mounted in both layouts (input/<slug>/ and input/notebooks/<owner>/<slug>/) is one file
+    distinct = {hashlib.sha256(hit.read_bytes()).hexdigest(): hit for hit in reversed(hits)}
+    if len(distinct) == 1:
         return hits[0]
     if hits:
-        raise SettingsError(f"{where}: {len(hits)} files named {path.name} in the inputs "
-                            f"({', '.join(map(str, hits[:3]))}): give the path of one")
+        raise SettingsError(f"{where}: {len(distinct)} different files named {path.name} in the inputs "
+                            f"({', '.join(map(str, sorted(distinct.values())[:3]))}): give the path of one")
     raise FileNotFoundError(f"{where}: {ref!r} is neither a file nor found in the kernel inputs (add the validate/"
                             "infer kernel that wrote it to kernels.train.sources.kernels)")
 

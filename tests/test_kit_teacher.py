@@ -112,10 +112,11 @@ def test_pseudo_rows_are_the_confident_ones_capped_and_never_validated(demo, tmp
     assert list(teacher.confident(probs, 0.9)) == [1, 4, 6, 9, 12]
     assert list(teacher.confident(probs, 0.9, limit=3)) == [1, 6, 9]  # ties in file order
     assert list(teacher.confident(probs, 0.96)) == [1, 6, 9]
-    # found by name among the inputs, as a mounted infer kernel's output
-    mounted = tmp_path / "kaggle" / "input" / "notebooks" / "kpack" / "infer"
-    mounted.mkdir(parents=True)
-    shutil.copy(path, mounted / teacher.TEST_FILE)
+    # found by name among the inputs, as a mounted infer kernel's output: in both layouts, as Kaggle and the
+    # local Kaggle mount a source (the same file twice is one file)
+    for mounted in (tmp_path / "kaggle" / "input" / "notebooks" / "kpack" / "infer", tmp_path / "kaggle" / "input" / "infer"):
+        mounted.mkdir(parents=True)
+        shutil.copy(path, mounted / teacher.TEST_FILE)
     kit = kit_support.tiny_kit(demo, teacher={"test": teacher.TEST_FILE, "pseudo_threshold": 0.9, "pseudo_max": 3,
                                              "weight": 0.0})
     run = run_of(kit, tmp_path / "w")
