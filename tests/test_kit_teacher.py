@@ -117,6 +117,12 @@ def test_pseudo_rows_are_the_confident_ones_capped_and_never_validated(demo, tmp
     for mounted in (tmp_path / "kaggle" / "input" / "notebooks" / "kpack" / "infer", tmp_path / "kaggle" / "input" / "infer"):
         mounted.mkdir(parents=True)
         shutil.copy(path, mounted / teacher.TEST_FILE)
+    other = tmp_path / "kaggle" / "input" / "notebooks" / "kpack" / "infer-2"  # another teacher of that name
+    other.mkdir(parents=True)
+    teacher.write_probs(other / teacher.TEST_FILE, ids, table.labels.ids, probs * 0.5, "test")
+    with pytest.raises(settings.SettingsError, match="kit.teacher.test: 2 different files named test_probs.npz"):
+        teacher.resolve(teacher.TEST_FILE, "kit.teacher.test")
+    shutil.rmtree(other)
     kit = kit_support.tiny_kit(demo, teacher={"test": teacher.TEST_FILE, "pseudo_threshold": 0.9, "pseudo_max": 3,
                                              "weight": 0.0})
     run = run_of(kit, tmp_path / "w")
