@@ -220,7 +220,8 @@ class ImageCache:
             from kpack_runtime import inputs
             directory = inputs.temp_dir() / "kpack-cache"
         directory.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha256(f"{size}:{channels}:{'' if reduced else 'full:'}".encode() + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
+        head = f"{size}:{channels}:{'' if reduced else 'full:'}"  # auto keeps the key caches had before
+        key = hashlib.sha256(head.encode() + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
         self.file = directory / f"{key}.u8"
         self.shape = (len(paths), size, size, channels)
         with open(directory / f"{key}.lock", "w") as lock:  # one builder at a time (DDP ranks share the disk)

@@ -191,15 +191,13 @@ class Run:
             taught = teacher.prepare(kit, root, table, train_idx, log if dd.main else lambda s: None)
             paths, train_idx, train_targets = taught.paths, taught.rows, taught.targets
             self.hash = taught.hash(self.hash)
-        reduced = d.decode_scale == "auto"  # reduced-size JPEG decode (data.load_image)
-        cache = data.ImageCache(paths, d.image_size, d.channels, reduced=reduced) if d.cache else None
+        cache = data.ImageCache(paths, d.image_size, d.channels, reduced=d.reduced_decode) if d.cache else None
 
         def subset(idx: np.ndarray, pipeline: str, targets: Optional[np.ndarray] = None) -> data.ImageDataset:
             cached = _Subset(cache, idx) if cache is not None else None
             return data.ImageDataset([paths[i] for i in idx], table.targets[idx] if targets is None else targets,
-                                     augment.build(pipeline, d.image_size, reduced), seed=kit.seed,
-                                     channels=d.channels,
-                                     cache=cached)
+                                     augment.build(pipeline, d.image_size, d.reduced_decode), seed=kit.seed,
+                                     channels=d.channels, cache=cached)
 
         pin = dd.device.type == "cuda"
         self.train_sampler = data.EpochBatchSampler(len(train_idx), kit.optim.batch_size, kit.seed,
@@ -423,9 +421,7 @@ class Run:
         # on A), so neither the epoch choice nor the threshold search has seen the labels that score it
         fit = cross_fit_global(probs, y, self.kit.seed)
         threshold, f2_best = fit["threshold"], fit["f2_a_alone"]
-        record = {"epoch": self.epoch + 1, "step": self.step, "loss": loss, "f2@0.5": f2_half,
-                  "f2": fit["f2"], "f2_a": fit["f2_a"], "f2_b": fit["f2_b"], "f2_in_sample": fit["f2_in_sample"],
-                  "f2_a_alone": fit["f2_a_alone"], "threshold": threshold}
+        record = {"epoch": self.epoch + 1, "step": self.step, "loss": loss, "f2@0.5": f2_half, **fit}
         self.history.append(record)
         self.validated = self.epoch
         self.clock.record_validate(time.monotonic() - started)

@@ -192,8 +192,8 @@ def _network(model: TrainedModel, device: torch.device) -> torch.nn.Module:
 
 def _loader(model: TrainedModel, paths: list[Path], ev: EvalSettings, kit: settings.KitSettings, device):
     mk = model.kit
-    dataset = data.ImageDataset(paths, None, augment.build(mk.augment.valid, mk.data.image_size, mk.data.decode_scale != "off"), seed=mk.seed,
-                                channels=mk.data.channels)
+    pipeline = augment.build(mk.augment.valid, mk.data.image_size, mk.data.reduced_decode)  # decoded as trained
+    dataset = data.ImageDataset(paths, None, pipeline, seed=mk.seed, channels=mk.data.channels)
     sampler = data.EpochBatchSampler(len(paths), ev.infer.batch_size, mk.seed, shuffle=False, drop_last=False)
     return data.make_loader(dataset, sampler, kit.data.num_workers, pin_memory=device.type == "cuda",
                             persistent=False)

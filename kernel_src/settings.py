@@ -72,6 +72,11 @@ class DataSettings:
     train_sizes: list[int] = field(default_factory=list, metadata=OPTIONAL)
     train_sizes_per: Literal["batch", "epoch"] = field(default="batch", metadata=OPTIONAL)
 
+    @property
+    def reduced_decode(self) -> bool:
+        """JPEGs may be decoded at a reduced scale (decode_scale auto): training, the cache, validate, infer."""
+        return self.decode_scale == "auto"
+
 
 @dataclass
 class AugmentSettings:

@@ -366,14 +366,14 @@ def cross_fit_global(probs: np.ndarray, targets: np.ndarray, seed: int, grid: np
             "f2_in_sample": in_sample, "f2_a_alone": f2_a_alone, "threshold": threshold}
 
 
-def cross_fit(search_fn, n: int, k: int, seed: int) -> tuple[np.ndarray, list]:
+def cross_fit(search_fn, n: int, k: int, seed: int) -> list:
     """K deterministic row splits: `search_fn(train_rows)` returns a function that predicts rows; each split's
-    held-out rows are predicted by what was searched on the others. Returns (each row's split, a list of
-    (held-out rows, their prediction))."""
+    held-out rows are predicted by what was searched on the others. Returns a list of (held-out rows, their
+    prediction)."""
     fold = np.random.default_rng([seed, 0xC0FF]).permutation(n) % k
     parts = []
     for f in range(k):
         held = np.flatnonzero(fold == f)
         if held.size:
             parts.append((held, search_fn(np.flatnonzero(fold != f))(held)))
-    return fold, parts
+    return parts

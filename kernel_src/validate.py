@@ -140,7 +140,7 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
         return lambda held: rule.apply(blend.blend([p[held] for p in member_probs], m, w))
 
     pred = np.zeros(y.shape, dtype=bool)
-    for held, part in thresholds.cross_fit(fitted, len(y), min(CV_SPLITS, len(y)), kit.seed)[1]:
+    for held, part in thresholds.cross_fit(fitted, len(y), min(CV_SPLITS, len(y)), kit.seed):
         pred[held] = part
     scores = {
         # what the ledger records: every row scored by a blend and rule searched on the other splits' rows

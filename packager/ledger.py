@@ -220,6 +220,7 @@ def plan_cell(row: dict) -> str:
     plan = row.get("plan") or (read_plan(row.get("output")) if row.get("output") else None)
     if not isinstance(plan, dict):
         return "-"
+
     def num(key: str) -> str:  # a short run keeps a decimal: "0s" for a 0.25 s run says nothing
         value = plan.get(key)
         return "?" if not isinstance(value, (int, float)) else f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"

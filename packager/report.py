@@ -372,13 +372,13 @@ def _summary(data: dict) -> list[tuple[str, str]]:
     if isinstance(state, dict):
         rows.append(("training", f"{'done' if state.get('done') else 'not done'}: step {state.get('step')}/"
                                  f"{state.get('total_steps')}, epoch {state.get('epoch')}/{state.get('epochs')}"))
-        if state.get("cv_score") is not None:  # best_metric is half A's F2, which chose the epoch
-            rows.append(("CV F2 (half B of the validation fold)",
-                         f"{state['cv_score']:.5f} at epoch {state.get('best_epoch')}"))
-        elif state.get("best_metric") is not None:  # written before the honest CV
+        # best_metric is half A's F2, which chose the epoch; the recorded CV (metrics.json) is the row below.
+        # A state written before the honest CV has no cv_score: its best_metric was the CV.
+        if state.get("cv_score") is None and state.get("best_metric") is not None:
             rows.append(("best F2 (validation fold)", f"{state['best_metric']:.5f} at epoch {state.get('best_epoch')}"))
     if isinstance(metrics, dict) and isinstance(metrics.get("cv_score"), (int, float)):
-        rows.append(("CV (train)", f"{metrics['cv_score']:.5f} ({metrics.get('cv_kind') or 'in-sample'})"))
+        rows.append(("CV (train)", f"{metrics['cv_score']:.5f} at epoch {(metrics.get('best') or {}).get('epoch')} "
+                                   f"({metrics.get('cv_kind')})"))
     if isinstance(metrics, dict) and isinstance(metrics.get("best"), dict):
         best = metrics["best"]
         rows.append(("best epoch", ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

@@ -40,7 +40,7 @@ def test_per_class_rule_cross_fitted_is_lower_than_in_sample_on_noise():
         return lambda held: rule.apply(probs[held])
 
     pred = np.zeros(y.shape, dtype=bool)
-    for held, part in thresholds.cross_fit(fitted, len(y), 5, seed=0)[1]:
+    for held, part in thresholds.cross_fit(fitted, len(y), 5, seed=0):
         pred[held] = part
     in_sample = thresholds.search(probs, y, method="per_class").f2
     assert fbeta_score(y, pred) < in_sample - 0.01

@@ -126,7 +126,8 @@ def test_train_report_has_curves_lr_classes_thresholds_and_both_sessions(runs):
     lrs = [s["lr"] for s in data["steps"]]
     assert max(lrs) > lrs[-1] and lrs[0] < max(lrs)  # warm-up, then cosine decay: a schedule, not a constant
     page = path.read_text()
-    assert "CV F2 (half B of the validation fold)" in page and "time, session 2" in page and "unused" in page
+    assert "CV (train)" in page and "half B" in page and "best F2 (validation fold)" not in page
+    assert "time, session 2" in page and "unused" in page
     assert page.count('src="data:image/png;base64,') == 6
 
 
