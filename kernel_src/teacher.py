@@ -20,6 +20,7 @@ training hash, so a resumed run with another teacher is refused, and the targets
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -81,7 +82,7 @@ def load(ref: str, kind: str, where: str) -> Probs:
     path = resolve(ref, where)
     raw = path.read_bytes()
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:  # the bytes hashed, read once
             ids, classes = [str(i) for i in z["ids"]], [str(c) for c in z["classes"]]
             probs, got = np.asarray(z["probs"], dtype=np.float32), str(z["kind"])
     except (KeyError, ValueError, OSError) as exc:
