@@ -39,8 +39,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import (atomic, augment, checkpoint, data, folds, freezing, losses, mining, mixing, models, schedules, settings,
-               teacher)
+from . import (atomic, augment, checkpoint, data, folds, freezing, gpudecode, losses, mining, mixing, models, schedules,
+               settings, teacher)
 from .metrics import fbeta_score
 from .settings import KitSettings
 from .thresholds import cross_fit_global
@@ -200,14 +200,20 @@ class Run:
                                      channels=d.channels, cache=cached)
 
         pin = dd.device.type == "cuda"
+
+        def loader(idx: np.ndarray, pipeline: str, sampler: data.EpochBatchSampler,
+                   targets: Optional[np.ndarray] = None, persistent: bool = True):
+            if d.decode == "device":  # workers read the JPEG bytes; this process decodes them on its device
+                return gpudecode.loader([paths[i] for i in idx], table.targets[idx] if targets is None else targets,
+                                        pipeline, sampler, d, kit.seed, dd.device, d.num_workers, persistent)
+            return data.make_loader(subset(idx, pipeline, targets), sampler, d.num_workers, pin, persistent)
+
         self.train_sampler = data.EpochBatchSampler(len(train_idx), kit.optim.batch_size, kit.seed,
                                                     shuffle=True, drop_last=True, rank=dd.rank, world=dd.world)
-        self.train_loader = data.make_loader(subset(train_idx, kit.augment.train, train_targets),
-                                             self.train_sampler, d.num_workers, pin)
+        self.train_loader = loader(train_idx, kit.augment.train, self.train_sampler, train_targets)
         self.valid_sampler = data.EpochBatchSampler(len(self.valid_idx), kit.optim.batch_size * 2, kit.seed,
                                                     shuffle=False, drop_last=False, rank=dd.rank, world=dd.world)
-        self.valid_loader = data.make_loader(subset(self.valid_idx, kit.augment.valid), self.valid_sampler,
-                                             d.num_workers, pin, persistent=False)
+        self.valid_loader = loader(self.valid_idx, kit.augment.valid, self.valid_sampler, persistent=False)
         self.miner = mining.Miner(len(train_idx), kit.mining.share, kit.seed) if kit.mining.share > 0 else None
         if self.miner:
             self.train_sampler.order_fn = self.miner.order

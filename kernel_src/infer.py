@@ -43,7 +43,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from . import augment, blend, checkpoint, clock, data, entrypoint, models, planner, settings, teacher, tta
+from . import augment, blend, checkpoint, clock, data, entrypoint, gpudecode, models, planner, settings, teacher, tta
 from .atomic import write_text as atomic_write_text
 from kpack_runtime import inputs
 from .thresholds import Rule
@@ -192,9 +192,12 @@ def _network(model: TrainedModel, device: torch.device) -> torch.nn.Module:
 
 def _loader(model: TrainedModel, paths: list[Path], ev: EvalSettings, kit: settings.KitSettings, device):
     mk = model.kit
+    sampler = data.EpochBatchSampler(len(paths), ev.infer.batch_size, mk.seed, shuffle=False, drop_last=False)
+    if mk.data.decode == "device":  # decoded as trained: on this device, as the training's validation was
+        return gpudecode.loader(paths, None, mk.augment.valid, sampler, mk.data, mk.seed, device,
+                                kit.data.num_workers, persistent=False)
     pipeline = augment.build(mk.augment.valid, mk.data.image_size, mk.data.reduced_decode)  # decoded as trained
     dataset = data.ImageDataset(paths, None, pipeline, seed=mk.seed, channels=mk.data.channels)
-    sampler = data.EpochBatchSampler(len(paths), ev.infer.batch_size, mk.seed, shuffle=False, drop_last=False)
     return data.make_loader(dataset, sampler, kit.data.num_workers, pin_memory=device.type == "cuda",
                             persistent=False)
 

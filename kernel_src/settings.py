@@ -21,6 +21,7 @@ The winners' techniques, each off unless set (mixing.py, freezing.py, mining.py)
 
     stages: [{epochs: 6, loss: bce, label_smoothing: 0.1}]
     data: {train_sizes: [48, 64, 80], train_sizes_per: batch}      # multi-scale training
+    data: {decode: device, image_ext: .jpg}     # JPEGs decoded on the training GPU (gpudecode.py; none/light only)
     mix: {mixup_alpha: 0.4, cutmix_alpha: 1.0, prob: 1.0, switch_prob: 0.5}
     freeze: {train_stages: 2, unfreeze_every: 1, lr_decay: 0.7}    # last stages first, one more per epoch
     mining: {share: 0.2}                                           # last epoch's hardest 20% drawn twice
@@ -39,6 +40,7 @@ from typing import Any, Literal, Optional, Union
 RUNTIME = {"runtime": True}  # field metadata: may change between sessions without breaking resume
 # field metadata of the optional techniques: hashed only when set, so runs without them keep their old hash
 OPTIONAL = {"optional": True}
+DEVICE_PIPELINES = ("none", "light")  # the augmentations kit.data.decode: device offers (gpudecode.py)
 
 
 class SettingsError(ValueError):
@@ -71,6 +73,10 @@ class DataSettings:
     # multi-scale training: each training batch resized to one of these sizes, a new one every batch or epoch
     train_sizes: list[int] = field(default_factory=list, metadata=OPTIONAL)
     train_sizes_per: Literal["batch", "epoch"] = field(default="batch", metadata=OPTIONAL)
+    # workers: the loader's workers decode (OpenCV) and augment (albumentations); device: they only read the JPEG
+    # bytes and the training process decodes each batch on its device (nvJPEG on CUDA), resizes and flips it
+    # there (gpudecode.py). Pixels differ a little, so device is hashed (workers keeps older hashes)
+    decode: Literal["workers", "device"] = field(default="workers", metadata=OPTIONAL)
 
     @property
     def reduced_decode(self) -> bool:
@@ -310,6 +316,11 @@ def _check(obj: Any, where: str) -> None:
         need(obj.max_samples is None or obj.max_samples > 0, "max_samples", "expected a positive count")
         need(obj.image_ext.startswith("."), "image_ext", "expected an extension with its dot, e.g. '.png'")
         need(all(n >= 8 for n in obj.train_sizes), "train_sizes", "expected sizes of at least 8")
+        if obj.decode == "device":
+            need(obj.image_ext.lower() in (".jpg", ".jpeg"), "decode",
+                 f"device decoding reads JPEG files only (image_ext is {obj.image_ext!r}); use decode: workers")
+            need(not obj.cache, "decode", "device decoding has no cache (kit.data.cache stores the workers' "
+                 "decoded pixels); set cache: false or use decode: workers")
     elif isinstance(obj, OptimSettings):
         need(obj.lr > 0, "lr", "expected a positive learning rate")
         need(obj.weight_decay >= 0, "weight_decay", "expected 0 or more")
@@ -360,6 +371,11 @@ def _check(obj: Any, where: str) -> None:
     elif isinstance(obj, KitSettings):
         need(len(obj.stages) >= 1, "stages", "expected at least one stage")
         need(obj.log_every_steps >= 1, "log_every_steps", "expected 1 or more")
+        for part in ("train", "valid"):
+            name = getattr(obj.augment, part)
+            if obj.data.decode == "device" and name not in DEVICE_PIPELINES:
+                raise SettingsError(f"{where}.data.decode: device decoding supports the none and light pipelines; "
+                                    f"use decode: workers for {name} ({where}.augment.{part})")
 
 
 def parse(kit: Any, where: str = "kit") -> KitSettings:
