@@ -20,6 +20,12 @@
 
     .venv/bin/python bench/bench_train.py                    # CPU, the defaults below
     .venv/bin/python bench/bench_train.py --device cuda --model resnet18 --size 128 --n-train 2000 --batch 128
+    .venv/bin/python bench/bench_train.py --device cuda --decode device   # JPEGs decoded on the GPU (nvJPEG)
+    .venv/bin/python bench/bench_train.py --device cuda --images jpg      # the same JPEGs, decoded by the workers
+    .venv/bin/python bench/bench_train.py --device cuda --decode device --size 128 --source-size 384 --batch 128
+
+--decode device (kit.data.decode, kernel_src/gpudecode.py) trains on the demo's images re-encoded as JPEG
+(quality 90) with the kit's "light" pipeline; --images jpg gives the workers' path (and the baseline) the same files.
 """
 from __future__ import annotations
 
@@ -43,10 +49,20 @@ import torch  # noqa: E402
 from kernel_src import clock, data, engine, settings  # noqa: E402
 
 
+def to_jpeg(root: Path) -> None:
+    """The demo's PNGs re-encoded as JPEG (quality 90), in place."""
+    from PIL import Image
+
+    for png in list(root.glob("*/*.png")):
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+
+
 def kit_config(root: Path, a) -> dict:
     return {
         "seed": 0, "log_every_steps": 10**6, "amp": "auto" if a.amp else "off",
-        "data": {"root": str(root), "image_size": a.size, "fold": -1, "num_workers": a.workers},
+        "data": {"root": str(root), "image_size": a.size, "fold": -1, "num_workers": a.workers,
+                 "decode": a.decode, "image_ext": f".{a.images}"},
         "model": {"name": a.model, "channels_last": "auto" if a.channels_last is None else a.channels_last},
         "augment": {"train": a.aug},
         "optim": {"batch_size": a.batch, "lr": 1e-3, "weight_decay": 1e-4},
@@ -95,7 +111,7 @@ def run_timm(root: Path, a) -> tuple[float, int]:
     from timm.utils import NativeScaler
 
     torch.manual_seed(0)
-    table = data.read_train(settings.parse({}).data, root)
+    table = data.read_train(settings.parse({"data": {"image_ext": f".{a.images}"}}).data, root)
     device = torch.device(a.device)
     model = timm.create_model(a.model, pretrained=False, num_classes=len(table.labels)).to(device)
     if a.timm_channels_last:
@@ -207,6 +223,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet10t")
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--source-size", type=int, default=0,
+                   help="side of the generated images (0: --size); larger ones give the decode and the resize work")
     p.add_argument("--n-train", type=int, default=512)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1)
@@ -219,14 +237,23 @@ def main() -> None:
                    help="the kit's channels_last (default: the kit's own choice, on for CUDA only)")
     p.add_argument("--timm-channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="give the baseline channels_last too (train.py's --channels-last; off by default there)")
-    p.add_argument("--aug", choices=("medium", "light"), default="medium",
+    p.add_argument("--aug", choices=("medium", "light"), default=None,
                    help="medium: kit 'medium' vs timm's defaults (colour jitter 0.4); light: kit 'light' (resize, "
-                        "flip) vs timm without colour jitter (random resized crop, flip)")
+                        "flip) vs timm without colour jitter (random resized crop, flip). Default: medium, "
+                        "light with --decode device (the pipelines it offers are none and light)")
+    p.add_argument("--decode", choices=("workers", "device"), default="workers",
+                   help="kit.data.decode: workers (OpenCV + albumentations) or device (decode_jpeg on --device)")
+    p.add_argument("--images", choices=("png", "jpg"), default=None,
+                   help="the demo's image files (default png; jpg with --decode device, which reads JPEGs only)")
     p.add_argument("--budget", type=float, default=120.0, help="session seconds for the boundary measurement")
     p.add_argument("--margin", type=float, default=1.0)
     p.add_argument("--skip-boundary", action="store_true")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args()
+    a.aug = a.aug or ("light" if a.decode == "device" else "medium")
+    a.images = a.images or ("jpg" if a.decode == "device" else "png")
+    if a.decode == "device" and (a.aug != "light" or a.images != "jpg"):
+        p.error("--decode device trains with --aug light on --images jpg")
     if a.threads:
         torch.set_num_threads(a.threads)
     from packager import democomp
@@ -234,13 +261,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["KPACK_KAGGLE_ROOT"] = str(work / "kaggle")
-        root = democomp.generate(work / "demo", seed=0, n_train=a.n_train, n_test=8, image_size=a.size).data_dir
+        root = democomp.generate(work / "demo", seed=0, n_train=a.n_train, n_test=8,
+                                 image_size=a.source_size or a.size).data_dir
+        if a.images == "jpg":
+            to_jpeg(root)
         device = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU x{os.cpu_count()}"
         print(f"training loop: {a.model} {a.size}px batch {a.batch}, {a.n_train} images x {a.epochs} epochs, "
-              f"{a.workers} workers, {torch.get_num_threads()} threads, aug {a.aug}, {device}, amp={a.amp and a.device == 'cuda'}, "
+              f"{a.workers} workers, {torch.get_num_threads()} threads, aug {a.aug}, decode {a.decode} ({a.images}), "
+              f"{device}, amp={a.amp and a.device == 'cuda'}, "
               f"kit channels_last={'auto' if a.channels_last is None else a.channels_last} "
               f"(baseline: {a.timm_channels_last})", flush=True)
-        figures = {"device": device, "model": a.model, "size": a.size, "batch": a.batch,
+        figures = {"device": device, "model": a.model, "size": a.size, "batch": a.batch, "decode": a.decode,
+                   "images": a.images,
                    "throughput": throughput(root, a, work)}
         t = figures["throughput"]
         print(f"kit {t['kit_img_s']} img/s, timm-style {t['timm_img_s']} img/s: {t['speedup']}x", flush=True)
