@@ -26,6 +26,7 @@ from . import data
 from .settings import DEVICE_PIPELINES, DataSettings
 
 JPEG_MAGIC = b"\xff\xd8"
+_STREAMS: dict[str, "torch.cuda.Stream"] = {}  # per CUDA device: the stream decode_jpeg runs with (decode_batch)
 
 
 class JpegBytes(Dataset):
@@ -67,7 +68,23 @@ def decode_batch(raws: list[torch.Tensor], size: int, channels: int, device: tor
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec; they still work
         warnings.simplefilter("ignore", DeprecationWarning)
-        images = decode_jpeg(raws, mode=mode, device=device)
+        if device.type != "cuda":
+            images = decode_jpeg(raws, mode=mode, device=device)
+        else:
+            # torchvision allocates the outputs on the current stream but nvJPEG writes them on a stream of its
+            # own that does not wait for it (pytorch/vision PR #9606): a block freed by the last step, whose
+            # kernels may still be queued, could be overwritten. With a stream current on which nothing else
+            # runs, the outputs come from blocks of that stream only, and record_stream keeps each from being
+            # reused before the work queued on the training stream has read it
+            main = torch.cuda.current_stream(device)
+            if str(device) not in _STREAMS:
+                _STREAMS[str(device)] = torch.cuda.Stream(device=device)
+            side = _STREAMS[str(device)]
+            with torch.cuda.stream(side):
+                images = decode_jpeg(raws, mode=mode, device=device)
+            main.wait_stream(side)
+            for image in images:
+                image.record_stream(main)
     out = torch.empty((len(images), channels, size, size), dtype=torch.uint8, device=device)
     by_shape: dict[tuple, list[int]] = {}
     for i, image in enumerate(images):  # one interpolate per distinct shape, not per image
