@@ -1,11 +1,12 @@
 """The kit's defaults against hand-tuned settings on generated competitions (bench/gencomp.py: shapes, longtail, noisy).
 
-Per competition and config: 2 folds trained in-process (CPU, 1 torch thread, timm test_resnet from scratch), then
-validate (OOF blend, searched threshold rule: kit.thresholds defaults), then infer; reported: test F2 of infer's
+Per competition and config: 2 folds (--folds) trained in-process (CPU, 1 torch thread, timm test_resnet from
+scratch), then validate (OOF blend, searched threshold rule: kit.thresholds defaults), then infer; reported: test F2 of infer's
 submission on the hidden solution (per-row F2, mean over all test rows), validate's honest cv_score and its
 in-sample cv_score_in_sample, and both CV - test gaps.
 
-    .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 12] [--kinds shapes,longtail,noisy]
+    .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 12] [--folds 2] [--seeds 1]
+        [--kinds shapes,longtail,noisy] [--configs defaults,B_batch16,...: the CONFIGS below]
 """
 from __future__ import annotations
 
@@ -31,14 +32,27 @@ import gencomp  # noqa: E402
 from kernel_src import infer, metrics, train, validate  # noqa: E402
 
 CONFIGS = {"defaults": {}, "A_ema": {"ema": {"enabled": True}}, "B_batch16": {"optim": {"batch_size": 16}},
-           "C_medium_aug": {"augment": {"train": "medium"}}}
+           "C_medium_aug": {"augment": {"train": "medium"}},
+           # batch size against step count, schedule, threshold method (kit.thresholds.method)
+           "batch8": {"optim": {"batch_size": 8}}, "batch32": {"optim": {"batch_size": 32}},
+           "batch64": {"optim": {"batch_size": 64}},
+           "lr3e-3": {"optim": {"lr": 3e-3}}, "lr3e-4": {"optim": {"lr": 3e-4}},
+           "onecycle": {"schedule": {"name": "onecycle"}}, "warmup": {"schedule": {"warmup_steps": 50}},
+           "thr_global": {"thresholds": {"method": "global"}},
+           # the winners' techniques
+           "label_smooth": {"stages": [{"label_smoothing": 0.1}]}, "mixup": {"mix": {"mixup_alpha": 0.4}},
+           "cutmix": {"mix": {"cutmix_alpha": 1.0}}, "mining": {"mining": {"share": 0.2}},
+           "focal": {"stages": [{"loss": "focal"}]}, "soft_f2": {"stages": [{"loss": {"bce": 1.0, "soft_fbeta": 1.0}}]}}
 
 
-def kit(size: int, epochs: int, extra: dict, fold: int | None = None) -> dict:
-    k = {"data": {"image_size": size, "folds": 2, "num_workers": 0}, "model": {"name": "test_resnet"},
+def kit(size: int, epochs: int, extra: dict, folds: int, fold: int | None = None) -> dict:
+    k = {"data": {"image_size": size, "folds": folds, "num_workers": 0}, "model": {"name": "test_resnet"},
          "stages": [{"epochs": epochs}], "log_every_steps": 10**6}
     for section, values in extra.items():
-        k[section] = {**k.get(section, {}), **values}
+        if section == "stages":  # merged into the single stage, which keeps the run's epochs
+            k["stages"] = [{**k["stages"][0], **values[0]}]
+        else:
+            k[section] = {**k.get(section, {}), **values}
     if fold is not None:
         k["data"] = {**k["data"], "fold": fold}
     return k
@@ -59,22 +73,45 @@ def test_f2(submission: Path, comp: gencomp.Competition) -> float:
     return metrics.fbeta_score(hot(sol["attribute_ids"], n), hot(sub["attribute_ids"], n))
 
 
-def run_one(tmp: Path, comp: gencomp.Competition, slug: str, size: int, epochs: int, extra: dict) -> dict:
+def mount(tmp: Path, comp: gencomp.Competition, slug: str) -> Path:
+    """A fresh Kaggle root with `comp` mounted as competition `slug` (KPACK_KAGGLE_ROOT points at it)."""
     root = tmp / "kaggle"
     shutil.rmtree(root, ignore_errors=True)
     (root / "input" / "competitions").mkdir(parents=True)
     (root / "working").mkdir()
     (root / "input" / "competitions" / slug).symlink_to(comp.data_dir)
     os.environ["KPACK_KAGGLE_ROOT"] = str(root)
+    return root
+
+
+# --pretrained: weights learnt on another kind's task stand in for ImageNet's (features, not these labels)
+PRETRAIN_SOURCE = {"shapes": "longtail", "longtail": "shapes", "noisy": "longtail"}
+
+
+def pretrained_weights(tmp: Path, kind: str, epochs: int) -> Path:
+    """model.pt of a test_resnet trained on all 2,400 rows of PRETRAIN_SOURCE[kind]'s competition (seed 99)."""
+    source = PRETRAIN_SOURCE[kind]
+    working = tmp / "pretrained" / source
+    if not (working / "model.pt").exists():
+        comp = gencomp.generate(tmp / "pretrain" / source, source, seed=99, n_train=2400, n_test=10)
+        mount(tmp, comp, f"gen-{source}")
+        train.main({"competition": f"gen-{source}", "kaggle_user": "kpack", "kernels": {},
+                    "kit": kit(gencomp.SIZES[source], epochs, {}, 2, -1)}, working=working)
+    return working / "model.pt"
+
+
+def run_one(tmp: Path, comp: gencomp.Competition, slug: str, size: int, epochs: int, extra: dict,
+            folds: int = 2) -> dict:
+    root = mount(tmp, comp, slug)
     quiet = lambda s: None  # noqa: E731
     runs = tmp / "runs"
     shutil.rmtree(runs, ignore_errors=True)
-    for fold in (0, 1):  # trained outside input/: a mounted run would be taken for this one's resume
+    for fold in range(folds):  # trained outside input/: a mounted run would be taken for this one's resume
         train.main({"competition": slug, "kaggle_user": "kpack", "kernels": {},
-                    "kit": kit(size, epochs, extra, fold)}, working=runs / f"train-f{fold}")
-    for fold in (0, 1):
+                    "kit": kit(size, epochs, extra, folds, fold)}, working=runs / f"train-f{fold}")
+    for fold in range(folds):
         shutil.copytree(runs / f"train-f{fold}", root / "input" / "notebooks" / "kpack" / f"train-f{fold}")
-    cfg = {"competition": slug, "kaggle_user": "kpack", "kernels": {}, "kit": kit(size, epochs, extra)}
+    cfg = {"competition": slug, "kaggle_user": "kpack", "kernels": {}, "kit": kit(size, epochs, extra, folds)}
     scores = validate.run(cfg, working=root / "input" / "notebooks" / "kpack" / "validate", log=quiet)
     out = infer.run({**cfg, "kit": {**cfg["kit"], "infer": {"plan": "off"}}}, working=root / "working", log=quiet)
     f2 = test_f2(out, comp)
@@ -88,21 +125,30 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--kinds", default=",".join(gencomp.KINDS))
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default="defaults,A_ema,B_batch16,C_medium_aug", help=",".join(CONFIGS))
+    ap.add_argument("--seeds", default="1", help="data seeds: each kind is generated once per seed")
+    ap.add_argument("--pretrained", action="store_true",
+                    help="start every run from weights trained on another kind's competition (PRETRAIN_SOURCE)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="kpack-defaults-"))
     results: dict[str, dict[str, dict]] = {}
     started = time.time()
+    seeds = [int(s) for s in a.seeds.split(",")]
     for kind in a.kinds.split(","):
-        comp = gencomp.generate(tmp / "comp" / kind, kind, seed=1, n_train=a.n_train, n_test=a.n_test)
-        for name in a.configs.split(","):
-            t = time.time()
-            r = run_one(tmp, comp, f"gen-{kind}", gencomp.SIZES[kind], a.epochs, CONFIGS[name])
-            r["seconds"] = round(time.time() - t, 1)
-            results.setdefault(kind, {})[name] = r
-            print(kind, name, json.dumps(r), flush=True)
+        for seed in seeds:
+            row = kind if len(seeds) == 1 else f"{kind}/s{seed}"
+            comp = gencomp.generate(tmp / "comp" / row, kind, seed=seed, n_train=a.n_train, n_test=a.n_test)
+            weights = {"model": {"weights": str(pretrained_weights(tmp, kind, a.epochs))}} if a.pretrained else {}
+            for name in a.configs.split(","):
+                t = time.time()
+                r = run_one(tmp, comp, f"gen-{kind}", gencomp.SIZES[kind], a.epochs, {**weights, **CONFIGS[name]},
+                            a.folds)
+                r["seconds"] = round(time.time() - t, 1)
+                results.setdefault(row, {})[name] = r
+                print(row, name, json.dumps(r), flush=True)
     cols = ("test_f2", "cv", "cv_in_sample", "gap", "gap_in_sample")
     print(f"\n{'competition':10} {'config':13} " + " ".join(f"{c:>13}" for c in cols))
     for kind, rows in results.items():

@@ -30,7 +30,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -163,12 +163,33 @@ def build_optimizer(kit: KitSettings, model: nn.Module, device: torch.device) ->
     return torch.optim.AdamW(groups, lr=kit.optim.lr, betas=tuple(kit.optim.betas), **fast)
 
 
+AUTO_BATCH_SIZES = (32, 16, 8)
+# Optimizer steps a run should get. On generated competitions of a few hundred images per fold, test F2 rose with
+# the step count up to here (batch 8 > 16 > 32 > 64 at equal epochs; README, bench_defaults.py).
+AUTO_BATCH_STEPS = 1000
+
+
+def resolve_batch_size(kit: KitSettings, rows: int, world: int, log: Callable[[str], None]) -> KitSettings:
+    """`optim.batch_size: auto`: the largest of AUTO_BATCH_SIZES whose epochs give AUTO_BATCH_STEPS optimizer
+    steps (per process, as the sampler deals them), else the smallest; a number is kept as it is."""
+    if kit.optim.batch_size != "auto":
+        return kit
+
+    def steps(size: int) -> int:
+        batches = len(data.EpochBatchSampler(rows, size, kit.seed, rank=0, world=world))
+        return math.ceil(batches / kit.optim.accum_steps) * kit.epochs
+
+    size = next((b for b in AUTO_BATCH_SIZES if steps(b) >= AUTO_BATCH_STEPS), AUTO_BATCH_SIZES[-1])
+    log(f"[kpack] optim.batch_size auto: {size} per process ({steps(size)} optimizer steps over {kit.epochs} "
+        f"epochs of {rows} rows; 32 would give {steps(32)})")
+    return replace(kit, optim=replace(kit.optim, batch_size=size))
+
+
 class Run:
     def __init__(self, kit: KitSettings, config: Optional[dict], working: Path, clock,
                  log: Callable[[str], None] = print, search: Optional[list[Path]] = None):
         self.kit, self.working, self.clock, self.log = kit, Path(working), clock, log
         self.dist = dd = Dist.setup()
-        self.hash = settings.training_hash(kit)
         set_deterministic(kit.deterministic)
         torch.manual_seed(kit.seed)  # the same initial weights on every rank
         np.random.seed(kit.seed % 2**32)
@@ -190,6 +211,11 @@ class Run:
         if teacher.active(kit.teacher):  # soft targets and pseudo rows (test images appended to paths)
             taught = teacher.prepare(kit, root, table, train_idx, log if dd.main else lambda s: None)
             paths, train_idx, train_targets = taught.paths, taught.rows, taught.targets
+        # batch_size auto becomes its number before the hash: the checkpoint, kit.json and infer see the number,
+        # and a run that resolves to 32 keeps the hash it had when 32 was the default
+        self.kit = kit = resolve_batch_size(kit, len(train_idx), dd.world, log if dd.main else lambda s: None)
+        self.hash = settings.training_hash(kit)
+        if teacher.active(kit.teacher):
             self.hash = taught.hash(self.hash)
         cache = data.ImageCache(paths, d.image_size, d.channels, reduced=d.reduced_decode) if d.cache else None
 

@@ -158,7 +158,8 @@ class OptimSettings:
     momentum: float = 0.9                   # sgd
     nesterov: bool = True                   # sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
-    batch_size: int = 32                    # per process
+    # per process; auto: the largest of 32, 16, 8 that gives the run AUTO_BATCH_STEPS optimizer steps (engine.py)
+    batch_size: Union[Literal["auto"], int] = "auto"
     accum_steps: int = 1
     grad_clip: float = 0.0                  # 0: off
 
@@ -230,7 +231,10 @@ class KitSettings:
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is list:
         return "a list"
     if dataclasses.is_dataclass(tp):
@@ -243,8 +247,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, where)
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(value, options[0], where)
+        for inner in options:  # e.g. Union[Literal["auto"], int]: the first that takes the value
+            try:
+                return _convert(value, inner, where)
+            except SettingsError:
+                pass
+        raise SettingsError(f"{where}: expected {_type_name(tp)} (got {value!r})")
     if origin is Literal:
         if value in args and type(value) in {type(a) for a in args}:
             return value
@@ -324,7 +335,7 @@ def _check(obj: Any, where: str) -> None:
     elif isinstance(obj, OptimSettings):
         need(obj.lr > 0, "lr", "expected a positive learning rate")
         need(obj.weight_decay >= 0, "weight_decay", "expected 0 or more")
-        need(obj.batch_size >= 1, "batch_size", "expected 1 or more")
+        need(obj.batch_size == "auto" or obj.batch_size >= 1, "batch_size", "expected auto or 1 or more")
         need(obj.accum_steps >= 1, "accum_steps", "expected 1 or more")
         need(obj.grad_clip >= 0, "grad_clip", "expected 0 (off) or more")
         need(len(obj.betas) == 2 and all(0 <= b < 1 for b in obj.betas), "betas", "expected two numbers in [0, 1)")

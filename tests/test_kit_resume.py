@@ -71,6 +71,20 @@ def test_stopped_and_resumed_equals_straight(demo, straight, tmp_path, stops):
         assert positions == [(0, 2)]  # stopped inside the first epoch: 1 step = 2 accumulated batches
 
 
+def test_batch_size_auto_trains_and_resumes_as_its_number(demo, straight, tmp_path):
+    """auto resolves from the fold's rows (51 here: 8) before anything is hashed or saved: stopped and resumed it
+    ends bit for bit where the explicit 8 ends straight through, and kit.json records the number."""
+    ref_dir, ref = straight(kit_support.tiny_kit(demo))
+    kit = kit_support.tiny_kit(demo, **{"optim.batch_size": "auto"})
+    said = []
+    summary = engine.run(settings.parse(kit), None, tmp_path, clock.FixedSteps(2), log=said.append)
+    assert not summary["done"] and any(line.startswith("[kpack] optim.batch_size auto: 8 per process") for line in said)
+    summary = train(kit, tmp_path)
+    assert summary["done"] and summary["step"] == ref["step"]
+    assert kit_support.same_weights(kit_support.final_weights(tmp_path), kit_support.final_weights(ref_dir))
+    assert json.loads((tmp_path / "kit.json").read_text())["optim"]["batch_size"] == 8
+
+
 SGD_AND_OTHER_LOSSES = {
     "optim": {"name": "sgd", "lr": 0.05, "batch_size": 8, "grad_clip": 1.0},
     "schedule": {"name": "onecycle"}, "ema": {"enabled": False},

@@ -23,6 +23,8 @@ def test_empty_kit_is_valid_with_defaults():
     ({"augment": {"tta": "hflip"}}, "kit.augment.tta: expected a list (got 'hflip')"),
     ({"data": {"num_workers": True}}, "kit.data.num_workers: expected an integer (got True)"),
     ({"stages": []}, "kit.stages: expected at least one stage"),
+    ({"optim": {"batch_size": "big"}}, "kit.optim.batch_size: expected 'auto' or an integer (got 'big')"),
+    ({"optim": {"batch_size": 0}}, "kit.optim.batch_size: expected auto or 1 or more (got 0)"),
     ([1], "kit: expected a mapping of settings"),
 ])
 def test_errors_are_one_line_naming_the_field(kit, message):
@@ -102,3 +104,27 @@ def test_settings_load_on_the_host_with_the_standard_library_only(tmp_path):
     done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["kit.optim.lr: expected a number (got 'fast')", "[]"]
+
+
+def test_batch_size_auto_takes_the_largest_batch_that_gives_the_run_its_steps():
+    from kernel_src import engine
+    said = []
+    auto = settings.parse({"stages": [{"epochs": 12}]})
+    assert auto.optim.batch_size == "auto" and settings.parse({"optim": {"batch_size": 16}}).optim.batch_size == 16
+    # a few hundred rows: 32 would give 108 steps, 16 216, 8 444 (< 1000: the smallest)
+    assert engine.resolve_batch_size(auto, 300, 1, said.append).optim.batch_size == 8
+    assert said == ["[kpack] optim.batch_size auto: 8 per process (444 optimizer steps over 12 epochs of 300 rows; "
+                    "32 would give 108)"]
+    assert engine.resolve_batch_size(auto, 1400, 1, said.append).optim.batch_size == 16   # 16: 1044 steps
+    big = engine.resolve_batch_size(auto, 90_000, 1, said.append)                     # iMet-sized: unchanged
+    assert big.optim.batch_size == 32
+    # the steps are counted per process and per optimizer step: two processes or accumulation halve them
+    assert engine.resolve_batch_size(auto, 2800, 2, said.append).optim.batch_size == 16
+    assert engine.resolve_batch_size(auto, 2800, 1, said.append).optim.batch_size == 32
+    accum = settings.parse({"stages": [{"epochs": 12}], "optim": {"accum_steps": 2}})
+    assert engine.resolve_batch_size(accum, 2800, 1, said.append).optim.batch_size == 16
+    # a resolved 32 hashes as an explicit 32 (the old default), so runs begun before keep resuming
+    assert settings.training_hash(big) == settings.training_hash(
+        settings.parse({"stages": [{"epochs": 12}], "optim": {"batch_size": 32}}))
+    fixed = settings.parse({"optim": {"batch_size": 64}})
+    assert engine.resolve_batch_size(fixed, 300, 1, said.append) is fixed and len(said) == 6
