@@ -153,7 +153,7 @@ class TeacherSettings:
 @dataclass
 class OptimSettings:
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
+    lr: float = 3e-3                        # measured: README, Defaults against tuned settings
     weight_decay: float = 1e-4
     momentum: float = 0.9                   # sgd
     nesterov: bool = True                   # sgd
