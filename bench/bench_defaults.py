@@ -48,6 +48,7 @@ CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function
     "multiscale": lambda size: {"data": {"train_sizes": [round(size * 0.75), size, round(size * 1.25)]}},
     "freeze": {"freeze": {"train_stages": 2, "unfreeze_every": 2, "lr_decay": 0.7}},  # for --pretrained
     "focal": {"stages": [{"loss": "focal"}]}, "soft_f2": {"stages": [{"loss": {"bce": 1.0, "soft_fbeta": 1.0}}]},
+    "focal_smooth": {"stages": [{"loss": "focal", "label_smoothing": 0.1}]},
 }
 
 
@@ -79,6 +80,20 @@ def test_f2(submission: Path, comp: gencomp.Competition) -> float:
     return metrics.fbeta_score(hot(sol["attribute_ids"], n), hot(sub["attribute_ids"], n))
 
 
+# the three kinds of gencomp.py, and `digits`: the demo's generator (packager/democomp.py, 32 px, RGB)
+KINDS = (*gencomp.KINDS, "digits")
+SIZES = {**gencomp.SIZES, "digits": 32}
+
+
+def generate(out: Path, kind: str, seed: int, n_train: int, n_test: int) -> gencomp.Competition:
+    if kind != "digits":
+        return gencomp.generate(out, kind, seed=seed, n_train=n_train, n_test=n_test)
+    from packager import democomp
+    demo = democomp.generate(out, seed=seed, n_train=n_train, n_test=n_test, image_size=32, mode="RGB")
+    return gencomp.Competition("digits", demo.data_dir, demo.solution_csv, demo.data_dir / "train.csv",
+                               democomp.label_names())
+
+
 def mount(tmp: Path, comp: gencomp.Competition, slug: str) -> Path:
     """A fresh Kaggle root with `comp` mounted as competition `slug` (KPACK_KAGGLE_ROOT points at it)."""
     root = tmp / "kaggle"
@@ -91,7 +106,7 @@ def mount(tmp: Path, comp: gencomp.Competition, slug: str) -> Path:
 
 
 # --pretrained: weights learnt on another kind's task stand in for ImageNet's (features, not these labels)
-PRETRAIN_SOURCE = {"shapes": "longtail", "longtail": "shapes", "noisy": "longtail"}
+PRETRAIN_SOURCE = {"shapes": "longtail", "longtail": "shapes", "noisy": "longtail", "digits": "longtail"}
 
 
 def pretrained_weights(tmp: Path, kind: str, epochs: int) -> Path:
@@ -102,7 +117,7 @@ def pretrained_weights(tmp: Path, kind: str, epochs: int) -> Path:
         comp = gencomp.generate(tmp / "pretrain" / source, source, seed=99, n_train=2400, n_test=10)
         mount(tmp, comp, f"gen-{source}")
         train.main({"competition": f"gen-{source}", "kaggle_user": "kpack", "kernels": {},
-                    "kit": kit(gencomp.SIZES[source], epochs, {}, 2, -1)}, working=working)
+                    "kit": kit(SIZES[source], epochs, {}, 2, -1)}, working=working)
     return working / "model.pt"
 
 
@@ -138,7 +153,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--folds", type=int, default=2)
-    ap.add_argument("--kinds", default=",".join(gencomp.KINDS))
+    ap.add_argument("--kinds", default=",".join(gencomp.KINDS), help=",".join(KINDS))
     ap.add_argument("--configs", default="defaults,batch16,ema,medium_aug", help=",".join(CONFIGS))
     ap.add_argument("--seeds", default="1", help="data seeds: each kind is generated once per seed")
     ap.add_argument("--pretrained", action="store_true",
@@ -152,11 +167,11 @@ def main() -> None:
     for kind in a.kinds.split(","):
         for seed in seeds:
             row = kind if len(seeds) == 1 else f"{kind}/s{seed}"
-            comp = gencomp.generate(tmp / "comp" / row, kind, seed=seed, n_train=a.n_train, n_test=a.n_test)
+            comp = generate(tmp / "comp" / row, kind, seed, a.n_train, a.n_test)
             weights = {"model": {"weights": str(pretrained_weights(tmp, kind, a.epochs))}} if a.pretrained else {}
             for name in a.configs.split(","):
                 t = time.time()
-                size, extra = gencomp.SIZES[kind], CONFIGS[name]
+                size, extra = SIZES[kind], CONFIGS[name]
                 extra = extra(size) if callable(extra) else extra
                 r = run_one(tmp, comp, f"gen-{kind}", size, a.epochs, {**weights, **extra}, a.folds)
                 r["seconds"] = round(time.time() - t, 1)
