@@ -1,13 +1,15 @@
-"""The kit's defaults against hand-tuned settings on generated competitions (bench/gencomp.py: shapes, longtail, noisy).
+"""The kit's defaults against hand-tuned settings on generated competitions (bench/gencomp.py: shapes, longtail, noisy;
+and `digits`, the demo's generator).
 
 Per competition and config: 2 folds (--folds) trained in-process (CPU, 1 torch thread, timm test_resnet from
-scratch), then validate (OOF blend, searched threshold rule: kit.thresholds defaults), then infer; reported: test F2 of infer's
-submission on the hidden solution (per-row F2, mean over all test rows), validate's honest cv_score and its
-in-sample cv_score_in_sample, and both CV - test gaps; test_f2_one / gap_one: fold 0's model alone on the test
-(the CV scores each row with one model, the submission blends the folds).
+scratch, or with --pretrained from weights trained on another kind's competition), then validate (OOF blend,
+searched threshold rule: kit.thresholds defaults), then infer; reported: test F2 of infer's submission on the
+hidden solution (per-row F2, mean over all test rows), validate's honest cv_score and its in-sample
+cv_score_in_sample, both CV - test gaps, and test_f2_one / gap_one: fold 0's model alone on the test (the CV
+scores each row with one model, the submission blends the folds).
 
-    .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 12] [--folds 2] [--seeds 1]
-        [--kinds shapes,longtail,noisy] [--configs defaults,B_batch16,...: the CONFIGS below]
+    .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 12] [--folds 2] [--seeds 1,2]
+        [--kinds shapes,longtail,noisy,digits] [--configs defaults,batch32,lr1e-3,...: the CONFIGS below] [--pretrained]
 """
 from __future__ import annotations
 
