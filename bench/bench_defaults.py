@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--kinds", default=",".join(gencomp.KINDS), help=",".join(KINDS))
-    ap.add_argument("--configs", default="defaults,batch16,ema,medium_aug", help=",".join(CONFIGS))
+    ap.add_argument("--configs", default="defaults,batch32,lr1e-3,ema", help=",".join(CONFIGS))
     ap.add_argument("--seeds", default="1", help="data seeds: each kind is generated once per seed")
     ap.add_argument("--pretrained", action="store_true",
                     help="start every run from weights trained on another kind's competition (PRETRAIN_SOURCE)")
