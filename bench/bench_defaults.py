@@ -54,8 +54,11 @@ CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function
 }
 
 
+MODEL = "test_resnet"  # --model
+
+
 def kit(size: int, epochs: int, extra: dict, folds: int, fold: int | None = None) -> dict:
-    k = {"data": {"image_size": size, "folds": folds, "num_workers": 0}, "model": {"name": "test_resnet"},
+    k = {"data": {"image_size": size, "folds": folds, "num_workers": 0}, "model": {"name": MODEL},
          "stages": [{"epochs": epochs}], "log_every_steps": 10**6}
     for section, values in extra.items():
         if section == "stages":  # merged into the single stage, which keeps the run's epochs
@@ -160,7 +163,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="1", help="data seeds: each kind is generated once per seed")
     ap.add_argument("--pretrained", action="store_true",
                     help="start every run from weights trained on another kind's competition (PRETRAIN_SOURCE)")
+    ap.add_argument("--model", default=MODEL, help="a timm architecture, from scratch (or --pretrained)")
     a = ap.parse_args()
+    globals()["MODEL"] = a.model
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="kpack-defaults-"))
     results: dict[str, dict[str, dict]] = {}
