@@ -164,8 +164,9 @@ def build_optimizer(kit: KitSettings, model: nn.Module, device: torch.device) ->
 
 
 AUTO_BATCH_SIZES = (32, 16, 8)
-# Optimizer steps a run should get. On generated competitions of a few hundred images per fold, test F2 rose with
-# the step count up to here (batch 8 > 16 > 32 > 64 at equal epochs; README, bench_defaults.py).
+# Optimizer steps a run should get: on generated competitions of 300-1,200 images a fold, test F2 rose with the
+# step count at equal epochs (batch 8 > 16 > 32 > 64, up to 1,800 steps; README, bench_defaults.py); a floor
+# that leaves folds of thousands of rows at 32.
 AUTO_BATCH_STEPS = 1000
 
 
