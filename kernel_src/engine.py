@@ -209,6 +209,7 @@ class Run:
         self.valid_ids = [table.ids[i] for i in self.valid_idx]
         self.valid_targets = table.targets[self.valid_idx]
         paths, train_targets = table.paths, table.targets[train_idx]
+        taught = None
         if teacher.active(kit.teacher):  # soft targets and pseudo rows (test images appended to paths)
             taught = teacher.prepare(kit, root, table, train_idx, log if dd.main else lambda s: None)
             paths, train_idx, train_targets = taught.paths, taught.rows, taught.targets
@@ -216,31 +217,29 @@ class Run:
         # and a run that resolves to 32 keeps the hash it had when 32 was the default
         self.kit = kit = resolve_batch_size(kit, len(train_idx), dd.world, log if dd.main else lambda s: None)
         self.hash = settings.training_hash(kit)
-        if teacher.active(kit.teacher):
+        if taught is not None:
             self.hash = taught.hash(self.hash)
         cache = data.ImageCache(paths, d.image_size, d.channels, reduced=d.reduced_decode) if d.cache else None
-
-        def subset(idx: np.ndarray, pipeline: str, targets: Optional[np.ndarray] = None) -> data.ImageDataset:
-            cached = _Subset(cache, idx) if cache is not None else None
-            return data.ImageDataset([paths[i] for i in idx], table.targets[idx] if targets is None else targets,
-                                     augment.build(pipeline, d.image_size, d.reduced_decode), seed=kit.seed,
-                                     channels=d.channels, cache=cached)
-
         pin = dd.device.type == "cuda"
 
-        def loader(idx: np.ndarray, pipeline: str, sampler: data.EpochBatchSampler,
-                   targets: Optional[np.ndarray] = None, persistent: bool = True):
+        def loader(idx: np.ndarray, targets: np.ndarray, pipeline: str, sampler: data.EpochBatchSampler,
+                   persistent: bool = True):
+            rows = [paths[i] for i in idx]
             if d.decode == "device":  # workers read the JPEG bytes; this process decodes them on its device
-                return gpudecode.loader([paths[i] for i in idx], table.targets[idx] if targets is None else targets,
-                                        pipeline, sampler, d, kit.seed, dd.device, d.num_workers, persistent)
-            return data.make_loader(subset(idx, pipeline, targets), sampler, d.num_workers, pin, persistent)
+                return gpudecode.loader(rows, targets, pipeline, sampler, d, kit.seed, dd.device, d.num_workers,
+                                        persistent)
+            dataset = data.ImageDataset(rows, targets, augment.build(pipeline, d.image_size, d.reduced_decode),
+                                        seed=kit.seed, channels=d.channels,
+                                        cache=_Subset(cache, idx) if cache is not None else None)
+            return data.make_loader(dataset, sampler, d.num_workers, pin, persistent)
 
         self.train_sampler = data.EpochBatchSampler(len(train_idx), kit.optim.batch_size, kit.seed,
                                                     shuffle=True, drop_last=True, rank=dd.rank, world=dd.world)
-        self.train_loader = loader(train_idx, kit.augment.train, self.train_sampler, train_targets)
+        self.train_loader = loader(train_idx, train_targets, kit.augment.train, self.train_sampler)
         self.valid_sampler = data.EpochBatchSampler(len(self.valid_idx), kit.optim.batch_size * 2, kit.seed,
                                                     shuffle=False, drop_last=False, rank=dd.rank, world=dd.world)
-        self.valid_loader = loader(self.valid_idx, kit.augment.valid, self.valid_sampler, persistent=False)
+        self.valid_loader = loader(self.valid_idx, self.valid_targets, kit.augment.valid, self.valid_sampler,
+                                   persistent=False)
         self.miner = mining.Miner(len(train_idx), kit.mining.share, kit.seed) if kit.mining.share > 0 else None
         if self.miner:
             self.train_sampler.order_fn = self.miner.order
