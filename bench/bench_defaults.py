@@ -51,8 +51,9 @@ CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function
     "cutmix": {"mix": {"cutmix_alpha": 1.0}}, "mining": {"mining": {"share": 0.2}},
     "multiscale": lambda size: {"data": {"train_sizes": [round(size * 0.75), size, round(size * 1.25)]}},
     "freeze": {"freeze": {"train_stages": 2, "unfreeze_every": 2, "lr_decay": 0.7}},  # for --pretrained
-    "focal": {"stages": [{"loss": "focal"}]}, "soft_f2": {"stages": [{"loss": {"bce": 1.0, "soft_fbeta": 1.0}}]},
-    "focal_smooth": {"stages": [{"loss": "focal", "label_smoothing": 0.1}]},
+    # losses (the default is focal, gamma 2)
+    "bce": {"stages": [{"loss": "bce"}]}, "bce_smooth": {"stages": [{"loss": "bce", "label_smoothing": 0.1}]},
+    "soft_f2": {"stages": [{"loss": {"bce": 1.0, "soft_fbeta": 1.0}}]},
 }
 
 
@@ -181,7 +182,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--kinds", default=",".join(gencomp.KINDS), help=",".join(KINDS))
-    ap.add_argument("--configs", default="defaults,batch32,lr1e-3,ema", help=",".join(CONFIGS))
+    ap.add_argument("--configs", default="defaults,bce,label_smooth,ema", help=",".join(CONFIGS))
     ap.add_argument("--seeds", default="1", help="data seeds: each kind is generated once per seed")
     ap.add_argument("--pretrained", action="store_true",
                     help="start every run from weights trained on another kind's competition (PRETRAIN_SOURCE)")

@@ -113,7 +113,8 @@ class LossTerm:
 @dataclass
 class StageSettings:
     epochs: int = 1
-    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
+    # focal by default: it beat BCE on the generated competitions with unbalanced labels (bench_defaults, README)
+    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm(name="focal")])
     lr_scale: float = 1.0
     label_smoothing: float = field(default=0.0, metadata=OPTIONAL)  # training targets y -> y (1 - eps) + eps / 2
 

@@ -8,8 +8,12 @@ from kernel_src import settings
 
 def test_empty_kit_is_valid_with_defaults():
     kit = settings.parse({})
-    assert kit.epochs == 5 and kit.optim.name == "adamw" and kit.stages[0].loss[0].name == "bce"
+    assert kit.epochs == 5 and kit.optim.name == "adamw"
+    assert [(t.name, t.gamma, t.alpha, t.weight) for t in kit.stages[0].loss] == [("focal", 2.0, -1.0, 1.0)]
     assert settings.parse(None) == kit
+    # a stage that names no loss gets the default; one that names bce keeps it
+    staged = settings.parse({"stages": [{"epochs": 2}, {"epochs": 1, "loss": "bce"}]}).stages
+    assert [[t.name for t in s.loss] for s in staged] == [["focal"], ["bce"]]
 
 
 @pytest.mark.parametrize("kit,message", [
