@@ -124,9 +124,10 @@ def candidates(folders: Iterable[Path], extra: Iterable[Path] = ()) -> list[Path
     return unique
 
 
-def latest(paths: list[Path], training_hash: str, log=print) -> Optional[Found]:
+def latest(paths: list[Path], training_hash: str, log=print, world: Optional[int] = None) -> Optional[Found]:
     """The newest (highest step) valid checkpoint among `paths`; a damaged one is reported and skipped.
-    The newest valid one written under another training hash is refused with one line."""
+    The newest valid one written by another process count (`world`) or under another training hash is refused
+    with one line; the count first, as `batch_size: auto` resolves by it and so changes the hash too."""
     metas = [(p, read_meta(p)) for p in paths]
     for p, m in metas:
         if m is None:
@@ -139,6 +140,11 @@ def latest(paths: list[Path], training_hash: str, log=print) -> Optional[Found]:
         except Exception as exc:  # damaged payload, unpicklable: the next older one may be fine
             log(f"[kpack] skipping {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             continue
+        trained_with = meta.get("world", state.get("world") if isinstance(state, dict) else None)
+        if world is not None and trained_with is not None and trained_with != world:
+            raise CheckpointError(
+                f"{path} was trained with {trained_with} processes, this run has {world}; "
+                "the data order depends on it, so resume with the same number")
         if meta.get("training_hash") != training_hash:
             raise CheckpointError(
                 f"{path} was written by another training config (hash {meta.get('training_hash')}, this config "

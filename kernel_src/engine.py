@@ -308,15 +308,12 @@ class Run:
         from kpack_runtime import inputs
         paths = checkpoint.candidates([self.working] + search,
                                       inputs.find_files(checkpoint.NAME) + inputs.find_files(checkpoint.PREVIOUS))
-        found = checkpoint.latest(paths, self.hash, log=self.log if self.dist.main else lambda s: None)
+        found = checkpoint.latest(paths, self.hash, log=self.log if self.dist.main else lambda s: None,
+                                  world=self.dist.world)
         self.saved_at = (0, time.monotonic())
         if found is None:
             return
         s = found.state
-        if s["world"] != self.dist.world:
-            raise checkpoint.CheckpointError(
-                f"{found.path} was trained with {s['world']} processes, this run has {self.dist.world}; "
-                "the data order depends on it, so resume with the same number")
         self.model.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         if s["scaler"]:  # empty when saved without AMP (a CPU session): a CUDA session starts a fresh scale

@@ -66,6 +66,18 @@ def test_checkpoint_of_another_config_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_another_process_count_is_named_before_the_hash(tmp_path):
+    """batch_size: auto resolves by the process count, so a changed count changes the hash as well: the line
+    names the count, the cause, rather than a hash the user never set."""
+    checkpoint.save(tmp_path / checkpoint.NAME, state(3), {"step": 3, "training_hash": "h-one", "world": 1})
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.latest(checkpoint.candidates([tmp_path]), "h-two", world=2)
+    assert "was trained with 1 processes, this run has 2" in str(err.value) and "hash" not in str(err.value)
+    with pytest.raises(checkpoint.CheckpointError, match="another training config"):  # same count: the hash
+        checkpoint.latest(checkpoint.candidates([tmp_path]), "h-two", world=1)
+    assert checkpoint.latest(checkpoint.candidates([tmp_path]), "h-one", world=1).meta["step"] == 3
+
+
 def test_newest_across_folders_wins_and_temp_files_are_cleaned(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
