@@ -193,13 +193,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kpack-defaults-"))
     results: dict[str, dict[str, dict]] = {}
     started = time.time()
-    seeds = [int(s) for s in a.seeds.split(",")]
+    seeds, names = [int(s) for s in a.seeds.split(",")], a.configs.split(",")
     for kind in a.kinds.split(","):
         for seed in seeds:
             row = kind if len(seeds) == 1 else f"{kind}/s{seed}"
             comp = generate(tmp / "comp" / row, kind, seed, a.n_train, a.n_test)
             weights = {"model": {"weights": str(pretrained_weights(tmp, kind, a.epochs))}} if a.pretrained else {}
-            for name in a.configs.split(","):
+            for name in names:
                 t = time.time()
                 size, extra = SIZES[kind], CONFIGS[name]
                 extra = extra(size) if callable(extra) else extra
@@ -212,10 +212,10 @@ def main() -> None:
     for kind, rows in results.items():
         for name, r in rows.items():
             print(f"{kind:10} {name:13} " + " ".join(f"{r[c]:13.4f}" for c in cols))
-    for name in a.configs.split(","):
+    for name in names:
         mean = {c: np.mean([results[k][name][c] for k in results]) for c in cols}
         print(f"{'mean':10} {name:13} " + " ".join(f"{mean[c]:13.4f}" for c in cols))
-    if "defaults" in a.configs.split(",") and len(a.configs.split(",")) > 1:
+    if "defaults" in names and len(names) > 1:
         tuned_vs_defaults(results)
     print(f"seconds: {time.time() - started:.0f}")
     print(json.dumps(results))

@@ -140,7 +140,7 @@ def latest(paths: list[Path], training_hash: str, log=print, world: Optional[int
         except Exception as exc:  # damaged payload, unpicklable: the next older one may be fine
             log(f"[kpack] skipping {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             continue
-        trained_with = meta.get("world", state.get("world") if isinstance(state, dict) else None)
+        trained_with = meta.get("world")  # in every checkpoint's meta since the kit's first one
         if world is not None and trained_with is not None and trained_with != world:
             raise CheckpointError(
                 f"{path} was trained with {trained_with} processes, this run has {world}; "
