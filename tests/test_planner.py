@@ -216,7 +216,7 @@ def test_plans_land_within_10_percent_of_the_runs_on_the_local_kaggle(trained, l
     _within_10_percent(own_plan)
     row = ledger.latest(kind="infer")
     plan = json.loads((Path(row["output"]) / infer.PLAN_FILE).read_text())
-    assert len(plan["members"]) == 3 and [m["models"] for m in plan["members"]] == [2, 2, 1]
+    assert sorted(m["models"] for m in plan["members"]) == [1, 2, 2]  # members go by name, which carries the training hash
     assert plan["views"] == ["none", "hflip"] and plan["rows"] == 1200
     assert plan["session_s"] <= 9 * 3600  # kernels.infer.session_hours, or the local Kaggle's shorter limit
     log = next(Path(row["output"]).glob("*.log")).read_text()
