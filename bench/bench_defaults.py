@@ -54,6 +54,8 @@ CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function
     # losses (the default is focal, gamma 2)
     "bce": {"stages": [{"loss": "bce"}]}, "bce_smooth": {"stages": [{"loss": "bce", "label_smoothing": 0.1}]},
     "soft_f2": {"stages": [{"loss": {"bce": 1.0, "soft_fbeta": 1.0}}]},
+    "focal_g1": {"stages": [{"loss": {"focal": {"weight": 1.0, "gamma": 1.0}}}]},
+    "focal_g05": {"stages": [{"loss": {"focal": {"weight": 1.0, "gamma": 0.5}}}]},
 }
 
 
