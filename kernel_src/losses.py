@@ -1,7 +1,7 @@
 """Multi-label losses on logits (N, C) and 0/1 targets (N, C); each returns a scalar mean.
 
   bce         binary cross-entropy
-  focal       BCE * (1 - p_t)^gamma, optionally alpha-balanced (Lin et al. 2017)
+  focal       BCE * |y - p|^gamma, optionally alpha-balanced: (1 - p_t)^gamma on 0/1 targets (Lin et al. 2017)
   soft_fbeta  1 - per-sample soft F-beta on sigmoid probabilities (beta 2: iMet's metric), averaged
   forgiving   BCE(x, y) + w * BCE(x * y, y): positives count 1 + w times, negatives once (iMet 2019)
 
@@ -33,8 +33,9 @@ def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float = -1.0) -> torch.Tensor:
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = torch.exp(-ce)  # the probability given to the true value
-    loss = ce * (1 - p_t) ** gamma
+    # |y - p| is 1 - p_t on 0/1 targets and, unlike 1 - exp(-BCE), 0 where p meets a soft target (smoothing, mixup,
+    # distillation), so well-fit soft rows are not weighted as if they were wrong
+    loss = ce * (targets - torch.sigmoid(logits)).abs() ** gamma
     if alpha >= 0:
         loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
     return loss.mean()

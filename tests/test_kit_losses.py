@@ -41,6 +41,14 @@ def test_focal_matches_hand_computation_and_reduces_to_bce_at_gamma_zero():
     assert losses.focal(LOGITS, TARGETS, gamma=2.0, alpha=0.25).item() == pytest.approx(total / 6, rel=1e-5)
 
 
+def test_focal_gives_no_loss_where_the_prediction_meets_a_soft_target():
+    soft = torch.tensor([[0.05, 0.95, 0.3], [0.7, 0.5, 0.05]])  # smoothed or mixed targets
+    at_target = torch.log(soft / (1 - soft))  # logits whose sigmoid is the target
+    assert losses.focal(at_target, soft).item() < 1e-9
+    assert losses.bce(at_target, soft).item() > 0.3  # BCE's floor there is the targets' entropy
+    assert losses.focal(at_target + 1.0, soft).item() > 1e-3
+
+
 def test_soft_fbeta_matches_hand_computation():
     scores = []
     for row, ys in zip(LOGITS.tolist(), TARGETS.tolist()):
