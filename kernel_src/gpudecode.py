@@ -6,8 +6,9 @@ on a CPU, the same code path), resizes it there and flips it for the `light` pip
     for images, targets, index in loader: ...   # images uint8 (N, C, size, size) on `device`, as data.py's
 
 What differs from the workers' path (data.ImageDataset + augment.build): the whole JPEG is decoded (no reduced
-DCT scale), the resize is antialiased bilinear instead of OpenCV's INTER_AREA, and EXIF orientation is not
-applied (nvJPEG does not), so pixels differ slightly. Only the none and light pipelines exist here
+DCT scale) and the resize is antialiased bilinear instead of OpenCV's INTER_AREA, so pixels differ slightly.
+EXIF orientation is applied as OpenCV applies it: nvJPEG ignores it, so the worker reads the tag from the bytes
+and this process turns the decoded image. Only the none and light pipelines exist here
 (settings.DEVICE_PIPELINES). The flip of a sample is a pure function of (seed, epoch, index) drawn in the worker
 from data.sample_generators, so resume is exact and no global RNG stream moves.
 """
@@ -30,7 +31,8 @@ _STREAMS: dict[str, "torch.cuda.Stream"] = {}  # per CUDA device: the stream dec
 
 
 class JpegBytes(Dataset):
-    """Items are (file bytes uint8 1-D, target float32 [C] or empty, index, flip), keyed by (epoch, index) or index."""
+    """Items are (file bytes uint8 1-D, target float32 [C] or empty, index, flip, EXIF orientation 1-8), keyed by
+    (epoch, index) or index."""
 
     def __init__(self, paths: list[Path], targets: Optional[np.ndarray], pipeline: str, *, seed: int = 0):
         if pipeline not in DEVICE_PIPELINES:
@@ -51,18 +53,52 @@ class JpegBytes(Dataset):
         flip = self.flips and bool(data.sample_generators(self.seed, epoch, index)[0].random() < 0.5)
         target = (torch.from_numpy(self.targets[index].astype(np.float32)) if self.targets is not None
                   else torch.zeros(0))
-        return torch.from_numpy(raw), target, index, flip
+        return torch.from_numpy(raw), target, index, flip, exif_orientation(raw.tobytes())
 
 
-def collate(items: list) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(items: list) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The byte tensors stay a list (their lengths differ): decode_jpeg takes the list whole."""
-    raws, targets, index, flips = zip(*items)
-    return list(raws), torch.stack(targets), torch.tensor(index), torch.tensor(flips)
+    raws, targets, index, flips, orientations = zip(*items)
+    return list(raws), torch.stack(targets), torch.tensor(index), torch.tensor(flips), torch.tensor(orientations)
+
+
+def exif_orientation(jpeg: bytes) -> int:
+    """The EXIF Orientation tag (0x0112) of IFD0 in the JPEG's APP1 segment: 1-8, 1 where absent or unreadable."""
+    i = 2
+    while i + 4 <= len(jpeg) and jpeg[i] == 0xFF:
+        marker = jpeg[i + 1]
+        if marker in (0xDA, 0xD9):  # image data or its end: metadata comes before
+            return 1
+        length = int.from_bytes(jpeg[i + 2:i + 4], "big")
+        if marker == 0xE1 and jpeg[i + 4:i + 10] == b"Exif\0\0":
+            tiff = jpeg[i + 10:i + 2 + length]
+            order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+            if order is None or len(tiff) < 8:
+                return 1
+            ifd = int.from_bytes(tiff[4:8], order)
+            for entry in range(ifd + 2, ifd + 2 + 12 * int.from_bytes(tiff[ifd:ifd + 2], order), 12):
+                if entry + 12 > len(tiff):
+                    break
+                if int.from_bytes(tiff[entry:entry + 2], order) == 0x0112:
+                    value = int.from_bytes(tiff[entry + 8:entry + 10], order)  # a SHORT, first in its field
+                    return value if 1 <= value <= 8 else 1
+            return 1
+        i += 2 + length
+    return 1
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(C, H, W) as stored -> as meant to be seen, for EXIF orientation 1-8 (PIL's ImageOps.exif_transpose)."""
+    if orientation in (5, 6, 7, 8):  # the stored rows are the picture's columns
+        image = image.transpose(-2, -1)
+    flips = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(orientation)
+    return image.flip(flips) if flips else image
 
 
 def decode_batch(raws: list[torch.Tensor], size: int, channels: int, device: torch.device,
-                 flips: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """uint8 (N, channels, size, size) on `device`: decoded, resized (antialiased bilinear), flipped where asked."""
+                 flips: Optional[torch.Tensor] = None, orientations: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """uint8 (N, channels, size, size) on `device`: decoded, turned upright by each EXIF orientation, resized
+    (antialiased bilinear), flipped where asked."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
@@ -85,6 +121,8 @@ def decode_batch(raws: list[torch.Tensor], size: int, channels: int, device: tor
             main.wait_stream(side)
             for image in images:
                 image.record_stream(main)
+    if orientations is not None:
+        images = [orient(image, o) for image, o in zip(images, orientations.tolist())]
     out = torch.empty((len(images), channels, size, size), dtype=torch.uint8, device=device)
     by_shape: dict[tuple, list[int]] = {}
     for i, image in enumerate(images):  # one interpolate per distinct shape, not per image
@@ -112,8 +150,8 @@ class DeviceLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for raws, targets, index, flips in self.loader:
-            yield decode_batch(raws, self.size, self.channels, self.device, flips), targets, index
+        for raws, targets, index, flips, orientations in self.loader:
+            yield decode_batch(raws, self.size, self.channels, self.device, flips, orientations), targets, index
 
     # engine.Run._stop_workers ends the workers through the loader's iterator
     @property

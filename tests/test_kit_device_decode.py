@@ -57,7 +57,7 @@ def test_light_flip_is_a_function_of_seed_epoch_and_index(tmp_path):
     plain = gpudecode.decode_batch(raw(paths), 32, 3, CPU)
 
     def epoch(ds: gpudecode.JpegBytes, e: int) -> tuple[torch.Tensor, torch.Tensor]:
-        raws, _, index, flips = gpudecode.collate([ds[(e, i)] for i in range(len(paths))])
+        raws, _, index, flips, _ = gpudecode.collate([ds[(e, i)] for i in range(len(paths))])
         assert index.tolist() == list(range(len(paths)))
         return gpudecode.decode_batch(raws, 32, 3, CPU, flips), flips
 
@@ -71,6 +71,57 @@ def test_light_flip_is_a_function_of_seed_epoch_and_index(tmp_path):
     assert torch.equal(a0[flips0], plain[flips0].flip(-1)) and torch.equal(a0[~flips0], plain[~flips0])
     _, none_flips = epoch(gpudecode.JpegBytes(paths, None, "none", seed=5), 0)
     assert not none_flips.any()
+
+
+def rotated(folder: Path, orientation: int, byteorder: str = "<") -> Path:
+    """scenes()' 64x48 image saved with an EXIF Orientation tag (big- or little-endian TIFF header)."""
+    image = Image.open(scenes(folder / "src")[1])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "kpack"  # another IFD0 entry before the one read
+    path = folder / f"o{orientation}.jpg"
+    image.save(path, quality=95, exif=exif.tobytes())
+    if byteorder == ">":  # Pillow writes little-endian: rewrite the segment big-endian as some cameras do
+        raw = path.read_bytes()
+        start = raw.index(b"Exif\0\0") + 6
+        big = b"MM\0\x2a\0\0\0\x08\0\x02" + b"\x01\x0f\0\x02\0\0\0\x06\0\0\0\x26" + \
+            b"\x01\x12\0\x03\0\0\0\x01" + orientation.to_bytes(2, "big") + b"\0\0" + b"\0\0\0\0" + b"kpack\0"
+        length = int.from_bytes(raw[start - 8:start - 6], "big")
+        segment = b"\xff\xe1" + (len(big) + 8).to_bytes(2, "big") + b"Exif\0\0" + big
+        path.write_bytes(raw[:start - 10] + segment + raw[start - 10 + 2 + length:])
+    return path
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_exif_orientation_turns_the_image_as_pil_and_the_workers_do(tmp_path, byteorder):
+    from PIL import ImageOps
+    from torchvision.io import decode_jpeg
+    for orientation in range(1, 9):
+        path = rotated(tmp_path, orientation, byteorder)
+        raw_bytes = path.read_bytes()
+        assert gpudecode.exif_orientation(raw_bytes) == orientation
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).transpose(2, 0, 1)
+        got = gpudecode.orient(decode_jpeg(torch.frombuffer(bytearray(raw_bytes), dtype=torch.uint8)), orientation)
+        assert got.shape == upright.shape  # 48x64 for 5-8, 64 wide for 1-4
+        assert (got.float() - torch.from_numpy(upright.copy()).float()).abs().mean() < 1.0
+        # through the loader's path, against OpenCV's decode in the workers (which applies the tag too)
+        ds = gpudecode.JpegBytes([path], None, "none")
+        raws, _, _, flips, orientations = gpudecode.collate([ds[0]])
+        device = gpudecode.decode_batch(raws, 32, 3, CPU, flips, orientations)[0].float()
+        workers = data.ImageDataset([path], None, augment.build("none", 32))[0][0].float()
+        assert (device - workers).abs().mean() < 3.0
+        if orientation != 1:  # the bound tells orientations apart
+            assert (gpudecode.decode_batch(raws, 32, 3, CPU)[0].float() - workers).abs().mean() > 10
+
+
+def test_exif_orientation_is_1_without_a_readable_tag(tmp_path):
+    plain = scenes(tmp_path)[0].read_bytes()
+    assert gpudecode.exif_orientation(plain) == 1
+    tagged = rotated(tmp_path, 6).read_bytes()
+    start = tagged.index(b"Exif\0\0")
+    assert gpudecode.exif_orientation(tagged[:start + 12]) == 1  # cut inside the TIFF header
+    assert gpudecode.exif_orientation(tagged[:start + 6] + b"XX" + tagged[start + 8:]) == 1  # no byte order
+    assert gpudecode.exif_orientation(b"") == 1 and gpudecode.exif_orientation(b"\xff\xd8") == 1
 
 
 @pytest.fixture(scope="module")
