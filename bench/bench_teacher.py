@@ -4,7 +4,7 @@ A teacher (--teacher-folds, 5: a model per fold) is trained, validate writes its
 then one student config is trained four ways (plain, distilled, pseudo-labelled, both) on fold 0 of 5 and scored on
 the hidden test labels (solution.csv) at its own best validation threshold. CPU, 1 torch thread.
 
-    .venv/bin/python bench/bench_teacher.py [--n-train 400] [--n-test 200] [--epochs 6]
+    .venv/bin/python bench/bench_teacher.py [--n-train 400] [--n-test 200] [--epochs 6] [--loss focal|bce]
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ from packager import democomp  # noqa: E402
 SLUG = "digits-multilabel"
 
 
-def kit(root: Path, epochs: int, **extra) -> dict:
+def kit(root: Path, epochs: int, loss: str, **extra) -> dict:
     k = {"seed": 3, "log_every_steps": 10**6, "data": {"root": str(root), "image_size": 32, "channels": 1,
                                                       "num_workers": 0},
          "model": {"name": "test_resnet"}, "augment": {"train": "affine", "tta": ["none"]},
          "optim": {"batch_size": 16, "lr": 1e-2}, "schedule": {"name": "onecycle"},
-         "stages": [{"epochs": epochs, "loss": "bce"}], "ema": {"enabled": True, "decay": 0.99}}
+         "stages": [{"epochs": epochs, "loss": loss}], "ema": {"enabled": True, "decay": 0.99}}
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(k.get(key), dict):
             k[key] = {**k[key], **value}
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--teacher-folds", type=int, default=5)
+    ap.add_argument("--loss", default="focal", help="the teacher's and the students' loss (the kit's default: focal)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="kpack-teacher-"))
@@ -79,11 +80,11 @@ def main() -> None:
     started = time.time()
     folds = range(a.teacher_folds)
     for fold in folds:
-        k = kit(root, a.epochs, data={"folds": a.teacher_folds, "fold": fold})
+        k = kit(root, a.epochs, a.loss, data={"folds": a.teacher_folds, "fold": fold})
         engine.run(settings.parse(k), None, tmp / f"t{fold}", clock.FixedSteps(10**9), log=lambda s: None)
     for fold in folds:
         shutil.copytree(tmp / f"t{fold}", inputs / f"t{fold}")
-    cfg = {"competition": SLUG, "kernels": {}, "kit": kit(root, a.epochs, data={"folds": a.teacher_folds})}
+    cfg = {"competition": SLUG, "kernels": {}, "kit": kit(root, a.epochs, a.loss, data={"folds": a.teacher_folds})}
     validate.run(cfg, working=tmp / "validate", log=lambda s: None)
     infer.run({**cfg, "kit": {**cfg["kit"], "infer": {"plan": "off"}}}, working=tmp / "infer", log=lambda s: None)
     for fold in folds:
@@ -103,7 +104,7 @@ def main() -> None:
                 "both": {"oof": teacher.OOF_FILE, "test": teacher.TEST_FILE, "pseudo_threshold": a.threshold,
                          "weight": 0.5}}
     for name, spec in variants.items():
-        k = kit(root, a.epochs, **({"teacher": spec} if spec else {}))
+        k = kit(root, a.epochs, a.loss, **({"teacher": spec} if spec else {}))
         state = engine.run(settings.parse(k), None, tmp / name, clock.FixedSteps(10**9), log=lambda s: None)
         results[name] = {"cv_f2": round(state["best_metric"], 4), "test_f2": round(test_f2(tmp / name, comp,
                                                                                           test_ids), 4)}
