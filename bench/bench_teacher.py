@@ -4,7 +4,7 @@ A teacher (--teacher-folds, 5: a model per fold) is trained, validate writes its
 then one student config is trained four ways (plain, distilled, pseudo-labelled, both) on fold 0 of 5 and scored on
 the hidden test labels (solution.csv) at its own best validation threshold. CPU, 1 torch thread.
 
-    .venv/bin/python bench/bench_teacher.py [--n-train 400] [--n-test 200] [--epochs 6] [--loss focal|bce]
+    .venv/bin/python bench/bench_teacher.py [--n-train 400] [--n-test 200] [--epochs 6] [--loss focal|bce] [--threshold 0.8] [--pseudo-max 0]
 """
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--pseudo-max", type=int, default=0, help="most pseudo rows, the most confident first (0: all)")
     ap.add_argument("--teacher-folds", type=int, default=5)
     ap.add_argument("--loss", default="focal", help="the teacher's and the students' loss (the kit's default: focal)")
     a = ap.parse_args()
@@ -97,12 +98,14 @@ def main() -> None:
     table = data.read_train(settings.parse({}).data, root)
     rows = [table.ids.index(i) for i in oof["ids"]]
     threshold = thresholds.best_global(oof["probs"], table.targets[rows].astype(bool))[0]
-    results = {"teacher_test_rows_confident": int(len(teacher.confident(teacher_probs, a.threshold))),
+    results = {"teacher_test_rows_confident": int(len(teacher.confident(teacher_probs, a.threshold, a.pseudo_max))),
+               "teacher_test_margin_max": round(float(teacher.margins(teacher_probs).max()), 4),
                "teacher_blend_test_f2": round(metrics.fbeta_score(truth(comp, test_ids), teacher_probs >= threshold), 4)}
     variants = {"plain": {}, "distill": {"oof": teacher.OOF_FILE, "weight": 0.5},
-                "pseudo": {"test": teacher.TEST_FILE, "pseudo_threshold": a.threshold, "weight": 0.0},
+                "pseudo": {"test": teacher.TEST_FILE, "pseudo_threshold": a.threshold, "pseudo_max": a.pseudo_max,
+                           "weight": 0.0},
                 "both": {"oof": teacher.OOF_FILE, "test": teacher.TEST_FILE, "pseudo_threshold": a.threshold,
-                         "weight": 0.5}}
+                         "pseudo_max": a.pseudo_max, "weight": 0.5}}
     for name, spec in variants.items():
         k = kit(root, a.epochs, a.loss, **({"teacher": spec} if spec else {}))
         state = engine.run(settings.parse(k), None, tmp / name, clock.FixedSteps(10**9), log=lambda s: None)

@@ -13,7 +13,8 @@ members' probabilities under the same weights (ranks are not probabilities).
 - pseudo-labelling (`test` + pseudo_threshold): test rows whose every class is confident (p >= t or
   p <= 1 - t) join the training rows, never the validation fold, with the same formula where the teacher's
   own labels at 0.5 stand in for y: weight 0 is classic hard pseudo-labels, 1 pure soft targets. Up to
-  pseudo_max rows (0: all), the most confident first (a row's least confident class), ties in file order.
+  pseudo_max rows (0: all), the most confident first (a row's least confident class), ties in file order;
+  none confident is refused in one line, before training (a run named pseudo-labelled that had none).
 The files are found like kit.model.weights (a path, or a name among the inputs); their sha256 joins the
 training hash, so a resumed run with another teacher is refused, and the targets are a pure function of them.
 """
@@ -118,10 +119,15 @@ def distill(targets: np.ndarray, ids: Sequence[str], p: Probs, weight: float) ->
     return out, int(have.sum())
 
 
+def margins(probs: np.ndarray) -> np.ndarray:
+    """Each row's confidence: max(p, 1 - p) of its least confident class."""
+    return np.maximum(probs, 1.0 - probs).min(axis=1) if probs.size else np.ones(len(probs))
+
+
 def confident(probs: np.ndarray, threshold: float, limit: int = 0) -> np.ndarray:
     """Rows whose every p >= threshold or <= 1 - threshold, the most confident first up to `limit` (0: all),
     returned in file order."""
-    margin = np.maximum(probs, 1.0 - probs).min(axis=1) if probs.size else np.ones(len(probs))
+    margin = margins(probs)
     rows = np.flatnonzero(margin >= threshold)
     if limit and len(rows) > limit:
         rows = rows[np.argsort(-margin[rows], kind="stable")[:limit]]
@@ -180,6 +186,13 @@ def prepare(kit, root: Path, table, train_idx: np.ndarray, log: Callable[[str], 
         if t.pseudo_max and len(chosen) > t.pseudo_max:
             keep = confident(p.probs[chosen], t.pseudo_threshold, t.pseudo_max)
             chosen = [chosen[k] for k in keep]
+        if not chosen:  # pseudo-labelling asked for and none given: refused rather than trained as a plain run
+            best = margins(p.probs).max(initial=0.0)
+            raise SettingsError(f"kit.teacher.pseudo_threshold: no test row of {p.path} has every class at p >= "
+                                f"{t.pseudo_threshold} or <= {1 - t.pseudo_threshold:.2g} (the most confident row's "
+                                f"least confident class: {best:.3f}; focal loss keeps probabilities nearer 0.5 than "
+                                f"BCE); lower it, or set pseudo_threshold: 0.5 with pseudo_max: N for the N most "
+                                f"confident rows")
         chosen = np.asarray(chosen, dtype=np.int64)
         rows = np.concatenate([rows, len(paths) + np.arange(len(chosen))])
         paths += [path_of[p.ids[r]] for r in chosen]

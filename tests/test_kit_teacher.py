@@ -135,6 +135,12 @@ def test_pseudo_rows_are_the_confident_ones_capped_and_never_validated(demo, tmp
     soft = run_of({**kit, "teacher": {**kit["teacher"], "weight": 0.5, "pseudo_max": 0}}, tmp_path / "s")
     extra = soft.train_loader.dataset.targets[len(base.paths):]
     assert len(extra) == 5 and np.allclose(extra, 0.5 * (probs[[1, 4, 6, 9, 12]] >= 0.5) + 0.5 * probs[[1, 4, 6, 9, 12]])
+    # a threshold no row reaches is one line before training, with the best row's confidence to choose by
+    with pytest.raises(settings.SettingsError) as err:
+        run_of({**kit, "teacher": {**kit["teacher"], "pseudo_threshold": 0.98}}, tmp_path / "none")
+    text = str(err.value)
+    assert text.startswith("kit.teacher.pseudo_threshold: no test row of ") and "\n" not in text, text
+    assert "p >= 0.98 or <= 0.02" in text and "least confident class: 0.970" in text and "pseudo_max" in text, text
 
 
 def test_teacher_stopped_and_resumed_equals_straight(demo, tmp_path):
