@@ -204,7 +204,7 @@ class Run:
         root = data.data_root(kit, config)
         table = data.read_train(d, root)
         self.labels = table.labels
-        fold_of = folds.assign(table.targets, d.folds, kit.seed)
+        fold_of = folds.assign(table.targets, d.folds, kit.seed, d.holdout)
         train_idx, self.valid_idx = folds.split(fold_of, d.fold)
         self.valid_ids = [table.ids[i] for i in self.valid_idx]
         self.valid_targets = table.targets[self.valid_idx]

@@ -64,6 +64,9 @@ class DataSettings:
     channels: Literal[1, 3] = 3
     folds: int = 5
     fold: int = 0                           # the validation fold; -1 trains on everything, no validation
+    # a stratified share of the rows no fold trains on: validate scores the whole submission (every member's
+    # folds averaged, the blend, the rule) on it, the one CV that predicts the blend's test score (folds.py)
+    holdout: float = field(default=0.0, metadata=OPTIONAL)
     max_samples: Optional[int] = None       # first N training rows only (smoke runs)
     num_workers: int = field(default=2, metadata=RUNTIME)
     cache: bool = field(default=False, metadata=RUNTIME)  # pre-resized uint8 cache in the temp dir
@@ -328,6 +331,7 @@ def _check(obj: Any, where: str) -> None:
         need(obj.max_samples is None or obj.max_samples > 0, "max_samples", "expected a positive count")
         need(obj.image_ext.startswith("."), "image_ext", "expected an extension with its dot, e.g. '.png'")
         need(all(n >= 8 for n in obj.train_sizes), "train_sizes", "expected sizes of at least 8")
+        need(0 <= obj.holdout <= 0.5, "holdout", "expected 0 (off) or a share of the rows up to 0.5, e.g. 0.1")
         if obj.decode == "device":
             need(obj.image_ext.lower() in (".jpg", ".jpeg"), "decode",
                  f"device decoding reads JPEG files only (image_ext is {obj.image_ext!r}); use decode: workers")

@@ -6,12 +6,15 @@ campaign's fold members); the rows every member covers are blended, every blend 
 weighted, rank; weights searched on those rows) unless the config names one, and the decision rule is
 searched on the blend (thresholds.py: every method, and each one_of constraint with and without).
 Models trained on everything (fold -1) have no OOF rows and are left out here; infer still uses them.
+With kit.data.holdout every model, fold -1 too, also predicts the held-out rows, and the submission as infer
+makes it (each member's models averaged, the blend and the rule chosen on the OOF rows) is scored there.
 
 Files written into working/:
     oof_scores.json   rows scored, per member its folds, rows and F2, the blend and every blend method's
                       F2 (`blends`), F2 at 0.5 and with the searched rule, overall and per label group
                       (precision and recall too), every candidate rule's F2 (`candidates`) and each one_of
-                      constraint's F2 with and without (`constraints`)
+                      constraint's F2 with and without (`constraints`); with kit.data.holdout, holdout_score:
+                      the submission (members' models averaged, blend, rule) on the rows no fold trained on
     thresholds.json   what infer applies: the label ids, the rule, the blend (method, members, weights)
     oof_probs.npz     the blend's OOF probabilities (rows every member covers), kind oof: a teacher (teacher.py)
 
@@ -40,12 +43,14 @@ from kpack_runtime import inputs
 SCORES = "oof_scores.json"
 CV_SPLITS = 5  # row splits the post-processing search is cross-fitted over
 CV_KIND = "validate: all folds' OOF, blend + searched rule cross-fitted over 5 row splits, TTA"
+HOLDOUT_KIND = "holdout: rows no fold trained on, each member's models averaged, blend + rule chosen on OOF, TTA"
 
 
 def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log,
-         folds_of: Optional[dict] = None) -> tuple[data.Table, dict]:
-    """The training table and, per member, its OOF probabilities over the table's rows (NaN where none);
-    folds_of (when given) gets each member's folds."""
+         folds_of: Optional[dict] = None) -> tuple[data.Table, dict, dict]:
+    """The training table and, per member, its OOF probabilities over the table's rows (NaN where none) and its
+    held-out rows' probabilities, its models averaged as infer averages them on the test (NaN on other rows; no
+    entry for a member without a holdout); folds_of (when given) gets each member's folds."""
     root = data.data_root(kit, config)
     table = data.read_train(kit.data, root)
     row_of = {image_id: i for i, image_id in enumerate(table.ids)}
@@ -55,29 +60,63 @@ def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log,
     tables: dict[str, data.Table] = {}
     assigned: dict[tuple, np.ndarray] = {}
     oof: dict[str, np.ndarray] = {}
-    for name, members in infer.member_groups(trained).items():
+    held_rows: dict[str, np.ndarray] = {}
+    held_parts: dict[str, list[np.ndarray]] = {}
+    groups = infer.member_groups(trained)
+    for name, members in groups.items():
         for model in members:
-            if model.fold < 0:
-                log(f"[kpack] {model.path}: trained on every row (fold -1), so it has no OOF rows; skipped")
-                continue
             md = model.kit.data
             key = _key(md)
             if key not in tables:
                 tables[key] = table if key == _key(kit.data) else data.read_train(md, root)
             own = tables[key]
-            if (key, md.folds, model.kit.seed) not in assigned:  # the split the train kernel made
-                assigned[key, md.folds, model.kit.seed] = folds.assign(own.targets, md.folds, model.kit.seed)
-            _, valid = folds.split(assigned[key, md.folds, model.kit.seed], model.fold)
-            rows = np.asarray([row_of.get(own.ids[i], -1) for i in valid], dtype=np.int64)
-            probs = infer.predict(model, [own.paths[i] for i in valid], kit.augment.tta, ev, kit)
+            split_key = (key, md.folds, model.kit.seed)
+            if split_key not in assigned:  # the split the train kernel made
+                assigned[split_key] = folds.assign(own.targets, md.folds, model.kit.seed, md.holdout)
+            _, valid = folds.split(assigned[split_key], model.fold)
+            held = folds.held_out(assigned[split_key])
+            if model.fold < 0 and not len(held):
+                log(f"[kpack] {model.path}: trained on every row (fold -1), so it has no OOF rows; skipped")
+                continue
+            rows = np.asarray([row_of.get(own.ids[i], -1) for i in np.concatenate([valid, held])], dtype=np.int64)
+            probs = infer.predict(model, [own.paths[i] for i in np.concatenate([valid, held])], kit.augment.tta,
+                                  ev, kit)
+            if len(held):  # a member's models share its holdout (only the fold differs), in the same order
+                held_rows[name] = rows[len(valid):]
+                held_parts.setdefault(name, []).append(probs[len(valid):])
+            if model.fold < 0:
+                log(f"[kpack] {name} fold -1: {len(held)} held-out rows from {model.path}")
+                continue
+            rows, probs = rows[:len(valid)], probs[:len(valid)]
             target = oof.setdefault(name, np.full(table.targets.shape, np.nan, dtype=np.float32))
             target[rows[rows >= 0]] = probs[rows >= 0]
             if folds_of is not None:
                 folds_of.setdefault(name, []).append(model.fold)
-            log(f"[kpack] {name} fold {model.fold}: {len(valid)} OOF rows from {model.path}")
+            log(f"[kpack] {name} fold {model.fold}: {len(valid)} OOF rows"
+                + (f" and {len(held)} held-out rows" if len(held) else "") + f" from {model.path}")
     if not oof:
         raise FileNotFoundError("no model with a validation fold among the inputs: nothing to score out of fold")
-    return table, oof
+    held_out = {}
+    for name, parts in held_parts.items():
+        rows = held_rows[name]
+        held_out[name] = np.full(table.targets.shape, np.nan, dtype=np.float32)
+        held_out[name][rows[rows >= 0]] = np.mean(parts, axis=0)[rows >= 0]  # as infer averages a member
+    return table, oof, held_out
+
+
+def _holdout(names: list[str], held_out: dict, targets: np.ndarray, method: str, weights: list[float],
+             rule) -> dict:
+    """The submission's score on the rows no member's models trained on: the members' models averaged, the blend
+    and the rule that validate chose on the OOF rows. Empty when a member has no holdout or none is shared."""
+    if not names or any(n not in held_out for n in names):
+        return {}
+    rows = np.all([~np.isnan(held_out[n]).any(axis=1) for n in names], axis=0)
+    if not rows.any():
+        return {}
+    y = targets[rows].astype(bool)
+    probs = blend.blend([held_out[n][rows] for n in names], method, weights)
+    return {"holdout_score": metrics.fbeta_score(y, rule.apply(probs)), "holdout_rows": int(rows.sum()),
+            "holdout_kind": HOLDOUT_KIND}
 
 
 def _own_cv(oof: np.ndarray, targets: np.ndarray) -> float:
@@ -113,7 +152,7 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
     working = Path(working or inputs.working_dir())
     working.mkdir(parents=True, exist_ok=True)
     folds_of: dict[str, list[int]] = {}
-    table, oof = _oof(config, kit, ev, log, folds_of)
+    table, oof, held_out = _oof(config, kit, ev, log, folds_of)
     names = list(oof)
     covered = np.all([~np.isnan(p).any(axis=1) for p in oof.values()], axis=0)
     if not covered.any():
@@ -146,6 +185,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
         # what the ledger records: every row scored by a blend and rule searched on the other splits' rows
         "cv_score": metrics.fbeta_score(y, pred), "cv_kind": CV_KIND, "cv_splits": min(CV_SPLITS, len(y)),
         "cv_score_in_sample": result.f2,  # the rule searched and scored on the same rows: optimistic
+        # kit.data.holdout: the whole submission scored on rows it never saw (the blend's test score's estimate)
+        **_holdout(names, held_out, table.targets, method, weights, result.rule),
         "rows": int(covered.sum()), "rows_total": len(table.ids),
         "members": {n: {"f2@0.5": metrics.fbeta_score(y, p >= 0.5), "f2_global": thresholds.best_global(p, y)[1],
                         "folds": sorted(folds_of.get(n, [])), "rows": int((~np.isnan(oof[n]).any(axis=1)).sum()),
@@ -168,7 +209,9 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
                         table.labels.ids, teacher.blend_probs(member_probs, method, weights), "oof")
     log(f"[kpack] OOF rows {scores['rows']}/{scores['rows_total']}: F2 {scores['at_0.5']['f2']:.4f} at 0.5, "
         f"{result.f2:.4f} with rule {result.name} in-sample, "
-        f"{scores['cv_score']:.4f} cross-fitted ({method} of {len(names)} member(s))")
+        f"{scores['cv_score']:.4f} cross-fitted ({method} of {len(names)} member(s))"
+        + (f"; the submission on {scores['holdout_rows']} held-out rows {scores['holdout_score']:.4f}"
+           if "holdout_score" in scores else ""))
     return scores
 
 

@@ -204,14 +204,21 @@ def report_of(row: dict) -> str | None:
 
 def cv_cell(row: dict) -> str:
     """The CV with a suffix saying which kind it is (train's one fold vs validate's blend), so the two are never
-    compared by mistake: `(t)` train, `(v)` validate, `(t, in-sample)` a row written before CV was honest."""
+    compared by mistake: `(t)` train, `(v)` validate, `(t, in-sample)` a row written before CV was honest; a
+    validate row with a holdout (kit.data.holdout) adds the submission's score on it."""
     text = _score(row.get("cv_score"))
     kind = row.get("cv_kind") or ""
     if text == "-":
         return text
-    if kind:
-        return f"{text} ({kind.split(':')[0][:1]})"
-    return f"{text} ({(row.get('kind') or '?')[:1]}, in-sample)"
+    if not kind:
+        return f"{text} ({(row.get('kind') or '?')[:1]}, in-sample)"
+    holdout = _holdout_score(row)
+    return f"{text} ({kind.split(':')[0][:1]})" + (f", holdout {_score(holdout)}" if holdout is not None else "")
+
+
+def _holdout_score(row: dict) -> float | None:
+    value = (row.get("metrics") or {}).get("holdout_score")
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def plan_cell(row: dict) -> str:
@@ -313,6 +320,10 @@ def campaign_table(rows: list[dict], campaign: str | None = None) -> str:
             lines.append((what, "-", "-", _kernel_version(r), "-",
                           r.get("status") or "-", _score(r.get("cv_score")), _score(r.get("lb_score")),
                           _score(r.get("private_score")), r.get("note") or ""))
+            if kind == "validate" and _holdout_score(r) is not None:  # the one CV that predicts the submission
+                lines.append(("blend, held out", "-", "-", _kernel_version(r), "-", r.get("status") or "-",
+                              _score(_holdout_score(r)), "-", "-",
+                              f"{r['metrics'].get('holdout_rows')} rows no fold trained on"))
     text = _aligned(lines)
     reads = next((r.get("sources") for r in reversed(rows) if r.get("kind") == "infer" and r.get("sources")), None)
     return text + (f"\ninfer read: {', '.join(reads)}" if reads else "")

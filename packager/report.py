@@ -389,6 +389,9 @@ def _summary(data: dict) -> list[tuple[str, str]]:
                          + (f" ({scores['cv_kind']})" if scores.get("cv_kind") else "")))
             if isinstance(scores.get("cv_score_in_sample"), (int, float)):
                 rows.append(("CV in-sample (optimistic)", f"{scores['cv_score_in_sample']:.5f}"))
+            if isinstance(scores.get("holdout_score"), (int, float)):
+                rows.append(("the submission, held out", f"{scores['holdout_score']:.5f} on "
+                                                         f"{scores.get('holdout_rows')} rows no fold trained on"))
         searched, half = scores.get("searched") or {}, scores.get("at_0.5") or {}
         if searched:
             rows.append(("chosen rule", f"{searched.get('rule')}: F2 {searched.get('f2', 0):.4f}, precision "
