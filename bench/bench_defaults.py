@@ -46,6 +46,8 @@ CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function
     "onecycle": {"schedule": {"name": "onecycle"}}, "warmup": {"schedule": {"warmup_steps": 50}},
     "ema": {"ema": {"enabled": True}}, "medium_aug": {"augment": {"train": "medium"}},
     "thr_global": {"thresholds": {"method": "global"}},
+    # honest CV of the whole submission: a fifth of the rows held out of every fold (gap_holdout)
+    "holdout": {"data": {"holdout": 0.2}},
     # the winners' techniques
     "label_smooth": {"stages": [{"label_smoothing": 0.1}]}, "mixup": {"mix": {"mixup_alpha": 0.4}},
     "cutmix": {"mix": {"cutmix_alpha": 1.0}}, "mining": {"mining": {"share": 0.2}},
@@ -152,9 +154,11 @@ def run_one(tmp: Path, comp: gencomp.Competition, slug: str, size: int, epochs: 
         shutil.rmtree(root / "input" / "notebooks" / "kpack" / f"train-f{fold}")
     f2_one = test_f2(infer.run(infer_cfg, working=root / "working-one", log=quiet), comp)
     cv, cv_in = scores["cv_score"], scores["cv_score_in_sample"]
+    held = {"holdout": round(scores["holdout_score"], 4), "gap_holdout": round(scores["holdout_score"] - f2, 4)} \
+        if "holdout_score" in scores else {}
     return {"test_f2": round(f2, 4), "cv": round(cv, 4), "cv_in_sample": round(cv_in, 4),
             "gap": round(cv - f2, 4), "gap_in_sample": round(cv_in - f2, 4), "test_f2_one": round(f2_one, 4),
-            "gap_one": round(cv - f2_one, 4)}
+            "gap_one": round(cv - f2_one, 4), **held}
 
 
 def tuned_vs_defaults(results: dict[str, dict[str, dict]]) -> None:
@@ -217,6 +221,11 @@ def main() -> None:
     for name in names:
         mean = {c: np.mean([results[k][name][c] for k in results]) for c in cols}
         print(f"{'mean':10} {name:13} " + " ".join(f"{mean[c]:13.4f}" for c in cols))
+    for name in names:  # kit.data.holdout: the whole submission scored on rows no fold trained on, minus test
+        gaps = [results[k][name]["gap_holdout"] for k in results if "gap_holdout" in results[k][name]]
+        if len(gaps) > 1:
+            print(f"{name}: gap_holdout mean {np.mean(gaps):+.4f} (standard error "
+                  f"{np.std(gaps, ddof=1) / len(gaps) ** .5:.4f}, {len(gaps)} competitions)")
     if "defaults" in names and len(names) > 1:
         tuned_vs_defaults(results)
     print(f"seconds: {time.time() - started:.0f}")
