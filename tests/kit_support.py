@@ -59,6 +59,21 @@ def tiny_kit(root: Path, **overrides) -> dict:
     return kit
 
 
+def train_in_process(base: Path, comp_dir: Path, slug: str, configs: dict[str, dict]) -> Path:
+    """Train each config (run name: whole config) in this process into base/runs/NAME, with only the
+    competition mounted (no other inputs: every run starts fresh); returns base/runs."""
+    from kernel_src import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KPACK_SESSION_SECONDS", "3600")
+        mp.setenv("KPACK_KAGGLE_ROOT", str(base / "train-root"))
+        (base / "train-root" / "input").mkdir(parents=True)
+        (base / "train-root" / "input" / slug).symlink_to(comp_dir)
+        for name, config in configs.items():
+            train.main(config, working=base / "runs" / name)
+    return base / "runs"
+
+
 def final_weights(working: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load_model(working / "model.pt")["model"]
 

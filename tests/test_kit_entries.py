@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kernel_src import infer, settings, validate
+from kit_support import train_in_process
 from packager import democomp
 from packager.localkaggle.scoring import score_submission
 
@@ -35,20 +36,10 @@ def _kit(**changes) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Three trained models: member A folds 0 and 1, member B (another lr) fold 0 only."""
-    from kernel_src import train
-
     base = tmp_path_factory.mktemp("entries")
     comp = democomp.generate(base / "comp", seed=0, n_train=48, n_test=12, image_size=32)
     runs = {"a-f0": _kit(), "a-f1": _kit(data={"fold": 1}), "b-f0": _kit(optim={"lr": 1e-2})}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KPACK_SESSION_SECONDS", "3600")
-        mp.setenv("KPACK_KAGGLE_ROOT", str(base / "train-root"))  # no inputs: every run starts fresh
-        (base / "train-root").mkdir()
-        (base / "train-root" / "input").mkdir()
-        (base / "train-root" / "input" / SLUG).symlink_to(comp.data_dir)
-        for name, kit in runs.items():
-            train.main(_config(kit), working=base / "runs" / name)
-    return comp, base / "runs"
+    return comp, train_in_process(base, comp.data_dir, SLUG, {name: _config(kit) for name, kit in runs.items()})
 
 
 def _root(tmp_path: Path, monkeypatch, comp, runs: Path, members: list[str], extra: dict | None = None) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kernel_src import data, folds, infer, metrics, settings, validate
+from kit_support import train_in_process
 from packager import democomp, ledger
 
 SLUG = "digits-multilabel"
@@ -61,18 +62,10 @@ def test_the_holdout_setting_is_checked_and_hashed_only_when_set():
 def trained(tmp_path_factory):
     """Member a: folds 0 and 1 and one model on every row but the holdout (fold -1); member b (another lr):
     folds 0 and 1. All hold out the same quarter of the 64 rows."""
-    from kernel_src import train
-
     base = tmp_path_factory.mktemp("holdout")
     comp = democomp.generate(base / "comp", seed=2, n_train=64, n_test=8, image_size=32)
     runs = {"a-f0": _kit(0), "a-f1": _kit(1), "a-all": _kit(-1), "b-f0": _kit(0, 1e-2), "b-f1": _kit(1, 1e-2)}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KPACK_SESSION_SECONDS", "3600")
-        mp.setenv("KPACK_KAGGLE_ROOT", str(base / "train-root"))
-        (base / "train-root" / "input").mkdir(parents=True)
-        (base / "train-root" / "input" / SLUG).symlink_to(comp.data_dir)
-        for name, kit in runs.items():
-            train.main(_config(kit), working=base / "runs" / name)
+    train_in_process(base, comp.data_dir, SLUG, {name: _config(kit) for name, kit in runs.items()})
     return comp, base
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kernel_src import infer, planner
+from kit_support import train_in_process
 from packager import democomp
 
 SLUG = "digits-multilabel"
@@ -100,8 +101,6 @@ def _config(kit: dict, **infer_settings) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Three members (learning rates), two of them with both folds: five test_resnet models."""
-    from kernel_src import train
-
     base = tmp_path_factory.mktemp("planner")
     comp = democomp.generate(base / "comp", seed=0, n_train=48, n_test=1200, image_size=32)
     runs = {}
@@ -109,15 +108,8 @@ def trained(tmp_path_factory):
         for fold in folds:
             runs[f"{member}-f{fold}"] = {**copy.deepcopy(KIT), "optim": {"batch_size": 16, "lr": lr},
                                          "data": {**KIT["data"], "fold": fold}}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KPACK_SESSION_SECONDS", "3600")
-        mp.setenv("KPACK_KAGGLE_ROOT", str(base / "train-root"))
-        (base / "train-root" / "input").mkdir(parents=True)
-        (base / "train-root" / "input" / SLUG).symlink_to(comp.data_dir)
-        for name, kit in runs.items():
-            train.main({"competition": SLUG, "kaggle_user": "kpack", "kernels": {}, "kit": kit},
-                       working=base / "runs" / name)
-    return comp, base / "runs"
+    return comp, train_in_process(base, comp.data_dir, SLUG, {
+        name: {"competition": SLUG, "kaggle_user": "kpack", "kernels": {}, "kit": kit} for name, kit in runs.items()})
 
 
 def _root(tmp_path: Path, monkeypatch, comp, runs: Path, members: list[str], public_rows: int | None = None) -> Path:
