@@ -78,9 +78,9 @@ def _oof(config: dict, kit: settings.KitSettings, ev: infer.EvalSettings, log,
             if model.fold < 0 and not len(held):
                 log(f"[kpack] {model.path}: trained on every row (fold -1), so it has no OOF rows; skipped")
                 continue
-            rows = np.asarray([row_of.get(own.ids[i], -1) for i in np.concatenate([valid, held])], dtype=np.int64)
-            probs = infer.predict(model, [own.paths[i] for i in np.concatenate([valid, held])], kit.augment.tta,
-                                  ev, kit)
+            scored = np.concatenate([valid, held])  # one predict call: it frees the model's state
+            rows = np.asarray([row_of.get(own.ids[i], -1) for i in scored], dtype=np.int64)
+            probs = infer.predict(model, [own.paths[i] for i in scored], kit.augment.tta, ev, kit)
             if len(held):  # a member's models share its holdout (only the fold differs), in the same order
                 held_rows[name] = rows[len(valid):]
                 held_parts.setdefault(name, []).append(probs[len(valid):])
@@ -108,7 +108,7 @@ def _holdout(names: list[str], held_out: dict, targets: np.ndarray, method: str,
              rule) -> dict:
     """The submission's score on the rows no member's models trained on: the members' models averaged, the blend
     and the rule that validate chose on the OOF rows. Empty when a member has no holdout or none is shared."""
-    if not names or any(n not in held_out for n in names):
+    if any(n not in held_out for n in names):
         return {}
     rows = np.all([~np.isnan(held_out[n]).any(axis=1) for n in names], axis=0)
     if not rows.any():

@@ -81,7 +81,7 @@ def _first_number(data: Any) -> float | None:
     if isinstance(best, dict):
         for key in SCORE_KEYS + METRIC_KEYS:
             value = best.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _is_number(value):
                 return float(value)
     return None
 
@@ -193,7 +193,11 @@ def latest(path: str | os.PathLike | None = None, **match) -> dict | None:
 
 
 def _score(value) -> str:
-    return f"{value:.5f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    return f"{value:.5f}" if _is_number(value) else "-"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def report_of(row: dict) -> str | None:
@@ -218,7 +222,7 @@ def cv_cell(row: dict) -> str:
 
 def _holdout_score(row: dict) -> float | None:
     value = (row.get("metrics") or {}).get("holdout_score")
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return value if _is_number(value) else None
 
 
 def plan_cell(row: dict) -> str:
