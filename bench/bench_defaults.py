@@ -1,5 +1,5 @@
-"""The kit's defaults against hand-tuned settings on generated competitions (bench/gencomp.py: shapes, longtail, noisy;
-and `digits`, the demo's generator).
+"""The kit's defaults against hand-tuned settings on generated competitions (bench/gencomp.py: shapes, longtail, noisy,
+scenes; and `digits`, the demo's generator).
 
 Per competition and config: 2 folds (--folds) trained in-process (CPU, 1 torch thread, timm test_resnet from
 scratch, or with --pretrained from weights trained on another kind's competition), then validate (OOF blend,
@@ -11,7 +11,7 @@ With the defaults among several configs, a last summary sets the defaults agains
 keep by its CV (scored on the test) and against the best on the test itself.
 
     .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 12] [--folds 2] [--seeds 1,2]
-        [--kinds shapes,longtail,noisy,digits (all four)] [--configs defaults,batch32,lr1e-3,...: the CONFIGS below] [--pretrained]
+        [--kinds shapes,longtail,noisy,scenes,digits (all five)] [--configs defaults,batch32,lr1e-3,...: the CONFIGS below] [--pretrained]
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_f2(submission: Path, comp: gencomp.Competition) -> float:
     return metrics.fbeta_score(hot(sol["attribute_ids"], n), hot(sub["attribute_ids"], n))
 
 
-# the three kinds of gencomp.py, and `digits`: the demo's generator (packager/democomp.py, 32 px, RGB)
+# the kinds of gencomp.py, and `digits`: the demo's generator (packager/democomp.py, 32 px, RGB)
 KINDS = (*gencomp.KINDS, "digits")
 SIZES = {**gencomp.SIZES, "digits": 32}
 
@@ -118,7 +118,8 @@ def mount(tmp: Path, comp: gencomp.Competition, slug: str) -> Path:
 
 
 # --pretrained: weights learnt on another kind's task stand in for ImageNet's (features, not these labels)
-PRETRAIN_SOURCE = {"shapes": "longtail", "longtail": "shapes", "noisy": "longtail", "digits": "longtail"}
+PRETRAIN_SOURCE = {"shapes": "longtail", "longtail": "shapes", "noisy": "longtail", "digits": "longtail",
+                   "scenes": "shapes"}
 
 
 def pretrained_weights(tmp: Path, kind: str, epochs: int) -> Path:

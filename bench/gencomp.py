@@ -7,6 +7,9 @@ Kinds:
             many rare; 1-3 textures tiled into regions of the image, 32 px
   noisy     the shapes task at 48 px with background noise; its TRAIN labels are corrupted (each true label missing
             with p=MISSING, each absent label spurious with p=SPURIOUS); the test solution stays clean
+  scenes    made after the kit's defaults were chosen, to check them out of sample: sky::{day,dusk,night} and
+            ground::{grass,sand,water,rock} (exactly one of each: the top and bottom of the image) and eight
+            object:: labels, each present on its own with a frequency from 0.45 down to 0.03, 56 px
 
 Layout (as packager/democomp.py): out/data/{train.csv,labels.csv,sample_submission.csv,train/,test/},
 out/solution.csv (id,attribute_ids,Usage; hidden, outside data/), and out/train_clean.csv (the uncorrupted train
@@ -22,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-KINDS = ("shapes", "longtail", "noisy")
-SIZES = {"shapes": 40, "longtail": 32, "noisy": 48}
+KINDS = ("shapes", "longtail", "noisy", "scenes")  # appended only: a kind's index seeds its generator
+SIZES = {"shapes": 40, "longtail": 32, "noisy": 48, "scenes": 56}
 SHAPES = ["circle", "square", "triangle", "cross", "ring", "bar"]
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240), "yellow": (230, 220, 40),
            "white": (240, 240, 240)}
@@ -31,6 +34,13 @@ TEXTURES = ["hstripes", "vstripes", "dstripes", "checks", "dots", "grid", "solid
             "zigzag", "bricks", "cross", "diamonds", "sparse_dots", "thick_hstripes", "thick_vstripes", "fine_checks",
             "waves", "speckle"]
 MISSING, SPURIOUS = 0.10, 0.03
+SKIES = {"day": (90, 150, 230), "dusk": (230, 130, 70), "night": (20, 25, 60)}
+GROUNDS = {"grass": (60, 150, 50), "sand": (220, 200, 120), "water": (40, 90, 200), "rock": (120, 120, 120)}
+OBJECTS = {  # name: (shape drawn, colour, frequency)
+    "sun": ("circle", (250, 220, 40), 0.45), "tree": ("triangle", (20, 100, 30), 0.35),
+    "house": ("square", (170, 60, 40), 0.25), "cloud": ("ring", (245, 245, 245), 0.15),
+    "boat": ("bar", (140, 80, 30), 0.10), "flag": ("cross", (220, 30, 30), 0.06),
+    "kite": ("triangle", (230, 60, 200), 0.04), "lamp": ("circle", (250, 250, 170), 0.03)}
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class Competition:
 def label_names(kind: str) -> list[str]:
     if kind == "longtail":
         return [f"texture::{t}" for t in TEXTURES]
+    if kind == "scenes":
+        return [f"sky::{k}" for k in SKIES] + [f"ground::{g}" for g in GROUNDS] + [f"object::{o}" for o in OBJECTS]
     return [f"shape::{s}" for s in SHAPES] + [f"colour::{c}" for c in COLOURS]
 
 
@@ -110,6 +122,24 @@ def _longtail_image(size: int, rng: np.random.Generator, freq: np.ndarray) -> tu
     return Image.fromarray(canvas.round().astype(np.uint8), "RGB"), sorted(int(t) for t in chosen)
 
 
+def _scenes_image(size: int, rng: np.random.Generator) -> tuple[Image.Image, list[int]]:
+    sky, ground = int(rng.integers(len(SKIES))), int(rng.integers(len(GROUNDS)))
+    horizon = int(size * rng.uniform(0.45, 0.65))
+    pixels = np.empty((size, size, 3), np.float32)
+    pixels[:horizon] = np.asarray(list(SKIES.values())[sky]) * rng.uniform(0.8, 1.1)
+    pixels[horizon:] = np.asarray(list(GROUNDS.values())[ground]) * rng.uniform(0.8, 1.1)
+    pixels += rng.normal(0, 12, pixels.shape)  # texture, so no colour is exact
+    image = Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8), "RGB")
+    draw, labels = ImageDraw.Draw(image), [sky, len(SKIES) + ground]
+    for o, (shape, colour, freq) in enumerate(OBJECTS.values()):
+        if rng.random() < freq:
+            side = int(rng.integers(size // 6, size // 3 + 1))
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            _draw_shape(draw, shape, (x, y, x + side - 1, y + side - 1), colour)
+            labels.append(len(SKIES) + len(GROUNDS) + o)
+    return image, labels
+
+
 def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=6)
@@ -137,6 +167,8 @@ def generate(out: Path, kind: str, *, seed: int = 0, n_train: int = 600, n_test:
         for i in range(n):
             if kind == "longtail":
                 image, labels = _longtail_image(size, rng, freq)
+            elif kind == "scenes":
+                image, labels = _scenes_image(size, rng)
             else:
                 image, labels = _shapes_image(size, 0.08 if kind == "noisy" else 0.0, rng)
             image_id = hashlib.sha1(f"gencomp:{kind}:{seed}:{split}:{i}".encode()).hexdigest()[:16]

@@ -37,7 +37,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind,groups", [("shapes", {"shape", "colour"}), ("longtail", {"texture"}),
-                                         ("noisy", {"shape", "colour"})])
+                                         ("noisy", {"shape", "colour"}), ("scenes", {"sky", "ground", "object"})])
 def test_the_kit_reads_the_groups(tmp_path, kind, groups):
     comp = gencomp.generate(tmp_path / kind, kind, seed=0, n_train=10, n_test=4)
     table = data.read_train(settings.parse({}).data, comp.data_dir)
@@ -55,6 +55,16 @@ def test_longtail_is_long_tailed_and_shapes_is_not(tmp_path):
     shapes = gencomp.generate(tmp_path / "s", "shapes", seed=0, n_train=400, n_test=2, image_size=16)
     shape_counts = _hot(shapes.data_dir / "train.csv", len(shapes.names)).sum(0)[:len(gencomp.SHAPES)]
     assert shape_counts.max() < 2 * np.median(shape_counts)
+
+
+def test_scenes_has_one_sky_one_ground_and_rarer_and_rarer_objects(tmp_path):
+    comp = gencomp.generate(tmp_path / "s", "scenes", seed=0, n_train=1000, n_test=2, image_size=24)
+    y = _hot(comp.data_dir / "train.csv", len(comp.names))
+    skies, grounds = len(gencomp.SKIES), len(gencomp.GROUNDS)
+    assert (y[:, :skies].sum(1) == 1).all() and (y[:, skies:skies + grounds].sum(1) == 1).all()
+    objects = y[:, skies + grounds:].mean(0)
+    expected = np.array([freq for _, _, freq in gencomp.OBJECTS.values()])
+    assert np.abs(objects - expected).max() < 0.05 and objects[0] > 5 * objects[-1]
 
 
 def test_noisy_train_labels_are_corrupted_at_the_set_rates(tmp_path):
