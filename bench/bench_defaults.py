@@ -46,6 +46,7 @@ CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function
     "onecycle": {"schedule": {"name": "onecycle"}}, "warmup": {"schedule": {"warmup_steps": 50}},
     "ema": {"ema": {"enabled": True}}, "medium_aug": {"augment": {"train": "medium"}},
     "thr_global": {"thresholds": {"method": "global"}},
+    "one_of_scenes": {"thresholds": {"one_of": ["sky", "ground"]}},  # scenes only: the search keeps each or not
     # honest CV of the whole submission: a fifth of the rows held out of every fold (gap_holdout)
     "holdout": {"data": {"holdout": 0.2}},
     # the winners' techniques
