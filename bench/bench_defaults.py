@@ -78,19 +78,11 @@ def kit(size: int, epochs: int, extra: dict, folds: int, fold: int | None = None
     return k
 
 
-def hot(cells, n: int) -> np.ndarray:
-    y = np.zeros((len(cells), n), bool)
-    for r, cell in enumerate(cells):
-        for t in str(cell).split():
-            y[r, int(t)] = True
-    return y
-
-
 def test_f2(submission: Path, comp: gencomp.Competition) -> float:
     sol = pd.read_csv(comp.solution_csv, dtype=str, keep_default_na=False).set_index("id")
     sub = pd.read_csv(submission, dtype=str, keep_default_na=False).set_index("id").loc[sol.index]
     n = len(comp.names)
-    return metrics.fbeta_score(hot(sol["attribute_ids"], n), hot(sub["attribute_ids"], n))
+    return metrics.fbeta_score(gencomp.hot(sol["attribute_ids"], n), gencomp.hot(sub["attribute_ids"], n))
 
 
 # the kinds of gencomp.py, and `digits`: the demo's generator (packager/democomp.py, 32 px, RGB)

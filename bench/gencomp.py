@@ -60,6 +60,14 @@ def label_names(kind: str) -> list[str]:
     return [f"shape::{s}" for s in SHAPES] + [f"colour::{c}" for c in COLOURS]
 
 
+def hot(cells, n: int) -> np.ndarray:
+    """(rows, n) bool targets from attribute_ids cells ("0 3 5": the column numbers these competitions use)."""
+    y = np.zeros((len(cells), n), bool)
+    for r, cell in enumerate(cells):
+        y[r, [int(t) for t in str(cell).split()]] = True
+    return y
+
+
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
     x0, y0, x1, y1 = box
     cx, cy, w = (x0 + x1) / 2, (y0 + y1) / 2, max(2, (x1 - x0) // 5)

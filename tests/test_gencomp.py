@@ -17,11 +17,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _hot(csv: Path, n: int) -> np.ndarray:
-    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    y = np.zeros((len(frame), n), bool)
-    for r, cell in enumerate(frame["attribute_ids"]):
-        y[r, [int(t) for t in cell.split()]] = True
-    return y
+    return gencomp.hot(pd.read_csv(csv, dtype=str, keep_default_na=False)["attribute_ids"], n)
 
 
 @pytest.mark.parametrize("kind", gencomp.KINDS)
