@@ -68,13 +68,19 @@ def remote_version(api, ref: str) -> tuple[bool, int | None]:
         if err.status in (403, 404):
             return False, None
         raise
+    return True, instance_version(api, ref)
+
+
+def instance_version(api, ref: str) -> int | None:
+    """The current version of instance owner/model/framework/variation, None where there is none: one call, for
+    the sources checks (remote_version also asks for the model, which only publishing needs to know)."""
     try:
         instance = kaggle_api.call(f"get model instance {ref}", api.model_instance_get, ref)
     except kaggle_api.KaggleCallError as err:
         if err.status in (403, 404):
-            return True, None
+            return None
         raise
-    return True, getattr(instance, "version_number", None) or None
+    return getattr(instance, "version_number", None) or None
 
 
 def wait_ready(api, ref: str, at_least: int, timeout_s: float | None = None) -> int:
@@ -186,7 +192,7 @@ def check_sources(api, cfg, kind: str) -> None:
     the backend with that version (Kaggle would only drop it from the kernel after the push: invalidModelSources)."""
     for source in cfg.kernel(kind).sources.models:
         parts = source.split("/")
-        _, newest = remote_version(api, "/".join(parts[:4]))
+        newest = instance_version(api, "/".join(parts[:4]))
         where = f"{cfg.where('kernels', kind, 'sources', 'models')}kernels.{kind}.sources.models"
         if newest is None:
             raise UserError(f"{where}: {'/'.join(parts[:4])} is not a model instance on {cfg.backend} (or not "
@@ -213,7 +219,7 @@ def pin_sources(api, cfg, kind: str, folder: Path) -> None:
         if len(parts) == 5 and base != own:
             pinned.append(source)
             continue
-        _, version = remote_version(api, base)
+        version = instance_version(api, base)
         if version is None:
             raise UserError(f"kernels.{kind}.sources.models: {base} is not a model instance on the backend "
                             f"({cfg.backend}); check the name (owner/model/framework/variation) or publish it "

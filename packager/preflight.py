@@ -232,14 +232,9 @@ class Backend:
         if what == "kernel":
             return kaggle_api.get_kernel(self.api, *ref.split("/")) is not None
         if what == "model":  # owner/model/framework/variation[/version]: the instance (GetModelInstance)
-            instance = "/".join(ref.split("/")[:4])
-            try:
-                kaggle_api.call(f"get model instance {instance}", self.api.model_instance_get, instance)
-            except kaggle_api.KaggleCallError as err:
-                if err.status in (403, 404):
-                    return False
-                raise
-            return True
+            from packager.models_push import instance_version
+
+            return instance_version(self.api, "/".join(ref.split("/")[:4])) is not None
         return self.competition(ref) is not None
 
     def dataset_exists(self, ref: str) -> bool:

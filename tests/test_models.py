@@ -265,6 +265,9 @@ def test_kpack_publishes_models_as_an_instance_and_versions_it_only_when_changed
     stats = local_kaggle.stats()
     assert stats["uploaded_bytes"] == 0 and "StartBlobUpload" not in stats["calls"]
     assert "CreateModelInstanceVersion" not in stats["calls"]
+    # the model is asked for once (does it exist, to publish), the instance by publishing and by the pinning
+    assert {k: v for k, v in stats["calls"].items() if k.startswith("GetModel")} == {"GetModel": 1,
+                                                                                    "GetModelInstance": 2}
 
     (proj.root / "models" / "hf-tiny" / "config.json").write_text('{"hidden": 16}')
     local_kaggle.reset_stats()
