@@ -178,6 +178,9 @@ def test_kpack_push_waits_for_each_new_version_and_says_so(project, server, monk
     seconds = [int(line.split("status ")[1].split(", ")[1].split("s so far")[0]) for line in waiting]
     assert seconds == sorted(seconds) and seconds[-1] >= 2, waiting  # how long, as it goes
     assert out.index("v1 ready (waited") < out.index(f"pushed alice/{project.train_slug} v1")
+    # the link a person opens: the local Kaggle's kernel page (pages.py), not the url the client's proxy reaches
+    page = f"http://127.0.0.1:{project.cfg().local.port}/code/alice/{project.train_slug}"
+    assert f"pushed alice/{project.train_slug} v1 ({page})" in out
     assert project.kernel_versions()[0]["mounts"][0]["version"] == 1
 
     (project.root / "models" / "head.tiny.pth").write_bytes(os.urandom(15 * 1024))

@@ -10,6 +10,7 @@ absolute URL in the request line, so the path is taken from the full URL. Direct
     PUT  /_kpack/upload/<token>            blob bytes; `Content-Range: bytes */N` probes (308 + Range)
     GET  /_kpack/files/kernels/<owner>/<slug>/<N>/<name>   a kernel version's output file (no auth, like
                                            Kaggle's signed URLs)
+    GET  /code/<owner>/<slug>              the kernel's page: each version's status, output and log (pages.py)
     GET  /_kpack/health                    {"ok": true, "root": ..., "pid": ...}
     GET  /_kpack/stats, POST /_kpack/stats/reset
     GET|POST|DELETE /_kpack/faults         see faults.py
@@ -284,6 +285,8 @@ class Handler(BaseHTTPRequestHandler):
             self._dispatch("GET", lambda: self._download(path))
         elif path.startswith("/_kpack/"):
             self._dispatch(path, lambda: self._admin("GET", path))
+        elif re.fullmatch(r"/code/[^/]+/[^/]+/?", path):
+            self._dispatch("page", lambda: self._kernel_page(*path.split("/")[2:4]))
         else:
             self._dispatch(path, lambda: _raise(ApiError(404, f"no such endpoint: {path}")))
 
@@ -413,6 +416,14 @@ class Handler(BaseHTTPRequestHandler):
         if target is None:
             raise ApiError(404, f"no such file: {unquote(path)}")
         self._send_file(target, "application/octet-stream", target.name, rule)
+
+    def _kernel_page(self, owner: str, slug: str) -> None:
+        from packager.localkaggle.pages import kernel_page
+
+        page = kernel_page(self.app.store, unquote(owner), unquote(slug))
+        if page is None:
+            raise ApiError(404, f"no kernel {unquote(owner)}/{unquote(slug)} on the local Kaggle")
+        self._send(200, page.encode(), "text/html; charset=utf-8")
 
     def _stored_file(self, parts: list[str]) -> Path | None:
         """The file behind /_kpack/files/<area>/...: kernel output, dataset file or archive, competition data."""

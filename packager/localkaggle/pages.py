@@ -1,0 +1,51 @@
+"""The local Kaggle's kernel page, GET /code/<owner>/<slug>: where kpack's links to a local run point.
+
+kaggle.com's page of a kernel shows each version's status, log and output; this one shows the same from the
+store, newest version first (anchor #vN), as plain HTML with no script and nothing fetched from elsewhere. The
+output links are the server's own file URLs (/_kpack/files/...). Like those files, the page needs no sign-in:
+the server listens on the loopback only, unless `--host` says otherwise.
+"""
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from packager import logs
+from packager.localkaggle.rpc import BASE_URL, file_url
+from packager.localkaggle.runner import read_log
+from packager.localkaggle.store import TERMINAL, Store, list_files
+
+LOG_LINES = 200  # the tail each version shows; `kpack logs` has the whole log
+
+
+def kernel_page(store: Store, owner: str, slug: str) -> str | None:
+    """The page's HTML, or None where there is no such kernel."""
+    info = store.kernel(owner, slug)
+    if info is None:
+        return None
+    title = escape(f"{owner}/{slug}")
+    versions = [store.kernel_version(owner, slug, n) for n in reversed(info["versions"])]
+    body = "\n".join(_version(owner, slug, v) for v in versions if v)
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            "<style>body{font:14px sans-serif;margin:2em}pre{background:#f4f4f4;padding:8px;overflow-x:auto}"
+            ".ERROR{color:#b00}.COMPLETE{color:#070}</style></head>\n"
+            f"<body><h1>{escape(info.get('title') or slug)}</h1><p>{title}: {len(versions)} version(s), "
+            f"newest first (the local Kaggle)</p>\n{body}\n</body></html>\n")
+
+
+def _version(owner: str, slug: str, v: dict) -> str:
+    number, status = v["number"], str(v.get("status", ""))
+    pushed = str(v.get("created", "?"))[:19].replace("T", " ")
+    facts = [f"machine {v.get('machine_shape_effective') or 'None'}", f"pushed {pushed} UTC"]
+    if v.get("seconds") is not None:
+        facts.append(f"ran {float(v['seconds']):.0f}s")
+    failure = f"<p class=\"ERROR\">{escape(v['failure_message'])}</p>" if v.get("failure_message") else ""
+    files = list_files(Path(v["output_dir"])) if v.get("output_dir") and status in TERMINAL else []
+    links = "".join(f"<li><a href=\"{escape(file_url('kernels', owner, slug, number, name).removeprefix(BASE_URL))}"
+                    f"\">{escape(name)}</a> ({size:,} bytes)</li>" for name, size in files)
+    lines = logs.plain(logs.decode(read_log(Path(v["log_path"])))).splitlines() if v.get("log_path") else []
+    cut = f" (the last {LOG_LINES} of {len(lines)} lines)" if len(lines) > LOG_LINES else ""
+    return (f"<section id=\"v{number}\"><h2>Version {number}: <span class=\"{escape(status)}\">{escape(status)}"
+            f"</span></h2><p>{escape(', '.join(facts))}</p>{failure}"
+            f"<h3>Output</h3><ul>{links or '<li>none</li>'}</ul>"
+            f"<h3>Log{cut}</h3><pre>{escape(chr(10).join(lines[-LOG_LINES:]))}</pre></section>")

@@ -1,0 +1,47 @@
+"""The local Kaggle's kernel page (/code/<owner>/<slug>, where kpack's links to a local run point), opened in a
+real headless Chromium: each version's status, failure, output links that download the file, and the log's
+text, escaped; newest version first; 404 for a kernel that does not exist."""
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import USER
+from test_localkaggle_cli import make_kernel, ok, uniq
+from test_report import _browser
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+GOOD = ("import pathlib\nprint('<script>document.title = \"ran\"</script> & done')\n"
+        "pathlib.Path('/kaggle/working/sub').mkdir()\n"
+        "pathlib.Path('/kaggle/working/sub/result.txt').write_text('<b>42</b>')\n")
+BAD = "raise SystemExit('broken on purpose')\n"
+
+
+@pytest.mark.slow
+def test_the_kernel_page_shows_every_version_in_a_real_browser(local_kaggle, run_kaggle, tmp_path):
+    slug = uniq("page")
+    for number, code in ((1, GOOD), (2, BAD)):
+        ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / f"k{number}", slug, code))))
+        local_kaggle.wait_kernel(USER, slug, number)
+    url = f"{local_kaggle.url}/code/{USER}/{slug}"
+    shown = _browser("--no-proxy-server", "--dump-dom", url)
+    assert shown.returncode == 0, shown.stderr
+    dom = shown.stdout
+    newest, oldest = dom.index("Version 2: "), dom.index("Version 1: ")
+    assert newest < oldest
+    assert re.search(r'Version 2: <span class="ERROR">ERROR</span>', dom)
+    assert re.search(r'Version 1: <span class="COMPLETE">COMPLETE</span>', dom)
+    assert "broken on purpose" in dom[newest:oldest]
+    # the kernel's output, as text: its markup escaped, never run (the title stays the page's own)
+    assert "&lt;script&gt;document.title = \"ran\"&lt;/script&gt; &amp; done" in dom
+    assert f"<title>{USER}/{slug}</title>" in dom and "<script>" not in dom
+    href = re.search(r'<a href="([^"]+)">sub/result.txt</a>', dom[oldest:]).group(1)
+    with NO_PROXY.open(local_kaggle.url + href, timeout=10) as answer:
+        assert answer.read() == b"<b>42</b>"
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        NO_PROXY.open(f"{local_kaggle.url}/code/{USER}/no-such-{slug}", timeout=10)
+    assert missing.value.code == 404
