@@ -51,9 +51,9 @@ def scan_for_secrets(cfg, paths: list[Path]) -> None:
 class InvalidSources(UserError):
     """SaveKernel made the version without some of its sources (invalid*Sources)."""
 
-    def __init__(self, message: str, version: int | None, kernels: list[str], url: str | None):
+    def __init__(self, message: str, version: int | None, kernels: list[str]):
         super().__init__(message, exit_code=1)
-        self.version, self.kernels, self.url = version, kernels, url
+        self.version, self.kernels = version, kernels
 
 
 def kernel_source_problem(api, source: str) -> str:
@@ -85,8 +85,7 @@ def _check_save_response(api, ref: str, response) -> int | None:
         made = f" (v{version} was made without them)" if version else ""
         fix = ("wait for that kernel to end COMPLETE, then push again" if kernels and len(problems) == len(kernels)
                else "fix the sources in kpack.yaml and push again")
-        raise InvalidSources(f"kaggle: push {ref}: {'; '.join(problems)}{made}; {fix}", version, kernels,
-                             getattr(response, "url", None))
+        raise InvalidSources(f"kaggle: push {ref}: {'; '.join(problems)}{made}; {fix}", version, kernels)
     return version
 
 
@@ -507,7 +506,7 @@ def _chain_source_invalid(api, cfg, kind: str, previous: watch.KernelRef, sessio
     Record it as SOURCES_INVALID (so `kpack watch` does not follow or chain from it) and stop with the cause."""
     owner, slug = cfg.kaggle_user, chain.session_slug(cfg.kernel(kind).slug, session, chain.chain_mode(cfg, kind))
     made = watch.KernelRef(owner, slug, err.version, kind, session)
-    page = err.url or f"https://www.kaggle.com/code/{owner}/{slug}"
+    page = notify.run_link(cfg, f"{owner}/{slug}")
     message = (f"{kind}: session {session} ({made}) was made without session {previous.session}'s output: "
                f"{kernel_source_problem(api, previous.ref)}: that kernel was pushed again or has not ended. {made} "
                f"would train from scratch: stop it on its page ({page}; no API call can: SaveKernel "
