@@ -156,8 +156,6 @@ def push_folder(api, cfg, kind: str, folder: Path, wait_for_slot: bool = True) -
     if version is None:
         raise UserError(f"kaggle: push {owner}/{slug}: the server gave no version number", exit_code=1)
     url = getattr(response, "url", None)
-    if getattr(cfg, "backend", None) == "local":  # its url is the one the client reaches through the proxy
-        url = notify.run_link(cfg, f"{owner}/{slug}")
     print(f"pushed {owner}/{slug} v{version}" + (f" ({url})" if url else ""), flush=True)
     return watch.KernelRef(owner, slug, version, kind)
 

@@ -201,7 +201,8 @@ def test_kernels_push_status_output_pull(run_kaggle, local_kaggle, tmp_path):
                    '(root / "working" / "nested" / "deep" / "f.json").write_text("{}")\n')
     folder = make_kernel(tmp_path / "k", slug, code)
     out = ok(run_kaggle("kernels", "push", "-p", str(folder)))
-    assert f"Kernel version 1 successfully pushed.  Please check progress at http://localhost/code/{USER}/{slug}" in out
+    page = f"http://127.0.0.1:{local_kaggle.port}/code/{USER}/{slug}"  # the page this server serves
+    assert f"Kernel version 1 successfully pushed.  Please check progress at {page}" in out
     local_kaggle.wait_kernel(USER, slug, 1)
     assert ok(run_kaggle("kernels", "status", f"{USER}/{slug}")).strip() == \
         f'{USER}/{slug} has status "KernelWorkerStatus.COMPLETE"'

@@ -22,8 +22,9 @@ SERVICE = "kernels.KernelsApiService"
 MAX_SESSION_S = 12 * 3600
 
 
-def kernel_url(owner: str, slug: str) -> str:
-    return f"{BASE_URL}/code/{owner}/{slug}"
+def kernel_url(call: Call, owner: str, slug: str) -> str:
+    """The kernel's page as this server serves it (pages.py), which a browser opens, as kaggle.com's url is."""
+    return f"{call.server.page_base}/code/{owner}/{slug}"
 
 
 def parse_version_label(label: str | None) -> int | None:
@@ -268,7 +269,7 @@ def save_kernel(req: ApiSaveKernelRequest, call: Call) -> ApiSaveKernelResponse:
         call.server.scheduler.submit(owner, slug, version["number"])
     info = call.store.kernel(owner, slug)
     response.ref = f"/code/{owner}/{slug}"
-    response.url = kernel_url(owner, slug)
+    response.url = kernel_url(call, owner, slug)
     response.version_number = version["number"]
     response.kernel_id = info["id"]
     return response

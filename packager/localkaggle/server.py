@@ -77,6 +77,7 @@ class LocalKaggle:
         self.httpd.daemon_threads = True
         self.httpd.app = self  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
+        self.page_base = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{self.port}"  # for browsers
 
     def start_sessions(self) -> None:
         self.store.prune_uploads()
