@@ -2,7 +2,8 @@
 
 In a terminal a transfer is a rich progress bar (bytes, rate, time left); otherwise (CI, a log file) it is plain
 lines, one every KPACK_PROGRESS_EVERY_S seconds (30) or KPACK_PROGRESS_EVERY_PCT percent (25), whichever comes
-first, and one when it ends: never a flood. A wait prints what it waits for when it starts, each change of what
+first, once it has run KPACK_PROGRESS_QUIET_S seconds (3), and one when it ends: never a flood, and a transfer
+over in a moment is one line. A wait prints what it waits for when it starts, each change of what
 the server says, and how long it has waited every KPACK_WAIT_EVERY_S seconds (60), always in the same words.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from packager.errors import env_number
 EVERY_S = env_number("KPACK_PROGRESS_EVERY_S", 30.0)
 EVERY_PCT = env_number("KPACK_PROGRESS_EVERY_PCT", 25.0)
 WAIT_EVERY_S = env_number("KPACK_WAIT_EVERY_S", 60.0)
+QUIET_S = env_number("KPACK_PROGRESS_QUIET_S", 3.0)  # percent lines only for a transfer that takes a while
 MIN_BYTES = env_number("KPACK_PROGRESS_MIN_BYTES", 1e6)  # smaller downloads go by without a bar
 
 
@@ -84,7 +86,9 @@ class Transfer:
         now = self.clock()
         pct = 100 * self.done / self.total if self.total else 0.0
         finished = self.total is not None and self.done >= self.total
-        if not finished and (now - self.last_at >= EVERY_S or (self.total and pct - self.last_pct >= EVERY_PCT)):
+        due = now - self.last_at >= EVERY_S or (self.total and pct - self.last_pct >= EVERY_PCT
+                                                and now - self.started >= QUIET_S)
+        if not finished and due:
             self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
             self.last_at, self.last_pct = now, pct
 

@@ -34,6 +34,17 @@ def test_plain_lines_every_quarter_and_a_final_line(monkeypatch):
     assert "\x1b[" not in buf.getvalue()  # no terminal codes in a log
 
 
+def test_a_transfer_over_in_a_moment_is_one_line(monkeypatch):
+    monkeypatch.setattr(progress, "EVERY_S", 30.0)
+    monkeypatch.setattr(progress, "EVERY_PCT", 25.0)
+    buf, clock = io.StringIO(), Clock()
+    with progress.Transfer("download checkpoint.pt", 100_000_000, Console(file=buf, width=200), clock=clock) as t:
+        for _ in range(100):  # 100 MB in a second: no percent lines, only the end
+            clock.now += 0.01
+            t.update(1_000_000)
+    assert buf.getvalue().splitlines() == ["download checkpoint.pt: done, 100.0 MB in 1s (100.0 MB/s)"]
+
+
 def test_plain_lines_every_n_seconds_for_a_slow_transfer(monkeypatch):
     monkeypatch.setattr(progress, "EVERY_S", 30.0)
     monkeypatch.setattr(progress, "EVERY_PCT", 50.0)
