@@ -132,18 +132,41 @@ def epochs_of(kit: dict) -> int | None:
     return int(epochs) if isinstance(epochs, int) else None
 
 
-def member_hours(cfg, member: Member, rows: list[dict]) -> tuple[float, str]:
-    """(GPU hours one member needs, how that was found): the mean measured hours of earlier finished members of
-    the same variant (their sessions' `seconds` summed), else epochs x campaign.epoch_minutes, else one full
-    session (session_hours: an upper bound of a one-session member)."""
-    per_member: dict[str, float] = {}
+def _run_seconds(rows: list[dict], keep) -> list[float]:
+    """The measured seconds of each run among the rows `keep` takes, in ledger order: a run is a base slug's
+    session 1 and the sessions after it, so a member pushed again is a second run, not a longer one."""
+    runs: list[float] = []
+    current: dict[str, int] = {}
     for r in rows:
-        if (r.get("kind") == KIND and r.get("variant") == member.variant and r.get("campaign") == cfg.kernel(KIND).slug
-                and isinstance(r.get("seconds"), (int, float)) and r.get("backend") == cfg.backend):
-            per_member[r["base_slug"]] = per_member.get(r["base_slug"], 0.0) + r["seconds"]
-    if per_member:
-        hours = sum(per_member.values()) / len(per_member) / 3600
-        return hours, f"measured: the mean of {len(per_member)} earlier {member.variant or 'train'} member(s)"
+        if not keep(r) or not isinstance(r.get("seconds"), (int, float)):
+            continue
+        slug = r.get("base_slug")
+        if r.get("session") == 1 or slug not in current:
+            current[slug] = len(runs)
+            runs.append(0.0)
+        runs[current[slug]] += r["seconds"]
+    return runs
+
+
+def _without_fold(kit: dict) -> dict:
+    return {**kit, "data": {k: v for k, v in (kit.get("data") or {}).items() if k != "fold"}}
+
+
+def member_hours(cfg, member: Member, rows: list[dict]) -> tuple[float, str]:
+    """(GPU hours one member needs, how that was found): the mean measured run of earlier members of the same
+    variant, else of the project's own train kernel when the member's kit is its kit on another fold, else
+    epochs x campaign.epoch_minutes, else one full session (session_hours: an upper bound of a one-session
+    member)."""
+    slug, backend = cfg.kernel(KIND).slug, cfg.backend
+    runs = _run_seconds(rows, lambda r: r.get("kind") == KIND and r.get("variant") == member.variant
+                        and r.get("campaign") == slug and r.get("backend") == backend)
+    why = f"measured: the mean of {len(runs)} earlier {member.variant or 'train'} member run(s)"
+    if not runs and _without_fold(member_cfg(cfg, member).kit) == _without_fold(cfg.kit):
+        runs = _run_seconds(rows, lambda r: r.get("kind") == KIND and r.get("base_slug") == slug
+                            and not r.get("campaign") and r.get("backend") == backend)
+        why = f"measured: the mean of {len(runs)} run(s) of {slug}, the same kit"
+    if runs:
+        return sum(runs) / len(runs) / 3600, why
     epochs, minutes = epochs_of(member_cfg(cfg, member).kit), cfg.campaign.epoch_minutes
     if epochs and minutes:
         return epochs * minutes / 60, f"{epochs} epochs x {minutes:g} min (campaign.epoch_minutes)"

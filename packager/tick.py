@@ -190,8 +190,9 @@ def cap(cfg) -> int:
     return cfg.campaign.gpu_sessions if kind in ("gpu", "tpu") else cfg.campaign.cpu_sessions
 
 
-def step(cfg, only=None) -> list[MemberState] | None:
-    """One tick over the chosen members; None when another tick holds the lock."""
+def step(cfg, only=None, report=None) -> list[MemberState] | None:
+    """One tick over the chosen members; None when another tick holds the lock. `report` takes the summary
+    (how many members are open, waiting, done ...); without it the summary is printed as `tick: ...`."""
     from packager.push import SlotBusy
 
     with tick_lock() as held:
@@ -221,8 +222,11 @@ def step(cfg, only=None) -> list[MemberState] | None:
         counts = {name: sum(st.state == name for st in states) for name in
                   ("open", "next", "waiting", "done", "failed")}
         said = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
-        print(f"tick: {said or 'no run of these members in the ledger (kpack push train starts one)'} "
-              f"(cap {cap(cfg)})", flush=True)
+        summary = f"{said or 'no run of these members in the ledger (kpack push train starts one)'} (cap {cap(cfg)})"
+        if report is None:
+            print(f"tick: {summary}", flush=True)
+        else:
+            report(summary)
         return states
 
 
@@ -232,12 +236,26 @@ def finished(states: list[MemberState]) -> bool:
 
 def watch_loop(cfg, only=None) -> list[MemberState]:
     """`kpack watch train` for a campaign: tick every KPACK_TICK_S seconds until every member is done or
-    failed; a UserError (exit 1) when one failed."""
+    failed; a UserError (exit 1) when one failed. Between ends it says what it waits for only when that changes
+    or KPACK_WAIT_EVERY_S passed, and each running member's newest log line (as `kpack watch` of one kernel)."""
+    from packager import logs, progress
+
     every = env_number("KPACK_TICK_S", 5.0 if cfg.backend == "local" else 60.0)
+    wait, tails, summary, api = progress.Wait(KIND, "the members to end"), {}, [], None
     while True:
-        states = step(cfg, only)
+        states = step(cfg, only, report=summary.append)
         if states is not None and finished(states):
+            print(f"tick: {summary[-1]}", flush=True)
             break
+        if states is not None:
+            wait.tick(summary[-1])
+            for st in states:
+                if st.state == "open" and st.note == "RUNNING":
+                    ref, api = _ref(st.row), api or kaggle_api.connect(cfg)
+                    tail = tails.setdefault(str(ref), logs.Tail(api, ref, st.cfg.kernel(KIND).session_hours * 3600))
+                    line = tail.poll()
+                    if line:
+                        print(f"{ref}: log: {line}", flush=True)
         time.sleep(every)
     if all(st.state == "absent" for st in states):
         raise UserError(f"train: the ledger ({ledger.ledger_path()}) has no run of these members on the "
@@ -269,10 +287,11 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
 
     chosen = campaign.parse_only(only, campaign.members(cfg))
     lines, fits = campaign.forecast(cfg, chosen, ledger.read())
+    if not fits and not force:  # the refusal is the error line itself, not printed twice
+        print(lines[0], flush=True)
+        raise UserError(lines[-1].removeprefix("forecast: "))
     for line in lines:
         print(line, flush=True)
-    if not fits and not force:
-        raise UserError(lines[-1].removeprefix("forecast: "))
     kaggle_api.check_credentials(cfg)
     ensure_probed(cfg)
     built = {}

@@ -148,8 +148,8 @@ def wait_for(api, ref: KernelRef, timeout_s: float | None = None, max_delay_s: f
         status, failure = status_of(api, ref)
         if status != last:
             last, delay = status, POLL_MIN_S
-            if status in TERMINAL:
-                wait.say(f"{status} (after {progress.duration(wait.waited())})")
+            if status in TERMINAL:  # "after" only when this wait saw it run; a tick finds it ended
+                wait.say(f"{status} (after {progress.duration(wait.waited())})" if wait.state else status)
         if status not in TERMINAL:
             wait.tick(status)
         if status == "RUNNING":

@@ -105,9 +105,9 @@ def test_only_narrows_to_variants_and_folds():
 
 # --------------------------------------------------------------------------------------------- forecast
 
-def _row(slug, variant, seconds, ts="2026-12-01T10:00:00Z", kind="train"):
-    return {"kind": kind, "base_slug": slug, "variant": variant, "campaign": "imet-train", "seconds": seconds,
-            "backend": "local", "ts": ts}
+def _row(slug, variant, seconds, ts="2026-12-01T10:00:00Z", kind="train", session=1, campaign="imet-train"):
+    return {"kind": kind, "base_slug": slug, "variant": variant, "campaign": campaign, "seconds": seconds,
+            "backend": "local", "ts": ts, "session": session}
 
 
 NOW = calendar.timegm((2026, 12, 2, 12, 0, 0))
@@ -115,13 +115,26 @@ NOW = calendar.timegm((2026, 12, 2, 12, 0, 0))
 
 def test_forecast_from_measured_sessions_of_the_same_variant():
     cfg = parse_config(base_config(accelerator="NvidiaTeslaT4", members={"folds": [0, 1], "variants": {"a": {}}}))
-    rows = [_row("imet-train-a-f0", "a", 3600), _row("imet-train-a-f0", "a", 1800),  # one member: 1.5 h
+    rows = [_row("imet-train-a-f0", "a", 3600), _row("imet-train-a-f0", "a", 1800, session=2),  # one: 1.5 h
             _row("imet-train-a-f1", "a", 1800),                                       # another: 0.5 h
             _row("imet-train-b-f0", "b", 99999, ts="2026-11-01T10:00:00Z")]          # older than a week
     lines, fits = campaign.forecast(cfg, campaign.members(cfg), rows, now=NOW)
     assert fits and lines == [
-        "forecast: 2 member(s) need about 2.0 GPU h (measured: the mean of 2 earlier a member(s)); weekly quota "
-        "30 h, 2.0 h used in the last 7 days, 28.0 h left"]
+        "forecast: 2 member(s) need about 2.0 GPU h (measured: the mean of 2 earlier a member run(s)); weekly "
+        "quota 30 h, 2.0 h used in the last 7 days, 28.0 h left"]
+
+
+def test_forecast_counts_a_member_pushed_again_as_a_second_run_and_uses_the_projects_own_run():
+    members = {"folds": [0, 1], "variants": {"same": {}, "other": {"seed": 3}}}
+    cfg = parse_config(base_config(accelerator="NvidiaTeslaT4", members=members))
+    same, other = campaign.members(cfg)[0], campaign.members(cfg)[2]
+    again = [_row("imet-train-same-f0", "same", 3600), _row("imet-train-same-f0", "same", 3600, session=2),
+             _row("imet-train-same-f0", "same", 1800)]  # pushed again: a second run of 0.5 h, not 2.5 h in all
+    assert campaign.member_hours(cfg, same, again) == (1.25, "measured: the mean of 2 earlier same member run(s)")
+    plain = [_row("imet-train", None, 600, campaign=None), _row("imet-train", None, 1200, session=2, campaign=None)]
+    assert campaign.member_hours(cfg, same, plain) == (0.5, "measured: the mean of 1 run(s) of imet-train, the "
+                                                           "same kit")  # its kit is the project's on another fold
+    assert campaign.member_hours(cfg, other, plain)[1].startswith("one full session")  # another seed: not the same
 
 
 def test_forecast_from_epochs_or_a_full_session_and_the_refusal_over_quota():
@@ -281,6 +294,25 @@ def test_a_campaign_push_beside_a_running_member_warns(two_gpus, tmp_path, monke
     assert "this push starts another run beside it" in warned[0]
 
 
+def test_watching_a_campaign_says_what_changed_and_each_running_members_log(two_gpus, tmp_path, monkeypatch):
+    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0, 1]}")
+    project.write_entry("import time\n\n\ndef main(config):\n    for step in range(12):\n"
+                        "        print(f'[kpack] step {step} of fold {config[\"kit\"][\"data\"][\"fold\"]}', flush=True)\n"
+                        "        time.sleep(0.5)\n")
+    monkeypatch.setenv("KPACK_LOG_EVERY_S", "0.5")
+    monkeypatch.setenv("KPACK_WAIT_EVERY_S", "600")
+    done = kpack(project, "push", "train")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    waits = [line for line in lines if line.startswith("train: waiting for the members to end (")]
+    assert 1 <= len(waits) <= 3 and not any(line.startswith("tick: ") for line in lines[:-1]), done.stdout
+    assert waits[0].startswith("train: waiting for the members to end (2 open (cap 2), "), waits
+    assert lines[-1] == "tick: 2 done (cap 2)", done.stdout  # the end, once: not a line every 0.5 s tick
+    for fold in (0, 1):
+        logged = [line for line in lines if line.startswith(f"alice/{project.train_slug}-f{fold} v1: log: ")]
+        assert logged and all(f"of fold {fold}" in line for line in logged), done.stdout
+
+
 @pytest.mark.slow
 def test_push_no_wait_then_a_crash_that_lost_a_ledger_row_is_reconciled(two_gpus, tmp_path, monkeypatch):
     project = campaign_project(tmp_path, two_gpus, monkeypatch)
@@ -328,6 +360,7 @@ def test_a_campaign_over_the_weekly_quota_is_refused_unless_forced(two_gpus, tmp
         "error: 0.1 GPU h is over the 0.0 h left this week; narrow it with --only, raise campaign.weekly_gpu_hours "
         "if your quota is larger, or push anyway with --force"]
     assert "4 member(s) need about 0.1 GPU h (one full session of 0.02 h" in refused.stdout
+    assert "is over the" not in refused.stdout  # the refusal is said once, as the error
     assert versions(two_gpus, project.train_slug) == [] and not member_rows(project)  # nothing pushed or queued
     forced = kpack(project, "push", "train", "--force", "--no-wait", "--only", "b:1")
     assert forced.returncode == 0, forced.stdout + forced.stderr
