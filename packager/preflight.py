@@ -125,6 +125,46 @@ def check_weights(cfg, kind: str, root: Path) -> Found:
     raise UserError(f"{where}{missing}")
 
 
+def check_model(cfg, kind: str, root: Path) -> Found:
+    """kit.model.name is an architecture the kernel's timm can build offline: in the registry of the timm here
+    (its names cached per version: importing timm takes seconds), or registered by the project's own code. An
+    unknown name is refused when the kernel pins this timm version, else it is a warning."""
+    settings, note = _kit_module(cfg, kind, root)
+    if settings is None:
+        return Found(f"kit.model.name: not checked: {note}")
+    try:
+        name = getattr(getattr(_kit_settings(cfg, kind, settings), "model", None), "name", None)
+    except UserError:  # check_kit says what
+        return Found("kit.model.name: not checked: the kit settings are invalid")
+    if not isinstance(name, str):
+        return Found("kit.model.name: not checked: the kit has no model name")
+    where = cfg.where("kit", "model", "name")
+    if name.startswith(("hf-hub:", "hf_hub:", "timm/")):
+        raise UserError(f"{where}kit.model.name: {name!r} is read from the Hugging Face hub, which a Kaggle kernel "
+                        "without internet cannot reach; name the architecture (e.g. 'resnet50') and put its "
+                        "weights in the weights dataset (kit.model.weights)")
+    arch = name.split(".", 1)[0]  # timm's arch.tag: the tag names pretrained weights, the arch the model
+    own = _registered_by_project(_settings_path(cfg, kind, root).parent, arch)
+    if own is not None:
+        return Found(f"kit.model.name: {name} is registered by {own.relative_to(root) if own.is_relative_to(root) else own}")
+    known = _timm_models()
+    if known is None:
+        return Found("kit.model.name: not checked: timm is not installed here (install kpack[local])")
+    version, names = known
+    if arch in names:
+        return Found(f"kit.model.name: {name} is a timm {version} model")
+    import difflib
+
+    close = difflib.get_close_matches(arch, sorted(names), n=3, cutoff=0.75)
+    message = (f"kit.model.name: timm {version} has no model {name!r}" +
+               (f" (did you mean {', '.join(close)}?)" if close else "; see timm.list_models()"))
+    pinned = _kernel_timm(cfg, root)
+    if pinned == version:
+        raise UserError(f"{where}{message}")
+    return Found(f"kit.model.name: {name} is not a model of timm {version} here",
+                 [f"{message}; the kernel imports timm {pinned or 'of an unknown version'}, which may know it"])
+
+
 def check_imports(cfg, kind: str, root: Path) -> Found:
     """Every import of the packed code resolves in the kernel (packager/importcheck.py, as `kpack build` runs it)."""
     from packager import importcheck, inline
@@ -298,7 +338,7 @@ class Backend:
 def before_build(cfg, kind: str, root: Path) -> list[str]:
     """The checks `kpack build` and `kpack push` run before building anything; returns their warnings."""
     warnings: list[str] = []
-    for check in (check_kit, check_weights):
+    for check in (check_kit, check_model, check_weights):
         warnings += check(cfg, kind, root).warnings
     return warnings
 
@@ -315,7 +355,7 @@ def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:
     backend = Backend(cfg)
     checks = [("entry", lambda: check_entry(cfg, kind, root)), ("shape", lambda: check_shape(cfg, kind)),
               ("metadata", lambda: check_metadata(cfg, kind)), ("kit", lambda: check_kit(cfg, kind, root)),
-              ("weights", lambda: check_weights(cfg, kind, root)), ("imports", lambda: check_imports(cfg, kind, root)),
+              ("model", lambda: check_model(cfg, kind, root)), ("weights", lambda: check_weights(cfg, kind, root)), ("imports", lambda: check_imports(cfg, kind, root)),
               (f"kernels.{kind}.sources", lambda: check_sources(cfg, kind, backend)),
               ("code competition", lambda: check_code_competition(cfg, kind, backend))]
     lines: list[tuple[str, str]] = [("ok", f"{cfg._source}: valid")]
@@ -409,6 +449,69 @@ def _own_sources(cfg, kind: str) -> set[str]:
         if source in cfg.kernels:
             own |= {f"{cfg.kaggle_user}/{slug}" for slug in chain.chain_slugs(cfg, source)}
     return own
+
+
+def _registered_by_project(folder: Path, arch: str) -> Path | None:
+    """The project's module that registers `arch` with timm (`@register_model` over `def arch(`), if any."""
+    for path in sorted(Path(folder).rglob("*.py")) if Path(folder).is_dir() else []:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if "register_model" in text and f"def {arch}(" in text:
+            return path
+    return None
+
+
+def _timm_models() -> tuple[str, frozenset[str]] | None:
+    """(timm's version here, its architecture names), or None without timm; cached per version in
+    ~/.cache/kpack (XDG_CACHE_HOME), since listing them imports torch."""
+    import os
+    from importlib import metadata as importlib_metadata
+
+    try:
+        version = importlib_metadata.version("timm")
+    except importlib_metadata.PackageNotFoundError:
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kpack" / f"timm-{version}-models.txt"
+    try:
+        return version, frozenset(cache.read_text().split())
+    except OSError:
+        pass
+    try:
+        import timm
+    except Exception:  # noqa: BLE001 - a broken torch install: the kernel will say; nothing to check against
+        return None
+    names = frozenset(timm.list_models())
+    try:
+        from packager.fsutil import atomic_write_text
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, "\n".join(sorted(names)) + "\n")
+    except OSError:
+        pass  # a read-only home: list them again next time
+    return version, names
+
+
+def _kernel_timm(cfg, root: Path) -> str | None:
+    """The timm version the kernel imports: the wheels dataset's pin, else the image's (this venv on the local
+    backend, the probed snapshot's on Kaggle); None when not known."""
+    from importlib import metadata as importlib_metadata
+
+    from packager.wheels import KAGGLE_SNAPSHOT, read_requirements, read_snapshot
+
+    spec = getattr(cfg.datasets, "wheels", None)
+    try:
+        pins = read_requirements(Path(root) / spec.requirements) if spec is not None else []
+    except UserError:  # the wheels build says what
+        pins = []
+    pinned = next((p.version for p in pins if p.name == "timm"), None)
+    if pinned or cfg.backend != "local":
+        return pinned or read_snapshot(Path(root) / KAGGLE_SNAPSHOT)[0].get("timm")
+    try:
+        return importlib_metadata.version("timm")
+    except importlib_metadata.PackageNotFoundError:
+        return None
 
 
 def _weight_files(root: Path, spec) -> dict[str, Path]:

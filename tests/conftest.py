@@ -118,6 +118,15 @@ class LocalKaggleServer:
             time.sleep(0.2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory) -> Path:
+    """One XDG_CACHE_HOME for the whole run, though tests give each its own HOME: kpack's cached timm model
+    names (preflight.check_model) are listed once, not by every test that builds the kit."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def local_kaggle(tmp_path_factory) -> LocalKaggleServer:
     server = LocalKaggleServer(tmp_path_factory.mktemp("localkaggle") / "root").start()

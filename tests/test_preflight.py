@@ -2,9 +2,11 @@
 this machine before anything is built or uploaded; `kpack check KIND` runs every check and prints one line each."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from packager.config import load_config
 from packager.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+TIMM = metadata.version("timm")
 ENTRY = "def main(config):\n    print('trained')\n"
 BASE = """competition: mini-comp
 kaggle_user: alice
@@ -46,7 +49,8 @@ def project(tmp_path: Path, model: str = "", lr: str = "1.0e-3", extra: str = ""
 
 def kpack(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "packager.cli", *args], cwd=root, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, timeout=120)
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                               "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}, timeout=120)
 
 
 # --------------------------------------------------------------------------------------------- kit settings
@@ -66,6 +70,56 @@ def test_an_unknown_kit_key_stops_the_build(tmp_path):
     assert done.stderr.splitlines() == [
         "error: kpack.yaml: line 11: kit.optimiser: unknown field; remove it or check its spelling"]
     assert not (root / "build").exists()
+
+
+def test_a_model_name_timm_does_not_know_stops_the_build_with_the_names_it_is_close_to(tmp_path):
+    root = project(tmp_path)
+    (root / "kpack.yaml").write_text((root / "kpack.yaml").read_text().replace("name: resnet18", "name: resnet18x"))
+    done = kpack(root, "build", "train")  # the local backend: the kernel imports this venv's timm
+    assert done.returncode == 2 and not (root / "build").exists()
+    assert done.stderr.startswith(f"error: kpack.yaml: line 9: kit.model.name: timm {TIMM} has no model "
+                                  "'resnet18x' (did you mean resnet18"), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_hub_model_name_is_refused_and_a_tagged_or_project_registered_one_builds(tmp_path):
+    root = project(tmp_path, model=", weights: resnet18.a1_in1k.pth")
+    config = (root / "kpack.yaml").read_text()
+    (root / "kpack.yaml").write_text(config.replace("name: resnet18", "name: 'hf-hub:timm/resnet18.a1_in1k'"))
+    done = kpack(root, "build", "train")
+    assert done.returncode == 2 and "is read from the Hugging Face hub, which a Kaggle kernel without internet " \
+        "cannot reach" in done.stderr, done.stderr
+    (root / "kpack.yaml").write_text(config.replace("name: resnet18", "name: resnet18.a1_in1k"))
+    assert kpack(root, "build", "train").returncode == 0  # arch.tag: the arch is timm's
+    (root / "kernel_src" / "mynet.py").write_text("from timm.models import register_model\n\n\n@register_model\n"
+                                                  "def my_tiny_net(pretrained=False, **kwargs):\n    ...\n")
+    (root / "kpack.yaml").write_text(config.replace("name: resnet18", "name: my_tiny_net"))
+    done = kpack(root, "check", "train")
+    assert "ok: kit.model.name: my_tiny_net is registered by kernel_src/mynet.py" in done.stdout, done.stdout
+
+
+def test_an_unknown_model_name_is_a_warning_when_the_kernels_timm_is_another_version(tmp_path, monkeypatch):
+    root = project(tmp_path)
+    text = (root / "kpack.yaml").read_text().replace("name: resnet18", "name: resnet18x")
+    (root / "kpack.yaml").write_text(text.replace("dir: models}", "dir: models}\n  wheels: {slug: mini-comp-wheels, "
+                                                  "requirements: req.txt}"))
+    (root / "req.txt").write_text("timm==0.9.16\n")  # not the timm here: it may know names this one does not
+    found = preflight.check_model(load_config(root / "kpack.yaml"), "train", root)
+    assert found.line == f"kit.model.name: resnet18x is not a model of timm {TIMM} here"
+    assert found.warnings[0].startswith(f"kit.model.name: timm {TIMM} has no model 'resnet18x'")
+    assert found.warnings[0].endswith("the kernel imports timm 0.9.16, which may know it")
+    (root / "req.txt").write_text(f"timm=={TIMM}\n")
+    with pytest.raises(UserError, match=f"timm {TIMM} has no model 'resnet18x'"):
+        preflight.check_model(load_config(root / "kpack.yaml"), "train", root)
+
+
+def test_timm_names_are_listed_once_per_version_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    version, names = preflight._timm_models()
+    cached = tmp_path / "cache" / "kpack" / f"timm-{version}-models.txt"
+    assert version == TIMM and "resnet18" in names and cached.read_text().split() == sorted(names)
+    cached.write_text("only_this_one\n")  # what the cache says is what the next look believes
+    assert preflight._timm_models() == (TIMM, frozenset({"only_this_one"}))
 
 
 def test_a_project_without_the_kit_is_not_checked(tmp_path):
@@ -165,6 +219,7 @@ def test_kpack_check_prints_one_line_per_check(tmp_path):
         "ok: kernels.train: kernel-metadata.json for alice/mini-comp-train ('Mini Comp Train') as the kaggle "
         "client accepts it",
         "ok: kit: valid for kernel_src/settings.py",
+        f"ok: kit.model.name: resnet18 is a timm {TIMM} model",
         "ok: kit.model.weights: resnet18.a1_in1k.pth is in models/ (the weights dataset mini-comp-weights)",
         "ok: imports: every import of the packed code resolves (packed, standard library, wheels dataset or image)",
         "ok: kernels.train.sources: none to look up",
@@ -192,6 +247,7 @@ def test_kpack_check_reports_every_failure_and_exits_2(tmp_path):
         "ok: kernels.train: kernel-metadata.json for alice/mini-comp-train ('Mini Comp Train') as the kaggle "
         "client accepts it",
         "error: kpack.yaml: line 10: kit.optim.lr: expected a number (got 'fast')",
+        "ok: kit.model.name: not checked: the kit settings are invalid",
         "ok: kit weights: not checked: the kit settings are invalid",
         "error: kernel_src/train.py:1: `import nosuchpkg` resolves to nothing in the kernel: nosuchpkg is not "
         f"packed, no wheels dataset, not in {image}; add a wheels dataset (datasets.wheels) whose requirements name "
@@ -199,7 +255,7 @@ def test_kpack_check_reports_every_failure_and_exits_2(tmp_path):
         "ok: kernels.train.sources: none to look up",
         "ok: code competition: not checked for the train kernel (only infer is submitted)",
     ]
-    assert done.stderr.splitlines() == ["error: kpack check train: 3 of 9 checks failed"]
+    assert done.stderr.splitlines() == ["error: kpack check train: 3 of 10 checks failed"]
 
 
 # --------------------------------------------------------------------------------------------- kpack push
