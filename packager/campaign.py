@@ -199,17 +199,29 @@ def used_gpu_hours(cfg, rows: list[dict], now: float | None = None) -> float:
     return total
 
 
-def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = None) -> tuple[list[str], bool]:
-    """(lines to print, whether the campaign fits the weekly GPU quota left)."""
+def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = None,
+             quota=None) -> tuple[list[str], bool]:
+    """(lines to print, whether the campaign fits the weekly GPU quota left). quota: the backend's own figures
+    (kaggle_api.Quota: they count sessions run outside kpack too), capped at campaign.weekly_gpu_hours; without
+    them, the ledger's GPU hours of the last 7 days against weekly_gpu_hours."""
     if not is_gpu(cfg):
         return [f"forecast: {len(chosen)} member(s) on {cfg.kernel(KIND).accelerator}: no GPU quota spent"], True
     needs = [member_hours(cfg, m, rows) for m in chosen]
     need = sum(h for h, _ in needs)
-    used = used_gpu_hours(cfg, rows, now)
-    left = cfg.campaign.weekly_gpu_hours - used
     how = sorted({why for _, why in needs})
-    lines = [f"forecast: {len(chosen)} member(s) need about {need:.1f} GPU h ({'; '.join(how)}); weekly quota "
-             f"{cfg.campaign.weekly_gpu_hours:g} h, {used:.1f} h used in the last 7 days, {left:.1f} h left"]
+    budget = cfg.campaign.weekly_gpu_hours
+    if quota is not None:
+        total = min(budget, quota.total_h)
+        used = quota.used_h + quota.reserved_h
+        capped = " (campaign.weekly_gpu_hours)" if budget < quota.total_h else ""
+        refresh = f", refreshes {quota.refresh}" if quota.refresh else ""
+        said = f"weekly quota {total:g} h{capped}, {used:.1f} h used this week (Kaggle's count{refresh})"
+    else:
+        total, used = budget, used_gpu_hours(cfg, rows, now)
+        said = f"weekly quota {total:g} h, {used:.1f} h used in the last 7 days"
+    left = total - used
+    lines = [f"forecast: {len(chosen)} member(s) need about {need:.1f} GPU h ({'; '.join(how)}); {said}, "
+             f"{left:.1f} h left"]
     fits = need <= left
     if not fits:
         lines.append(f"forecast: {need:.1f} GPU h is over the {left:.1f} h left this week; narrow it with --only, "

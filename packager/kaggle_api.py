@@ -361,3 +361,32 @@ def kernel_status(api, owner: str, slug: str, version: int | None = None):
                    "kernels.kernels_api_client", "get_kernel_session_status", request)
     status = response.status.name if hasattr(response.status, "name") else str(response.status)
     return status, (response.failure_message or "")
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The account's weekly accelerator quota as the backend counts it (`kaggle quota`), in hours."""
+    used_h: float
+    reserved_h: float
+    total_h: float
+    refresh: str  # when it refreshes, 'YYYY-MM-DD HH:MM UTC', or '' when not said
+
+
+def accelerator_quota(api, accelerator: str = "GPU") -> Quota | None:
+    """GetAcceleratorQuotaStatistics' figures for `accelerator` (GPU or TPU); None when the backend does not
+    answer them (an older server, or no quota of that kind): callers fall back to their own count."""
+    try:
+        response = call("weekly accelerator quota", api.quota_view)
+    except KaggleCallError:
+        return None
+    quota = getattr(response, "gpu_quota" if accelerator == "GPU" else "tpu_quota", None)
+    total = getattr(quota, "total_time_allowed", None)
+    if quota is None or not total:
+        return None
+    refresh = getattr(response, "quota_refresh_time", None)
+    return Quota(_hours(quota.time_used), _hours(quota.time_reserved), _hours(total),
+                 f"{refresh:%Y-%m-%d %H:%M} UTC" if refresh else "")
+
+
+def _hours(span) -> float:
+    return span.total_seconds() / 3600 if span else 0.0

@@ -146,7 +146,8 @@ def check_model(cfg, kind: str, root: Path) -> Found:
     arch = name.split(".", 1)[0]  # timm's arch.tag: the tag names pretrained weights, the arch the model
     own = _registered_by_project(_settings_path(cfg, kind, root).parent, arch)
     if own is not None:
-        return Found(f"kit.model.name: {name} is registered by {own.relative_to(root) if own.is_relative_to(root) else own}")
+        shown = own.relative_to(root) if own.is_relative_to(root) else own
+        return Found(f"kit.model.name: {name} is registered by {shown}")
     known = _timm_models()
     if known is None:
         return Found("kit.model.name: not checked: timm is not installed here (install kpack[local])")
@@ -355,7 +356,8 @@ def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:
     backend = Backend(cfg)
     checks = [("entry", lambda: check_entry(cfg, kind, root)), ("shape", lambda: check_shape(cfg, kind)),
               ("metadata", lambda: check_metadata(cfg, kind)), ("kit", lambda: check_kit(cfg, kind, root)),
-              ("model", lambda: check_model(cfg, kind, root)), ("weights", lambda: check_weights(cfg, kind, root)), ("imports", lambda: check_imports(cfg, kind, root)),
+              ("model", lambda: check_model(cfg, kind, root)), ("weights", lambda: check_weights(cfg, kind, root)),
+              ("imports", lambda: check_imports(cfg, kind, root)),
               (f"kernels.{kind}.sources", lambda: check_sources(cfg, kind, backend)),
               ("code competition", lambda: check_code_competition(cfg, kind, backend))]
     lines: list[tuple[str, str]] = [("ok", f"{cfg._source}: valid")]

@@ -25,6 +25,7 @@ from packager.errors import UserError, env_number
 from packager.fsutil import file_sha256
 
 SESSION_CAP = re.compile(r"Maximum batch (\w+) session count of (\d+) reached", re.IGNORECASE)
+QUOTA_SPENT = re.compile(r"\bquota\b", re.IGNORECASE)  # the weekly accelerator quota (localkaggle/quota.py)
 SOURCES_INVALID = "SOURCES_INVALID"  # ledger status: a chain session made without the previous session's output
 
 
@@ -93,6 +94,11 @@ class SlotBusy(UserError):
     """Kaggle refused the push for its concurrent-session cap (no version made); `kpack tick` tries later."""
 
 
+class QuotaSpent(SlotBusy):
+    """Kaggle refused the push: the week's accelerator quota is used up (no version made); a tick after the
+    quota refreshes pushes it."""
+
+
 def _push_when_a_slot_is_free(ref: str, push, wait_for_slot: bool = True):
     """push() until Kaggle does not refuse it for the concurrent-session cap (it makes no version then, and does
     not queue): one line saying so, then backoff from KPACK_POLL_MIN_S to KPACK_POLL_MAX_S, at most
@@ -103,6 +109,8 @@ def _push_when_a_slot_is_free(ref: str, push, wait_for_slot: bool = True):
     while True:
         response = push()
         error = getattr(response, "error", None) or ""
+        if QUOTA_SPENT.search(error) and not wait_for_slot:
+            raise QuotaSpent(f"kaggle: push {ref} refused: {error}", exit_code=1)
         if not SESSION_CAP.search(error):
             return response
         if not wait_for_slot:

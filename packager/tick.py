@@ -193,7 +193,7 @@ def cap(cfg) -> int:
 def step(cfg, only=None, report=None) -> list[MemberState] | None:
     """One tick over the chosen members; None when another tick holds the lock. `report` takes the summary
     (how many members are open, waiting, done ...); without it the summary is printed as `tick: ...`."""
-    from packager.push import SlotBusy
+    from packager.push import QuotaSpent, SlotBusy
 
     with tick_lock() as held:
         if not held:
@@ -211,7 +211,10 @@ def step(cfg, only=None, report=None) -> list[MemberState] | None:
             try:
                 _start(api, st)
             except SlotBusy as err:
-                print(f"{st.member.slug}: {str(err).removeprefix('kaggle: ')}; trying again next tick", flush=True)
+                said = str(err).removeprefix("kaggle: ").rstrip(".")
+                print(f"{st.member.slug}: {said}; trying again next tick", flush=True)
+                if isinstance(err, QuotaSpent):
+                    st.note = said
                 break
             except UserError as err:
                 print(f"{st.member.slug}: {err}", flush=True)
@@ -247,6 +250,11 @@ def watch_loop(cfg, only=None) -> list[MemberState]:
         if states is not None and finished(states):
             print(f"tick: {summary[-1]}", flush=True)
             break
+        spent = next((st.note for st in states or [] if st.state in ("waiting", "next") and st.note), None)
+        if spent and not any(st.state == "open" for st in states):  # nothing runs until the quota refreshes
+            notify.refused(cfg, "train campaign", spent, "the members still waiting go on with `kpack watch "
+                           "train` (or a scheduled `kpack tick`) after it refreshes")
+            raise UserError(spent, exit_code=1)
         if states is not None:
             wait.tick(summary[-1])
             for st in states:
@@ -286,13 +294,15 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
     from packager.push import scan_for_secrets, warn_if_still_running
 
     chosen = campaign.parse_only(only, campaign.members(cfg))
-    lines, fits = campaign.forecast(cfg, chosen, ledger.read())
+    kaggle_api.check_credentials(cfg)
+    api = kaggle_api.connect(cfg)
+    quota = kaggle_api.accelerator_quota(api) if campaign.is_gpu(cfg) else None
+    lines, fits = campaign.forecast(cfg, chosen, ledger.read(), quota=quota)
     if not fits and not force:  # the refusal is the error line itself, not printed twice
         print(lines[0], flush=True)
         raise UserError(lines[-1].removeprefix("forecast: "))
     for line in lines:
         print(line, flush=True)
-    kaggle_api.check_credentials(cfg)
     ensure_probed(cfg)
     built = {}
     for member in chosen:
@@ -301,7 +311,6 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
         built[member.slug] = kernel.sha256
     builds = datasets.build_all(cfg)
     model_build = models_push.build(cfg)
-    api = kaggle_api.connect(cfg)
     for member in chosen:
         warn_if_still_running(api, campaign.member_cfg(cfg, member), KIND)
     models_push.check_sources(api, cfg, KIND)

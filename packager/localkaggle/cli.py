@@ -73,13 +73,17 @@ def local() -> None:
               help="seconds a new dataset version stays processing before it is ready (both 0: ready at once)")
 @click.option("--dataset-processing-s-per-mb", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="seconds of processing per MB uploaded (Kaggle's figures are not published: a guess)")
+@click.option("--gpu-quota-hours", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="weekly GPU hours per user (`kaggle quota`); a GPU push past them is refused (0: no quota)")
+@click.option("--tpu-quota-hours", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="weekly TPU hours per user, as --gpu-quota-hours")
 @click.option("--max-sessions", type=int, default=0, show_default=True,
               help="bound on sessions running at once on this machine, the rest wait QUEUED (0: none)")
 @click.option("--session-limit", type=float, default=12 * 3600, show_default=True,
               help="seconds a session may run when its push sets no limit")
 def serve(port: int | None, root: str | None, gpu_sessions: int, cpu_sessions: int, lenient_kernel_sources: bool,
-          lenient_shapes: bool, dataset_processing_s: float, dataset_processing_s_per_mb: float, max_sessions: int,
-          session_limit: float) -> None:
+          lenient_shapes: bool, dataset_processing_s: float, dataset_processing_s_per_mb: float,
+          gpu_quota_hours: float, tpu_quota_hours: float, max_sessions: int, session_limit: float) -> None:
     """Run the local Kaggle in the foreground (Ctrl-C stops it)."""
     port, root_path, _ = _defaults(port, root, "-")
     answer = client_env.health(port)
@@ -95,7 +99,8 @@ def serve(port: int | None, root: str | None, gpu_sessions: int, cpu_sessions: i
     try:
         run(root_path, port, max_sessions=max_sessions, session_limit_s=session_limit, gpu_sessions=gpu_sessions,
             cpu_sessions=cpu_sessions, strict_kernel_sources=not lenient_kernel_sources,
-            dataset_processing_s=dataset_processing_s, dataset_processing_s_per_mb=dataset_processing_s_per_mb)
+            dataset_processing_s=dataset_processing_s, dataset_processing_s_per_mb=dataset_processing_s_per_mb,
+            gpu_quota_hours=gpu_quota_hours, tpu_quota_hours=tpu_quota_hours)
     except OSError as exc:
         raise UserError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
 

@@ -14,7 +14,8 @@ from kagglesdk.kernels.types.kernels_api_service import (
 from kagglesdk.kernels.types.kernels_enums import KernelExecutionType, KernelWorkerStatus
 
 from packager import shapes
-from packager.localkaggle.rpc import BASE_URL, ApiError, Call, file_url, next_token, not_found, page_bounds, rpc
+from packager.localkaggle import quota
+from packager.localkaggle.rpc import ApiError, Call, file_url, next_token, not_found, page_bounds, rpc
 from packager.localkaggle.runner import read_log
 from packager.localkaggle.store import NAME_RE, TERMINAL, list_files, parse_iso
 
@@ -255,7 +256,7 @@ def save_kernel(req: ApiSaveKernelRequest, call: Call) -> ApiSaveKernelResponse:
     }
     source_name = "source.ipynb" if kernel_type == "notebook" else "source.py"
     with call.store.locked():  # count and make the version together: two pushes at once cannot both pass
-        refused = None if quick else over_session_cap(call, owner, metadata)
+        refused = None if quick else over_session_cap(call, owner, metadata) or quota.exhausted(call, owner, metadata)
         if refused:
             response.error = refused
             response.invalid_dataset_sources, response.invalid_competition_sources = [], []

@@ -80,4 +80,5 @@ def next_token(start: int, size: int, total: int) -> str:
 
 def load_handlers() -> None:
     """Import the handler modules (each registers its routes)."""
-    from packager.localkaggle import competitions_api, datasets_api, kernels_api, models_api, security_api  # noqa: F401
+    from packager.localkaggle import (competitions_api, datasets_api, kernels_api, models_api, quota,  # noqa: F401
+                                      security_api)

@@ -59,12 +59,14 @@ class LocalKaggle:
     def __init__(self, root: str | os.PathLike, port: int, max_sessions: int = 0,
                  session_limit_s: float = 12 * 3600, host: str = "127.0.0.1", gpu_sessions: int = 2,
                  cpu_sessions: int = 5, strict_kernel_sources: bool = True, dataset_processing_s: float = 2.0,
-                 dataset_processing_s_per_mb: float = 0.05):
+                 dataset_processing_s_per_mb: float = 0.05, gpu_quota_hours: float = 30.0,
+                 tpu_quota_hours: float = 20.0):
         load_handlers()
         self.store = Store(root)
         # A new dataset version is processing for s + s_per_mb x MB before it is READY (Kaggle's figures: a guess)
         self.dataset_processing_s, self.dataset_processing_s_per_mb = dataset_processing_s, dataset_processing_s_per_mb
         self.session_caps = {"GPU": gpu_sessions, "CPU": cpu_sessions}  # SaveKernel's refusal; 0: no cap
+        self.quota_hours = {"GPU": gpu_quota_hours, "TPU": tpu_quota_hours}  # weekly (quota.py); 0: none
         self.strict_kernel_sources = strict_kernel_sources  # a source kernel's newest version must be COMPLETE
         self.omit: dict[str, list[str]] = {}  # method -> answer fields left out (POST /_kpack/omit)
         self.faults = Faults()
@@ -100,14 +102,15 @@ class LocalKaggle:
     def health(self) -> dict:
         return {"ok": True, "service": "kpack-local-kaggle", "root": str(self.store.root), "pid": os.getpid(),
                 "port": self.port, "max_sessions": self.scheduler.max_sessions,
-                "session_caps": self.session_caps, "session_limit_s": self.session_limit_s,
+                "session_caps": self.session_caps, "quota_hours": self.quota_hours,
+                "session_limit_s": self.session_limit_s,
                 "dataset_processing": [self.dataset_processing_s, self.dataset_processing_s_per_mb]}
 
 
 def serve(root: str | os.PathLike, port: int, max_sessions: int = 0, session_limit_s: float = 12 * 3600,
           **rules) -> None:
     """Run in the foreground until SIGINT or SIGTERM. rules: gpu_sessions, cpu_sessions, strict_kernel_sources,
-    dataset_processing_s, dataset_processing_s_per_mb."""
+    dataset_processing_s, dataset_processing_s_per_mb, gpu_quota_hours, tpu_quota_hours."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = LocalKaggle(root, port, max_sessions, session_limit_s, **rules)
     for sig in (signal.SIGTERM, signal.SIGINT):
