@@ -129,9 +129,11 @@ def _push_when_a_slot_is_free(ref: str, push, wait_for_slot: bool = True):
         delay = min(watch.POLL_MAX_S, delay * 1.5)
 
 
-def push_folder(api, cfg, kind: str, folder: Path, wait_for_slot: bool = True) -> watch.KernelRef:
+def push_folder(api, cfg, kind: str, folder: Path, wait_for_slot: bool = True,
+                go_on: str | None = None) -> watch.KernelRef:
     """Push one kernel folder (kernel-metadata.json + script); returns owner/slug with the new version.
-    wait_for_slot=False: a refusal at the session cap raises SlotBusy at once."""
+    wait_for_slot=False: a refusal at the session cap (or for the quota) raises SlotBusy at once. go_on: what
+    the user runs after clearing a refusal (default: push the kind again)."""
     metadata.read_kernel_metadata(folder)  # hand-edited and broken: one line, before any model source is asked
     models_push.pin_sources(api, cfg, kind, folder)  # model sources as the client takes them: with a version
     meta = metadata.read_kernel_metadata(folder)  # hand-edited and broken: one line, not a traceback
@@ -156,8 +158,8 @@ def push_folder(api, cfg, kind: str, folder: Path, wait_for_slot: bool = True) -
     except (InvalidSources, SlotBusy):
         raise  # a chain stops on it with its own message; a tick tries the slot again later
     except UserError as err:  # a refusal (quota, the session cap for too long): nothing runs until the user acts
-        notify.refused(cfg, f"push {owner}/{slug} ({kind})", str(err).removeprefix("kaggle: "),
-                       f"then go on with kpack push {kind}")
+        notify.refused(cfg, f"push {owner}/{slug} ({kind})", str(err).removeprefix("kaggle: ").rstrip("."),
+                       go_on or f"then go on with kpack push {kind}")
         raise
     if not isinstance(version, int):
         version = getattr(version, "version_number", None)
@@ -309,6 +311,7 @@ def push_kernel(cfg, kind: str, wait: bool = True, slug: str | None = None) -> P
 
     api = kaggle_api.connect(cfg)
     warn_if_still_running(api, cfg, kind)
+    warn_if_quota_short(api, cfg, kind)
     for warning in preflight.before_upload(cfg, kind, api):  # a source that does not exist: refused before any upload
         print(f"warning: {warning}", flush=True)
     models_push.check_sources(api, cfg, kind)  # and a pinned model version the instance does not have
@@ -390,6 +393,21 @@ def warn_if_still_running(api, cfg, kind: str) -> None:
         print(f"warning: {row['kernel']} v{row['version']} (session {row['session']} of the last {kind} push) is "
               f"still {status}; this push starts another run beside it: stop that one on the kernel's page, or "
               f"follow it instead with `kpack watch {kind}`", flush=True)
+
+
+def warn_if_quota_short(api, cfg, kind: str) -> None:
+    """A GPU or TPU session that may run longer than the week's quota left (the backend's count): say so."""
+    from packager import shapes
+
+    accelerator = shapes.guess(cfg.kernel(kind).accelerator).kind.upper()
+    quota = kaggle_api.accelerator_quota(api, accelerator) if accelerator in ("GPU", "TPU") else None
+    hours = cfg.kernel(kind).session_hours
+    if quota is None or quota.total_h - quota.used_h - quota.reserved_h >= hours:
+        return
+    left = max(0.0, quota.total_h - quota.used_h - quota.reserved_h)
+    print(f"warning: {left:.1f} h of the weekly {accelerator} quota left (of {quota.total_h:g} h"
+          + (f", refreshes {quota.refresh}" if quota.refresh else "") + f"); this {kind} session may run "
+          f"{hours:g} h, and Kaggle refuses a push past the quota", flush=True)
 
 
 def watch_kernel(cfg, kind: str) -> PushResult:
@@ -480,7 +498,8 @@ def push_next_session(api, cfg, kind: str, folder: Path, script_sha256: str, ref
     next_folder = chain.prepare_session(cfg, kind, folder, session, ref.ref)
     scan_for_secrets(cfg, [next_folder])
     try:
-        pushed = push_folder(api, cfg, kind, next_folder, wait_for_slot)
+        pushed = push_folder(api, cfg, kind, next_folder, wait_for_slot,  # a fresh push would start over
+                             go_on=f"then go on with kpack watch {kind} (it pushes session {session})")
     except InvalidSources as err:
         if ref.ref not in err.kernels or err.version is None:
             raise

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import KAGGLE, LocalKaggleServer
-from packager import campaign, kaggle_api
+from packager import campaign, kaggle_api, ledger
 from packager.config import parse_config
 from packager.errors import UserError
 from packager.localkaggle import quota
@@ -35,7 +35,7 @@ def test_the_quota_week_starts_on_saturday_midnight_utc():
     assert quota.week_start(datetime(2026, 12, 4, 23, 59)) == datetime(2026, 11, 28)  # the Friday before
 
 
-def test_gpu_sessions_spend_the_quota_and_a_push_past_it_is_refused(small_quota, tmp_path, monkeypatch):
+def test_gpu_sessions_spend_the_quota_and_a_push_past_it_is_refused(small_quota, tmp_path, monkeypatch, capsys):
     project = gpu_project(tmp_path, small_quota, monkeypatch, infer=True)
     project.write_entry(SLEEPY_ENTRY.format(seconds=3))
     try:
@@ -50,6 +50,10 @@ def test_gpu_sessions_spend_the_quota_and_a_push_past_it_is_refused(small_quota,
             push_kernel(project.cfg(), "infer", wait=False)
     finally:
         kaggle_api._restore_env()
+    warned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert any(line.startswith("warning: 0.0 h of the weekly GPU quota left (of 0.0005 h, refreshes ") and
+               line.endswith("this infer session may run 0.02 h, and Kaggle refuses a push past the quota")
+               for line in warned), warned  # said before anything is uploaded
     assert Store(small_quota.root).kernel("alice", f"{project.prefix}-infer") is None  # no version made
     shown = subprocess.run([KAGGLE, "quota"], env=kaggle_cli_env(small_quota, tmp_path), capture_output=True,
                            text=True, timeout=60)
@@ -89,3 +93,28 @@ def test_a_campaign_refused_for_the_quota_stops_in_one_line_and_keeps_the_member
     newest = {r["member"]: r["status"] for r in member_rows(project)}
     assert newest == {":0": "COMPLETE", ":1": "WAITING"}, newest  # still queued: a tick after the refresh pushes it
     assert Store(small_quota.root).kernel("alice", f"{project.train_slug}-f1") is None  # refused: no version made
+
+
+def test_a_chain_refused_for_the_quota_says_so_once_and_watch_pushes_the_session_after_the_refresh(
+        tmp_path, monkeypatch, capsys):
+    from packager.push import watch_kernel
+
+    root = tmp_path / "root"
+    server = LocalKaggleServer(root, None, 0, 120, "--gpu-quota-hours", "0.00001").start()  # 36 ms: one session
+    try:
+        project = gpu_project(tmp_path, server, monkeypatch, sessions=2)
+        with pytest.raises(UserError, match="Your weekly GPU quota is used up"):
+            push_kernel(project.cfg(), "train", wait=True)
+        out = capsys.readouterr().out
+        needs = [line for line in out.splitlines() if "needs you: " in line]
+        assert len(needs) == 1 and needs[0].endswith("then go on with kpack watch train (it pushes session 2)"), out
+        assert Store(root).kernel("alice", f"{project.train_slug}-b") is None  # refused: nothing made
+        server.stop()
+        server = LocalKaggleServer(root, server.port, 0, 120, "--gpu-quota-hours", "30").start()  # a new week
+        done = watch_kernel(project.cfg(), "train")
+        assert done.status == "COMPLETE" and done.ref.session == 2, done
+    finally:
+        kaggle_api._restore_env()
+        server.stop()
+    sessions = [(r["kernel"].split("/")[1], r["session"], r["status"]) for r in ledger.read() if r.get("finished")]
+    assert sessions == [(project.train_slug, 1, "COMPLETE"), (f"{project.train_slug}-b", 2, "COMPLETE")], sessions
