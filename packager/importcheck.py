@@ -552,7 +552,7 @@ def check(bundle: inline.Bundle, sources: Sources, kind: str) -> list[str]:
             continue
         undecided = None
         if sources.image is None:
-            undecided = "no image snapshot to check against"
+            undecided = "no image snapshot to check against: `kpack push` probes the image first"
         elif not sources.image.known and _installed_here(top):
             undecided = "the snapshot is a guess and the package is installed here: the image may have it " \
                         "(`kpack probe-image` records the image)"
@@ -567,11 +567,11 @@ def check(bundle: inline.Bundle, sources: Sources, kind: str) -> list[str]:
         fix += f", or pack its folder with kernels.{kind}.packages"
         if isinstance(sources.image, LocalImage) and top in LOCAL_EXTRA:
             fix += f" (or `pip install 'kpack[local]'`: the local Kaggle's image is this Python's packages)"
-        image = sources.image.label if sources.image is not None else "no image snapshot"
+        image_part = f"not in {sources.image.label}" if sources.image is not None else "no image snapshot"
         what = "may fail" if undecided else "resolves to nothing"
         wheels_part = f"not in {sources.wheels.label}" if sources.requirements else "no wheels dataset"
         line = f"{where}: `import {use.module}` {what} in the kernel: {top} is not packed, {wheels_part}, " \
-               f"not in {image}; {fix}"
+               f"{image_part}; {fix}"
         if undecided:
             warned.add(top)
             warnings.append(f"{line} ({undecided})")

@@ -180,6 +180,15 @@ def test_a_guessed_snapshot_warns_for_a_real_package_it_does_not_list(proj):
         build(proj, backend="kaggle", kernel={"entry": "kernel_src/guess.py"})
 
 
+def test_without_any_snapshot_an_image_package_is_a_warning_that_says_the_push_probes_first(proj):
+    (proj / "kernel_src" / "nosnap.py").write_text("import click\ndef main(config):\n    pass\n")
+    built = build(proj, backend="kaggle", kernel={"entry": "kernel_src/nosnap.py"})
+    (warning,) = [w for w in built.warnings if "`import " in w]
+    assert warning.startswith("kernel_src/nosnap.py:1: `import click` may fail in the kernel: click is not packed, "
+                              "no wheels dataset, no image snapshot; add a wheels dataset"), warning
+    assert warning.endswith("(no image snapshot to check against: `kpack push` probes the image first)")
+
+
 def test_warns_where_the_build_cannot_decide(proj):
     (proj / "kernel_src" / "maybe.py").write_text(
         "import os\nif os.environ.get('X'):\n    import only_sometimes\ndef main(config):\n    pass\n")
