@@ -103,18 +103,23 @@ def tick(config_path: str | None, only: tuple[str, ...]) -> None:
 @kind_arg
 @config_opt
 @only_opt
-def watch_cmd(kind: str, config_path: str | None, only: tuple[str, ...]) -> None:
+@click.option("--retry", is_flag=True, help="push the newest session again when it ended ERROR or cancelled "
+              "(once its cause is fixed: a secret attached, the quota refreshed), from the session before it")
+def watch_cmd(kind: str, config_path: str | None, only: tuple[str, ...], retry: bool) -> None:
     """Follow the newest session of a pushed run to its end and push the sessions still to come (a campaign:
     `kpack tick` every KPACK_TICK_S seconds until every member is done or failed)."""
     cfg = load_config(config_path)
     if _campaign(cfg, kind, only):
+        if retry:
+            raise UserError("--retry: not for a campaign's members yet; push a failed member again with "
+                            "`kpack push train --only VARIANT:FOLD`")
         from packager.tick import watch_loop
 
         watch_loop(cfg, only)
         return
-    from packager.push import watch_kernel
+    from packager.push import retry_session, watch_kernel
 
-    watch_kernel(cfg, kind)
+    (retry_session if retry else watch_kernel)(cfg, kind)
 
 
 @cli.command()

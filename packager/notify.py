@@ -159,8 +159,13 @@ def kernel_failed(cfg, ref, status: str, failure: str = "", output=None, log_tex
         lines = (failure or "").strip().splitlines()
         line = lines[-1] if lines else ""
     why = f": {line}" if line else ""
-    lead = "needs you: " if needs_user(line) else ""
-    text = (f"{lead}{ref} ({ref.kind}, session {ref.session}) {status}{why}; "
+    lead = fix = ""
+    if needs_user(line):
+        lead, fix = "needs you: ", f"then go on with `kpack watch {ref.kind} --retry`; "
+        if "secret" in line.lower() and cfg is not None and cfg.backend == "local":  # no Add-ons menu here
+            fix = ("on the local Kaggle attach it with `printf %s \"$KEY\" | kpack local secret set LABEL "
+                   "--kernel OWNER/SLUG` for each kernel named, " + fix)
+    text = (f"{lead}{ref} ({ref.kind}, session {ref.session}) {status}{why}; {fix}"
             f"{run_link(cfg, ref.ref, ref.version, output)}")
     notify(cfg, text, ok=False)
     return text

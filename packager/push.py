@@ -414,17 +414,7 @@ def watch_kernel(cfg, kind: str) -> PushResult:
     """Follow the newest session of KIND's chain that the ledger knows (after `push --no-wait`, or a watch
     that was stopped) to its end, and push the sessions still to come, as `kpack push` would have."""
     base_slug = cfg.kernel(kind).slug
-    row, ref = _newest_session(cfg, kind)
-    if row is None:
-        raise UserError(f"{kind}: the ledger ({ledger.ledger_path()}) has no run of {base_slug} on the {cfg.backend} "
-                        f"backend; start one with: kpack push {kind}")
-    folder = Path("build") / "kernels" / base_slug
-    script, recorded = _script(folder), row.get("script_sha256")
-    script_sha256 = file_sha256(script) if script else None
-    if script is None or (recorded and script_sha256 != recorded):
-        raise UserError(f"{folder}: not the script {ref} runs (rebuilt since, or missing); the next session must "
-                        f"run the same code: check out {row.get('git_commit') or 'the commit it was pushed from'}, "
-                        f"run `kpack build {kind}`, then `kpack watch {kind}` again")
+    row, ref, folder, script_sha256 = _chain_to_go_on(cfg, kind)
     if row["status"] == SOURCES_INVALID:  # pushing again would only make another session without its checkpoint
         raise UserError(row.get("failure") or f"{ref} was made without the previous session's output; start the "
                         f"run again with `kpack push {kind}`", exit_code=1)
@@ -439,6 +429,56 @@ def watch_kernel(cfg, kind: str) -> PushResult:
         finished = (row["status"], row.get("failure") or "", out)
     print(f"{kind}: following {ref} (session {ref.session}, {row['status']} in the ledger)", flush=True)
     return follow_chain(api, cfg, kind, folder, script_sha256, ref, before=None, finished=finished)
+
+
+def _chain_to_go_on(cfg, kind: str) -> tuple[dict, watch.KernelRef, Path, str]:
+    """The ledger's newest session of KIND's chain, its kernel, and the built folder (with its script's sha256)
+    the chain's next session is pushed from: refused in one line when there is no run, or the script changed."""
+    base_slug = cfg.kernel(kind).slug
+    row, ref = _newest_session(cfg, kind)
+    if row is None:
+        raise UserError(f"{kind}: the ledger ({ledger.ledger_path()}) has no run of {base_slug} on the {cfg.backend} "
+                        f"backend; start one with: kpack push {kind}")
+    folder = Path("build") / "kernels" / base_slug
+    script, recorded = _script(folder), row.get("script_sha256")
+    script_sha256 = file_sha256(script) if script else None
+    if script is None or (recorded and script_sha256 != recorded):
+        raise UserError(f"{folder}: not the script {ref} runs (rebuilt since, or missing); the next session must "
+                        f"run the same code: check out {row.get('git_commit') or 'the commit it was pushed from'}, "
+                        f"run `kpack build {kind}`, then `kpack watch {kind}` again")
+    return row, ref, folder, script_sha256
+
+
+RETRYABLE = ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
+
+
+def retry_session(cfg, kind: str) -> PushResult:
+    """`kpack watch KIND --retry`: push the chain's newest session again when it ended without completing (a
+    secret not yet attached to its kernel, the quota, a cancelled run), from the output of the session before it
+    (still its kernel's newest version: checked), then follow the chain. Session 1 is pushed again as it was."""
+    base_slug = cfg.kernel(kind).slug
+    row, ref, folder, script_sha256 = _chain_to_go_on(cfg, kind)
+    if row["status"] not in RETRYABLE:
+        raise UserError(f"{kind}: nothing to retry: {ref} (session {ref.session}) is {row['status']} in the ledger"
+                        + ("" if row["status"] == SOURCES_INVALID else f"; follow it with `kpack watch {kind}`"))
+    api = kaggle_api.connect(cfg)
+    print(f"{kind}: {ref} (session {ref.session}) ended {row['status']}; pushing session {ref.session} again",
+          flush=True)
+    if ref.session == 1:
+        scan_for_secrets(cfg, [folder])
+        again = push_folder(api, cfg, kind, folder)
+        _record_start(cfg, again, base_slug, script_sha256)
+        return follow_chain(api, cfg, kind, folder, script_sha256, again, before=(0, 0))
+    previous = next((r for r in _chain_rows(cfg, ref, base_slug) if r.get("session") == ref.session - 1), None)
+    if previous is None or previous.get("status") != "COMPLETE":
+        raise UserError(f"{kind}: cannot retry session {ref.session}: the ledger has no COMPLETE session "
+                        f"{ref.session - 1} before it; start the run again with `kpack push {kind}`")
+    owner, slug = previous["kernel"].split("/")
+    before = watch.KernelRef(owner, slug, previous["version"], kind, previous["session"])
+    out = Path(previous["output"]) if previous.get("output") else None
+    again = push_next_session(api, cfg, kind, folder, script_sha256, before)
+    return follow_chain(api, cfg, kind, folder, script_sha256, again,
+                        before=chain.progress(out) if out and out.is_dir() else None)
 
 
 def _script(folder: Path) -> Path | None:
@@ -470,7 +510,9 @@ def follow_chain(api, cfg, kind: str, folder: Path, script_sha256: str, ref: wat
             status, failure = outcome.status, outcome.failure
         result.status, result.output = status, out
         if status != "COMPLETE":
-            raise UserError(f"{ref} ended {status}{f': {failure}' if failure else ''}", exit_code=1)
+            raise UserError(f"{ref} ended {status}{f': {failure}' if failure else ''}; once its cause is "
+                            f"fixed (a secret attached, the quota refreshed), push session {ref.session} again "
+                            f"with `kpack watch {kind} --retry`", exit_code=1)
         if out is None or not chain.needs_another_session(out):
             return result
         after = chain.progress(out)

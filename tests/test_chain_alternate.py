@@ -105,23 +105,36 @@ def test_encrypted_weights_need_the_secret_on_both_kernels(local_kaggle, tmp_pat
     config.write_text(config.read_text().replace("dir: models}", f"dir: models, encrypt: true, key_env: {label}}}"))
     slug, other = project.train_slug, f"{project.train_slug}-b"
     kpack = [sys.executable, "-m", "packager.cli", "local", "secret", "set", label, "--root", str(local_kaggle.root)]
-    done = subprocess.run(kpack + ["--kernel", f"alice/{slug}"], input=key, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
     try:
-        with pytest.raises(UserError) as err:  # session 2 runs on the other kernel, which has no secret
+        with pytest.raises(UserError, match=f"Kaggle secret {label} is not attached"):  # a new kernel: none yet
             push_kernel(project.cfg(), "train", wait=True)
+        done = subprocess.run(kpack + ["--kernel", f"alice/{slug}"], input=key, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(UserError) as err:  # session 1 again; session 2 runs on the other kernel: no secret
+            push.retry_session(project.cfg(), "train")
         line = (f"Kaggle secret {label} is not attached to this kernel: attach it (Add-ons -> Secrets) to "
                 f"alice/{slug} and alice/{other}")
         assert line in str(err.value)
         log = (project.root / "runs" / other / "v1" / f"{other}.log").read_text()
         kernel = [e["data"] for e in json.loads(log) if not e["data"].startswith("kpack local runner")]
         assert len(kernel) == 2 and line in kernel[1], kernel  # the script's banner, then that line: no traceback
-        assert [(r["session"], r["status"]) for r in ledger.read()] == [(1, "COMPLETE"), (2, "ERROR")]
+        assert [(r["session"], r["status"]) for r in ledger.read()] == [(1, "ERROR"), (1, "COMPLETE"), (2, "ERROR")]
+
+        assert "push session 2 again with `kpack watch train --retry`" in str(err.value)
+        with pytest.raises(UserError, match="ended ERROR: .*kpack watch train --retry"):
+            watch_kernel(project.cfg(), "train")  # a plain watch only says so again: it pushes nothing
 
         done = subprocess.run(kpack + ["--kernel", f"alice/{other}"], input=key, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        result = push_kernel(project.cfg(), "train", wait=True)   # attached to both: the chain goes through
-        assert result.status == "COMPLETE" and [(r.slug, r.version) for r in result.sessions] == [(slug, 2), (other, 2)]
+        result = push.retry_session(project.cfg(), "train")  # attached to both: session 2 again, not the chain
+        assert result.status == "COMPLETE" and [(r.slug, r.version, r.session) for r in result.sessions] == [
+            (other, 2, 2)]
+        store = Store(local_kaggle.root)
+        assert store.kernel_version("alice", other, 2)["metadata"]["kernel_data_sources"] == [f"alice/{slug}"]
+        assert store.kernel("alice", slug)["versions"] == [1, 2]  # session 1 (v2) was not trained a third time
+        assert json.loads((result.output / "state.json").read_text()) == {"done": True, "session": 2}
+        with pytest.raises(UserError, match="nothing to retry: .* is COMPLETE"):
+            push.retry_session(project.cfg(), "train")
     finally:
         kaggle_api._restore_env()
 

@@ -161,6 +161,8 @@ def test_a_missing_secret_is_a_failure_that_needs_the_user(told, pushed_project,
     [text] = told.texts()
     assert text.startswith(f"[kpack] FAILED: needs you: alice/{project.train_slug} v1 (train, session 1) ERROR: ")
     assert f"Kaggle secret {label} is not attached to this kernel" in text
+    assert "on the local Kaggle attach it with `printf %s \"$KEY\" | kpack local secret set LABEL --kernel " \
+           "OWNER/SLUG` for each kernel named, then go on with `kpack watch train --retry`; http://127.0.0.1:" in text
     assert os.environ[label] not in text
 
 
