@@ -89,14 +89,16 @@ def _campaign(cfg, kind: str, only: tuple[str, ...]) -> bool:
 @cli.command()
 @config_opt
 @only_opt
-def tick(config_path: str | None, only: tuple[str, ...]) -> None:
+@click.option("--retry", is_flag=True, help="members whose newest session ended ERROR or cancelled push that "
+              "session again (once its cause is fixed)")
+def tick(config_path: str | None, only: tuple[str, ...], retry: bool) -> None:
     """One step of the train run: poll every open member, download and record what ended, push the next
     sessions and queued members while slots are free; exits. Safe to run from cron, CI or twice at once."""
     cfg = load_config(config_path)
     _campaign(cfg, "train", only)
     from packager.tick import step
 
-    step(cfg, only)
+    step(cfg, only, retry=retry)
 
 
 @cli.command("watch")
@@ -110,12 +112,9 @@ def watch_cmd(kind: str, config_path: str | None, only: tuple[str, ...], retry: 
     `kpack tick` every KPACK_TICK_S seconds until every member is done or failed)."""
     cfg = load_config(config_path)
     if _campaign(cfg, kind, only):
-        if retry:
-            raise UserError("--retry: not for a campaign's members yet; push a failed member again with "
-                            "`kpack push train --only VARIANT:FOLD`")
         from packager.tick import watch_loop
 
-        watch_loop(cfg, only)
+        watch_loop(cfg, only, retry)
         return
     from packager.push import retry_session, watch_kernel
 

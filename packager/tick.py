@@ -179,6 +179,24 @@ def _start(api, st: MemberState) -> None:
     push.push_next_session(api, mcfg, KIND, folder, sha, previous, wait_for_slot=False)
 
 
+def _retry(st: MemberState) -> bool:
+    """Set a failed member whose newest session ended ERROR or cancelled to push that session again: session 1
+    as if queued, session N from session N-1's COMPLETE row. False (left failed) when it cannot be retried."""
+    from packager.push import RETRYABLE
+
+    if st.state != "failed" or not st.row or st.row.get("status") not in RETRYABLE:
+        return False
+    session, status = st.row.get("session") or 1, st.row["status"]
+    if session > 1:
+        previous = [r for r in _rows(st.cfg) if r.get("session") == session - 1 and r.get("status") == "COMPLETE"]
+        if not previous:
+            return False
+        st.row = previous[-1]
+    st.state, st.note = ("next" if session > 1 else "waiting"), ""
+    print(f"{st.member.slug}: session {session} ended {status}; pushing session {session} again", flush=True)
+    return True
+
+
 def _open_in_ledger(cfg, member: campaign.Member) -> bool:
     """Whether the ledger's newest row of the member is a session not known to have ended (no server call)."""
     rows = _rows(campaign.member_cfg(cfg, member))
@@ -190,9 +208,10 @@ def cap(cfg) -> int:
     return cfg.campaign.gpu_sessions if kind in ("gpu", "tpu") else cfg.campaign.cpu_sessions
 
 
-def step(cfg, only=None, report=None) -> list[MemberState] | None:
+def step(cfg, only=None, report=None, retry: bool = False) -> list[MemberState] | None:
     """One tick over the chosen members; None when another tick holds the lock. `report` takes the summary
-    (how many members are open, waiting, done ...); without it the summary is printed as `tick: ...`."""
+    (how many members are open, waiting, done ...); without it the summary is printed as `tick: ...`. retry:
+    members whose newest session ended ERROR or cancelled push that session again (`--retry`)."""
     from packager.push import QuotaSpent, SlotBusy
 
     with tick_lock() as held:
@@ -202,6 +221,8 @@ def step(cfg, only=None, report=None) -> list[MemberState] | None:
         chosen = campaign.parse_only(only, campaign.members(cfg))
         api = kaggle_api.connect(cfg)
         states = [_judge(api, campaign.member_cfg(cfg, m), m) for m in chosen]
+        for st in states if retry else []:
+            _retry(st)
         others = [m for m in campaign.members(cfg) if m not in chosen]  # left out by --only: their open sessions
         open_now = sum(st.state == "open" for st in states) + sum(_open_in_ledger(cfg, m) for m in others)
         queue = [st for st in states if st.state == "next"] + [st for st in states if st.state == "waiting"]
@@ -237,7 +258,7 @@ def finished(states: list[MemberState]) -> bool:
     return all(st.state in ("done", "failed", "absent") for st in states)
 
 
-def watch_loop(cfg, only=None) -> list[MemberState]:
+def watch_loop(cfg, only=None, retry: bool = False) -> list[MemberState]:
     """`kpack watch train` for a campaign: tick every KPACK_TICK_S seconds until every member is done or
     failed; a UserError (exit 1) when one failed. Between ends it says what it waits for only when that changes
     or KPACK_WAIT_EVERY_S passed, and each running member's newest log line (as `kpack watch` of one kernel)."""
@@ -246,7 +267,8 @@ def watch_loop(cfg, only=None) -> list[MemberState]:
     every = env_number("KPACK_TICK_S", 5.0 if cfg.backend == "local" else 60.0)
     wait, tails, summary, api = progress.Wait(KIND, "the members to end"), {}, [], None
     while True:
-        states = step(cfg, only, report=summary.append)
+        states = step(cfg, only, report=summary.append, retry=retry)
+        retry = retry and states is None  # once: the first tick that ran
         if states is not None and finished(states):
             print(f"tick: {summary[-1]}", flush=True)
             break
@@ -271,7 +293,9 @@ def watch_loop(cfg, only=None) -> list[MemberState]:
     failed = [st for st in states if st.state == "failed"]
     if failed:
         causes = "; ".join(f"{st.member.slug}: {st.note}" for st in failed)
-        raise UserError(f"{len(failed)} member(s) failed: {causes}", exit_code=1)
+        raise UserError(f"{len(failed)} member(s) failed: {causes}; once a cause is fixed (a secret attached, "
+                        "the quota refreshed), `kpack watch train --retry` pushes their failed sessions again",
+                        exit_code=1)
     return states
 
 

@@ -365,3 +365,45 @@ def test_a_campaign_over_the_weekly_quota_is_refused_unless_forced(two_gpus, tmp
     forced = kpack(project, "push", "train", "--force", "--no-wait", "--only", "b:1")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert [(r["member"], r["status"]) for r in member_rows(project)] == [("b:1", "QUEUED")]
+
+
+def test_watch_retry_pushes_a_members_failed_session_again_from_the_session_before(two_gpus, tmp_path,
+                                                                                   monkeypatch):
+    import base64
+
+    isolate(monkeypatch, tmp_path)
+    project = make_project(tmp_path, two_gpus)  # with the weights dataset, encrypted below
+    project.write_entry(MEMBER_ENTRY)
+    label = "KEY_" + project.prefix.replace("-", "_")
+    key = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv(label, key)
+    config = project.root / "kpack.yaml"
+    text = config.read_text().replace("accelerator: 'None'", "accelerator: NvidiaTeslaT4")
+    text = text.replace("session_hours: 0.02}", "session_hours: 0.02, members: {folds: [0, 1]}}")
+    text = text.replace("dir: models}", f"dir: models, encrypt: true, key_env: {label}}}")
+    config.write_text(text + "kit: {data: {folds: 2}, seed: 0}\n")
+    monkeypatch.chdir(project.root)
+
+    def attach(*slugs):
+        done = subprocess.run([sys.executable, "-m", "packager.cli", "local", "secret", "set", label, "--root",
+                               str(two_gpus.root), *[a for s in slugs for a in ("--kernel", f"alice/{s}")]],
+                              input=key, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    f0, f1 = f"{project.train_slug}-f0", f"{project.train_slug}-f1"
+    attach(f0, f"{f0}-b", f1)  # not f1-b: Kaggle attaches a secret only to a kernel that exists
+    failed = kpack(project, "push", "train")
+    assert failed.returncode == 1 and "1 member(s) failed" in failed.stderr, failed.stdout + failed.stderr
+    assert "`kpack watch train --retry` pushes their failed sessions again" in failed.stderr
+    attach(f"{f1}-b")
+    again = kpack(project, "watch", "train", "--retry")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{f1}: session 2 ended ERROR; pushing session 2 again" in again.stdout
+    sessions = [(r["session"], r["status"]) for r in member_rows(project) if r["member"] == ":1"]
+    assert sessions == [(1, "COMPLETE"), (2, "ERROR"), (2, "COMPLETE")], sessions
+    from packager.localkaggle.store import Store
+
+    store = Store(two_gpus.root)
+    assert store.kernel("alice", f1)["versions"] == [1] and store.kernel("alice", f"{f1}-b")["versions"] == [1, 2]
+    last = [r for r in member_rows(project) if r["member"] == ":1"][-1]
+    assert last["cv_score"] == pytest.approx(0.5 + 1 / 10 + 0 / 100 + 2 / 1000)  # session 2 saw session 1
