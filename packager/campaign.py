@@ -174,8 +174,10 @@ def member_hours(cfg, member: Member, rows: list[dict]) -> tuple[float, str]:
     return hours, f"one full session of {hours:g} h (no measured run; set campaign.epoch_minutes)"
 
 
-def is_gpu(cfg) -> bool:
-    return shapes.guess(cfg.kernel(KIND).accelerator).kind == "gpu"
+def accelerator(cfg) -> str | None:
+    """'GPU' or 'TPU': the weekly quota the train members spend; None on CPU."""
+    kind = shapes.guess(cfg.kernel(KIND).accelerator).kind
+    return kind.upper() if kind in ("gpu", "tpu") else None
 
 
 def used_gpu_hours(cfg, rows: list[dict], now: float | None = None) -> float:
@@ -203,13 +205,18 @@ def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = No
              quota=None) -> tuple[list[str], bool]:
     """(lines to print, whether the campaign fits the weekly GPU quota left). quota: the backend's own figures
     (kaggle_api.Quota: they count sessions run outside kpack too), capped at campaign.weekly_gpu_hours; without
-    them, the ledger's GPU hours of the last 7 days against weekly_gpu_hours."""
-    if not is_gpu(cfg):
+    them, the ledger's GPU hours of the last 7 days against weekly_gpu_hours. TPU members are checked against
+    the backend's TPU figures only (weekly_gpu_hours is not theirs)."""
+    spent = accelerator(cfg)
+    if spent is None:
         return [f"forecast: {len(chosen)} member(s) on {cfg.kernel(KIND).accelerator}: no GPU quota spent"], True
     needs = [member_hours(cfg, m, rows) for m in chosen]
     need = sum(h for h, _ in needs)
     how = sorted({why for _, why in needs})
-    budget = cfg.campaign.weekly_gpu_hours
+    budget = cfg.campaign.weekly_gpu_hours if spent == "GPU" else float("inf")
+    if spent == "TPU" and quota is None:
+        return [f"forecast: {len(chosen)} member(s) need about {need:.1f} TPU h ({'; '.join(how)}); the backend "
+                "gave no TPU quota figures: not checked"], True
     if quota is not None:
         total = min(budget, quota.total_h)
         used = quota.used_h + quota.reserved_h
@@ -220,10 +227,10 @@ def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = No
         total, used = budget, used_gpu_hours(cfg, rows, now)
         said = f"weekly quota {total:g} h, {used:.1f} h used in the last 7 days"
     left = total - used
-    lines = [f"forecast: {len(chosen)} member(s) need about {need:.1f} GPU h ({'; '.join(how)}); {said}, "
+    lines = [f"forecast: {len(chosen)} member(s) need about {need:.1f} {spent} h ({'; '.join(how)}); {said}, "
              f"{left:.1f} h left"]
     fits = need <= left
     if not fits:
-        lines.append(f"forecast: {need:.1f} GPU h is over the {left:.1f} h left this week; narrow it with --only, "
-                     "raise campaign.weekly_gpu_hours if your quota is larger, or push anyway with --force")
+        lines.append(f"forecast: {need:.1f} {spent} h is over the {left:.1f} h left this week; narrow it with "
+                     "--only, raise campaign.weekly_gpu_hours if your quota is larger, or push anyway with --force")
     return lines, fits

@@ -320,7 +320,8 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
     chosen = campaign.parse_only(only, campaign.members(cfg))
     kaggle_api.check_credentials(cfg)
     api = kaggle_api.connect(cfg)
-    quota = kaggle_api.accelerator_quota(api) if campaign.is_gpu(cfg) else None
+    spent = campaign.accelerator(cfg)
+    quota = kaggle_api.accelerator_quota(api, spent) if spent else None
     lines, fits = campaign.forecast(cfg, chosen, ledger.read(), quota=quota)
     if not fits and not force:  # the refusal is the error line itself, not printed twice
         print(lines[0], flush=True)

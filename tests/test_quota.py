@@ -75,6 +75,13 @@ def test_the_forecast_takes_kaggles_count_capped_at_the_configured_budget():
     spent = SimpleNamespace(used_h=29.5, reserved_h=0.0, total_h=30.0, refresh="")
     lines, fits = campaign.forecast(cfg, chosen, [], quota=spent)
     assert not fits and "weekly quota 30 h, 29.5 h used this week (Kaggle's count), 0.5 h left" in lines[0]
+    tpu = parse_config({**data, "kernels": {"train": {**data["kernels"]["train"], "accelerator": "TpuV38"}},
+                        "kit": {**data["kit"], "stages": [{"epochs": 1}]}, "campaign": {"epoch_minutes": 60.0}})
+    lines, fits = campaign.forecast(tpu, campaign.members(tpu), [], quota=SimpleNamespace(
+        used_h=19.0, reserved_h=0.0, total_h=20.0, refresh=""))  # TPU hours against the TPU quota, not 30 GPU h
+    assert not fits and lines[0].endswith("need about 2.0 TPU h (1 epochs x 60 min (campaign.epoch_minutes)); "
+                                          "weekly quota 20 h, 19.0 h used this week (Kaggle's count), 1.0 h left")
+    assert campaign.forecast(tpu, campaign.members(tpu), [])[1]  # no TPU figures: said, not refused
 
 
 def test_a_campaign_refused_for_the_quota_stops_in_one_line_and_keeps_the_member_queued(small_quota, tmp_path,
