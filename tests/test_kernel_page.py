@@ -1,6 +1,7 @@
 """The local Kaggle's kernel page (/code/<owner>/<slug>, where kpack's links to a local run point), opened in a
 real headless Chromium: each version's status, failure, output links that download the file, and the log's
-text, escaped; newest version first; 404 for a kernel that does not exist."""
+text, escaped; a report viewed in a sandbox where its script does not run; newest version first; 404 for a kernel
+that does not exist."""
 from __future__ import annotations
 
 import re
@@ -17,7 +18,9 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 GOOD = ("import pathlib\nprint('<script>document.title = \"ran\"</script> & done')\n"
         "pathlib.Path('/kaggle/working/sub').mkdir()\n"
-        "pathlib.Path('/kaggle/working/sub/result.txt').write_text('<b>42</b>')\n")
+        "pathlib.Path('/kaggle/working/sub/result.txt').write_text('<b>42</b>')\n"
+        "pathlib.Path('/kaggle/working/report.html').write_text('<title>report</title><h1>the report</h1>"
+        "<script>document.title = \"ran\"</script>')\n")
 BAD = "raise SystemExit('broken on purpose')\n"
 
 
@@ -42,6 +45,17 @@ def test_the_kernel_page_shows_every_version_in_a_real_browser(local_kaggle, run
     href = re.search(r'<a href="([^"]+)">sub/result.txt</a>', dom[oldest:]).group(1)
     with NO_PROXY.open(local_kaggle.url + href, timeout=10) as answer:
         assert answer.read() == b"<b>42</b>"
+    # a report has a "view" link: shown in the browser, in a sandbox where the kernel's script does not run
+    view = re.search(r'<a href="([^"]+)">report.html</a> \([\d,]+ bytes\) \(<a href="([^"]+)">view</a>\)',
+                     dom[oldest:]).group(2)
+    assert view.endswith("/report.html?view=1")
+    with NO_PROXY.open(local_kaggle.url + view, timeout=10) as answer:
+        assert answer.headers["Content-Disposition"].startswith("inline")
+        assert answer.headers["Content-Security-Policy"].startswith("sandbox;")
+    shown = _browser("--no-proxy-server", "--dump-dom", local_kaggle.url + view)
+    assert "<h1>the report</h1>" in shown.stdout and "<title>report</title>" in shown.stdout, shown.stdout
+    with NO_PROXY.open(local_kaggle.url + href, timeout=10) as answer:  # without ?view=1: a download
+        assert answer.headers["Content-Disposition"].startswith("attachment")
     with pytest.raises(urllib.error.HTTPError) as missing:
         NO_PROXY.open(f"{local_kaggle.url}/code/{USER}/no-such-{slug}", timeout=10)
     assert missing.value.code == 404

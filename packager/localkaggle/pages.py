@@ -2,13 +2,14 @@
 
 kaggle.com's page of a kernel shows each version's status, log and output; this one shows the same from the
 store, newest version first (anchor #vN), as plain HTML with no script and nothing fetched from elsewhere. The
-output links are the server's own file URLs (/_kpack/files/...). Like those files, the page needs no sign-in:
+output links are the server's own file URLs (/_kpack/files/...), which download; a report, plot, log or table
+also has a "view" link that shows it in the browser, sandboxed (no script runs, nothing else is reachable). Like those files, the page needs no sign-in:
 the server listens on the loopback only, unless `--host` says otherwise.
 """
 from __future__ import annotations
 
 from html import escape
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from packager import logs
 from packager.localkaggle.rpc import BASE_URL, file_url
@@ -16,6 +17,9 @@ from packager.localkaggle.runner import read_log
 from packager.localkaggle.store import TERMINAL, Store, list_files
 
 LOG_LINES = 200  # the tail each version shows; `kpack logs` has the whole log
+# What the page's "view" links show in the browser (the file URL with ?view=1, sandboxed); the rest downloads.
+VIEWABLE = {".html": "text/html; charset=utf-8", ".png": "image/png", ".txt": "text/plain; charset=utf-8",
+            ".json": "application/json", ".csv": "text/plain; charset=utf-8"}
 
 
 def kernel_page(store: Store, owner: str, slug: str) -> str | None:
@@ -33,6 +37,11 @@ def kernel_page(store: Store, owner: str, slug: str) -> str | None:
             f"newest first (the local Kaggle)</p>\n{body}\n</body></html>\n")
 
 
+def _file_item(url: str, name: str, size: int) -> str:
+    view = f' (<a href="{escape(url)}?view=1">view</a>)' if PurePosixPath(name).suffix.lower() in VIEWABLE else ""
+    return f'<li><a href="{escape(url)}">{escape(name)}</a> ({size:,} bytes){view}</li>'
+
+
 def _version(owner: str, slug: str, v: dict) -> str:
     number, status = v["number"], str(v.get("status", ""))
     pushed = str(v.get("created", "?"))[:19].replace("T", " ")
@@ -41,8 +50,8 @@ def _version(owner: str, slug: str, v: dict) -> str:
         facts.append(f"ran {float(v['seconds']):.0f}s")
     failure = f"<p class=\"ERROR\">{escape(v['failure_message'])}</p>" if v.get("failure_message") else ""
     files = list_files(Path(v["output_dir"])) if v.get("output_dir") and status in TERMINAL else []
-    links = "".join(f"<li><a href=\"{escape(file_url('kernels', owner, slug, number, name).removeprefix(BASE_URL))}"
-                    f"\">{escape(name)}</a> ({size:,} bytes)</li>" for name, size in files)
+    links = "".join(_file_item(file_url("kernels", owner, slug, number, name).removeprefix(BASE_URL), name, size)
+                    for name, size in files)
     lines = logs.plain(logs.decode(read_log(Path(v["log_path"])))).splitlines() if v.get("log_path") else []
     cut = f" (the last {LOG_LINES} of {len(lines)} lines)" if len(lines) > LOG_LINES else ""
     return (f"<section id=\"v{number}\"><h2>Version {number}: <span class=\"{escape(status)}\">{escape(status)}"

@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 from packager.localkaggle import competitions_api
 from packager.localkaggle.faults import Faults, Rule, Stats
+from packager.localkaggle.pages import VIEWABLE
 from packager.localkaggle.rpc import ROUTES, ApiError, Call, Redirect, load_handlers
 from packager.localkaggle.scheduler import Scheduler
 from packager.localkaggle.store import Store, StoreError
@@ -419,7 +420,8 @@ class Handler(BaseHTTPRequestHandler):
         target = self._stored_file([unquote(p) for p in path[len("/_kpack/files/"):].split("/")])
         if target is None:
             raise ApiError(404, f"no such file: {unquote(path)}")
-        self._send_file(target, "application/octet-stream", target.name, rule)
+        viewed = VIEWABLE.get(target.suffix.lower()) if "view=1" in urlsplit(self.path).query.split("&") else None
+        self._send_file(target, viewed or "application/octet-stream", target.name, rule, inline=viewed is not None)
 
     def _kernel_page(self, owner: str, slug: str) -> None:
         from packager.localkaggle.pages import kernel_page
@@ -460,13 +462,18 @@ class Handler(BaseHTTPRequestHandler):
         target = (base / name).resolve()
         return target if base in target.parents and target.is_file() else None
 
-    def _send_file(self, path: Path, content_type: str, name: str, rule: Rule | None = None) -> None:
+    def _send_file(self, path: Path, content_type: str, name: str, rule: Rule | None = None,
+                   inline: bool = False) -> None:
         size = path.stat().st_size
         self.app.stats.status(200)
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(size))
-        self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.send_header("Content-Disposition", f'{"inline" if inline else "attachment"}; filename="{name}"')
+        if inline:  # a kernel wrote it: shown in a sandbox of its own (no script, no other origin's data)
+            self.send_header("Content-Security-Policy", "sandbox; default-src 'none'; img-src data: 'self'; "
+                                                        "style-src 'unsafe-inline'")
+            self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
         self.end_headers()
         rate = rule.bytes_per_s if rule and rule.kind == "slow" else None
