@@ -176,8 +176,7 @@ def member_hours(cfg, member: Member, rows: list[dict]) -> tuple[float, str]:
 
 def accelerator(cfg) -> str | None:
     """'GPU' or 'TPU': the weekly quota the train members spend; None on CPU."""
-    kind = shapes.guess(cfg.kernel(KIND).accelerator).kind
-    return kind.upper() if kind in ("gpu", "tpu") else None
+    return shapes.quota_of(cfg.kernel(KIND).accelerator)
 
 
 def used_gpu_hours(cfg, rows: list[dict], now: float | None = None) -> float:
@@ -219,7 +218,7 @@ def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = No
                 "gave no TPU quota figures: not checked"], True
     if quota is not None:
         total = min(budget, quota.total_h)
-        used = quota.used_h + quota.reserved_h
+        used = quota.spent_h
         capped = " (campaign.weekly_gpu_hours)" if budget < quota.total_h else ""
         refresh = f", refreshes {quota.refresh}" if quota.refresh else ""
         said = f"weekly quota {total:g} h{capped}, {used:.1f} h used this week (Kaggle's count{refresh})"

@@ -371,6 +371,11 @@ class Quota:
     total_h: float
     refresh: str  # when it refreshes, 'YYYY-MM-DD HH:MM UTC', or '' when not said
 
+    @property
+    def spent_h(self) -> float:
+        """Used, and reserved by sessions running now: neither is left to spend."""
+        return self.used_h + self.reserved_h
+
 
 def accelerator_quota(api, accelerator: str = "GPU") -> Quota | None:
     """GetAcceleratorQuotaStatistics' figures for `accelerator` (GPU or TPU); None when the backend does not

@@ -399,12 +399,12 @@ def warn_if_quota_short(api, cfg, kind: str) -> None:
     """A GPU or TPU session that may run longer than the week's quota left (the backend's count): say so."""
     from packager import shapes
 
-    accelerator = shapes.guess(cfg.kernel(kind).accelerator).kind.upper()
-    quota = kaggle_api.accelerator_quota(api, accelerator) if accelerator in ("GPU", "TPU") else None
+    accelerator = shapes.quota_of(cfg.kernel(kind).accelerator)
+    quota = kaggle_api.accelerator_quota(api, accelerator) if accelerator else None
     hours = cfg.kernel(kind).session_hours
-    if quota is None or quota.total_h - quota.used_h - quota.reserved_h >= hours:
+    if quota is None or quota.total_h - quota.spent_h >= hours:
         return
-    left = max(0.0, quota.total_h - quota.used_h - quota.reserved_h)
+    left = max(0.0, quota.total_h - quota.spent_h)
     print(f"warning: {left:.1f} h of the weekly {accelerator} quota left (of {quota.total_h:g} h"
           + (f", refreshes {quota.refresh}" if quota.refresh else "") + f"); this {kind} session may run "
           f"{hours:g} h, and Kaggle refuses a push past the quota", flush=True)
@@ -469,8 +469,8 @@ def retry_session(cfg, kind: str) -> PushResult:
         again = push_folder(api, cfg, kind, folder)
         _record_start(cfg, again, base_slug, script_sha256)
         return follow_chain(api, cfg, kind, folder, script_sha256, again, before=(0, 0))
-    previous = next((r for r in _chain_rows(cfg, ref, base_slug) if r.get("session") == ref.session - 1), None)
-    if previous is None or previous.get("status") != "COMPLETE":
+    previous = session_before(cfg, ref, base_slug)
+    if previous is None:
         raise UserError(f"{kind}: cannot retry session {ref.session}: the ledger has no COMPLETE session "
                         f"{ref.session - 1} before it; start the run again with `kpack push {kind}`")
     owner, slug = previous["kernel"].split("/")
@@ -479,6 +479,12 @@ def retry_session(cfg, kind: str) -> PushResult:
     again = push_next_session(api, cfg, kind, folder, script_sha256, before)
     return follow_chain(api, cfg, kind, folder, script_sha256, again,
                         before=chain.progress(out) if out and out.is_dir() else None)
+
+
+def session_before(cfg, ref: watch.KernelRef, base_slug: str) -> dict | None:
+    """The ledger row of the session before ref in its chain, when that session ended COMPLETE; else None."""
+    previous = next((r for r in _chain_rows(cfg, ref, base_slug) if r.get("session") == ref.session - 1), None)
+    return previous if previous is not None and previous.get("status") == "COMPLETE" else None
 
 
 def _script(folder: Path) -> Path | None:

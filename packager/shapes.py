@@ -61,6 +61,12 @@ def effective(name: str) -> Shape:
     return SHAPES[shape.runs_as] if shape.runs_as else shape
 
 
+def quota_of(name: str) -> str | None:
+    """'GPU' or 'TPU': the weekly quota a session on `name` spends; None for a CPU session."""
+    kind = guess(name).kind
+    return kind.upper() if kind in ("gpu", "tpu") else None
+
+
 def names() -> list[str]:
     """The shapes Kaggle offers today, retired ones left out."""
     return [s.name for s in SHAPES.values() if not s.runs_as]

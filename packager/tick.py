@@ -179,22 +179,21 @@ def _start(api, st: MemberState) -> None:
     push.push_next_session(api, mcfg, KIND, folder, sha, previous, wait_for_slot=False)
 
 
-def _retry(st: MemberState) -> bool:
+def _retry(st: MemberState) -> None:
     """Set a failed member whose newest session ended ERROR or cancelled to push that session again: session 1
-    as if queued, session N from session N-1's COMPLETE row. False (left failed) when it cannot be retried."""
-    from packager.push import RETRYABLE
+    as if queued, session N from session N-1's COMPLETE row; left failed when it cannot be retried."""
+    from packager.push import RETRYABLE, session_before
 
     if st.state != "failed" or not st.row or st.row.get("status") not in RETRYABLE:
-        return False
+        return
     session, status = st.row.get("session") or 1, st.row["status"]
     if session > 1:
-        previous = [r for r in _rows(st.cfg) if r.get("session") == session - 1 and r.get("status") == "COMPLETE"]
-        if not previous:
-            return False
-        st.row = previous[-1]
+        previous = session_before(st.cfg, _ref(st.row), st.cfg.kernel(KIND).slug)
+        if previous is None:
+            return
+        st.row = previous
     st.state, st.note = ("next" if session > 1 else "waiting"), ""
     print(f"{st.member.slug}: session {session} ended {status}; pushing session {session} again", flush=True)
-    return True
 
 
 def _open_in_ledger(cfg, member: campaign.Member) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 from datetime import datetime
-from types import SimpleNamespace
 
 import pytest
 
@@ -67,17 +66,17 @@ def test_the_forecast_takes_kaggles_count_capped_at_the_configured_budget():
     cfg = parse_config({**data, "kit": {**data["kit"], "stages": [{"epochs": 1}]},
                         "campaign": {"epoch_minutes": 60.0, "weekly_gpu_hours": 30}})
     chosen = campaign.members(cfg)
-    counted = SimpleNamespace(used_h=20.0, reserved_h=1.5, total_h=40.0, refresh="2026-12-12 00:00 UTC")
+    counted = kaggle_api.Quota(used_h=20.0, reserved_h=1.5, total_h=40.0, refresh="2026-12-12 00:00 UTC")
     lines, fits = campaign.forecast(cfg, chosen, [], quota=counted)  # the ledger knows nothing: Kaggle does
     assert lines == ["forecast: 2 member(s) need about 2.0 GPU h (1 epochs x 60 min (campaign.epoch_minutes)); "
                      "weekly quota 30 h (campaign.weekly_gpu_hours), 21.5 h used this week (Kaggle's count, "
                      "refreshes 2026-12-12 00:00 UTC), 8.5 h left"] and fits
-    spent = SimpleNamespace(used_h=29.5, reserved_h=0.0, total_h=30.0, refresh="")
+    spent = kaggle_api.Quota(used_h=29.5, reserved_h=0.0, total_h=30.0, refresh="")
     lines, fits = campaign.forecast(cfg, chosen, [], quota=spent)
     assert not fits and "weekly quota 30 h, 29.5 h used this week (Kaggle's count), 0.5 h left" in lines[0]
     tpu = parse_config({**data, "kernels": {"train": {**data["kernels"]["train"], "accelerator": "TpuV38"}},
                         "kit": {**data["kit"], "stages": [{"epochs": 1}]}, "campaign": {"epoch_minutes": 60.0}})
-    lines, fits = campaign.forecast(tpu, campaign.members(tpu), [], quota=SimpleNamespace(
+    lines, fits = campaign.forecast(tpu, campaign.members(tpu), [], quota=kaggle_api.Quota(
         used_h=19.0, reserved_h=0.0, total_h=20.0, refresh=""))  # TPU hours against the TPU quota, not 30 GPU h
     assert not fits and lines[0].endswith("need about 2.0 TPU h (1 epochs x 60 min (campaign.epoch_minutes)); "
                                           "weekly quota 20 h, 19.0 h used this week (Kaggle's count), 1.0 h left")

@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 from packager.localkaggle import competitions_api
 from packager.localkaggle.faults import Faults, Rule, Stats
-from packager.localkaggle.pages import VIEWABLE
+from packager.localkaggle.pages import VIEWABLE, kernel_page
 from packager.localkaggle.rpc import ROUTES, ApiError, Call, Redirect, load_handlers
 from packager.localkaggle.scheduler import Scheduler
 from packager.localkaggle.store import Store, StoreError
@@ -424,8 +424,6 @@ class Handler(BaseHTTPRequestHandler):
         self._send_file(target, viewed or "application/octet-stream", target.name, rule, inline=viewed is not None)
 
     def _kernel_page(self, owner: str, slug: str) -> None:
-        from packager.localkaggle.pages import kernel_page
-
         page = kernel_page(self.app.store, unquote(owner), unquote(slug))
         if page is None:
             raise ApiError(404, f"no kernel {unquote(owner)}/{unquote(slug)} on the local Kaggle")
