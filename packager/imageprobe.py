@@ -235,5 +235,7 @@ def ensure_probed(cfg, root: Path | None = None) -> None:
     try:
         print(probe(cfg, root), flush=True)
     except UserError as err:
+        if getattr(err, "unreachable", False):  # Kaggle out of reach: the push would fail the same way
+            raise
         raise UserError(f"{err}; or push without the probe: {NO_PROBE_ENV}=1 kpack push ...",
                         exit_code=err.exit_code) from None

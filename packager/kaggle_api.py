@@ -20,6 +20,7 @@ import email.utils
 import io
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -29,15 +30,18 @@ from typing import Any, Callable, TypeVar
 import requests
 
 from packager.errors import UserError, env_number
+from packager.progress import duration
 
 T = TypeVar("T")
 
 class KaggleCallError(UserError):
-    """A Kaggle call that failed for good; `status` is the HTTP status when there was one."""
+    """A Kaggle call that failed for good. status: the HTTP status when there was one; unreachable: why the
+    server was never reached ('cannot reach HOST: ...'), else ''; exhausted: the retries ran out on a failure
+    worth retrying (a 5xx, a 429, a lost connection), which a read-only caller may wait out."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, unreachable: str = "", exhausted: bool = False):
         super().__init__(message, exit_code=1)
-        self.status = status
+        self.status, self.unreachable, self.exhausted = status, unreachable, exhausted
 
 
 # Environment keys this module set for the local backend, with the values they had before (None: unset).
@@ -239,16 +243,49 @@ def retry_after(exc: BaseException) -> float | None:
 
 
 def _transient(exc: BaseException) -> bool:
-    """A dropped or refused connection, a timeout, a truncated body: worth another try."""
+    """A dropped or refused connection, a timeout, a truncated body: worth another try. A TLS failure (a bad
+    certificate, a proxy that intercepts TLS) is not: it fails the same way every time."""
     import urllib3.exceptions as u3
 
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
     return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                             u3.ProtocolError, u3.ConnectTimeoutError, ConnectionError, TimeoutError))
+
+
+# The causes requests' "Max retries exceeded ... Caused by X(...)" text names, checked in order, in plain words.
+_UNREACHABLE = (
+    (("NameResolutionError", "Name or service not known", "getaddrinfo failed", "nodename nor servname",
+      "Temporary failure in name resolution"), "its name does not resolve (no network, or DNS failing)"),
+    (("ProxyError",), "the proxy (HTTP(S)_PROXY) refused or failed"),
+    (("SSLError", "CERTIFICATE_VERIFY_FAILED"), "TLS failed (a proxy or antivirus that intercepts TLS?)"),
+    (("Connection refused", "ConnectionRefusedError"), "the connection was refused"),
+    (("ConnectTimeout", "connect timeout"), "the connection timed out"),  # not a read timeout: that one got in
+    (("Network is unreachable",), "the network is unreachable"),
+)
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """'cannot reach HOST: why' when `exc` is a connection that never reached the server, else None. requests'
+    own text (a 300-character urllib3 repr) says the same, but buried."""
+    if not isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return None
+    text = str(exc)
+    match, where = re.search(r"host='([^']+)'(?:, port=(\d+))?", text), "the server"
+    if match:
+        host, port = match.groups()
+        where = host if port in (None, "80", "443") else f"{host}:{port}"
+    for needles, why in _UNREACHABLE:
+        if any(needle in text for needle in needles):
+            return f"cannot reach {where}: {why}"
+    return None
 
 
 def describe(exc: BaseException) -> str:
     status = _status(exc)
     text = str(exc).strip() or type(exc).__name__
+    if status is None and unreachable(exc):
+        return unreachable(exc)
     if status is not None:
         response = exc.response  # type: ignore[attr-defined]
         detail = text
@@ -273,19 +310,21 @@ def call(what: str, fn: Callable[..., T], *args: Any, done: Callable[[], T | Non
     connection, where the server may have acted), `done()` looks at the server; a non-None answer is returned
     as the call's result instead of trying again.
     """
+    told, waited = None, 0.0
     for attempt in range(1, policy.attempts + 1):
         try:
             return fn(*args, **kwargs)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - sorted below into retry or one clear error
-            status = _status(exc)
-            limited = status == 429
+            status, why = _status(exc), describe(exc)
+            limited, lost = status == 429, (unreachable(exc) or "") if status is None else ""
             if not (limited or (status is not None and status >= 500) or (status is None and _transient(exc))):
-                raise KaggleCallError(f"kaggle: {what} failed: {describe(exc)}", status) from None
+                raise KaggleCallError(f"kaggle: {what} failed: {why}", status, lost) from None
             if attempt == policy.attempts:
-                raise KaggleCallError(f"kaggle: {what} failed after {attempt} attempts: {describe(exc)}",
-                                      status) from None
+                over = f" over {duration(waited)}" if waited >= 1 else ""
+                raise KaggleCallError(f"kaggle: {what} failed after {attempt} attempts{over}: {why}", status, lost,
+                                      exhausted=True) from None
             if limited and retry_after(exc) is not None:
                 delay = retry_after(exc)
                 if delay > policy.max_retry_after_s:
@@ -293,8 +332,11 @@ def call(what: str, fn: Callable[..., T], *args: Any, done: Callable[[], T | Non
                                           "again later", status) from None
             else:
                 delay = min(policy.max_backoff_s, policy.base_s * 2 ** (attempt - 1))
-            _say(f"{what}: {describe(exc)}; retry {attempt}/{policy.attempts - 1} in {delay:.1f}s")
+            if why != told:  # the same cause again is not news: the final error says how many tries it took
+                _say(f"{what}: {why}; retry {attempt}/{policy.attempts - 1} in {delay:.1f}s")
+                told = why
             sleep(delay)
+            waited += delay
             if done is not None and not limited:
                 result = done()
                 if result is not None:

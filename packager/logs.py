@@ -143,6 +143,8 @@ class Tail:
 def show(cfg, kernel: str, follow: bool = False, out=None) -> str:
     """`kpack logs KIND|REF [-f]`: print the log as plain text; with follow, go on printing new lines until the
     kernel ends. Returns the kernel's status."""
+    from rich.console import Console
+
     from packager import watch
 
     out = out or sys.stdout
@@ -151,9 +153,18 @@ def show(cfg, kernel: str, follow: bool = False, out=None) -> str:
     if ref.version is None:
         ref.version = watch.latest_version(api, ref)
     printed, delay = 0, watch.POLL_MIN_S
+    outage = watch.Outage(progress.Wait(str(ref), "the log", Console(file=sys.stderr)))  # stdout: the log only
     while True:
-        status, _ = watch.status_of(api, ref)  # before the log: a log read after the end is the whole log
-        entries = decode(fetch(api, ref))
+        try:
+            status, _ = watch.status_of(api, ref)  # before the log: a log read after the end is the whole log
+            entries = decode(fetch(api, ref))
+        except kaggle_api.KaggleCallError as err:
+            if not follow:
+                raise
+            outage.failed(err)
+            kaggle_api.sleep(FOLLOW_EVERY_S)
+            continue
+        outage.reached()
         out.write(plain(entries[printed:]))
         out.flush()
         printed = max(printed, len(entries))

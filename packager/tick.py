@@ -265,8 +265,15 @@ def watch_loop(cfg, only=None, retry: bool = False) -> list[MemberState]:
 
     every = env_number("KPACK_TICK_S", 5.0 if cfg.backend == "local" else 60.0)
     wait, tails, summary, api = progress.Wait(KIND, "the members to end"), {}, [], None
+    outage = watch.Outage(wait)
     while True:
-        states = step(cfg, only, report=summary.append, retry=retry)
+        try:
+            states = step(cfg, only, report=summary.append, retry=retry)
+        except kaggle_api.KaggleCallError as err:  # a tick is safe to run again: it picks up where this stopped
+            outage.failed(err)
+            time.sleep(every)
+            continue
+        outage.reached()
         retry = retry and states is None  # once: the first tick that ran
         if states is not None and finished(states):
             print(f"tick: {summary[-1]}", flush=True)

@@ -30,6 +30,7 @@ TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 POLL_MIN_S = env_number("KPACK_POLL_MIN_S", 2.0)
 POLL_MAX_S = env_number("KPACK_POLL_MAX_S", 60.0)
 LOCAL_POLL_MAX_S = 5.0  # the local Kaggle is cheap to ask
+OFFLINE_WAIT_S = env_number("KPACK_OFFLINE_WAIT_S", 12 * 3600.0)
 
 
 @dataclass
@@ -133,6 +134,30 @@ def run_seconds(out: Path | None, slug: str) -> float | None:
     return float(max(times)) if times else None
 
 
+class Outage:
+    """Kaggle out of reach while only watching. A kernel runs on whatever happens here, so a watch waits an
+    outage out (a laptop asleep, a train, a 503 spell) for up to KPACK_OFFLINE_WAIT_S (12 h), saying so every
+    KPACK_WAIT_EVERY_S, instead of stopping after one call's retries."""
+
+    def __init__(self, wait):
+        self.wait, self.since = wait, None
+
+    def failed(self, err: kaggle_api.KaggleCallError) -> None:
+        """Returns when it is worth polling again; raises err when it is not an outage or has lasted too long."""
+        now = time.monotonic()
+        self.since = self.since or now
+        if not err.exhausted or now - self.since > OFFLINE_WAIT_S:
+            raise err
+        self.wait.tick(f"Kaggle out of reach: {err.unreachable or str(err).removeprefix('kaggle: ')}")
+
+    def reached(self) -> None:
+        from packager import progress
+
+        if self.since is not None:
+            self.wait.say(f"Kaggle answers again, after {progress.duration(time.monotonic() - self.since)}")
+            self.since = None
+
+
 def wait_for(api, ref: KernelRef, timeout_s: float | None = None, max_delay_s: float | None = None,
              session_s: float | None = None) -> Outcome:
     """Poll (with backoff up to max_delay_s) until ref.version ends; prints each status change with how long it
@@ -144,8 +169,15 @@ def wait_for(api, ref: KernelRef, timeout_s: float | None = None, max_delay_s: f
     max_delay_s = min(max_delay_s or POLL_MAX_S, POLL_MAX_S)
     deadline = start + timeout_s if timeout_s else None
     wait, tail = progress.Wait(str(ref), "the kernel to end"), logs.Tail(api, ref, session_s)
+    outage = Outage(wait)
     while True:
-        status, failure = status_of(api, ref)
+        try:
+            status, failure = status_of(api, ref)
+        except kaggle_api.KaggleCallError as err:
+            outage.failed(err)
+            kaggle_api.sleep(max_delay_s)
+            continue
+        outage.reached()
         if status != last:
             last, delay = status, POLL_MIN_S
             if status in TERMINAL:  # "after" only when this wait saw it run; a tick finds it ended

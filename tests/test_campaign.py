@@ -313,6 +313,23 @@ def test_watching_a_campaign_says_what_changed_and_each_running_members_log(two_
         assert logged and all(f"of fold {fold}" in line for line in logged), done.stdout
 
 
+def test_a_campaign_watch_waits_out_kaggle_out_of_reach(two_gpus, tmp_path, monkeypatch):
+    """A 503 spell longer than a tick's retries: the members run on regardless, so the watch says so and goes on
+    ticking until they are done, instead of stopping."""
+    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0, 1]}")
+    project.write_entry("import time\n\n\ndef main(config):\n    time.sleep(3)\n")
+    pushed = kpack(project, "push", "train", "--no-wait")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    two_gpus.faults({"method": "GetKernelSessionStatus", "kind": "503", "times": 6})
+    monkeypatch.setenv("KPACK_RETRY_ATTEMPTS", "2")
+    monkeypatch.setenv("KPACK_RETRY_BASE_S", "0.05")
+    done = kpack(project, "watch", "train")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "train: waiting for the members to end (Kaggle out of reach: status of alice/" in done.stdout, done.stdout
+    assert "train: Kaggle answers again, after " in done.stdout and done.stdout.endswith("tick: 2 done (cap 2)\n")
+    assert two_gpus.stats()["faults_fired"]["GetKernelSessionStatus:503"] == 6
+
+
 @pytest.mark.slow
 def test_push_no_wait_then_a_crash_that_lost_a_ledger_row_is_reconciled(two_gpus, tmp_path, monkeypatch):
     project = campaign_project(tmp_path, two_gpus, monkeypatch)

@@ -107,3 +107,20 @@ def test_half_a_key_or_an_empty_token_file_is_not_credentials(tmp_path, monkeypa
     (tmp_path / ".kaggle" / "kaggle.json").write_text("[not a dict]")
     monkeypatch.setenv("KAGGLE_USERNAME", "alice")
     assert kaggle_api.find_credentials() is None
+
+
+def test_kaggle_out_of_reach_is_one_short_line(tmp_path):
+    """backend kaggle with credentials but no way out (a proxy that refuses): the image probe's first call says
+    so in a line, and does not suggest skipping the probe, since the push would fail the same way."""
+    home = tmp_path / "home"
+    home.mkdir()
+    config = kaggle_project(tmp_path / "project")
+    env = bare_env(home, KAGGLE_USERNAME="alice", KAGGLE_KEY="0" * 32, HTTPS_PROXY="http://127.0.0.1:1",
+                   KPACK_RETRY_ATTEMPTS="2", KPACK_RETRY_BASE_S="0.01")
+    done = subprocess.run([KPACK, "push", "train", "--config", str(config)], cwd=config.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    cause = "cannot reach api.kaggle.com: the proxy (HTTP(S)_PROXY) refused or failed"
+    assert done.stderr.splitlines() == [
+        f"kaggle: get kernel alice/kpack-image-probe: {cause}; retry 1/1 in 0.0s",
+        f"error: kaggle: get kernel alice/kpack-image-probe failed after 2 attempts: {cause}"]

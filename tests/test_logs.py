@@ -116,3 +116,23 @@ def test_push_shows_the_newest_log_line_while_it_waits_and_keeps_the_decoded_log
 
 
 
+
+
+def test_kpack_logs_follow_waits_out_kaggle_out_of_reach(project, local_kaggle):
+    """A 503 spell longer than a call's retries: the follow says so on stderr and goes on, stdout stays the log."""
+    project.write_entry(CHATTY_ENTRY.format(sleep=0.5))
+    version = push_kernel(project.cfg(), "train", wait=False).ref.version
+    local_kaggle.wait_kernel("alice", project.train_slug, version, until=("RUNNING",), timeout=60)
+    local_kaggle.faults({"method": "GetKernelSessionStatus", "kind": "503", "times": 4})
+    try:
+        done = subprocess.run([KPACK, "logs", "train", "-f"], cwd=project.root, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "KPACK_LOG_EVERY_S": "0.5", "KPACK_RETRY_ATTEMPTS": "2",
+                                                "KPACK_RETRY_BASE_S": "0.05"})
+    finally:
+        local_kaggle.clear_faults()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "finished" in lines and lines[-1] == f"alice/{project.train_slug} v{version}: COMPLETE", lines
+    assert not any("Kaggle" in line for line in lines)
+    assert f"alice/{project.train_slug} v{version}: waiting for the log (Kaggle out of reach: " in done.stderr
+    assert "Kaggle answers again, after" in done.stderr

@@ -56,7 +56,7 @@ def test_gives_up_with_one_clear_error(waits):
     fn = flaky(*[http_error(503)] * 10)
     with pytest.raises(UserError) as err:
         kaggle_api.call("push kernel a/b", fn)
-    assert "push kernel a/b failed after 5 attempts: HTTP 503" in str(err.value)
+    assert "push kernel a/b failed after 5 attempts over 15s: HTTP 503" in str(err.value)
     assert err.value.exit_code == 1 and "\n" not in str(err.value)
 
 
@@ -214,3 +214,36 @@ def test_watch_and_download_survive_faults(project, local_kaggle):
     assert json.loads((Path(result.output) / "state.json").read_text())["done"] is True
     assert set(local_kaggle.stats()["faults_fired"]) == {
         "GetKernelSessionStatus:429", "ListKernelSessionOutput:drop", "GET:503"}
+
+
+@pytest.mark.parametrize("url, cause", [
+    ("http://kpack-test.invalid/", "kpack-test.invalid: its name does not resolve (no network, or DNS failing)"),
+    ("http://127.0.0.1:1/", "127.0.0.1:1: the connection was refused"),
+])
+def test_a_server_out_of_reach_is_one_short_line(waits, capsys, url, cause):
+    """A real unreachable server (.invalid never resolves, port 1 refuses): the retry line and the error name the
+    host and the cause in a few words, not urllib3's 300-character repr, and the same cause is said once."""
+    with pytest.raises(kaggle_api.KaggleCallError) as err:
+        kaggle_api.call("get kernel a/b", requests.get, url, timeout=10)
+    assert str(err.value) == f"kaggle: get kernel a/b failed after 5 attempts over 15s: cannot reach {cause}"
+    assert err.value.unreachable == f"cannot reach {cause}" and err.value.exhausted
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+    assert capsys.readouterr().err == f"kaggle: get kernel a/b: cannot reach {cause}; retry 1/4 in 1.0s\n"
+
+
+def test_a_tls_failure_is_not_retried(waits):
+    """https to a plain-HTTP server: a real TLS failure, which fails the same way every time (as a proxy that
+    intercepts TLS does)."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(kaggle_api.KaggleCallError) as err:
+            kaggle_api.call("get kernel a/b", requests.get, f"https://127.0.0.1:{server.server_port}/", timeout=10)
+    finally:
+        server.shutdown()
+    assert str(err.value).startswith(f"kaggle: get kernel a/b failed: cannot reach 127.0.0.1:{server.server_port}: "
+                                     "TLS failed")
+    assert waits == [] and not err.value.exhausted

@@ -114,3 +114,47 @@ def test_an_answer_without_the_current_version_does_not_poll_forever(project, lo
                                         f"kpack status alice/{project.train_slug}/N"):
         watch.show_status(project.cfg(), f"alice/{project.train_slug}")
     assert watch.show_status(project.cfg(), f"alice/{project.train_slug}/{version}") == "COMPLETE"
+
+
+@pytest.fixture
+def short_retries(monkeypatch, local_kaggle):
+    monkeypatch.setattr(kaggle_api, "policy", kaggle_api.RetryPolicy(attempts=2, base_s=0.05))
+    local_kaggle.clear_faults()
+    yield
+    local_kaggle.clear_faults()
+
+
+def test_a_watch_waits_out_kaggle_out_of_reach(project, local_kaggle, short_retries, capsys):
+    """A 503 spell longer than one call's retries (two calls' worth here): the kernel runs on regardless, so the
+    watch says Kaggle is out of reach, keeps polling and follows the run to its end, instead of stopping."""
+    version = pushed(project, local_kaggle)
+    local_kaggle.faults({"method": "GetKernelSessionStatus", "kind": "503", "times": 4})
+    api = kaggle_api.connect(project.cfg())
+    outcome = watch.wait_for(api, watch.KernelRef("alice", project.train_slug, version), max_delay_s=0.1)
+    assert outcome.status == "COMPLETE"
+    out = capsys.readouterr().out
+    assert f"alice/{project.train_slug} v{version}: waiting for the kernel to end (Kaggle out of reach: status of " \
+           f"alice/{project.train_slug} v{version} failed after 2 attempts: HTTP 503" in out, out
+    assert "Kaggle answers again, after" in out and "COMPLETE" in out
+    assert local_kaggle.stats()["faults_fired"]["GetKernelSessionStatus:503"] == 4
+
+
+def test_an_outage_longer_than_the_offline_wait_stops_the_watch(project, local_kaggle, short_retries,
+                                                                 monkeypatch):
+    version = pushed(project, local_kaggle)
+    monkeypatch.setattr(watch, "OFFLINE_WAIT_S", 0.0)
+    local_kaggle.faults({"method": "GetKernelSessionStatus", "kind": "503", "times": 0})
+    api = kaggle_api.connect(project.cfg())
+    with pytest.raises(kaggle_api.KaggleCallError, match="failed after 2 attempts: HTTP 503") as err:
+        watch.wait_for(api, watch.KernelRef("alice", project.train_slug, version), max_delay_s=0.1)
+    assert err.value.exhausted
+
+
+def test_a_refused_request_is_no_outage(project, local_kaggle, short_retries):
+    """A 4xx says the request itself is wrong: waiting would not mend it."""
+    version = pushed(project, local_kaggle)
+    local_kaggle.faults({"method": "GetKernelSessionStatus", "kind": "403", "times": 0})
+    api = kaggle_api.connect(project.cfg())
+    with pytest.raises(kaggle_api.KaggleCallError, match="HTTP 403") as err:
+        watch.wait_for(api, watch.KernelRef("alice", project.train_slug, version), max_delay_s=0.1)
+    assert not err.value.exhausted
