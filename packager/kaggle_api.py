@@ -195,7 +195,7 @@ def connect(cfg):
             api = KaggleApi()
             # Instance attributes override what the class body computed at its (possibly earlier) import.
             extra = [a for a in KaggleApi.args if a in ("--verbose",)]
-            local = cfg.backend == "local" or os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST"
+            local = cfg.backend == "local" or on_local()
             api.args = (["--local"] if local else []) + extra
             api.config_dir = _config_dir()
             api.config = os.path.join(api.config_dir, KaggleApi.config_file)
@@ -271,6 +271,8 @@ def unreachable(exc: BaseException) -> str | None:
     if not isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
         return None
     text = str(exc)
+    if on_local() and "ProxyError" in text:  # the local Kaggle is the proxy: it is not running
+        return f"the local Kaggle ({os.environ.get('HTTP_PROXY')}) does not answer; any kpack command starts it again"
     match, where = re.search(r"host='([^']+)'(?:, port=(\d+))?", text), "the server"
     if match:
         host, port = match.groups()
@@ -279,6 +281,11 @@ def unreachable(exc: BaseException) -> str | None:
         if any(needle in text for needle in needles):
             return f"cannot reach {where}: {why}"
     return None
+
+
+def on_local() -> bool:
+    """The client is pointed at the local Kaggle (kpack's backend `local`, or `kpack local env` applied)."""
+    return os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST"
 
 
 def describe(exc: BaseException) -> str:

@@ -237,6 +237,8 @@ def step(cfg, only=None, report=None, retry: bool = False) -> list[MemberState] 
                     st.note = said
                 break
             except UserError as err:
+                if getattr(err, "exhausted", False):  # Kaggle out of reach: no fault of the member's; a later
+                    raise                              # tick pushes it (and first finds it if it went through)
                 print(f"{st.member.slug}: {err}", flush=True)
                 st.state, st.note = "failed", str(err)
                 continue

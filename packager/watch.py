@@ -137,7 +137,7 @@ def run_seconds(out: Path | None, slug: str) -> float | None:
 class Outage:
     """Kaggle out of reach while only watching. A kernel runs on whatever happens here, so a watch waits an
     outage out (a laptop asleep, a train, a 503 spell) for up to KPACK_OFFLINE_WAIT_S (12 h), saying so every
-    KPACK_WAIT_EVERY_S, instead of stopping after one call's retries."""
+    KPACK_WAIT_EVERY_S, instead of stopping after one call's retries. Not the local Kaggle gone: it ran them."""
 
     def __init__(self, wait):
         self.wait, self.since = wait, None
@@ -146,7 +146,9 @@ class Outage:
         """Returns when it is worth polling again; raises err when it is not an outage or has lasted too long."""
         now = time.monotonic()
         self.since = self.since or now
-        if not err.exhausted or now - self.since > OFFLINE_WAIT_S:
+        # The local Kaggle not answering has stopped, and its sessions with it: waiting would not bring it back.
+        local_down = err.unreachable and kaggle_api.on_local()
+        if not err.exhausted or local_down or now - self.since > OFFLINE_WAIT_S:
             raise err
         self.wait.tick(f"Kaggle out of reach: {err.unreachable or str(err).removeprefix('kaggle: ')}")
 

@@ -314,20 +314,25 @@ def test_watching_a_campaign_says_what_changed_and_each_running_members_log(two_
 
 
 def test_a_campaign_watch_waits_out_kaggle_out_of_reach(two_gpus, tmp_path, monkeypatch):
-    """A 503 spell longer than a tick's retries: the members run on regardless, so the watch says so and goes on
-    ticking until they are done, instead of stopping."""
+    """503 spells longer than a call's retries, on the polls and on the push of the member queued behind the
+    first: the members are not at fault, so the watch says Kaggle is out of reach and goes on ticking until
+    both are done, instead of stopping or failing the member."""
     project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0, 1]}")
-    project.write_entry("import time\n\n\ndef main(config):\n    time.sleep(3)\n")
+    (project.root / "kpack.yaml").write_text((project.root / "kpack.yaml").read_text() + "campaign: {gpu_sessions: 1}\n")
+    project.write_entry("import time\n\n\ndef main(config):\n    time.sleep(2)\n")
     pushed = kpack(project, "push", "train", "--no-wait")
-    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-    two_gpus.faults({"method": "GetKernelSessionStatus", "kind": "503", "times": 6})
+    assert pushed.returncode == 0 and "tick: 1 open, 1 waiting (cap 1)" in pushed.stdout, pushed.stdout + pushed.stderr
+    two_gpus.faults({"method": "GetKernelSessionStatus", "kind": "503", "times": 4},
+                    {"method": "SaveKernel", "kind": "503", "times": 2})
     monkeypatch.setenv("KPACK_RETRY_ATTEMPTS", "2")
     monkeypatch.setenv("KPACK_RETRY_BASE_S", "0.05")
     done = kpack(project, "watch", "train")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "train: waiting for the members to end (Kaggle out of reach: status of alice/" in done.stdout, done.stdout
-    assert "train: Kaggle answers again, after " in done.stdout and done.stdout.endswith("tick: 2 done (cap 2)\n")
-    assert two_gpus.stats()["faults_fired"]["GetKernelSessionStatus:503"] == 6
+    assert "train: waiting for the members to end (Kaggle out of reach: push kernel alice/" in done.stdout, done.stdout
+    assert "train: Kaggle answers again, after " in done.stdout and done.stdout.endswith("tick: 2 done (cap 1)\n")
+    assert two_gpus.stats()["faults_fired"] == {"GetKernelSessionStatus:503": 4, "SaveKernel:503": 2}
+    assert len(versions(two_gpus, project.train_slug)) == 2  # the member refused twice was pushed once
 
 
 @pytest.mark.slow

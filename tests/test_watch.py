@@ -158,3 +158,28 @@ def test_a_refused_request_is_no_outage(project, local_kaggle, short_retries):
     with pytest.raises(kaggle_api.KaggleCallError, match="HTTP 403") as err:
         watch.wait_for(api, watch.KernelRef("alice", project.train_slug, version), max_delay_s=0.1)
     assert not err.value.exhausted
+
+
+def test_the_local_kaggle_gone_stops_the_watch_in_one_line(tmp_path, monkeypatch):
+    """The local Kaggle ran the session: once it stops answering nothing comes back by waiting, so the watch
+    ends in one line naming it, not after a 12 h wait."""
+    from conftest import LocalKaggleServer
+    from pushkit import isolate, make_project
+
+    server = LocalKaggleServer(tmp_path / "root", None, 0, 120).start()
+    try:
+        isolate(monkeypatch, tmp_path)
+        monkeypatch.setattr(kaggle_api, "policy", kaggle_api.RetryPolicy(attempts=2, base_s=0.05))
+        project = make_project(tmp_path, server, datasets=False)
+        project.write_entry("import time\n\n\ndef main(config):\n    time.sleep(60)\n")
+        monkeypatch.chdir(project.root)
+        ref = push_kernel(project.cfg(), "train", wait=False).ref
+        api = kaggle_api.connect(project.cfg())
+        server.stop()
+        with pytest.raises(kaggle_api.KaggleCallError) as err:
+            watch.wait_for(api, ref, max_delay_s=0.1)
+    finally:
+        server.stop()
+        kaggle_api._restore_env()
+    assert f"the local Kaggle (http://127.0.0.1:{server.port}) does not answer; any kpack command starts it " \
+           "again" in str(err.value), err.value
