@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import copy
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from packager import chain, shapes
@@ -160,18 +161,18 @@ def member_hours(cfg, member: Member, rows: list[dict]) -> tuple[float, str]:
     slug, backend = cfg.kernel(KIND).slug, cfg.backend
     runs = _run_seconds(rows, lambda r: r.get("kind") == KIND and r.get("variant") == member.variant
                         and r.get("campaign") == slug and r.get("backend") == backend)
-    why = f"measured: the mean of {len(runs)} earlier {member.variant or 'train'} member run(s)"
+    why = f"the measured mean of {len(runs)} earlier {member.variant or 'train'} member run(s)"
     if not runs and _without_fold(member_cfg(cfg, member).kit) == _without_fold(cfg.kit):
         runs = _run_seconds(rows, lambda r: r.get("kind") == KIND and r.get("base_slug") == slug
                             and not r.get("campaign") and r.get("backend") == backend)
-        why = f"measured: the mean of {len(runs)} run(s) of {slug}, the same kit"
+        why = f"the measured mean of {len(runs)} run(s) of {slug}, the same kit"
     if runs:
         return sum(runs) / len(runs) / 3600, why
     epochs, minutes = epochs_of(member_cfg(cfg, member).kit), cfg.campaign.epoch_minutes
     if epochs and minutes:
-        return epochs * minutes / 60, f"{epochs} epochs x {minutes:g} min (campaign.epoch_minutes)"
+        return epochs * minutes / 60, f"{epochs} epoch{'s' * (epochs != 1)} x {minutes:g} min (campaign.epoch_minutes)"
     hours = cfg.kernel(KIND).session_hours
-    return hours, f"one full session of {hours:g} h (no measured run; set campaign.epoch_minutes)"
+    return hours, f"one full session of {hours:g} h each (no measured run; set campaign.epoch_minutes)"
 
 
 def accelerator(cfg) -> str | None:
@@ -212,10 +213,15 @@ def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = No
     needs = [member_hours(cfg, m, rows) for m in chosen]
     need = sum(h for h, _ in needs)
     how = sorted({why for _, why in needs})
+    # One way of counting is said on the line; several (variants measured apart) each get a line of their own.
+    head = f"forecast: {len(chosen)} member(s) need about {need:.1f} {spent} h" + (f", from {how[0]}"
+                                                                                   if len(how) == 1 else "")
+    count, hours_of = Counter(why for _, why in needs), {why: h for h, why in needs}
+    ways = [f"forecast:   {count[why]} member(s) x {hours_of[why]:.1f} h, from {why}" for why in how
+            ] if len(how) > 1 else []
     budget = cfg.campaign.weekly_gpu_hours if spent == "GPU" else float("inf")
     if spent == "TPU" and quota is None:
-        return [f"forecast: {len(chosen)} member(s) need about {need:.1f} TPU h ({'; '.join(how)}); the backend "
-                "gave no TPU quota figures: not checked"], True
+        return [f"{head}; the backend gave no TPU quota figures: not checked", *ways], True
     if quota is not None:
         total = min(budget, quota.total_h)
         used = quota.spent_h
@@ -226,8 +232,7 @@ def forecast(cfg, chosen: list[Member], rows: list[dict], now: float | None = No
         total, used = budget, used_gpu_hours(cfg, rows, now)
         said = f"weekly quota {total:g} h, {used:.1f} h used in the last 7 days"
     left = total - used
-    lines = [f"forecast: {len(chosen)} member(s) need about {need:.1f} {spent} h ({'; '.join(how)}); {said}, "
-             f"{left:.1f} h left"]
+    lines = [f"{head}; {said}, {left:.1f} h left", *ways]
     fits = need <= left
     if not fits:
         lines.append(f"forecast: {need:.1f} {spent} h is over the {left:.1f} h left this week; narrow it with "

@@ -332,7 +332,7 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
     quota = kaggle_api.accelerator_quota(api, spent) if spent else None
     lines, fits = campaign.forecast(cfg, chosen, ledger.read(), quota=quota)
     if not fits and not force:  # the refusal is the error line itself, not printed twice
-        print(lines[0], flush=True)
+        print("\n".join(lines[:-1]), flush=True)
         raise UserError(lines[-1].removeprefix("forecast: "))
     for line in lines:
         print(line, flush=True)

@@ -120,7 +120,7 @@ def test_forecast_from_measured_sessions_of_the_same_variant():
             _row("imet-train-b-f0", "b", 99999, ts="2026-11-01T10:00:00Z")]          # older than a week
     lines, fits = campaign.forecast(cfg, campaign.members(cfg), rows, now=NOW)
     assert fits and lines == [
-        "forecast: 2 member(s) need about 2.0 GPU h (measured: the mean of 2 earlier a member run(s)); weekly "
+        "forecast: 2 member(s) need about 2.0 GPU h, from the measured mean of 2 earlier a member run(s); weekly "
         "quota 30 h, 2.0 h used in the last 7 days, 28.0 h left"]
 
 
@@ -130,11 +130,23 @@ def test_forecast_counts_a_member_pushed_again_as_a_second_run_and_uses_the_proj
     same, other = campaign.members(cfg)[0], campaign.members(cfg)[2]
     again = [_row("imet-train-same-f0", "same", 3600), _row("imet-train-same-f0", "same", 3600, session=2),
              _row("imet-train-same-f0", "same", 1800)]  # pushed again: a second run of 0.5 h, not 2.5 h in all
-    assert campaign.member_hours(cfg, same, again) == (1.25, "measured: the mean of 2 earlier same member run(s)")
+    assert campaign.member_hours(cfg, same, again) == (1.25, "the measured mean of 2 earlier same member run(s)")
     plain = [_row("imet-train", None, 600, campaign=None), _row("imet-train", None, 1200, session=2, campaign=None)]
-    assert campaign.member_hours(cfg, same, plain) == (0.5, "measured: the mean of 1 run(s) of imet-train, the "
+    assert campaign.member_hours(cfg, same, plain) == (0.5, "the measured mean of 1 run(s) of imet-train, the "
                                                            "same kit")  # its kit is the project's on another fold
     assert campaign.member_hours(cfg, other, plain)[1].startswith("one full session")  # another seed: not the same
+
+
+def test_forecast_counted_several_ways_gives_each_way_its_line():
+    members = {"folds": [0, 1], "variants": {"a": {}, "b": {"seed": 3}}}
+    cfg = parse_config(base_config(accelerator="NvidiaTeslaT4", session_hours=0.5, members=members))
+    rows = [_row("imet-train-a-f0", "a", 3600)]  # a is measured, b is not
+    lines, fits = campaign.forecast(cfg, campaign.members(cfg), rows, now=NOW)
+    assert fits and lines == [
+        "forecast: 4 member(s) need about 3.0 GPU h; weekly quota 30 h, 1.0 h used in the last 7 days, 29.0 h left",
+        "forecast:   2 member(s) x 0.5 h, from one full session of 0.5 h each (no measured run; set "
+        "campaign.epoch_minutes)",
+        "forecast:   2 member(s) x 1.0 h, from the measured mean of 1 earlier a member run(s)"]
 
 
 def test_forecast_from_epochs_or_a_full_session_and_the_refusal_over_quota():
@@ -142,10 +154,10 @@ def test_forecast_from_epochs_or_a_full_session_and_the_refusal_over_quota():
     data = base_config(accelerator="NvidiaTeslaT4", session_hours=12.0, members={"folds": "all"})
     cfg = parse_config({**data, "kit": {**data["kit"], **kit_epochs}, "campaign": {"epoch_minutes": 30.0}})
     lines, fits = campaign.forecast(cfg, campaign.members(cfg), [], now=NOW)
-    assert fits and "3 member(s) need about 12.0 GPU h (8 epochs x 30 min (campaign.epoch_minutes))" in lines[0]
+    assert fits and "3 member(s) need about 12.0 GPU h, from 8 epochs x 30 min (campaign.epoch_minutes);" in lines[0]
     cfg = parse_config(data)
     lines, fits = campaign.forecast(cfg, campaign.members(cfg), [], now=NOW)
-    assert not fits and "need about 36.0 GPU h (one full session of 12 h" in lines[0]
+    assert not fits and "need about 36.0 GPU h, from one full session of 12 h each" in lines[0]
     assert lines[1] == ("forecast: 36.0 GPU h is over the 30.0 h left this week; narrow it with --only, raise "
                         "campaign.weekly_gpu_hours if your quota is larger, or push anyway with --force")
     cpu = parse_config(base_config(accelerator="None", members={"folds": [0]}))
@@ -381,7 +393,7 @@ def test_a_campaign_over_the_weekly_quota_is_refused_unless_forced(two_gpus, tmp
     assert refused.stderr.strip().splitlines() == [
         "error: 0.1 GPU h is over the 0.0 h left this week; narrow it with --only, raise campaign.weekly_gpu_hours "
         "if your quota is larger, or push anyway with --force"]
-    assert "4 member(s) need about 0.1 GPU h (one full session of 0.02 h" in refused.stdout
+    assert "4 member(s) need about 0.1 GPU h, from one full session of 0.02 h each" in refused.stdout
     assert "is over the" not in refused.stdout  # the refusal is said once, as the error
     assert versions(two_gpus, project.train_slug) == [] and not member_rows(project)  # nothing pushed or queued
     forced = kpack(project, "push", "train", "--force", "--no-wait", "--only", "b:1")

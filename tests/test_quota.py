@@ -68,7 +68,7 @@ def test_the_forecast_takes_kaggles_count_capped_at_the_configured_budget():
     chosen = campaign.members(cfg)
     counted = kaggle_api.Quota(used_h=20.0, reserved_h=1.5, total_h=40.0, refresh="2026-12-12 00:00 UTC")
     lines, fits = campaign.forecast(cfg, chosen, [], quota=counted)  # the ledger knows nothing: Kaggle does
-    assert lines == ["forecast: 2 member(s) need about 2.0 GPU h (1 epochs x 60 min (campaign.epoch_minutes)); "
+    assert lines == ["forecast: 2 member(s) need about 2.0 GPU h, from 1 epoch x 60 min (campaign.epoch_minutes); "
                      "weekly quota 30 h (campaign.weekly_gpu_hours), 21.5 h used this week (Kaggle's count, "
                      "refreshes 2026-12-12 00:00 UTC), 8.5 h left"] and fits
     spent = kaggle_api.Quota(used_h=29.5, reserved_h=0.0, total_h=30.0, refresh="")
@@ -78,7 +78,7 @@ def test_the_forecast_takes_kaggles_count_capped_at_the_configured_budget():
                         "kit": {**data["kit"], "stages": [{"epochs": 1}]}, "campaign": {"epoch_minutes": 60.0}})
     lines, fits = campaign.forecast(tpu, campaign.members(tpu), [], quota=kaggle_api.Quota(
         used_h=19.0, reserved_h=0.0, total_h=20.0, refresh=""))  # TPU hours against the TPU quota, not 30 GPU h
-    assert not fits and lines[0].endswith("need about 2.0 TPU h (1 epochs x 60 min (campaign.epoch_minutes)); "
+    assert not fits and lines[0].endswith("need about 2.0 TPU h, from 1 epoch x 60 min (campaign.epoch_minutes); "
                                           "weekly quota 20 h, 19.0 h used this week (Kaggle's count), 1.0 h left")
     assert campaign.forecast(tpu, campaign.members(tpu), [])[1]  # no TPU figures: said, not refused
 
