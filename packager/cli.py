@@ -193,7 +193,8 @@ def scores(config_path: str | None) -> None:
 @click.option("-n", "count", type=int, default=20, show_default=True, help="how many of the newest rows")
 @click.option("--kind", type=click.Choice(KERNEL_KINDS), default=None, help="only train, validate or infer")
 @click.option("--campaign", is_flag=False, flag_value="", default=None, metavar="[NAME]",
-              help="one line per member (its newest session's CV), the blend's CV and the LB public/private")
+              help="one line per member (its newest session's CV), the blend's CV and the LB public/private; "
+                   "no NAME: the newest campaign")
 @click.option("--csv", "as_csv", is_flag=True, help="every field of every row as CSV (all rows; -n is ignored)")
 def ledger_cmd(count: int, kind: str | None, campaign: str | None, as_csv: bool) -> None:
     """The newest runs in the ledger (runs/ledger.jsonl): kernel version, status, CV and LB scores, commit."""
@@ -204,8 +205,8 @@ def ledger_cmd(count: int, kind: str | None, campaign: str | None, as_csv: bool)
         click.echo(ledger.csv_text(rows), nl=False)
     elif not rows:
         click.echo(f"no runs in {ledger.ledger_path()} yet")
-    elif campaign is not None:
-        click.echo(ledger.campaign_table(rows, campaign or None))
+    elif campaign is not None:  # no name: the newest campaign, not every train chain the ledger ever saw
+        click.echo(ledger.campaign_table(rows, campaign or ledger.newest_campaign(rows)))
     else:
         click.echo(ledger.table(rows[-count:]))
 

@@ -302,6 +302,12 @@ def _kernel_version(row: dict) -> str:
     return slug if row.get("version") is None else f"{slug} v{row['version']}"
 
 
+def newest_campaign(rows: list[dict]) -> str | None:
+    """The campaign of the newest train row that belongs to one; None when no row does (a ledger from before
+    campaigns, whose train chains are then shown as its members)."""
+    return next((r["campaign"] for r in reversed(rows) if r.get("kind") == "train" and r.get("campaign")), None)
+
+
 def campaign_table(rows: list[dict], campaign: str | None = None) -> str:
     """One line per train member (its newest session: status, CV), then the newest validate row (the blend's CV)
     and the newest infer row (LB public and private, and the train sessions it read)."""

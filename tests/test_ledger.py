@@ -189,19 +189,30 @@ def test_campaign_view_one_line_per_member_with_the_blend_and_the_lb(tmp_path, m
     lines = done.output.splitlines()
     assert lines[0].split() == ["member", "variant", "fold", "kernel", "session", "status", "cv", "lb", "private",
                                 "note"]
-    assert lines[1].split() == ["old-train", "-", "-", "old-train", "v3", "1", "COMPLETE", "0.50000", "-", "-"]
-    members = [line.split() for line in lines[2:6]]
+    members = [line.split() for line in lines[1:5]]  # the newest campaign's: not the plain old-train chain
     assert [(m[0], m[1], m[2], m[3], m[5], m[7]) for m in members] == [
         (f"{v}:{f}", v, str(f), f"camp-train-{v}-f{f}-b", "2", f"{cv:.5f}") for (v, f), cv in cvs.items()]
-    assert lines[6].split() == ["b5:0", "b5", "0", "camp-train-b5-f0", "1", "WAITING", "-", "-", "-"]
-    assert lines[7].split() == ["blend", "-", "-", "camp-validate", "v1", "-", "COMPLETE", "0.73450", "-", "-"]
-    assert lines[8].split() == ["submission", "-", "-", "camp-infer", "v2", "-", "COMPLETE", "-", "0.70100", "0.69900"]
-    assert lines[9] == "infer read: " + ", ".join(reads + ["alice/camp-validate/1"])
-    assert len(lines) == 10
+    assert lines[5].split() == ["b5:0", "b5", "0", "camp-train-b5-f0", "1", "WAITING", "-", "-", "-"]
+    assert lines[6].split() == ["blend", "-", "-", "camp-validate", "v1", "-", "COMPLETE", "0.73450", "-", "-"]
+    assert lines[7].split() == ["submission", "-", "-", "camp-infer", "v2", "-", "COMPLETE", "-", "0.70100", "0.69900"]
+    assert lines[8] == "infer read: " + ", ".join(reads + ["alice/camp-validate/1"])
+    assert len(lines) == 9
     named = CliRunner().invoke(cli, ["ledger", "--campaign", "camp-train"]).output.splitlines()
-    assert [line.split()[0] for line in named[1:-1]] == [f"{v}:{f}" for v, f in cvs] + ["b5:0", "blend",
-                                                                                       "submission"]
+    assert named == lines
     assert "old-train" not in "".join(named)
+
+
+def test_campaign_view_of_a_ledger_from_before_campaigns_lists_its_train_chains(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from packager.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    for slug, cv in (("old-train", 0.5), ("other-train", 0.6)):
+        ledger.append({"ts": "2026-11-30T10:00:00Z", "kernel": f"alice/{slug}", "kind": "train", "version": 1,
+                       "session": 1, "base_slug": slug, "status": "COMPLETE", "cv_score": cv})
+    lines = CliRunner().invoke(cli, ["ledger", "--campaign"]).output.splitlines()
+    assert [line.split()[0] for line in lines] == ["member", "old-train", "other-train"]
 
 
 def test_csv_has_every_field_in_a_stable_order_and_parses_back(tmp_path, monkeypatch):
@@ -259,7 +270,7 @@ def test_note_on_a_run_is_stored_in_its_row_and_shown(tmp_path, monkeypatch):
     assert ledger.latest(member="b3:1", session=1).get("note") is None  # the newest row of b3:1 only
     assert SECRET not in (tmp_path / "runs" / "ledger.jsonl").read_text()
     grouped = kpack("ledger", "--campaign").stdout.splitlines()
-    assert grouped[-2].endswith("tta x8, thresholds per class") and grouped[5].endswith(f"key {ledger.REDACTED}")
+    assert grouped[-2].endswith("tta x8, thresholds per class") and grouped[4].endswith(f"key {ledger.REDACTED}")
     assert kpack("ledger", "-n", "1").stdout.splitlines()[1].endswith("tta x8, thresholds per class")
     missing = kpack("note", "nosuch", "x")
     assert missing.returncode == 2 and missing.stderr == ("error: no run in runs/ledger.jsonl matches nosuch; see "
