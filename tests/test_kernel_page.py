@@ -1,7 +1,7 @@
 """The local Kaggle's kernel page (/code/<owner>/<slug>, where kpack's links to a local run point), opened in a
 real headless Chromium: each version's status, failure, output links that download the file, and the log's
 text, escaped; a report viewed in a sandbox where its script does not run; newest version first; 404 for a kernel
-that does not exist."""
+that does not exist; the stop button of a running session."""
 from __future__ import annotations
 
 import re
@@ -59,3 +59,40 @@ def test_the_kernel_page_shows_every_version_in_a_real_browser(local_kaggle, run
     with pytest.raises(urllib.error.HTTPError) as missing:
         NO_PROXY.open(f"{local_kaggle.url}/code/{USER}/no-such-{slug}", timeout=10)
     assert missing.value.code == 404
+
+
+@pytest.mark.slow
+def test_a_running_session_is_stopped_from_its_page(local_kaggle, run_kaggle, tmp_path):
+    """kaggle.com's page has a stop button, and its API cannot cancel (it needs a session id no answer
+    carries): the local page has one too. It posts the server's token, so another site's form cannot stop a
+    session; the page reloads itself while a version runs, and neither is shown once it ended."""
+    import urllib.parse
+
+    slug = uniq("stop")
+    ok(run_kaggle("kernels", "push", "-p", str(make_kernel(tmp_path / "k", slug, "import time\ntime.sleep(120)\n"))))
+    local_kaggle.wait_kernel(USER, slug, 1, until=("RUNNING",), timeout=60)
+    url = f"{local_kaggle.url}/code/{USER}/{slug}"
+    shown = _browser("--no-proxy-server", "--dump-dom", url)
+    assert shown.returncode == 0, shown.stderr
+    dom = shown.stdout
+    assert '<meta http-equiv="refresh" content="10">' in dom
+    form = re.search(r'<form method="post" action="([^"]+)"><input type="hidden" name="token" value="([^"]+)">'
+                     r'<button type="submit">Stop session</button></form>', dom)
+    assert form and form.group(1) == f"/code/{USER}/{slug}/v1/stop", dom
+
+    def post(token):
+        data = urllib.parse.urlencode({"token": token}).encode()
+        request = urllib.request.Request(local_kaggle.url + form.group(1), data=data, method="POST", headers={
+            "Content-Type": "application/x-www-form-urlencoded"})
+        return NO_PROXY.open(request, timeout=10)
+
+    with pytest.raises(urllib.error.HTTPError) as forged:
+        post("not-the-token")
+    assert forged.value.code == 403
+    local_kaggle.wait_kernel(USER, slug, 1, until=("RUNNING",), timeout=0)  # the forged form stopped nothing
+    with post(form.group(2)) as answer:  # the redirect back to the page is followed, as a browser does
+        assert answer.url in (url, f"{url}#v1") and b"Version 1" in answer.read()
+    ended = local_kaggle.wait_kernel(USER, slug, 1, timeout=30)
+    assert ended["status"] == "CANCEL_ACKNOWLEDGED"
+    dom = _browser("--no-proxy-server", "--dump-dom", url).stdout
+    assert "CANCEL_ACKNOWLEDGED" in dom and "Stop session" not in dom and "http-equiv" not in dom

@@ -3,13 +3,16 @@
 kaggle.com's page of a kernel shows each version's status, log and output; this one shows the same from the
 store, newest version first (anchor #vN), as plain HTML with no script and nothing fetched from elsewhere. The
 output links are the server's own file URLs (/_kpack/files/...), which download; a report, plot, log or table
-also has a "view" link that shows it in the browser, sandboxed (no script runs, nothing else is reachable). Like those files, the page needs no sign-in:
-the server listens on the loopback only, unless `--host` says otherwise.
+also has a "view" link that shows it in the browser, sandboxed (no script runs, nothing else is reachable). A
+version queued or running has a "Stop session" button (POST .../vN/stop with the server's token, so another
+site's form cannot post it), and the page reloads itself every REFRESH_S while one is. Like those files, the
+page needs no sign-in: the server listens on the loopback only, unless `--host` says otherwise.
 """
 from __future__ import annotations
 
 from html import escape
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 from packager import logs
 from packager.localkaggle.rpc import BASE_URL, file_url
@@ -17,20 +20,25 @@ from packager.localkaggle.runner import read_log
 from packager.localkaggle.store import TERMINAL, Store, list_files
 
 LOG_LINES = 200  # the tail each version shows; `kpack logs` has the whole log
+REFRESH_S = 10  # how often the page reloads itself while a version is queued or running
 # What the page's "view" links show in the browser (the file URL with ?view=1, sandboxed); the rest downloads.
 VIEWABLE = {".html": "text/html; charset=utf-8", ".png": "image/png", ".txt": "text/plain; charset=utf-8",
             ".json": "application/json", ".csv": "text/plain; charset=utf-8"}
 
 
-def kernel_page(store: Store, owner: str, slug: str) -> str | None:
-    """The page's HTML, or None where there is no such kernel."""
+def kernel_page(store: Store, owner: str, slug: str, token: str = "") -> str | None:
+    """The page's HTML, or None where there is no such kernel. token: the server's, which the stop button of a
+    version still queued or running sends back (none without it)."""
     info = store.kernel(owner, slug)
     if info is None:
         return None
     title = escape(f"{owner}/{slug}")
-    versions = [store.kernel_version(owner, slug, n) for n in reversed(info["versions"])]
-    body = "\n".join(_version(owner, slug, v) for v in versions if v)
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+    versions = [v for v in (store.kernel_version(owner, slug, n) for n in reversed(info["versions"])) if v]
+    body = "\n".join(_version(owner, slug, v, token) for v in versions)
+    # While a version runs the page shows it going on, as kaggle.com's does: it reloads itself, with no script.
+    live = any(str(v.get("status")) not in TERMINAL for v in versions)
+    refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if live else ""
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{title}</title>"
             "<style>body{font:14px sans-serif;margin:2em}pre{background:#f4f4f4;padding:8px;overflow-x:auto}"
             ".ERROR{color:#b00}.COMPLETE{color:#070}</style></head>\n"
             f"<body><h1>{escape(info.get('title') or slug)}</h1><p>{title}: {len(versions)} version(s), "
@@ -42,19 +50,26 @@ def _file_item(url: str, name: str, size: int) -> str:
     return f'<li><a href="{escape(url)}">{escape(name)}</a> ({size:,} bytes){view}</li>'
 
 
-def _version(owner: str, slug: str, v: dict) -> str:
+def _stop_button(owner: str, slug: str, number: int, token: str) -> str:
+    action = escape(f"/code/{quote(owner)}/{quote(slug)}/v{number}/stop")
+    return (f'<form method="post" action="{action}"><input type="hidden" name="token" value="{escape(token)}">'
+            '<button type="submit">Stop session</button></form>')
+
+
+def _version(owner: str, slug: str, v: dict, token: str = "") -> str:
     number, status = v["number"], str(v.get("status", ""))
     pushed = str(v.get("created", "?"))[:19].replace("T", " ")
     facts = [f"machine {v.get('machine_shape_effective') or 'None'}", f"pushed {pushed} UTC"]
     if v.get("seconds") is not None:
         facts.append(f"ran {float(v['seconds']):.0f}s")
     failure = f"<p class=\"ERROR\">{escape(v['failure_message'])}</p>" if v.get("failure_message") else ""
+    stop = _stop_button(owner, slug, number, token) if token and status in ("QUEUED", "RUNNING") else ""
     files = list_files(Path(v["output_dir"])) if v.get("output_dir") and status in TERMINAL else []
     links = "".join(_file_item(file_url("kernels", owner, slug, number, name).removeprefix(BASE_URL), name, size)
                     for name, size in files)
     lines = logs.plain(logs.decode(read_log(Path(v["log_path"])))).splitlines() if v.get("log_path") else []
     cut = f" (the last {LOG_LINES} of {len(lines)} lines)" if len(lines) > LOG_LINES else ""
     return (f"<section id=\"v{number}\"><h2>Version {number}: <span class=\"{escape(status)}\">{escape(status)}"
-            f"</span></h2><p>{escape(', '.join(facts))}</p>{failure}"
+            f"</span></h2><p>{escape(', '.join(facts))}</p>{failure}{stop}"
             f"<h3>Output</h3><ul>{links or '<li>none</li>'}</ul>"
             f"<h3>Log{cut}</h3><pre>{escape(chr(10).join(lines[-LOG_LINES:]))}</pre></section>")

@@ -11,6 +11,7 @@ absolute URL in the request line, so the path is taken from the full URL. Direct
     GET  /_kpack/files/kernels/<owner>/<slug>/<N>/<name>   a kernel version's output file (no auth, like
                                            Kaggle's signed URLs)
     GET  /code/<owner>/<slug>              the kernel's page: each version's status, output and log (pages.py)
+    POST /code/<owner>/<slug>/v<N>/stop    the page's "Stop session" button (its form carries the page's token)
     GET  /_kpack/health                    {"ok": true, "root": ..., "pid": ...}
     GET  /_kpack/stats, POST /_kpack/stats/reset
     GET|POST|DELETE /_kpack/faults         see faults.py
@@ -30,13 +31,14 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from packager.localkaggle import competitions_api
 from packager.localkaggle.faults import Faults, Rule, Stats
@@ -81,6 +83,8 @@ class LocalKaggle:
         self.httpd.app = self  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self.page_base = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{self.port}"  # for browsers
+        # The page's stop button carries it: another site's form posting to this port cannot stop a session.
+        self.page_token = secrets.token_urlsafe(16)
 
     def start_sessions(self) -> None:
         self.store.prune_uploads()
@@ -273,6 +277,8 @@ class Handler(BaseHTTPRequestHandler):
             self._dispatch(match.group(2), lambda: self._rpc(match.group(1), match.group(2)))
         elif path.startswith("/_kpack/"):
             self._dispatch(path, lambda: self._admin("POST", path))
+        elif re.fullmatch(r"/code/[^/]+/[^/]+/v\d+/stop", path):
+            self._dispatch("page", lambda: self._stop_from_page(*path.split("/")[2:5]))
         else:
             self._dispatch(path, lambda: _raise(ApiError(404, f"no such endpoint: {path}")))
 
@@ -424,10 +430,26 @@ class Handler(BaseHTTPRequestHandler):
         self._send_file(target, viewed or "application/octet-stream", target.name, rule, inline=viewed is not None)
 
     def _kernel_page(self, owner: str, slug: str) -> None:
-        page = kernel_page(self.app.store, unquote(owner), unquote(slug))
+        page = kernel_page(self.app.store, unquote(owner), unquote(slug), self.app.page_token)
         if page is None:
             raise ApiError(404, f"no kernel {unquote(owner)}/{unquote(slug)} on the local Kaggle")
         self._send(200, page.encode(), "text/html; charset=utf-8")
+
+    def _stop_from_page(self, owner: str, slug: str, version: str) -> None:
+        """The page's "Stop session" button (kaggle.com's web UI has one; its API needs a session id no answer
+        carries): cancel the version, then back to the page."""
+        body = self._body()
+        if body.length is not None and body.length > MAX_JSON:
+            self.close_connection = True
+            raise ApiError(413, "request body too large")
+        form = parse_qs(b"".join(body.blocks()).decode("utf-8", "replace"))
+        if not _same((form.get("token") or [""])[0], self.app.page_token):
+            raise ApiError(403, "stop a session from its kernel page (this form is not the page's)")
+        owner, slug, number = unquote(owner), unquote(slug), int(version[1:])
+        if self.app.store.kernel_version(owner, slug, number) is None:
+            raise ApiError(404, f"no version {number} of {owner}/{slug} on the local Kaggle")
+        self.app.scheduler.cancel(owner, slug, number)  # an ended version stays as it ended
+        self._send(303, b"", "text/plain", {"Location": f"/code/{quote(owner)}/{quote(slug)}#v{number}"})
 
     def _stored_file(self, parts: list[str]) -> Path | None:
         """The file behind /_kpack/files/<area>/...: kernel output, dataset file or archive, competition data."""
