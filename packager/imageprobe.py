@@ -173,13 +173,13 @@ class _ProbeSettings(SimpleNamespace):
         return SimpleNamespace(session_hours=SESSION_S / 3600, accelerator=self.accelerator)
 
 
-def probe(cfg, root: Path | None = None, wait_s: float = WAIT_S) -> str:
+def probe(cfg, root: Path | None = None, wait_s: float = WAIT_S, api=None) -> str:
     """Push the probe kernel, wait for it, download its output and refresh the snapshot; returns a summary."""
     from packager import kaggle_api, push, watch
 
     root = Path(root or ".")
     folder = write_probe_kernel(cfg, root / PROBE_DIR / "kernel")
-    api = kaggle_api.connect(cfg)
+    api = api or kaggle_api.connect(cfg)
     ref = push.push_folder(api, _ProbeSettings(accelerator=probe_accelerator(cfg)), "probe", folder)
     outcome = watch.wait_for(api, ref, timeout_s=wait_s)
     if outcome.status != "COMPLETE":
@@ -232,8 +232,11 @@ def ensure_probed(cfg, root: Path | None = None) -> None:
         return
     print(f"the image snapshot {path} is {problem}: probing the Kaggle image first (a one-minute kernel, "
           f"{PROBE_SLUG}; set {NO_PROBE_ENV}=1 to skip)", flush=True)
+    from packager import kaggle_api
+
+    api = kaggle_api.connect(cfg)  # credentials and kaggle_user first: the push would stop on them too
     try:
-        print(probe(cfg, root), flush=True)
+        print(probe(cfg, root, api=api), flush=True)
     except UserError as err:
         if getattr(err, "unreachable", False):  # Kaggle out of reach: the push would fail the same way
             raise

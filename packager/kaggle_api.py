@@ -209,8 +209,8 @@ def connect(cfg):
         print(said.getvalue().strip(), file=sys.stderr, flush=True)
     user = api.config_values.get("username")
     if user and user.lower() != cfg.kaggle_user.lower():
-        raise UserError(f"kpack.yaml: kaggle_user is {cfg.kaggle_user!r} but the {cfg.backend} credentials are "
-                        f"{user!r}'s; set kaggle_user: {user}")
+        raise UserError(f"kpack.yaml: kaggle_user is {cfg.kaggle_user!r} but the {cfg.backend} credentials belong "
+                        f"to {user!r}; set kaggle_user: {user}")
     return api
 
 

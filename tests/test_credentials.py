@@ -124,3 +124,15 @@ def test_kaggle_out_of_reach_is_one_short_line(tmp_path):
     assert done.stderr.splitlines() == [
         f"kaggle: get kernel alice/kpack-image-probe: {cause}; retry 1/1 in 0.0s",
         f"error: kaggle: get kernel alice/kpack-image-probe failed after 2 attempts: {cause}"]
+
+
+def test_credentials_of_another_user_are_one_line_before_anything_is_pushed(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = kaggle_project(tmp_path / "project")  # kaggle_user: alice
+    env = bare_env(home, KAGGLE_USERNAME="bob", KAGGLE_KEY="0" * 32, HTTPS_PROXY="http://127.0.0.1:1")
+    done = subprocess.run([KPACK, "push", "train", "--config", str(config)], cwd=config.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("error: kpack.yaml: kaggle_user is 'alice' but the kaggle credentials belong to 'bob'; "
+                           "set kaggle_user: bob\n")  # not "or push without the probe": the push needs them too
