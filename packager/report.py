@@ -469,8 +469,11 @@ def report_newest(cfg, kind: str | None = None) -> Path:
     from packager import ledger
     from packager.errors import UserError
 
-    rows = [r for r in ledger.read() if r.get("backend") == cfg.backend and kind in (None, r.get("kind"))
-            and r.get("output") and Path(r["output"]).is_dir()]
+    runs = [r for r in ledger.read() if r.get("backend") == cfg.backend and kind in (None, r.get("kind"))]
+    rows = [r for r in runs if r.get("output") and Path(r["output"]).is_dir()]
+    if not runs:
+        raise UserError(f"no {kind + ' ' if kind else ''}run in {ledger.ledger_path()} on the {cfg.backend} backend "
+                        f"yet; push one first: kpack push {kind or 'KIND'}")
     if not rows:
         raise UserError(f"no downloaded {kind or 'run'} output in {ledger.ledger_path()} on the {cfg.backend} "
                         f"backend; download one with `kpack output {kind or 'KIND'}`")

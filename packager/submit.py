@@ -42,7 +42,7 @@ def latest_complete_infer(api, cfg) -> KernelRef:
                    reverse=True)
     current = kaggle_api.current_kernel_version(api, owner, slug)
     if current is None:
-        raise UserError(f"no infer kernel {owner}/{slug} on the {cfg.backend} backend; run `make push-infer` first",
+        raise UserError(f"no infer kernel {owner}/{slug} on the {cfg.backend} backend; push it first: kpack push infer",
                         exit_code=1)
     candidates = [v for v in known if v <= current] + [v for v in range(current, 0, -1) if v not in known]
     for version in candidates[:30]:

@@ -94,8 +94,9 @@ def current_version(api, ref: KernelRef):
 def latest_version(api, ref: KernelRef) -> int:
     version = current_version(api, ref)
     if version is None:
-        raise UserError(f"kernel {ref.ref} not found on the {'local Kaggle' if '--local' in api.args else 'server'}"
-                        "; push it first (kpack push KIND)", exit_code=1)
+        where = "the local Kaggle" if "--local" in api.args else "Kaggle"
+        raise UserError(f"kernel {ref.ref} not found on {where}; push it first: kpack push {ref.kind or 'KIND'}",
+                        exit_code=1)
     if version is NO_VERSION:
         raise UserError(f"kernel {ref.ref}: the server's answer names no current version (currentVersionNumber); "
                         f"name the version: kpack status {ref.ref}/N", exit_code=1)

@@ -183,3 +183,12 @@ def test_the_local_kaggle_gone_stops_the_watch_in_one_line(tmp_path, monkeypatch
         kaggle_api._restore_env()
     assert f"the local Kaggle (http://127.0.0.1:{server.port}) does not answer; any kpack command starts it " \
            "again" in str(err.value), err.value
+
+
+def test_looking_at_a_run_before_any_push_says_what_to_push(project):
+    status = subprocess.run([KPACK, "status", "train"], cwd=project.root, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1 and status.stderr == (
+        f"error: kernel alice/{project.train_slug} not found on the local Kaggle; push it first: kpack push train\n")
+    report = subprocess.run([KPACK, "report", "train"], cwd=project.root, capture_output=True, text=True, timeout=60)
+    assert report.returncode == 2 and report.stderr == (
+        "error: no train run in runs/ledger.jsonl on the local backend yet; push one first: kpack push train\n")
