@@ -16,6 +16,7 @@ config_opt = click.option("--config", "config_path", default=None, help="project
 
 
 @click.group()
+@click.version_option(package_name="kpack", message="%(prog)s %(version)s")
 def cli() -> None:
     """Pack, push and watch Kaggle kernels; run them on the local Kaggle first."""
 

@@ -48,6 +48,10 @@ def test_help_build_and_check_run_with_no_torch_installed(tmp_path):
         assert done.returncode == 0, f"kpack {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
         assert "the core tool imported" not in done.stderr
     assert (tmp_path / "build" / "kernels" / "mini-comp-train" / "mini-comp-train.py").is_file()
+    import importlib.metadata
+
+    version = kpack_without_heavy(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout == f"kpack {importlib.metadata.version('kpack')}\n"
 
 
 def test_every_packager_module_imports_without_the_local_extra():
