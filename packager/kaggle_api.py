@@ -291,8 +291,8 @@ def on_local() -> bool:
 def describe(exc: BaseException) -> str:
     status = _status(exc)
     text = str(exc).strip() or type(exc).__name__
-    if status is None and unreachable(exc):
-        return unreachable(exc)
+    if status is None and (lost := unreachable(exc)):
+        return lost
     if status is not None:
         response = exc.response  # type: ignore[attr-defined]
         detail = text
@@ -325,7 +325,7 @@ def call(what: str, fn: Callable[..., T], *args: Any, done: Callable[[], T | Non
             raise
         except Exception as exc:  # noqa: BLE001 - sorted below into retry or one clear error
             status, why = _status(exc), describe(exc)
-            limited, lost = status == 429, (unreachable(exc) or "") if status is None else ""
+            limited, lost = status == 429, unreachable(exc) or ""
             if not (limited or (status is not None and status >= 500) or (status is None and _transient(exc))):
                 raise KaggleCallError(f"kaggle: {what} failed: {why}", status, lost) from None
             if attempt == policy.attempts:

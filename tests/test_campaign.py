@@ -330,7 +330,8 @@ def test_a_campaign_watch_waits_out_kaggle_out_of_reach(two_gpus, tmp_path, monk
     first: the members are not at fault, so the watch says Kaggle is out of reach and goes on ticking until
     both are done, instead of stopping or failing the member."""
     project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0, 1]}")
-    (project.root / "kpack.yaml").write_text((project.root / "kpack.yaml").read_text() + "campaign: {gpu_sessions: 1}\n")
+    config = project.root / "kpack.yaml"
+    config.write_text(config.read_text() + "campaign: {gpu_sessions: 1}\n")
     project.write_entry("import time\n\n\ndef main(config):\n    time.sleep(2)\n")
     pushed = kpack(project, "push", "train", "--no-wait")
     assert pushed.returncode == 0 and "tick: 1 open, 1 waiting (cap 1)" in pushed.stdout, pushed.stdout + pushed.stderr
