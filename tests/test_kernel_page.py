@@ -1,7 +1,7 @@
 """The local Kaggle's kernel page (/code/<owner>/<slug>, where kpack's links to a local run point), opened in a
 real headless Chromium: each version's status, failure, output links that download the file, and the log's
 text, escaped; a report viewed in a sandbox where its script does not run; newest version first; 404 for a kernel
-that does not exist; the stop button of a running session."""
+that does not exist; the stop button of a running session; the owner's page of all their kernels."""
 from __future__ import annotations
 
 import re
@@ -86,6 +86,14 @@ def test_a_running_session_is_stopped_from_its_page(local_kaggle, run_kaggle, tm
             "Content-Type": "application/x-www-form-urlencoded"})
         return NO_PROXY.open(request, timeout=10)
 
+    # the owner's page lists every kernel with its newest version, the newest pushed first: this one, running
+    mine = _browser("--no-proxy-server", "--dump-dom", f"{local_kaggle.url}/code/{USER}").stdout
+    first = re.search(r'<tr><td><a href="([^"]+)">([^<]+)</a></td><td>(v\d+)</td><td class="(\w+)">', mine)
+    assert first.groups() == (f"/code/{USER}/{slug}#v1", slug, "v1", "RUNNING"), mine
+    assert '<meta http-equiv="refresh"' in mine and f'href="/code/{USER}"' in dom  # the kernel page links it
+    with pytest.raises(urllib.error.HTTPError) as nobody:
+        NO_PROXY.open(f"{local_kaggle.url}/code/nobody-{slug}", timeout=10)
+    assert nobody.value.code == 404
     with pytest.raises(urllib.error.HTTPError) as forged:
         post("not-the-token")
     assert forged.value.code == 403

@@ -26,6 +26,41 @@ VIEWABLE = {".html": "text/html; charset=utf-8", ".png": "image/png", ".txt": "t
             ".json": "application/json", ".csv": "text/plain; charset=utf-8"}
 
 
+def _html(title: str, body: str, live: bool) -> str:
+    """A whole page; live: a version is queued or running, so it reloads itself (no script)."""
+    refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if live else ""
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{title}</title>"
+            "<style>body{font:14px sans-serif;margin:2em}pre{background:#f4f4f4;padding:8px;overflow-x:auto}"
+            "td,th{padding:2px 12px 2px 0;text-align:left}.ERROR{color:#b00}.COMPLETE{color:#070}</style></head>\n"
+            f"<body>{body}\n</body></html>\n")
+
+
+def owner_page(store: Store, owner: str) -> str | None:
+    """GET /code/<owner>: the owner's kernels, the newest pushed first, each with its newest version (as
+    kaggle.com's "Your Work" lists them): where a campaign's members are seen at once. None: no such kernels."""
+    newest = []
+    for info in store.kernels():
+        if info.get("owner") == owner and info["versions"]:
+            version = store.kernel_version(owner, info["slug"], info["versions"][-1])
+            if version:
+                newest.append((str(version.get("created", "")), info["slug"], version))  # ISO: sorts by time
+    if not newest:
+        return None
+    rows = []
+    for created, slug, v in sorted(newest, key=lambda item: item[0], reverse=True):
+        status = escape(str(v.get("status", "")))
+        ran = f"{float(v['seconds']):.0f}s" if v.get("seconds") is not None else ""
+        link = escape(f"/code/{quote(owner)}/{quote(slug)}#v{v['number']}")
+        rows.append(f'<tr><td><a href="{link}">{escape(slug)}</a></td><td>v{v["number"]}</td>'
+                    f'<td class="{status}">{status}</td><td>{escape(v.get("machine_shape_effective") or "None")}</td>'
+                    f"<td>{escape(_pushed(v))}</td><td>{ran}</td></tr>")
+    live = any(str(v.get("status")) not in TERMINAL for _, _, v in newest)
+    return _html(escape(owner), f"<h1>{escape(owner)}: {len(newest)} kernel(s)</h1><p>the newest pushed first, "
+                 "each with its newest version (the local Kaggle)</p><table><tr><th>kernel</th><th>version</th>"
+                 "<th>status</th><th>machine</th><th>pushed (UTC)</th><th>ran</th></tr>" + "".join(rows) +
+                 "</table>", live)
+
+
 def kernel_page(store: Store, owner: str, slug: str, token: str = "") -> str | None:
     """The page's HTML, or None where there is no such kernel. token: the server's, which the stop button of a
     version still queued or running sends back (none without it)."""
@@ -37,12 +72,13 @@ def kernel_page(store: Store, owner: str, slug: str, token: str = "") -> str | N
     body = "\n".join(_version(owner, slug, v, token) for v in versions)
     # While a version runs the page shows it going on, as kaggle.com's does: it reloads itself, with no script.
     live = any(str(v.get("status")) not in TERMINAL for v in versions)
-    refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if live else ""
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{title}</title>"
-            "<style>body{font:14px sans-serif;margin:2em}pre{background:#f4f4f4;padding:8px;overflow-x:auto}"
-            ".ERROR{color:#b00}.COMPLETE{color:#070}</style></head>\n"
-            f"<body><h1>{escape(info.get('title') or slug)}</h1><p>{title}: {len(versions)} version(s), "
-            f"newest first (the local Kaggle)</p>\n{body}\n</body></html>\n")
+    return _html(title, f"<h1>{escape(info.get('title') or slug)}</h1><p>{title}: {len(versions)} version(s), "
+                 f'newest first (the local Kaggle; <a href="/code/{escape(quote(owner))}">all of {escape(owner)}\'s '
+                 f"kernels</a>)</p>\n{body}", live)
+
+
+def _pushed(v: dict) -> str:
+    return str(v.get("created", "?"))[:19].replace("T", " ")
 
 
 def _file_item(url: str, name: str, size: int) -> str:
@@ -58,8 +94,7 @@ def _stop_button(owner: str, slug: str, number: int, token: str) -> str:
 
 def _version(owner: str, slug: str, v: dict, token: str = "") -> str:
     number, status = v["number"], str(v.get("status", ""))
-    pushed = str(v.get("created", "?"))[:19].replace("T", " ")
-    facts = [f"machine {v.get('machine_shape_effective') or 'None'}", f"pushed {pushed} UTC"]
+    facts = [f"machine {v.get('machine_shape_effective') or 'None'}", f"pushed {_pushed(v)} UTC"]
     if v.get("seconds") is not None:
         facts.append(f"ran {float(v['seconds']):.0f}s")
     failure = f"<p class=\"ERROR\">{escape(v['failure_message'])}</p>" if v.get("failure_message") else ""

@@ -11,6 +11,7 @@ absolute URL in the request line, so the path is taken from the full URL. Direct
     GET  /_kpack/files/kernels/<owner>/<slug>/<N>/<name>   a kernel version's output file (no auth, like
                                            Kaggle's signed URLs)
     GET  /code/<owner>/<slug>              the kernel's page: each version's status, output and log (pages.py)
+    GET  /code/<owner>                     the owner's kernels, each with its newest version
     POST /code/<owner>/<slug>/v<N>/stop    the page's "Stop session" button (its form carries the page's token)
     GET  /_kpack/health                    {"ok": true, "root": ..., "pid": ...}
     GET  /_kpack/stats, POST /_kpack/stats/reset
@@ -42,7 +43,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from packager.localkaggle import competitions_api
 from packager.localkaggle.faults import Faults, Rule, Stats
-from packager.localkaggle.pages import VIEWABLE, kernel_page
+from packager.localkaggle.pages import VIEWABLE, kernel_page, owner_page
 from packager.localkaggle.rpc import ROUTES, ApiError, Call, Redirect, load_handlers
 from packager.localkaggle.scheduler import Scheduler
 from packager.localkaggle.store import Store, StoreError
@@ -298,6 +299,8 @@ class Handler(BaseHTTPRequestHandler):
             self._dispatch(path, lambda: self._admin("GET", path))
         elif re.fullmatch(r"/code/[^/]+/[^/]+/?", path):
             self._dispatch("page", lambda: self._kernel_page(*path.split("/")[2:4]))
+        elif re.fullmatch(r"/code/[^/]+/?", path):
+            self._dispatch("page", lambda: self._owner_page(path.split("/")[2]))
         else:
             self._dispatch(path, lambda: _raise(ApiError(404, f"no such endpoint: {path}")))
 
@@ -433,6 +436,12 @@ class Handler(BaseHTTPRequestHandler):
         page = kernel_page(self.app.store, unquote(owner), unquote(slug), self.app.page_token)
         if page is None:
             raise ApiError(404, f"no kernel {unquote(owner)}/{unquote(slug)} on the local Kaggle")
+        self._send(200, page.encode(), "text/html; charset=utf-8")
+
+    def _owner_page(self, owner: str) -> None:
+        page = owner_page(self.app.store, unquote(owner))
+        if page is None:
+            raise ApiError(404, f"{unquote(owner)} has no kernel on the local Kaggle")
         self._send(200, page.encode(), "text/html; charset=utf-8")
 
     def _stop_from_page(self, owner: str, slug: str, version: str) -> None:
