@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from packager import kaggle_api, ledger
+from packager import kaggle_api, ledger, watch
 from packager.errors import UserError
 from packager.push import push_kernel, watch_kernel
 from pushkit import FAIL_ENTRY, CHAIN_ENTRY, TelegramStub, isolate, make_project
@@ -170,6 +170,7 @@ def test_a_watch_that_loses_kaggle_says_so_and_kpack_watch_goes_on(chain_project
     push_kernel(cfg, "train", wait=False)
     monkeypatch.setattr(kaggle_api.policy, "attempts", 2)
     monkeypatch.setattr(kaggle_api.policy, "base_s", 0.01)
+    monkeypatch.setattr(watch, "OFFLINE_WAIT_S", 0.0)  # out of reach for longer than the watch waits
     local_kaggle.faults({"method": "GetKernel", "kind": "503", "times": 0})  # Kaggle out of reach
     try:
         with pytest.raises(UserError) as err:
