@@ -194,6 +194,9 @@ class ProjectConfig(Strict):
     campaign: Campaign = Campaign()
     # code: notebook submissions only (the infer kernel is rerun offline); unset: the backend's metadata says
     competition_type: Literal["code", "file"] | None = None
+    # which way a CV or leaderboard score is better; unset: lower where the competition's evaluation metric, as
+    # the backend names it, is an error, a loss or a distance (higher_is_better), else higher
+    score_direction: Literal["higher", "lower"] | None = None
     _source: str = PrivateAttr(CONFIG_FILE)  # the file it was read from, for error lines
     _lines: dict = PrivateAttr(default_factory=dict)  # field path -> line in that file
     _member: dict | None = PrivateAttr(None)  # a campaign member's cfg: its variant, fold (campaign.py)
@@ -217,6 +220,17 @@ class ProjectConfig(Strict):
     def where(self, *loc) -> str:
         """'kpack.yaml: line N: ' for the field at path `loc` (or its nearest section the file has)."""
         return f"{self._source}: {_line_of(tuple(loc), self._lines)}"
+
+
+# Evaluation metric names where lower is better (a guess from the name: the API says nothing about direction).
+LOWER_IS_BETTER = re.compile(r"error|loss|\b(r?mse|rmsle|mae|mape|smape)\b|distance|deviation", re.IGNORECASE)
+
+
+def higher_is_better(cfg: ProjectConfig, metric_name: str = "") -> bool:
+    """score_direction when set; else guessed from the competition's evaluation metric name (higher without one)."""
+    if cfg.score_direction is not None:
+        return cfg.score_direction == "higher"
+    return not LOWER_IS_BETTER.search(metric_name or "")
 
 
 def session_limits(cfg: ProjectConfig, kind: str) -> list[tuple[float, str]]:

@@ -12,6 +12,8 @@ import sys
 
 import requests
 
+from packager.config import higher_is_better
+
 DEFAULT_API = "https://api.telegram.org"
 TIMEOUT_S = 10
 MAX_TEXT = 4000  # Telegram refuses messages over 4096 characters
@@ -136,8 +138,9 @@ def chain_finished(cfg, kind: str, rows: list[dict], output=None) -> str:
     unit = "GPU" if accelerator and accelerator.lower().startswith(("nvidia", "gpu")) else (
         "TPU" if accelerator and "tpu" in accelerator.lower() else "CPU")
     last = rows[-1] if rows else {}
+    best = max if cfg is None or higher_is_better(cfg) else min  # the kit's F2: higher; own code: score_direction
     text = (f"{kind} chain {last.get('kernel')} done after {len(rows)} session(s): best "
-            f"{_cv(max(scores)) if scores else 'CV none'}, {hours:.2f} {unit} hours in all; "
+            f"{_cv(best(scores)) if scores else 'CV none'}, {hours:.2f} {unit} hours in all; "
             f"next: {NEXT_STEP.get(kind, 'nothing')}; {run_link(cfg, last.get('kernel'), last.get('version'), output)}")
     notify(cfg, text, ok=True)
     return text
@@ -181,13 +184,14 @@ def refused(cfg, what: str, reason: str, fix: str) -> str:
 
 @_never_fails
 def submission_scored(cfg, ref, submission_ref, public, private=None, rank_before=None, rank_after=None,
-                      best_before=None) -> str:
-    """A submission was scored: its public score (and private, once revealed), against the best so far, and the
-    rank change where the API gives the team's rank."""
+                      best_before=None, higher: bool = True) -> str:
+    """A submission was scored: its public score (and private, once revealed), against the best so far (the
+    metric's direction), and the rank change where the API gives the team's rank."""
     text = f"submission {submission_ref} of {ref} scored: public {public}"
     text += f", private {private}" if private not in (None, "") else ""
     if isinstance(best_before, (int, float)) and isinstance(public, (int, float)):
-        text += f" (best before {best_before:.5f}, {'better' if public > best_before else 'not better'})"
+        better = public > best_before if higher else public < best_before
+        text += f" (best before {best_before:.5f}, {'better' if better else 'not better'})"
     if rank_before and rank_after and rank_before != rank_after:
         text += f"; rank {rank_before} -> {rank_after}"
     elif rank_after:

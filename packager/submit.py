@@ -12,6 +12,7 @@ import os
 import time
 
 from packager import kaggle_api, ledger, notify
+from packager.config import higher_is_better
 from packager.errors import UserError
 from packager.watch import KernelRef
 
@@ -130,8 +131,9 @@ def submit(cfg, message: str | None = None, wait_s: float = WAIT_S) -> dict:
                             "with its description is listed)", exit_code=1)
         print(f"submission {submission_ref}: the answer named no ref; found it in the competition's submissions",
               flush=True)
-    best_before = max((r["lb_score"] for r in ledger.read() if r.get("backend") == cfg.backend
-                       and isinstance(r.get("lb_score"), (int, float))), default=None)
+    higher = higher_is_better(cfg, evaluation_metric(api, cfg))
+    best_before = (max if higher else min)((r["lb_score"] for r in ledger.read() if r.get("backend") == cfg.backend
+                                            and isinstance(r.get("lb_score"), (int, float))), default=None)
     rank_before = team_rank(api, cfg)
     sub = wait_scored(api, cfg, ref, submission_ref, wait_s)
     _record(cfg, ref, sub)
@@ -140,11 +142,23 @@ def submit(cfg, message: str | None = None, wait_s: float = WAIT_S) -> dict:
         notify.notify(cfg, f"{message}; {notify.run_link(cfg, ref.ref, ref.version)}", ok=False)
         raise UserError(message, exit_code=1)
     notify.submission_scored(cfg, ref, submission_ref, _score(sub.public_score), _score(sub.private_score),
-                             rank_before, team_rank(api, cfg), best_before)
+                             rank_before, team_rank(api, cfg), best_before, higher)
     print(f"submission {submission_ref} of {ref}: public score {sub.public_score}"
           + (f", private {sub.private_score}" if sub.private_score else ""))
     return {"ref": submission_ref, "kernel": ref.ref, "version": ref.version,
             "public_score": _score(sub.public_score), "private_score": _score(sub.private_score)}
+
+
+def evaluation_metric(api, cfg) -> str:
+    """The competition's evaluation metric as ListCompetitions names it ('' when it is not listed or cannot be
+    asked: the direction then falls back to higher, or score_direction)."""
+    from packager.preflight import Backend
+
+    try:
+        found = Backend(cfg, api).competition(cfg.competition)
+    except UserError:
+        return ""
+    return getattr(found, "evaluation_metric", "") or ""
 
 
 def refresh_scores(cfg) -> int:

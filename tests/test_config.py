@@ -225,3 +225,17 @@ def test_a_missing_kernel_section_names_the_config_file_given(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {other}: no kernels.infer section; add one with at least 'entry:'"]
+
+
+@pytest.mark.parametrize("metric, higher", [
+    ("F2 (mean over rows)", True), ("AUC (mean over columns)", True), ("Quadratic Weighted Kappa", True),
+    ("MAP@5", True), ("RMSE", False), ("Root Mean Squared Logarithmic Error", False), ("Log loss", False),
+    ("Mean Columnwise MAE", False), ("SMAPE", False), ("Weighted distance", False), ("", True)])
+def test_which_way_a_score_is_better_from_the_metric_name_or_the_config(metric, higher):
+    from packager.config import higher_is_better
+
+    cfg = parse_config({"competition": "digits-c", "kaggle_user": "alice",
+                        "kernels": {"train": {"entry": "kernel_src/train.py"}}})
+    assert higher_is_better(cfg, metric) is higher
+    for direction in ("higher", "lower"):
+        assert higher_is_better(cfg.model_copy(update={"score_direction": direction}), metric) is (direction == "higher")

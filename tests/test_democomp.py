@@ -123,9 +123,9 @@ def test_single_digit_images_look_like_their_label(tmp_path, digits):
 
 
 def test_scorer_accepts_the_files(comp):
-    id_col, label_col, solution = load_solution(comp.solution_csv)
-    assert (id_col, label_col) == ("id", "attribute_ids")
-    usages = {usage for _, usage in solution.values()}
+    solution = load_solution(comp.solution_csv)
+    assert (solution.id_column, solution.columns) == ("id", ["attribute_ids"])
+    usages = {usage for _, usage in solution.rows.values()}
     assert usages == {"Public", "Private"}
     sample = (comp.data_dir / "sample_submission.csv").read_bytes()
     assert 0 <= score_submission(sample, comp.solution_csv).public <= 1

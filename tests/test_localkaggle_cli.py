@@ -130,7 +130,8 @@ def test_competition_create_refuses_a_data_folder_holding_the_solution(tmp_path,
         solution.write_text(SOLUTION_CSV)
     done = create_competition_cli(tmp_path, data, solution)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"competition c-x ready in {tmp_path / 'r'} (2 data entries)"]
+    assert done.stdout.splitlines() == [f"competition c-x ready in {tmp_path / 'r'} (2 data entries, scored by "
+                                        "f2-samples)"]
 
 
 def test_competition_create_usage_column(tmp_path):

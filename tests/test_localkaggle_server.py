@@ -55,6 +55,76 @@ def test_malformed_submissions_say_why(solution, body, message):
         score_submission(body, solution)
 
 
+def _write(path: Path, header: list[str], rows: list[list]) -> Path:
+    path.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("name", ["accuracy", "rmse", "mae", "auc", "logloss"])
+def test_each_metric_scores_as_sklearn_does_on_each_leaderboard(tmp_path, name):
+    """Two target columns, public and private rows: each leaderboard's score is sklearn's on its rows (AUC and
+    log loss: the mean over the columns, as Kaggle's column-wise metrics)."""
+    import numpy as np
+    from sklearn import metrics as sk
+
+    rng = np.random.default_rng(3)
+    n = 60
+    if name == "accuracy":
+        truth, pred = rng.choice(["cat", "dog", "owl"], (n, 2)), rng.choice(["cat", "dog", "owl"], (n, 2))
+    elif name in ("rmse", "mae"):
+        truth, pred = rng.normal(size=(n, 2)).round(4), rng.normal(size=(n, 2)).round(4)
+    else:
+        truth, pred = rng.integers(0, 2, (n, 2)), rng.random((n, 2)).round(4)
+        pred[0, 0] = 0.0  # a hard 0: log loss clips it at 1e-15, as Kaggle's does
+    usage = ["Public" if i % 3 else "Private" for i in range(n)]
+    ids = [f"r{i}" for i in range(n)]
+    solution = _write(tmp_path / "solution.csv", ["id", "a", "b", "Usage"],
+                      [[i, *t, u] for i, t, u in zip(ids, truth.tolist(), usage)])
+    body = "b,id,a\n" + "".join(f"{p[1]},{i},{p[0]}\n" for i, p in zip(ids, pred.tolist()))  # columns in any order
+    score = score_submission(body.encode(), solution, name)
+
+    def reference(rows):
+        t, p = truth[rows], pred[rows]
+        if name == "accuracy":
+            return float((t == p).mean())
+        if name == "rmse":
+            return float(np.sqrt(sk.mean_squared_error(t.ravel(), p.ravel())))
+        if name == "mae":
+            return float(sk.mean_absolute_error(t.ravel(), p.ravel()))
+        if name == "auc":
+            return float(np.mean([sk.roc_auc_score(t[:, c], p[:, c]) for c in range(2)]))
+        p = np.clip(p, 1e-15, 1 - 1e-15)  # Kaggle's clip (sklearn's own is now the float's eps, 2.2e-16)
+        return float(np.mean([sk.log_loss(t[:, c], p[:, c], labels=[0, 1]) for c in range(2)]))
+
+    public = [i for i, u in enumerate(usage) if u == "Public"]
+    private = [i for i, u in enumerate(usage) if u == "Private"]
+    assert score.public == pytest.approx(reference(public)) and score.private == pytest.approx(reference(private))
+
+
+def test_auc_ties_take_their_mean_rank():
+    from packager.localkaggle.scoring import auc
+
+    assert auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+
+
+def test_a_metric_refuses_what_it_cannot_read(tmp_path):
+    numbers = _write(tmp_path / "numbers.csv", ["id", "y"], [["a", 1.5], ["b", 2.0]])
+    with pytest.raises(SubmissionError, match=r"line 3: y 'n/a': not a number"):
+        score_submission(b"id,y\na,1\nb,n/a\n", numbers, "rmse")
+    with pytest.raises(SubmissionError, match=r"line 2: y 'inf': not a finite number"):
+        score_submission(b"id,y\na,inf\nb,1\n", numbers, "rmse")
+    with pytest.raises(ValueError, match=r"line 2: y '1.5': a binary target must be 0 or 1"):
+        score_submission(b"id,y\na,1\nb,1\n", numbers, "auc")
+    one_class = _write(tmp_path / "one.csv", ["id", "y", "Usage"], [["a", 1, "Public"], ["b", 1, "Public"],
+                                                                    ["c", 0, "Private"], ["d", 1, "Private"]])
+    with pytest.raises(ValueError, match="column y: the Public rows hold one class only"):
+        score_submission(b"id,y\na,1\nb,1\nc,1\nd,1\n", one_class, "auc")
+    two = _write(tmp_path / "two.csv", ["id", "x", "y"], [["a", "1 2", "3"]])
+    with pytest.raises(ValueError, match="one label column"):
+        score_submission(b"id,x,y\na,1,3\n", two)  # f2-samples: one column of labels
+
+
 # --------------------------------------------------------------------------------------------- store
 
 def _upload(store: Store, data: bytes, name: str = "f.bin", user: str = USER, complete: bool = True) -> str:

@@ -75,7 +75,7 @@ def test_mirror_of_a_multilabel_download(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f"competition imet-mirror ready in {tmp_path / 'r'}: mirror of {data} (id id, label attribute_ids: "
-        "multi-label); train 80 rows, test 20 (10 public, 10 private), 100 files from train/"]
+        "multi-label, scored by f2-samples); train 80 rows, test 20 (10 public, 10 private), 100 files from train/"]
     comp = tmp_path / "r" / "competitions" / "imet-mirror"
     files = sorted(str(p.relative_to(comp / "data")) for p in (comp / "data").rglob("*") if p.is_file())
     solution, train = table(comp / "solution.csv"), table(comp / "data" / "train.csv")
@@ -103,7 +103,8 @@ def test_mirror_of_a_single_label_download(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f"code competition cassava-mirror ready in {tmp_path / 'r'}: mirror of {data} (id image_id, label label: "
-        "single-label); train 70 rows, test 30 (15 public, 15 private), 100 files from train_images/",
+        "single-label, scored by accuracy); train 70 rows, test 30 (15 public, 15 private), 100 files from "
+        "train_images/",
         "note: left out of the mirror: train_tfrecords/ (not named by train.csv's ids)"]
     comp = tmp_path / "r" / "competitions" / "cassava-mirror"
     solution = table(comp / "solution.csv")
@@ -128,12 +129,19 @@ def test_mirror_keeps_a_real_test_csvs_columns(tmp_path):
     (data / "sample_submission.csv").write_text("id,target\n1000,0.0\n")
     done = mirror(tmp_path / "r", "tab-mirror", data, "--sample", "50")
     assert done.returncode == 0, done.stderr
-    assert "(id id, label target: regression); train 40 rows, test 10 (5 public, 5 private), no image folder" \
-        in done.stdout
+    assert "(id id, label target: regression, scored by rmse); train 40 rows, test 10 (5 public, 5 private), no " \
+           "image folder" in done.stdout
     comp = tmp_path / "r" / "competitions" / "tab-mirror" / "data"
     test = table(comp / "test.csv")
     assert list(test[0]) == ["id", "f1", "f2"] and len(test) == 10
     assert [r["target"] for r in table(comp / "sample_submission.csv")] == ["0.0"] * 10
+    # a metric the target cannot be scored by is refused in one line, and nothing is made
+    refused = mirror(tmp_path / "r", "tab-auc", data, "--sample", "50", "--metric", "auc")
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        "error: --metric auc: the label column target (regression) cannot be scored so: line 2: target '"), \
+        refused.stderr
+    assert "a binary target must be 0 or 1" in refused.stderr
+    assert not (tmp_path / "r" / "competitions" / "tab-auc").exists()
 
 
 def test_mirror_with_named_columns_and_a_missing_image(tmp_path):
@@ -146,8 +154,8 @@ def test_mirror_with_named_columns_and_a_missing_image(tmp_path):
     done = mirror(tmp_path / "r", "named-mirror", data, "--sample", "0", "--label-column", "label")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].endswith(
-        "(id image_id, label label: single-label); train 32 rows, test 8 (4 public, 4 private), 39 files from "
-        "train_images/")
+        "(id image_id, label label: single-label, scored by accuracy); train 32 rows, test 8 (4 public, 4 private), "
+        "39 files from train_images/")
     assert done.stdout.splitlines()[1] == ("note: 1 sampled rows have no file in train_images/; their kernels' "
                                            "inputs lack it too")
     comp = tmp_path / "r" / "competitions" / "named-mirror"
@@ -224,8 +232,10 @@ def test_a_kernel_reads_the_mirror_and_its_submission_is_scored(run_kaggle, loca
         assert time.monotonic() < deadline
         time.sleep(0.2)
     solution = list(csv.reader(open(local_kaggle.root / "competitions" / comp / "solution.csv")))[1:]
-    expected = [sum(fbeta(set(r[1].split()), set(guess.split())) for r in solution if r[2] == u) / 6
-                for u in ("Public", "Private")]
+    def scored(truth: str) -> float:  # a multi-label mirror is scored by F2, a single-label one by accuracy
+        return fbeta(set(truth.split()), set(guess.split())) if shape is make_imet else float(truth == guess)
+
+    expected = [sum(scored(r[1]) for r in solution if r[2] == u) / 6 for u in ("Public", "Private")]
     line = next(x for x in listing.splitlines() if "one guess" in x)
     assert "SubmissionStatus.COMPLETE" in line
     assert f"{expected[0]:.5f}" in line and f"{expected[1]:.5f}" in line

@@ -194,6 +194,42 @@ def test_kpack_submit_says_the_public_score(told, pushed_project):
     assert "(best before 1.00000, not better)" in told.texts()[-1]
 
 
+RMSE_INFER = '''import os
+from pathlib import Path
+
+
+def main(config):
+    root = Path(os.environ.get("KPACK_KAGGLE_ROOT") or "/kaggle")
+    (root / "working" / "submission.csv").write_text("id,y\\na,{a}\\nb,2\\nc,3\\nd,4\\n")
+'''
+
+
+def test_on_a_metric_where_lower_is_better_a_lower_score_is_better(told, pushed_project, local_kaggle, tmp_path):
+    """A competition scored by RMSE (its evaluation metric names an error): the lower score is the better one,
+    from the metric's name alone."""
+    from packager.localkaggle.store import Store
+    from packager.submit import submit
+
+    project = pushed_project(infer=True)
+    data = tmp_path / "rmse-data"
+    data.mkdir()
+    (data / "sample_submission.csv").write_text("id,y\na,0\nb,0\nc,0\nd,0\n")
+    (tmp_path / "rmse.csv").write_text("id,y,Usage\na,1,Public\nb,2,Public\nc,3,Private\nd,4,Private\n")
+    Store(local_kaggle.root).create_competition(f"{project.prefix}-comp", data, tmp_path / "rmse.csv", code=True,
+                                                replace=True, metric="rmse")
+    scores = []
+    for a in (3, 1.5):  # the second submission is closer to the truth
+        project.write_entry(RMSE_INFER.format(a=a), "infer_entry.py")
+        push_kernel(project.cfg(), "infer", wait=True)
+        scores.append(submit(project.cfg(), f"a={a}")["public_score"])
+    assert scores == [round(2 ** 0.5, 5), round(0.125 ** 0.5, 5)]  # sqrt((2^2 + 0) / 2), sqrt(0.25 / 2)
+    assert f"(best before {scores[0]:.5f}, better)" in told.texts()[-1], told.texts()
+    config = project.root / "kpack.yaml"  # score_direction says otherwise: it wins over the name
+    config.write_text(config.read_text() + "score_direction: higher\n")
+    submit(project.cfg(), "again")
+    assert f"(best before {scores[0]:.5f}, not better)" in told.texts()[-1], told.texts()
+
+
 def test_a_score_names_the_rank_change_where_the_api_gives_one(told, capsys):
     from packager.notify import submission_scored
     from packager.watch import KernelRef
@@ -214,3 +250,13 @@ def test_a_message_that_cannot_be_made_is_a_warning_not_a_failure(told, capsys):
                                                 {"kernel": "alice/x-b", "seconds": None, "cv_score": "0.6"}]) != ""
     assert chain_finished(None, "train", [None]) == ""  # a row that is not one: must not raise
     assert "warning: notification not sent (chain_finished: " in capsys.readouterr().err
+
+
+def test_a_chains_best_cv_follows_the_score_direction(told):
+    from packager.notify import chain_finished
+
+    rows = [{"kernel": "alice/x", "seconds": 60, "cv_score": 0.5}, {"kernel": "alice/x-b", "seconds": 60,
+                                                                     "cv_score": 0.6}]
+    assert "best CV 0.60000" in chain_finished(make_cfg(), "train", rows)  # the kit's F2: higher is better
+    lower = make_cfg().model_copy(update={"score_direction": "lower"})  # own code scoring an error
+    assert "best CV 0.50000" in chain_finished(lower, "train", rows)

@@ -12,7 +12,7 @@ kernel runner with Kaggle's mounts, no network and the session time limit.
     sandbox.py         the sandbox's root, one list of mounts that bubblewrap and netns.py (kpack's own) both build
     image.py           what a local kernel can import: this venv minus local-image-excludes.txt
     store.py           all state on disk under the root, written atomically
-    scoring.py         F-beta (beta 2) per row, mean over rows, Public / Private
+    scoring.py         a competition's metric (F2 per row, accuracy, RMSE, MAE, AUC, log loss), Public / Private
     faults.py          fault injection and counters for tests
     client_env.py      the environment that points a client at the server; ensure_server()
     cli.py             `kpack local serve | env | competition create | secret set`

@@ -21,6 +21,7 @@ import click
 
 from packager.errors import UserError
 from packager.localkaggle import client_env
+from packager.localkaggle.scoring import DEFAULT_METRIC, METRICS
 
 port_opt = click.option("--port", type=int, default=None, help="port on 127.0.0.1 (default: kpack.yaml or 8599)")
 root_opt = click.option("--root", default=None, help="state folder (default: kpack.yaml or .localkaggle)")
@@ -156,26 +157,29 @@ def competition() -> None:
               help="folder of data files, copied whole and mounted in kernels as input/competitions/<slug>/ (the "
                    "solution must not be in it)")
 @click.option("--solution", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CSV: id, labels (space-separated), Usage (Public/Private)")
+              help="CSV: id, the target column(s) (f2-samples: one, space-separated labels), Usage (Public/Private)")
+@click.option("--metric", type=click.Choice(list(METRICS)), default=DEFAULT_METRIC, show_default=True,
+              help="how submissions are scored: use the real competition's")
 @click.option("--code", is_flag=True, help="a code competition: notebook submissions only, internet off")
 @click.option("--title", default=None)
 @click.option("--replace", is_flag=True, help="rebuild it when it exists (its submissions stay)")
 @root_opt
-def competition_create(slug: str, data_dir: str, solution: str, code: bool, title: str | None, replace: bool,
-                       root: str | None) -> None:
+def competition_create(slug: str, data_dir: str, solution: str, metric: str, code: bool, title: str | None,
+                       replace: bool, root: str | None) -> None:
     """Make (or with --replace, rebuild) a local competition; a running server sees it at once."""
     from packager.localkaggle.scoring import load_solution
     from packager.localkaggle.store import Store
 
     _, root_path, _ = _defaults(0, root, "-")
     try:
-        _, _, rows = load_solution(Path(solution))
+        rows = load_solution(Path(solution), metric).rows
     except (ValueError, OSError) as exc:
         raise UserError(f"{solution}: not a usable solution file: {exc}") from None
     info = _store_error(lambda: Store(root_path).create_competition(
-        slug, Path(data_dir), Path(solution), code=code, title=title, replace=replace))
+        slug, Path(data_dir), Path(solution), code=code, title=title, replace=replace, metric=metric))
     kind = "code competition" if info["code"] else "competition"
-    click.echo(f"{kind} {slug} ready in {root_path} ({len(list(Path(info['data_dir']).rglob('*')))} data entries)")
+    click.echo(f"{kind} {slug} ready in {root_path} ({len(list(Path(info['data_dir']).rglob('*')))} data entries, "
+               f"scored by {metric})")
     if not any(usage for _, usage in rows.values()):
         click.echo(f"note: {solution} has no Usage column: every row counts for the public score and private scores "
                    "stay empty (add Usage with Public/Private per row)")
@@ -192,13 +196,16 @@ def competition_create(slug: str, data_dir: str, solution: str, code: bool, titl
               show_default=True, help="share of the sampled rows that become the hidden test set")
 @click.option("--id-column", default=None, help="default: sample_submission.csv's first column")
 @click.option("--label-column", default=None, help="default: sample_submission.csv's other column")
+@click.option("--metric", type=click.Choice(list(METRICS)), default=None,
+              help="how submissions are scored: use the real competition's (default: f2-samples for space-separated "
+                   "labels, accuracy for one class per row, rmse for a number)")
 @click.option("--code", is_flag=True, help="a code competition: notebook submissions only, internet off")
 @click.option("--title", default=None)
 @click.option("--replace", is_flag=True, help="rebuild it when it exists (its submissions stay)")
 @root_opt
 def competition_mirror(slug: str, data_dir: str, sample: int, seed: int, test_fraction: float,
-                       id_column: str | None, label_column: str | None, code: bool, title: str | None,
-                       replace: bool, root: str | None) -> None:
+                       id_column: str | None, label_column: str | None, metric: str | None, code: bool,
+                       title: str | None, replace: bool, root: str | None) -> None:
     """A local copy of a real competition from its downloaded files, its hidden test set drawn from train.csv."""
     from packager.localkaggle.mirror import mirror
     from packager.localkaggle.store import Store
@@ -209,11 +216,11 @@ def competition_mirror(slug: str, data_dir: str, sample: int, seed: int, test_fr
         raise UserError(f"{data_dir}: not a folder; unpack the download first (`unzip {data_dir} -d {folder}`) and "
                         f"pass --data {folder}")
     made, info = _store_error(lambda: mirror(Store(root_path), slug, Path(data_dir), sample, seed, test_fraction,
-                                             id_column, label_column, code, title, replace))
+                                             id_column, label_column, code, title, replace, metric))
     kind = "code competition" if info["code"] else "competition"
     files = f", {made.files} files from {made.folder}/" if made.folder else ", no image folder named by the ids"
     click.echo(f"{kind} {slug} ready in {root_path}: mirror of {data_dir} (id {made.id_column}, label "
-               f"{made.label_column}: {made.label_kind}); train {made.train_rows} rows, test "
+               f"{made.label_column}: {made.label_kind}, scored by {info['metric']}); train {made.train_rows} rows, test "
                f"{made.public_rows + made.private_rows} ({made.public_rows} public, {made.private_rows} private)"
                f"{files}")
     if made.missing:

@@ -22,7 +22,7 @@ from kagglesdk.competitions.types.submission_status import SubmissionStatus
 from packager.localkaggle.datasets_api import upload_url
 from packager.localkaggle.rpc import (BASE_URL, ApiError, Call, Redirect, file_url, next_token, not_found,
                                       page_bounds, rpc)
-from packager.localkaggle.scoring import Score, SubmissionError, score_submission
+from packager.localkaggle.scoring import Score, SubmissionError, metric, score_submission
 from packager.localkaggle.store import Store, list_files, parse_iso
 
 SERVICE = "competitions.CompetitionApiService"
@@ -43,7 +43,7 @@ def score_into(store: Store, record: dict, data: bytes | None, problem: str | No
         problem = "the competition no longer exists"
     if problem is None:
         try:
-            score: Score = score_submission(data or b"", Path(competition["solution"]))
+            score: Score = score_submission(data or b"", Path(competition["solution"]), competition.get("metric"))
         except SubmissionError as err:
             problem = str(err)
     if problem is not None:
@@ -223,7 +223,7 @@ def list_competitions(req: ApiListCompetitionsRequest, call: Call) -> ApiListCom
         item.url = item.ref
         item.enabled_date = parse_iso(info.get("created"))
         item.is_kernels_submissions_only = bool(info.get("code"))
-        item.evaluation_metric = "F2 (mean over rows)"
+        item.evaluation_metric = metric(info.get("metric")).title
         response.competitions.append(item)
     return response
 

@@ -273,17 +273,30 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
                     missing, None if folder is None else str(folder.relative_to(data)), skipped)
 
 
+# The metric a mirror is scored by when none is named: the likeliest for its label column's kind.
+KIND_METRIC = {"multi-label": "f2-samples", "single-label": "accuracy", "regression": "rmse"}
+
+
 def mirror(store, slug: str, data: Path, sample: int, seed: int, test_fraction: float, id_column: str | None,
-           label_column: str | None, code: bool, title: str | None, replace: bool) -> tuple[Mirrored, dict]:
+           label_column: str | None, code: bool, title: str | None, replace: bool,
+           metric: str | None = None) -> tuple[Mirrored, dict]:
     """Build the mirror in a temporary folder beside the store and create the competition from it."""
+    from packager.localkaggle.scoring import load_solution
+
     data = Path(data)
     store.root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".mirror-{slug}-", dir=store.root))
     try:
         made = build(data, work, sample, seed, test_fraction, id_column, label_column)
+        metric = metric or KIND_METRIC[made.label_kind]
+        try:
+            load_solution(work / "solution.csv", metric)
+        except ValueError as exc:
+            raise UserError(f"--metric {metric}: the label column {made.label_column} ({made.label_kind}) cannot be "
+                            f"scored so: {exc}") from None
         info = store.create_competition(slug, work / "data", work / "solution.csv", code=code,
                                         title=title or f"{slug.replace('-', ' ').title()} (local mirror)",
-                                        replace=replace)
+                                        replace=replace, metric=metric)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return made, info

@@ -619,7 +619,7 @@ class Store:
                             for p in sorted(base.glob("*/competition.json")) if base.is_dir()) if c]
 
     def create_competition(self, slug: str, data_dir: Path, solution: Path, code: bool = False,
-                           title: str | None = None, replace: bool = False) -> dict:
+                           title: str | None = None, replace: bool = False, metric: str = "f2-samples") -> dict:
         data_dir, solution = Path(data_dir), Path(solution)
         if not data_dir.is_dir():
             raise StoreError(400, f"{data_dir}: not a folder of competition data files")
@@ -640,7 +640,8 @@ class Store:
                 shutil.copyfile(solution, staging / "solution.csv")
                 write_json(staging / "competition.json", {
                     "slug": slug, "title": title or slug.replace("-", " ").title(), "code": bool(code),
-                    "created": now_iso(), "id": self.next_id("competition"), "solution_file": "solution.csv"})
+                    "created": now_iso(), "id": self.next_id("competition"), "solution_file": "solution.csv",
+                    "metric": metric})
                 if final.exists():
                     old = final.with_name(f".old-{slug}-{_secrets.token_hex(4)}")
                     final.rename(old)
