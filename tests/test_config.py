@@ -239,3 +239,15 @@ def test_which_way_a_score_is_better_from_the_metric_name_or_the_config(metric, 
     assert higher_is_better(cfg, metric) is higher
     for direction in ("higher", "lower"):
         assert higher_is_better(cfg.model_copy(update={"score_direction": direction}), metric) is (direction == "higher")
+
+
+def test_the_local_metrics_names_say_their_direction():
+    """kpack reads a metric's direction from its name alone (the API has no field for it): each local metric's
+    name must read the way it scores."""
+    from packager.config import higher_is_better
+    from packager.localkaggle.scoring import METRICS
+
+    cfg = parse_config({"competition": "digits-c", "kaggle_user": "alice",
+                        "kernels": {"train": {"entry": "kernel_src/train.py"}}})
+    assert {name: higher_is_better(cfg, m.title) for name, m in METRICS.items()} == {
+        name: m.higher_is_better for name, m in METRICS.items()}
