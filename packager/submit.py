@@ -51,7 +51,7 @@ def latest_complete_infer(api, cfg) -> KernelRef:
         if status == "COMPLETE":
             return KernelRef(owner, slug, version, "infer")
     raise UserError(f"no COMPLETE version of {owner}/{slug} (latest v{current}); check it with "
-                    "`kpack status infer`, fix it and `make push-infer`", exit_code=1)
+                    "`kpack status infer`, fix it and `kpack push infer`", exit_code=1)
 
 
 def team_rank(api, cfg) -> int | None:

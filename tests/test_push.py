@@ -440,7 +440,7 @@ def test_a_submission_answer_without_a_ref_is_not_a_refusal(with_infer, local_ka
 def test_submit_without_a_complete_infer_is_one_error(with_infer):
     from packager.submit import submit
 
-    with pytest.raises(UserError, match="push-infer"):
+    with pytest.raises(UserError, match="no infer kernel .*; push it first: kpack push infer"):
         submit(with_infer.cfg(), None)
 
 
