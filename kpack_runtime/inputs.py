@@ -58,10 +58,26 @@ def find_input(ref: str, kind: str) -> Path | None:
     return None
 
 
+NEWER_LAYOUT = ("competitions", "datasets", "notebooks", "models")
+
+
 def find_files(name: str) -> list[Path]:
-    """Every file called `name` anywhere under the inputs (e.g. a checkpoint an earlier session wrote)."""
+    """Every file called `name` anywhere under the inputs (e.g. a checkpoint an earlier session wrote), each
+    once: an input mounted in both layouts (the local Kaggle mounts both; Kaggle one) is one file, named by its
+    newer-layout path."""
     root = input_dir()
-    return sorted(root.rglob(name)) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found, seen = [], set()
+    for path in sorted(root.rglob(name), key=lambda p: (p.relative_to(root).parts[0] not in NEWER_LAYOUT, p)):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if (stat.st_dev, stat.st_ino) not in seen:  # two mounts of one folder: the same file
+            seen.add((stat.st_dev, stat.st_ino))
+            found.append(path)
+    return sorted(found)
 
 
 def config_value(obj, name: str, default=None):

@@ -208,14 +208,12 @@ def report_of(row: dict) -> str | None:
 
 def cv_cell(row: dict) -> str:
     """The CV with a suffix saying which kind it is (train's one fold vs validate's blend), so the two are never
-    compared by mistake: `(t)` train, `(v)` validate, `(t, in-sample)` a row written before CV was honest; a
-    validate row with a holdout (kit.data.holdout) adds the submission's score on it."""
+    compared by mistake: `(t)` train, `(v)` validate (a project's own code, which writes no cv_kind, by the
+    row's kernel kind); a validate row with a holdout (kit.data.holdout) adds the submission's score on it."""
     text = _score(row.get("cv_score"))
-    kind = row.get("cv_kind") or ""
+    kind = row.get("cv_kind") or row.get("kind") or "?"
     if text == "-":
         return text
-    if not kind:
-        return f"{text} ({(row.get('kind') or '?')[:1]}, in-sample)"
     holdout = _holdout_score(row)
     return f"{text} ({kind.split(':')[0][:1]})" + (f", holdout {_score(holdout)}" if holdout is not None else "")
 

@@ -79,7 +79,13 @@ def notify(cfg, text: str, ok: bool = True) -> None:
 
 # --------------------------------------------------------------------------------------------- what happened
 
-NEXT_STEP = {"train": "kpack push validate", "validate": "kpack push infer", "infer": "kpack submit"}
+def next_step(cfg, kind: str) -> str:
+    """What comes after a finished KIND: the next kernel kpack.yaml configures, and after infer the submission."""
+    kinds = ("train", "validate", "infer")
+    if kind == "infer":
+        return "kpack submit"
+    later = [k for k in kinds[kinds.index(kind) + 1:] if cfg is None or k in cfg.kernels] if kind in kinds else []
+    return f"kpack push {later[0]}" if later else "nothing"
 
 
 def _never_fails(build):
@@ -141,7 +147,7 @@ def chain_finished(cfg, kind: str, rows: list[dict], output=None) -> str:
     best = max if cfg is None or higher_is_better(cfg) else min  # the kit's F2: higher; own code: score_direction
     text = (f"{kind} chain {last.get('kernel')} done after {len(rows)} session(s): best "
             f"{_cv(best(scores)) if scores else 'CV none'}, {hours:.2f} {unit} hours in all; "
-            f"next: {NEXT_STEP.get(kind, 'nothing')}; {run_link(cfg, last.get('kernel'), last.get('version'), output)}")
+            f"next: {next_step(cfg, kind)}; {run_link(cfg, last.get('kernel'), last.get('version'), output)}")
     notify(cfg, text, ok=True)
     return text
 

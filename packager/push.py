@@ -230,7 +230,7 @@ def watch_session(api, cfg, ref: watch.KernelRef, base_slug: str) -> tuple[watch
     elif ref.session > 1:  # the chain's last session: one message for the whole chain
         notify.chain_finished(cfg, ref.kind, _chain_rows(cfg, ref, base_slug), out)
     else:
-        notify.session_finished(cfg, ref, row, out, notify.NEXT_STEP.get(ref.kind, "nothing"))
+        notify.session_finished(cfg, ref, row, out, notify.next_step(cfg, ref.kind))
     return outcome, out
 
 
@@ -516,9 +516,13 @@ def follow_chain(api, cfg, kind: str, folder: Path, script_sha256: str, ref: wat
             status, failure = outcome.status, outcome.failure
         result.status, result.output = status, out
         if status != "COMPLETE":
-            raise UserError(f"{ref} ended {status}{f': {failure}' if failure else ''}; once its cause is "
-                            f"fixed (a secret attached, the quota refreshed), push session {ref.session} again "
-                            f"with `kpack watch {kind} --retry`", exit_code=1)
+            ended = f"{ref} ended {status}{f': {failure}' if failure else ''}"
+            if ref.session == 1:  # nothing trained to keep: a fix in the code is a new push
+                raise UserError(f"{ended}; once its cause is fixed, push it again: `kpack push {kind}` (the code "
+                                f"fixed) or `kpack watch {kind} --retry` (a secret attached, the quota refreshed)",
+                                exit_code=1)
+            raise UserError(f"{ended}; once its cause is fixed (a secret attached, the quota refreshed), push "
+                            f"session {ref.session} again with `kpack watch {kind} --retry`", exit_code=1)
         if out is None or not chain.needs_another_session(out):
             return result
         after = chain.progress(out)

@@ -376,4 +376,5 @@ def test_the_table_shows_each_cvs_kind_and_an_infer_rows_plan(tmp_path, monkeypa
     lines = CliRunner().invoke(cli, ["ledger"]).output.splitlines()
     assert "pred 0.2s act 0.3s hidden 0.6s TOO SLOW" in lines[4]
     assert "0.70000 (t)" in lines[1] and "0.71000 (v)" in lines[2]
+    assert ledger.cv_cell({"kind": "train", "cv_score": 0.1}) == "0.10000 (t)"  # own code: no cv_kind, no claim
     assert lines[0].split()[-1] == "plan" and "pred 120s act 131s hidden 400s fits" in lines[3]

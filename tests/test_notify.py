@@ -129,7 +129,7 @@ def test_a_session_then_its_chain_finished(told, pushed_project, local_kaggle):
                         rf"\d+s used; next: session 2; {re.escape(page)} \(v1\); report runs/{slug}/v1/report\.html",
                         first), first
     assert re.fullmatch(rf"\[kpack\] done: train chain alice/{slug}-b done after 2 session\(s\): best CV 0\.52000, "
-                        rf"\d\.\d\d CPU hours in all; next: kpack push validate; {re.escape(page)}-b \(v1\); "
+                        rf"\d\.\d\d CPU hours in all; next: nothing; {re.escape(page)}-b \(v1\); "
                         rf"report runs/{slug}-b/v1/report\.html", last), last
     assert all(len(t) < 400 for t in told.texts())
 
@@ -260,3 +260,18 @@ def test_a_chains_best_cv_follows_the_score_direction(told):
     assert "best CV 0.60000" in chain_finished(make_cfg(), "train", rows)  # the kit's F2: higher is better
     lower = make_cfg().model_copy(update={"score_direction": "lower"})  # own code scoring an error
     assert "best CV 0.50000" in chain_finished(lower, "train", rows)
+
+
+def test_the_next_step_is_the_next_kernel_the_project_has():
+    from packager.config import parse_config
+    from packager.notify import next_step
+
+    def cfg(*kinds):
+        return parse_config({"competition": "digits-c", "kaggle_user": "alice",
+                             "kernels": {k: {"entry": f"kernel_src/{k}.py"} for k in kinds}})
+
+    assert next_step(cfg("train", "validate", "infer"), "train") == "kpack push validate"
+    assert next_step(cfg("train", "infer"), "train") == "kpack push infer"  # no validate kernel: not suggested
+    assert next_step(cfg("train", "validate", "infer"), "validate") == "kpack push infer"
+    assert next_step(cfg("train", "infer"), "infer") == "kpack submit"
+    assert next_step(cfg("train"), "train") == "nothing"

@@ -315,6 +315,8 @@ def test_failed_session_stops_with_failure_message(project, local_kaggle, telegr
         push_kernel(project.cfg(), "train", wait=True)
     assert err.value.exit_code == 1 and "ERROR" in str(err.value)
     assert "the model diverged" in str(err.value)
+    assert str(err.value).endswith("once its cause is fixed, push it again: `kpack push train` (the code fixed) or "
+                                   "`kpack watch train --retry` (a secret attached, the quota refreshed)")
     row = ledger.latest(kernel=f"alice/{project.train_slug}")
     assert row["status"] == "ERROR" and "the model diverged" in row["failure"]
     assert any("FAILED" in t and "the model diverged" in t for t in telegram.texts())
