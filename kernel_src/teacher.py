@@ -68,7 +68,7 @@ def resolve(ref: str, where: str) -> Path:
     if path.is_file():
         return path
     hits = inputs.find_files(path.name)
-    # one source mounted in both layouts (input/<slug>/ and input/notebooks/<owner>/<slug>/) is one file
+    # the same bytes in two inputs (an output and a dataset made from it) are one file
     distinct = {hashlib.sha256(hit.read_bytes()).hexdigest(): hit for hit in reversed(hits)}
     if len(distinct) == 1:
         return hits[0]
