@@ -257,7 +257,7 @@ def build_kernel(cfg, kind: str, *, root: str | os.PathLike | None = None, out_d
     warnings += _file_readers(bundle)
 
     version = kpack_version()
-    commit = git_describe(root, [r.path for r in bundle.roots]) or "unknown (not a git checkout)"
+    commit = git_describe(root, [r.path for r in bundle.roots]) or "unknown (no git commit)"
     header_lines = (
         f"kind: {kind}; entry: {entry} -> main(config)",
         f"built by kpack {version} from git {commit}",
