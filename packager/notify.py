@@ -12,7 +12,7 @@ import sys
 
 import requests
 
-from packager.config import higher_is_better
+from packager.config import KERNEL_KINDS, higher_is_better
 
 DEFAULT_API = "https://api.telegram.org"
 TIMEOUT_S = 10
@@ -81,10 +81,10 @@ def notify(cfg, text: str, ok: bool = True) -> None:
 
 def next_step(cfg, kind: str) -> str:
     """What comes after a finished KIND: the next kernel kpack.yaml configures, and after infer the submission."""
-    kinds = ("train", "validate", "infer")
     if kind == "infer":
         return "kpack submit"
-    later = [k for k in kinds[kinds.index(kind) + 1:] if cfg is None or k in cfg.kernels] if kind in kinds else []
+    later = ([k for k in KERNEL_KINDS[KERNEL_KINDS.index(kind) + 1:] if cfg is None or k in cfg.kernels]
+             if kind in KERNEL_KINDS else [])
     return f"kpack push {later[0]}" if later else "nothing"
 
 

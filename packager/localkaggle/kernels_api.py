@@ -16,6 +16,7 @@ from kagglesdk.kernels.types.kernels_enums import KernelExecutionType, KernelWor
 from packager import shapes
 from packager.localkaggle import quota
 from packager.localkaggle.rpc import ApiError, Call, file_url, next_token, not_found, page_bounds, rpc
+from packager.localkaggle.pages import page_path
 from packager.localkaggle.runner import read_log
 from packager.localkaggle.store import NAME_RE, TERMINAL, list_files, parse_iso
 
@@ -25,7 +26,7 @@ MAX_SESSION_S = 12 * 3600
 
 def kernel_url(call: Call, owner: str, slug: str) -> str:
     """The kernel's page as this server serves it (pages.py), which a browser opens, as kaggle.com's url is."""
-    return f"{call.server.page_base}/code/{owner}/{slug}"
+    return call.server.page_base + page_path(owner, slug)
 
 
 def parse_version_label(label: str | None) -> int | None:

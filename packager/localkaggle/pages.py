@@ -26,8 +26,15 @@ VIEWABLE = {".html": "text/html; charset=utf-8", ".png": "image/png", ".txt": "t
             ".json": "application/json", ".csv": "text/plain; charset=utf-8"}
 
 
-def _html(title: str, body: str, live: bool) -> str:
-    """A whole page; live: a version is queued or running, so it reloads itself (no script)."""
+def page_path(owner: str, slug: str) -> str:
+    """The kernel page's path on the server: /code/<owner>/<slug>."""
+    return f"/code/{quote(owner)}/{quote(slug)}"
+
+
+def _html(title: str, body: str, versions: list[dict]) -> str:
+    """A whole page about `versions`: while one is queued or running it reloads itself (no script), to show it
+    going on, as kaggle.com's does."""
+    live = any(str(v.get("status")) not in TERMINAL for v in versions)
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if live else ""
     return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{title}</title>"
             "<style>body{font:14px sans-serif;margin:2em}pre{background:#f4f4f4;padding:8px;overflow-x:auto}"
@@ -50,15 +57,14 @@ def owner_page(store: Store, owner: str) -> str | None:
     for created, slug, v in sorted(newest, key=lambda item: item[0], reverse=True):
         status = escape(str(v.get("status", "")))
         ran = f"{float(v['seconds']):.0f}s" if v.get("seconds") is not None else ""
-        link = escape(f"/code/{quote(owner)}/{quote(slug)}#v{v['number']}")
+        link = escape(f"{page_path(owner, slug)}#v{v['number']}")
         rows.append(f'<tr><td><a href="{link}">{escape(slug)}</a></td><td>v{v["number"]}</td>'
                     f'<td class="{status}">{status}</td><td>{escape(v.get("machine_shape_effective") or "None")}</td>'
                     f"<td>{escape(_pushed(v))}</td><td>{ran}</td></tr>")
-    live = any(str(v.get("status")) not in TERMINAL for _, _, v in newest)
     return _html(escape(owner), f"<h1>{escape(owner)}: {len(newest)} kernel(s)</h1><p>the newest pushed first, "
                  "each with its newest version (the local Kaggle)</p><table><tr><th>kernel</th><th>version</th>"
                  "<th>status</th><th>machine</th><th>pushed (UTC)</th><th>ran</th></tr>" + "".join(rows) +
-                 "</table>", live)
+                 "</table>", [v for _, _, v in newest])
 
 
 def kernel_page(store: Store, owner: str, slug: str, token: str = "") -> str | None:
@@ -70,11 +76,9 @@ def kernel_page(store: Store, owner: str, slug: str, token: str = "") -> str | N
     title = escape(f"{owner}/{slug}")
     versions = [v for v in (store.kernel_version(owner, slug, n) for n in reversed(info["versions"])) if v]
     body = "\n".join(_version(owner, slug, v, token) for v in versions)
-    # While a version runs the page shows it going on, as kaggle.com's does: it reloads itself, with no script.
-    live = any(str(v.get("status")) not in TERMINAL for v in versions)
     return _html(title, f"<h1>{escape(info.get('title') or slug)}</h1><p>{title}: {len(versions)} version(s), "
                  f'newest first (the local Kaggle; <a href="/code/{escape(quote(owner))}">all of {escape(owner)}\'s '
-                 f"kernels</a>)</p>\n{body}", live)
+                 f"kernels</a>)</p>\n{body}", versions)
 
 
 def _pushed(v: dict) -> str:
@@ -87,7 +91,7 @@ def _file_item(url: str, name: str, size: int) -> str:
 
 
 def _stop_button(owner: str, slug: str, number: int, token: str) -> str:
-    action = escape(f"/code/{quote(owner)}/{quote(slug)}/v{number}/stop")
+    action = escape(f"{page_path(owner, slug)}/v{number}/stop")
     return (f'<form method="post" action="{action}"><input type="hidden" name="token" value="{escape(token)}">'
             '<button type="submit">Stop session</button></form>')
 

@@ -173,7 +173,8 @@ class Solution:
 
 def load_solution(path: Path, metric_name: str | None = None) -> Solution:
     """The solution, each cell read as `metric_name` reads a truth; ValueError says what is wrong with it."""
-    scorer = metric(metric_name)
+    name = metric_name or DEFAULT_METRIC
+    scorer = metric(name)
     header, rows = _read_csv(_decode(Path(path).read_bytes(), "the solution file"), "the solution file")
     usage_col = next((i for i, h in enumerate(header) if h.lower() == "usage"), None)
     targets = [i for i in range(1, len(header)) if i != usage_col]
@@ -192,15 +193,14 @@ def load_solution(path: Path, metric_name: str | None = None) -> Solution:
             try:
                 truth.append(scorer.truth(cell))
             except ValueError as exc:
-                raise ValueError(f"line {line}: {header[i]} {cell!r}: {exc} (for {metric_name or DEFAULT_METRIC})"
-                                 ) from None
+                raise ValueError(f"line {line}: {header[i]} {cell!r}: {exc} (for {name})") from None
         solution[row[0].strip()] = (tuple(truth), usage)
     if scorer.both_classes:
         for usage in {u or "Public" for _, u in solution.values()} - {"Ignored"}:
             group = [t for t, u in solution.values() if (u or "Public") == usage]
-            for c, name in enumerate(header[i] for i in targets):
+            for c, column in enumerate(header[i] for i in targets):
                 if len({t[c] for t in group}) < 2:
-                    raise ValueError(f"column {name}: the {usage} rows hold one class only; {metric_name} needs "
+                    raise ValueError(f"column {column}: the {usage} rows hold one class only; {name} needs "
                                      "both 0 and 1 in each leaderboard's rows")
     return Solution(header[0], [header[i] for i in targets], solution)
 
@@ -237,9 +237,10 @@ def score_submission(submission: bytes, solution_path: Path, metric_name: str | 
                               f"(first missing id: {missing[0]!r})")
     groups: dict[str, tuple[list, list]] = {"Public": ([], []), "Private": ([], [])}
     for row_id, (truth, usage) in solution.rows.items():
-        if (usage or "Public") in groups:
-            groups[usage or "Public"][0].append(truth)
-            groups[usage or "Public"][1].append(seen[row_id])
+        board = groups.get(usage or "Public")  # none for Ignored
+        if board is not None:
+            board[0].append(truth)
+            board[1].append(seen[row_id])
 
     def scored(truths: list[tuple], preds: list[tuple]) -> float | None:
         return scorer.score(truths, preds) if truths else None

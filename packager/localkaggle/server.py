@@ -39,11 +39,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from packager.localkaggle import competitions_api
 from packager.localkaggle.faults import Faults, Rule, Stats
-from packager.localkaggle.pages import VIEWABLE, kernel_page, owner_page
+from packager.localkaggle.pages import VIEWABLE, kernel_page, owner_page, page_path
 from packager.localkaggle.rpc import ROUTES, ApiError, Call, Redirect, load_handlers
 from packager.localkaggle.scheduler import Scheduler
 from packager.localkaggle.store import Store, StoreError
@@ -458,7 +458,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.app.store.kernel_version(owner, slug, number) is None:
             raise ApiError(404, f"no version {number} of {owner}/{slug} on the local Kaggle")
         self.app.scheduler.cancel(owner, slug, number)  # an ended version stays as it ended
-        self._send(303, b"", "text/plain", {"Location": f"/code/{quote(owner)}/{quote(slug)}#v{number}"})
+        self._send(303, b"", "text/plain", {"Location": f"{page_path(owner, slug)}#v{number}"})
 
     def _stored_file(self, parts: list[str]) -> Path | None:
         """The file behind /_kpack/files/<area>/...: kernel output, dataset file or archive, competition data."""
