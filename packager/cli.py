@@ -97,9 +97,9 @@ def tick(config_path: str | None, only: tuple[str, ...], retry: bool) -> None:
     sessions and queued members while slots are free; exits. Safe to run from cron, CI or twice at once."""
     cfg = load_config(config_path)
     _campaign(cfg, "train", only)
-    from packager.tick import step
+    from packager.tick import scheduled_step
 
-    step(cfg, only, retry=retry)
+    scheduled_step(cfg, only, retry=retry)
 
 
 @cli.command("watch")

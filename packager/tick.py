@@ -11,6 +11,9 @@ can be run again at any time (from a shell loop, a scheduled CI job, `kpack watc
    tick. Before each push the server is asked whether that session was pushed already without a ledger row (a
    crash between the push and its record): such a version is recorded, not pushed again.
 Two ticks at once: the second finds runs/.tick.lock held and exits 0 at once, saying so.
+Kaggle out of reach (a call's retries ran out on a 5xx, a 429 or no connection): the tick says so and exits 0,
+remembering in runs/.tick-outage when the outage began; only once it has lasted KPACK_OFFLINE_WAIT_S (12 h)
+does a tick fail. A tick scheduled every 10 minutes would otherwise fail, and mail, through every 503 spell.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ WAITING = "WAITING"  # ledger status: a member queued by `kpack push train`, not
 STOPPED = "STOPPED"  # ledger status: a chain kpack stopped (no progress, the session limit, ...)
 FAILED = ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED", "SOURCES_INVALID", STOPPED)
 LOCK = Path("runs") / ".tick.lock"
+OUTAGE = Path("runs") / ".tick-outage"  # when the first tick of a Kaggle outage failed, in epoch seconds
 
 
 @dataclass
@@ -253,6 +257,42 @@ def step(cfg, only=None, report=None, retry: bool = False) -> list[MemberState] 
         else:
             report(summary)
         return states
+
+
+def scheduled_step(cfg, only=None, retry: bool = False) -> list[MemberState] | None:
+    """`kpack tick`: one step, with Kaggle out of reach said (and exit 0) for up to KPACK_OFFLINE_WAIT_S."""
+    from packager import progress
+
+    try:
+        states = step(cfg, only, retry=retry)
+    except kaggle_api.KaggleCallError as err:
+        if not err.exhausted or (err.unreachable and kaggle_api.on_local()):
+            raise  # a refusal, or the local Kaggle gone (its sessions with it): nothing a later tick waits out
+        first = not OUTAGE.exists()
+        lasted = time.time() - _outage_began()
+        said = "" if first else f" for {progress.duration(lasted)}, over several ticks"
+        if lasted > watch.OFFLINE_WAIT_S:
+            raise kaggle_api.KaggleCallError(f"{err} (Kaggle out of reach{said})", err.status, err.unreachable,
+                                             err.exhausted) from err
+        cause = err.unreachable or str(err).removeprefix("kaggle: ")
+        print(f"tick: Kaggle out of reach{said} ({cause}); the next tick goes on from here (a tick fails only "
+              f"once this has lasted KPACK_OFFLINE_WAIT_S, {progress.duration(watch.OFFLINE_WAIT_S)})", flush=True)
+        return None
+    if OUTAGE.exists():
+        print(f"tick: Kaggle answers again, after {progress.duration(time.time() - _outage_began())}", flush=True)
+        OUTAGE.unlink(missing_ok=True)
+    return states
+
+
+def _outage_began() -> float:
+    """When the outage began: runs/.tick-outage, written now by its first failed tick."""
+    try:
+        return float(OUTAGE.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: this tick starts the count
+        now = time.time()
+        OUTAGE.parent.mkdir(parents=True, exist_ok=True)
+        OUTAGE.write_text(f"{now:.0f}\n")
+        return now
 
 
 def finished(states: list[MemberState]) -> bool:

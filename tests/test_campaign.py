@@ -348,6 +348,40 @@ def test_a_campaign_watch_waits_out_kaggle_out_of_reach(two_gpus, tmp_path, monk
     assert len(versions(two_gpus, project.train_slug)) == 2  # the member refused twice was pushed once
 
 
+def test_a_scheduled_tick_says_kaggle_is_out_of_reach_and_fails_only_once_it_has_lasted(two_gpus, tmp_path,
+                                                                                           monkeypatch):
+    """A tick every few minutes through a 503 spell: each says so and exits 0 (no failure mail per tick),
+    remembering when the outage began; one after KPACK_OFFLINE_WAIT_S of it fails; the next that gets through
+    says how long it lasted, forgets it, and goes on with the campaign."""
+    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0]}")
+    project.write_entry("def main(config):\n    pass\n")
+    pushed = kpack(project, "push", "train", "--no-wait")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    two_gpus.faults({"method": "GetKernelSessionStatus", "kind": "503", "times": 0})
+    monkeypatch.setenv("KPACK_RETRY_ATTEMPTS", "2")
+    monkeypatch.setenv("KPACK_RETRY_BASE_S", "0.05")
+    outage = project.root / "runs" / ".tick-outage"
+    first = kpack(project, "tick")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.startswith(f"tick: Kaggle out of reach (status of alice/{project.train_slug}-f0 v1 failed "
+                                   "after 2 attempts"), first.stdout
+    assert "the next tick goes on from here" in first.stdout and outage.exists()
+    began = float(outage.read_text())
+    outage.write_text(f"{began - 7200:.0f}\n")  # as if it began two hours ago
+    second = kpack(project, "tick")
+    assert second.returncode == 0 and "tick: Kaggle out of reach for 2h00m, over several ticks (" in second.stdout
+    monkeypatch.setenv("KPACK_OFFLINE_WAIT_S", "3600")
+    third = kpack(project, "tick")
+    assert third.returncode == 1 and "Kaggle out of reach for 2h00m, over several ticks)" in third.stderr, third.stderr
+    assert outage.exists()
+    two_gpus.clear_faults()
+    back = kpack(project, "tick")
+    assert back.returncode == 0 and "tick: Kaggle answers again, after 2h00m" in back.stdout, back.stdout + back.stderr
+    assert not outage.exists()
+    tick_until_done(project)
+    assert member_rows(project)[-1]["status"] == "COMPLETE"
+
+
 @pytest.mark.slow
 def test_push_no_wait_then_a_crash_that_lost_a_ledger_row_is_reconciled(two_gpus, tmp_path, monkeypatch):
     project = campaign_project(tmp_path, two_gpus, monkeypatch)
