@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -237,6 +238,42 @@ def check_code_competition(cfg, kind: str, backend: "Backend") -> Found:
                  f"fits its {runtime:g} h run-time limit", warnings)
 
 
+def check_metric(cfg, kind: str, root: Path, backend: "Backend") -> Found:
+    """A kit project on a competition scored by another metric than the one the kit maximises (per-sample
+    F-beta, BETA in the kit's metrics.py): a warning, since its CV is then not the leaderboard's number and its
+    thresholds and blend weights are chosen for F-beta. Kaggle's metric names are free text: read as a guess."""
+    if _kit_module(cfg, kind, root)[0] is None:
+        return Found("metric: not checked: the project does not use the kit (its code scores itself)")
+    path = _settings_path(cfg, kind, root).with_name("metrics.py")
+    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    said = re.search(r"^BETA\s*=\s*([\d.]+)", path.read_text(), re.M) if path.is_file() else None
+    if said is None:
+        return Found(f"metric: not checked: {shown} does not say the kit's BETA")
+    beta = float(said.group(1))
+    found = backend.competition(cfg.competition)
+    named = getattr(found, "evaluation_metric", "") or ""
+    kit = f"F{beta:g} per sample"
+    if not named:
+        return Found(f"metric: {backend.name} names no metric for {cfg.competition}; the kit maximises {kit}")
+    if _is_fbeta_per_sample(named, beta):
+        return Found(f"metric: {cfg.competition} is scored by {named!r}, read as the kit's {kit}")
+    return Found(f"metric: {cfg.competition} is scored by {named!r}",
+                 [f"metric: {cfg.competition} is scored by {named!r}, not by what the kit maximises ({kit}, "
+                  f"BETA in {shown}): its CV is not the leaderboard's number, and its thresholds and blend weights "
+                  f"are chosen for {kit}; score that metric in the kit, or ignore this if the metric's name "
+                  "misleads"])
+
+
+def _is_fbeta_per_sample(named: str, beta: float) -> bool:
+    """Whether a metric's name reads as per-sample F-beta with this beta: an F-score named without a beta
+    ('Mean F-Score') counts, one with another beta, or averaged per class ('macro', 'micro'), does not."""
+    text = named.lower()
+    fscore = re.search(r"\bf[-_ ]?(\d+(?:\.\d+)?)\b|\bf[-_ ]?(?:beta|score|measure)|fscore|fbeta", text)
+    if fscore is None or re.search(r"macro|micro|weighted", text):
+        return False
+    return fscore.group(1) is None or float(fscore.group(1)) == beta
+
+
 class Unreachable(UserError):
     """The backend could not be connected to: a check after the first that said so is not checked."""
 
@@ -344,11 +381,13 @@ def before_build(cfg, kind: str, root: Path) -> list[str]:
     return warnings
 
 
-def before_upload(cfg, kind: str, api) -> list[str]:
+def before_upload(cfg, kind: str, api, root: Path | None = None) -> list[str]:
     """The backend checks `kpack push` runs on its own connection before anything is uploaded: every source exists,
-    and a code competition's infer kernel is offline; returns their warnings."""
-    backend = Backend(cfg, api)
-    return check_sources(cfg, kind, backend).warnings + check_code_competition(cfg, kind, backend).warnings
+    a code competition's infer kernel is offline, and the kit maximises the competition's metric; returns their
+    warnings."""
+    backend, root = Backend(cfg, api), Path(root or Path.cwd())
+    return (check_sources(cfg, kind, backend).warnings + check_code_competition(cfg, kind, backend).warnings
+            + check_metric(cfg, kind, root, backend).warnings)
 
 
 def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:
@@ -359,7 +398,8 @@ def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:
               ("model", lambda: check_model(cfg, kind, root)), ("weights", lambda: check_weights(cfg, kind, root)),
               ("imports", lambda: check_imports(cfg, kind, root)),
               (f"kernels.{kind}.sources", lambda: check_sources(cfg, kind, backend)),
-              ("code competition", lambda: check_code_competition(cfg, kind, backend))]
+              ("code competition", lambda: check_code_competition(cfg, kind, backend)),
+              ("metric", lambda: check_metric(cfg, kind, root, backend))]
     lines: list[tuple[str, str]] = [("ok", f"{cfg._source}: valid")]
     for what, check in checks:
         try:

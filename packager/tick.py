@@ -360,7 +360,7 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
     """`kpack push train` with kernels.train.members: build every chosen member, forecast its GPU hours
     against the weekly quota, update the datasets once, queue the members and tick (then, with wait, go on
     ticking until all are done)."""
-    from packager import datasets, models_push
+    from packager import datasets, models_push, preflight
     from packager.build import build_kernel
     from packager.imageprobe import ensure_probed
     from packager.push import scan_for_secrets, warn_if_still_running
@@ -386,6 +386,8 @@ def push_campaign(cfg, only=None, wait: bool = True, force: bool = False) -> lis
     model_build = models_push.build(cfg)
     for member in chosen:
         warn_if_still_running(api, campaign.member_cfg(cfg, member), KIND)
+    for warning in preflight.before_upload(cfg, KIND, api):  # a source that does not exist: refused here too
+        print(f"warning: {warning}", flush=True)
     models_push.check_sources(api, cfg, KIND)
     datasets.push_all(api, cfg, builds, check_uploads=lambda folders: scan_for_secrets(cfg, folders))
     if model_build is not None:

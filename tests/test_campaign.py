@@ -348,6 +348,21 @@ def test_a_campaign_watch_waits_out_kaggle_out_of_reach(two_gpus, tmp_path, monk
     assert len(versions(two_gpus, project.train_slug)) == 2  # the member refused twice was pushed once
 
 
+def test_a_campaign_naming_a_missing_source_is_refused_before_anything_is_uploaded(two_gpus, tmp_path, monkeypatch):
+    project = campaign_project(tmp_path, two_gpus, monkeypatch, "members: {folds: [0, 1]}")
+    config = project.root / "kpack.yaml"
+    config.write_text(config.read_text().replace("session_hours: 0.02,",
+                                                 "session_hours: 0.02, sources: {datasets: [alice/no-such-data]},"))
+    two_gpus.reset_stats()
+    refused = kpack(project, "push", "train")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "kernels.train.sources: not on the local Kaggle (or not visible to alice): dataset alice/no-such-data; " \
+           "fix the name or create it first" in refused.stderr
+    calls = set(two_gpus.stats()["calls"])
+    assert not {"SaveKernel", "StartBlobUpload", "CreateDataset", "CreateDatasetVersion"} & calls, calls
+    assert member_rows(project) == []  # nothing queued: a later tick has nothing to push
+
+
 def test_a_scheduled_tick_says_kaggle_is_out_of_reach_and_fails_only_once_it_has_lasted(two_gpus, tmp_path,
                                                                                            monkeypatch):
     """A tick every few minutes through a 503 spell: each says so and exits 0 (no failure mail per tick),

@@ -101,6 +101,30 @@ def test_each_metric_scores_as_sklearn_does_on_each_leaderboard(tmp_path, name):
     assert score.public == pytest.approx(reference(public)) and score.private == pytest.approx(reference(private))
 
 
+@pytest.mark.parametrize("name, beta", [("f1-samples", 1.0), ("f2-samples", 2.0)])
+def test_per_sample_fbeta_scores_as_sklearn_does(tmp_path, name, beta):
+    """Label lists, public and private rows: sklearn's fbeta_score(average='samples') on each leaderboard's
+    rows (rows with no true and no predicted label, which sklearn scores 0, are left out: Kaggle's score 1)."""
+    import numpy as np
+    from sklearn import metrics as sk
+
+    rng = np.random.default_rng(5)
+    n, labels = 80, 6
+    truth, pred = rng.random((n, labels)) < 0.3, rng.random((n, labels)) < 0.35
+    truth[:, 0] |= ~(truth.any(axis=1) | pred.any(axis=1))  # no row empty in both
+    usage = ["Public" if i % 3 else "Private" for i in range(n)]
+    ids = [f"r{i}" for i in range(n)]
+    cells = lambda row: " ".join(str(j) for j in np.flatnonzero(row))  # noqa: E731
+    solution = _write(tmp_path / "solution.csv", ["id", "attribute_ids", "Usage"],
+                      [[i, cells(t), u] for i, t, u in zip(ids, truth, usage)])
+    body = "id,attribute_ids\n" + "".join(f"{i},{cells(p)}\n" for i, p in zip(ids, pred))
+    score = score_submission(body.encode(), solution, name)
+    for board, value in (("Public", score.public), ("Private", score.private)):
+        rows = [i for i, u in enumerate(usage) if u == board]
+        assert value == pytest.approx(sk.fbeta_score(truth[rows], pred[rows], beta=beta, average="samples",
+                                                     zero_division=0))
+
+
 def test_auc_ties_take_their_mean_rank():
     from packager.localkaggle.scoring import auc
 

@@ -224,6 +224,7 @@ def test_kpack_check_prints_one_line_per_check(tmp_path):
         "ok: imports: every import of the packed code resolves (packed, standard library, wheels dataset or image)",
         "ok: kernels.train.sources: none to look up",
         "ok: code competition: not checked for the train kernel (only infer is submitted)",
+        "ok: metric: not checked: kernel_src/metrics.py does not say the kit's BETA",  # settings.py only, here
     ]
     assert not (root / "build" / "kernels").exists()  # it builds nothing (the import check keeps a parse cache)
 
@@ -254,8 +255,9 @@ def test_kpack_check_reports_every_failure_and_exits_2(tmp_path):
         "its distribution, or pack its folder with kernels.train.packages",
         "ok: kernels.train.sources: none to look up",
         "ok: code competition: not checked for the train kernel (only infer is submitted)",
+        "ok: metric: not checked: kernel_src/metrics.py does not say the kit's BETA",
     ]
-    assert done.stderr.splitlines() == ["error: kpack check train: 3 of 10 checks failed"]
+    assert done.stderr.splitlines() == ["error: kpack check train: 3 of 11 checks failed"]
 
 
 # --------------------------------------------------------------------------------------------- kpack push
@@ -403,6 +405,65 @@ def test_competition_type_in_the_config_and_file_competitions(local_kaggle, tmp_
         "kpack.yaml, or fix the slug"]
 
 
+def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metric(local_kaggle, tmp_path):
+    """The kit maximises per-sample F-beta (BETA in its metrics.py): an F2 competition reads as it, an F1 or AUC
+    one is a warning naming both (not an error: Kaggle's metric names are free text), and a kit whose BETA was
+    set to 1 reads an F1 competition as its own. Without the kit nothing is said."""
+    from packager.localkaggle.store import Store
+    from test_localkaggle_cli import uniq
+
+    store, comps = Store(local_kaggle.root), {}
+    for metric in ("f2-samples", "f1-samples", "auc"):
+        comps[metric] = uniq("pf-metric")
+        folder, solution = tmp_path / comps[metric] / "data", tmp_path / comps[metric] / "solution.csv"
+        folder.mkdir(parents=True)
+        (folder / "sample_submission.csv").write_text("id,attribute_ids\na,0\nb,0\n")
+        solution.write_text("id,attribute_ids,Usage\na,1,Public\nb,0,Private\n")
+        if metric == "auc":
+            solution.write_text("id,y,Usage\na,1,Public\nb,0,Public\nc,1,Private\nd,0,Private\n")
+        store.create_competition(comps[metric], folder, solution, metric=metric)
+
+    def metric_lines(metric: str, beta: str | None = None) -> list[str]:
+        root = project(tmp_path / metric / (beta or "kit"))
+        shutil.copy(REPO / "kernel_src" / "metrics.py", root / "kernel_src" / "metrics.py")
+        if beta:
+            text = (root / "kernel_src" / "metrics.py").read_text()
+            (root / "kernel_src" / "metrics.py").write_text(text.replace("BETA = 2.0", f"BETA = {beta}"))
+        text = (root / "kpack.yaml").read_text().replace("competition: mini-comp", f"competition: {comps[metric]}")
+        (root / "kpack.yaml").write_text(f"local: {{port: {local_kaggle.port}, root: '{local_kaggle.root}'}}\n" + text)
+        home = tmp_path / "home"
+        (home / ".kaggle").mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "packager.cli", "check", "train"], cwd=root, text=True,
+                              capture_output=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(home),
+                                   "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [line for line in done.stdout.splitlines() if line.split(": ")[1] == "metric"]
+
+    assert metric_lines("f2-samples") == [
+        f"ok: metric: {comps['f2-samples']} is scored by 'F2 (mean over rows)', read as the kit's F2 per sample"]
+    assert metric_lines("f1-samples") == [
+        f"ok: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)'",
+        f"warning: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)', not by what the kit maximises "
+        "(F2 per sample, BETA in kernel_src/metrics.py): its CV is not the leaderboard's number, and its thresholds "
+        "and blend weights are chosen for F2 per sample; score that metric in the kit, or ignore this if the "
+        "metric's name misleads"]
+    assert metric_lines("f1-samples", beta="1.0") == [
+        f"ok: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)', read as the kit's F1 per sample"]
+    auc = metric_lines("auc")
+    assert len(auc) == 2 and auc[1].startswith(f"warning: metric: {comps['auc']} is scored by 'AUC (mean over "
+                                               "columns)', not by what the kit maximises (F2 per sample,")
+
+
+@pytest.mark.parametrize("named, beta, reads_as_it", [
+    ("F2 (mean over rows)", 2, True), ("Mean F2 Score", 2, True), ("F-2", 2, True), ("Mean F-Score", 2, True),
+    ("MeanFScoreBeta", 2, True), ("F1 (mean over rows)", 2, False), ("Mean F1 per sample", 1, True),
+    ("Macro F1", 1, False), ("Micro-averaged F2", 2, False), ("AUC", 2, False), ("Log Loss", 2, False),
+    ("MAP@5", 2, False)])
+def test_a_metric_name_reads_as_per_sample_fbeta_only_with_the_same_beta(named, beta, reads_as_it):
+    assert preflight._is_fbeta_per_sample(named, beta) is reads_as_it
+
+
 def test_a_backend_that_cannot_be_reached_is_said_once(tmp_path):
     root = backend_project(tmp_path, SimpleNamespace(port=1, root=tmp_path / "lk"), "pf-offline-comp",
                            infer=", sources: {datasets: [bob/some-data]}", top="backend: kaggle\n")
@@ -412,7 +473,7 @@ def test_a_backend_that_cannot_be_reached_is_said_once(tmp_path):
                           text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
                                                        "HOME": str(home), "KAGGLE_CONFIG_DIR": str(home / ".kaggle")})
     assert done.returncode == 2
-    assert done.stdout.splitlines()[-2:] == [
+    assert done.stdout.splitlines()[-3:-1] == [
         f"error: no Kaggle credentials (backend: kaggle): none in KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, "
         f"{home / '.kaggle' / 'kaggle.json'} or {home / '.kaggle'}/access_token; put the kaggle.json of "
         f"https://www.kaggle.com/settings (API, Create New Token) in {home / '.kaggle'}/ (chmod 600), or set "

@@ -126,6 +126,8 @@ def _rmse(truths: list[tuple], preds: list[tuple]) -> float:
 METRICS: dict[str, Metric] = {
     "f2-samples": Metric("F2 (mean over rows)", True, _labels, _labels,
                          lambda t, p: _mean(fbeta(a[0], b[0]) for a, b in zip(t, p)), one_column=True),
+    "f1-samples": Metric("F1 (mean over rows)", True, _labels, _labels,
+                         lambda t, p: _mean(fbeta(a[0], b[0], beta=1.0) for a, b in zip(t, p)), one_column=True),
     "accuracy": Metric("Accuracy", True, str.strip, str.strip, lambda t, p: _mean(a == b for a, b in _cells(t, p))),
     "rmse": Metric("RMSE", False, _number, _number, _rmse),
     "mae": Metric("MAE", False, _number, _number, lambda t, p: _mean(abs(a - b) for a, b in _cells(t, p))),
