@@ -43,7 +43,8 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from . import augment, blend, checkpoint, clock, data, entrypoint, gpudecode, models, planner, settings, teacher, tta
+from . import (augment, blend, checkpoint, clock, data, entrypoint, gpudecode, metrics, models, planner, settings,
+               teacher, tta)
 from .atomic import write_text as atomic_write_text
 from kpack_runtime import inputs
 from .thresholds import Rule
@@ -262,7 +263,7 @@ def _decision(ev: EvalSettings, labels: data.Labels, members: list[str],
             left_out = [m for m in members if m not in named]
             if left_out:
                 log(f"[kpack] member(s) {', '.join(left_out)} not in {found[0]}'s blend: left out")
-            log(f"[kpack] rule {saved.get('name')} from {found[0]} (OOF F2 {saved.get('f2', float('nan')):.4f}), "
+            log(f"[kpack] rule {saved.get('name')} from {found[0]} (OOF {metrics.NAME} {saved.get('f2', float('nan')):.4f}), "
                 f"blend {mix.get('method')} over {len(named)} member(s)")
             return rule, mix.get("method") or "mean", mix.get("weights"), named
         log(f"[kpack] {found[0]} names no blend members: its rule is used, the members are averaged")

@@ -1,6 +1,7 @@
 """The competition metric and its parts, on binary label matrices (rows: samples, columns: labels).
 
-Per-sample F-beta (beta 2, as in iMet Collection 2019), averaged over rows. For one row, with tp, fp, fn
+Per-sample F-beta (BETA, 2 as in iMet Collection 2019), averaged over rows: the threshold search, the blend
+weights, the best epoch and every CV maximise it. For one row, with tp, fp, fn
 its true positives, false positives and false negatives:
 
     F = (1 + b^2) tp / ((1 + b^2) tp + b^2 fn + fp)
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-BETA = 2.0
+BETA = 2.0  # the competition's beta (iMet, Inclusive Images: 2); an F1 competition sets 1.0 here
+NAME = f"F{BETA:g}"  # how logs name the score; the JSON keys say f2 whatever the beta, so older runs still read
 EMPTY_ROW_SCORE = 1.0
 
 

@@ -255,23 +255,25 @@ def check_metric(cfg, kind: str, root: Path, backend: "Backend") -> Found:
     kit = f"F{beta:g} per sample"
     if not named:
         return Found(f"metric: {backend.name} names no metric for {cfg.competition}; the kit maximises {kit}")
-    if _is_fbeta_per_sample(named, beta):
+    per_sample, named_beta = _read_fbeta(named)
+    if per_sample and named_beta in (None, beta):
         return Found(f"metric: {cfg.competition} is scored by {named!r}, read as the kit's {kit}")
+    fix = (f"set BETA = {named_beta:g} there" if per_sample else "score that metric in the kit") + \
+        ", or ignore this if the metric's name misleads"
     return Found(f"metric: {cfg.competition} is scored by {named!r}",
                  [f"metric: {cfg.competition} is scored by {named!r}, not by what the kit maximises ({kit}, "
                   f"BETA in {shown}): its CV is not the leaderboard's number, and its thresholds and blend weights "
-                  f"are chosen for {kit}; score that metric in the kit, or ignore this if the metric's name "
-                  "misleads"])
+                  f"are chosen for {kit}; {fix}"])
 
 
-def _is_fbeta_per_sample(named: str, beta: float) -> bool:
-    """Whether a metric's name reads as per-sample F-beta with this beta: an F-score named without a beta
-    ('Mean F-Score') counts, one with another beta, or averaged per class ('macro', 'micro'), does not."""
+def _read_fbeta(named: str) -> tuple[bool, float | None]:
+    """(whether a metric's name reads as an F-score averaged per sample, the beta it names or None): an F-score
+    averaged per class ('macro', 'micro', 'weighted') is not one; 'Mean F-Score' is one without a beta."""
     text = named.lower()
     fscore = re.search(r"\bf[-_ ]?(\d+(?:\.\d+)?)\b|\bf[-_ ]?(?:beta|score|measure)|fscore|fbeta", text)
     if fscore is None or re.search(r"macro|micro|weighted", text):
-        return False
-    return fscore.group(1) is None or float(fscore.group(1)) == beta
+        return False, None
+    return True, float(fscore.group(1)) if fscore.group(1) else None
 
 
 class Unreachable(UserError):

@@ -203,3 +203,42 @@ def test_the_one_of_constraint_is_kept_only_where_it_scores_better():
     assert result.constraints["colour"]["without"] > result.constraints["colour"]["with"]
     assert result.f2 == pytest.approx(1.0)
     assert result.to_dict()["constraints"] == result.constraints
+
+
+def test_a_kit_whose_beta_is_set_to_1_searches_and_scores_f1(tmp_path):
+    """The preflight's metric warning says to score the competition's metric in the kit: for per-sample F1 that
+    is BETA = 1.0 in the kit's metrics.py. A copy so edited searches the rule, the global threshold and the
+    cross-fitted CV for F1 (sklearn's samples F1, brute force over the grid), not for F2."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    kit = tmp_path / "kernel_src"
+    shutil.copytree(Path(th.__file__).parent, kit, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (kit / "metrics.py").read_text()
+    (kit / "metrics.py").write_text(text.replace("BETA = 2.0 ", "BETA = 1.0 ", 1))
+    script = """
+import json, numpy as np
+from sklearn.metrics import fbeta_score as sk
+from kernel_src import metrics, thresholds as th
+rng = np.random.default_rng(0)
+y = rng.random((400, 8)) < 0.25
+y[:, 0] |= ~y.any(axis=1)
+p = np.clip(0.35 * y + rng.random(y.shape) * 0.65, 0, 1)
+f = lambda b, t: sk(y, p >= t, beta=b, average="samples", zero_division=0)
+result = th.search(p, y, method="global", min_labels=(0,))
+t, score = th.best_global(p, y)
+print(json.dumps({"name": metrics.NAME, "t": t, "score": score, "rule": result.f2,
+                  "rule_sk": sk(y, result.rule.apply(p), beta=1, average="samples", zero_division=0),
+                  "f1_best": max(f(1, g) for g in th.GRID), "f2_best_t": float(th.GRID[np.argmax([f(2, g) for g in th.GRID])]),
+                  "f1_at_t": f(1, t)}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["name"] == "F1"
+    assert got["score"] == pytest.approx(got["f1_best"]) and got["f1_at_t"] == pytest.approx(got["f1_best"])
+    assert got["rule"] == pytest.approx(got["rule_sk"]) and got["rule"] >= got["f1_best"] - 1e-9
+    assert got["t"] > got["f2_best_t"]  # F1 weighs precision more than F2 does: a higher threshold wins

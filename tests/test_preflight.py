@@ -446,22 +446,23 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
         f"ok: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)'",
         f"warning: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)', not by what the kit maximises "
         "(F2 per sample, BETA in kernel_src/metrics.py): its CV is not the leaderboard's number, and its thresholds "
-        "and blend weights are chosen for F2 per sample; score that metric in the kit, or ignore this if the "
-        "metric's name misleads"]
+        "and blend weights are chosen for F2 per sample; set BETA = 1 there, or ignore this if the metric's name "
+        "misleads"]
     assert metric_lines("f1-samples", beta="1.0") == [
         f"ok: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)', read as the kit's F1 per sample"]
     auc = metric_lines("auc")
     assert len(auc) == 2 and auc[1].startswith(f"warning: metric: {comps['auc']} is scored by 'AUC (mean over "
                                                "columns)', not by what the kit maximises (F2 per sample,")
+    assert auc[1].endswith("; score that metric in the kit, or ignore this if the metric's name misleads")
 
 
-@pytest.mark.parametrize("named, beta, reads_as_it", [
-    ("F2 (mean over rows)", 2, True), ("Mean F2 Score", 2, True), ("F-2", 2, True), ("Mean F-Score", 2, True),
-    ("MeanFScoreBeta", 2, True), ("F1 (mean over rows)", 2, False), ("Mean F1 per sample", 1, True),
-    ("Macro F1", 1, False), ("Micro-averaged F2", 2, False), ("AUC", 2, False), ("Log Loss", 2, False),
-    ("MAP@5", 2, False)])
-def test_a_metric_name_reads_as_per_sample_fbeta_only_with_the_same_beta(named, beta, reads_as_it):
-    assert preflight._is_fbeta_per_sample(named, beta) is reads_as_it
+@pytest.mark.parametrize("named, read", [
+    ("F2 (mean over rows)", (True, 2.0)), ("Mean F2 Score", (True, 2.0)), ("F-2", (True, 2.0)),
+    ("Mean F-Score", (True, None)), ("MeanFScoreBeta", (True, None)), ("F1 (mean over rows)", (True, 1.0)),
+    ("Mean F0.5 per sample", (True, 0.5)), ("Macro F1", (False, None)), ("Micro-averaged F2", (False, None)),
+    ("AUC", (False, None)), ("Log Loss", (False, None)), ("MAP@5", (False, None))])
+def test_a_metric_name_is_read_as_a_per_sample_fscore_and_its_beta(named, read):
+    assert preflight._read_fbeta(named) == read
 
 
 def test_a_backend_that_cannot_be_reached_is_said_once(tmp_path):
