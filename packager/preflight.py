@@ -383,13 +383,13 @@ def before_build(cfg, kind: str, root: Path) -> list[str]:
     return warnings
 
 
-def before_upload(cfg, kind: str, api, root: Path | None = None) -> list[str]:
+def before_upload(cfg, kind: str, api) -> list[str]:
     """The backend checks `kpack push` runs on its own connection before anything is uploaded: every source exists,
     a code competition's infer kernel is offline, and the kit maximises the competition's metric; returns their
     warnings."""
-    backend, root = Backend(cfg, api), Path(root or Path.cwd())
+    backend = Backend(cfg, api)
     return (check_sources(cfg, kind, backend).warnings + check_code_competition(cfg, kind, backend).warnings
-            + check_metric(cfg, kind, root, backend).warnings)
+            + check_metric(cfg, kind, Path.cwd(), backend).warnings)
 
 
 def run_all(cfg, kind: str, root: Path) -> list[tuple[str, str]]:

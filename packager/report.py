@@ -5,9 +5,10 @@ with an output. Everything comes from what the kit writes and the session's log,
 
     training loss and lr per step   the log's `[kpack] epoch e/E step s/S loss L lr X` lines (every session
                                     of a chain, each from its own folder), sessions' ends as vertical lines
-    validation curves per epoch     metrics.json `history` (loss, F2 at 0.5, F2 at the searched threshold)
-    F2 against threshold, per-class oof.npy + oof.csv + classes.json (train), scored here with the kit's rule
-      and per-group F2/P/R          (per-sample F2 averaged over rows; per class: over that label's column)
+    validation curves per epoch     metrics.json `history` (loss, F-beta at 0.5 and at the searched threshold)
+    F-beta against threshold,       oof.npy + oof.csv + classes.json (train), scored here with the kit's rule
+      per-class and per-group P/R   (per-sample F-beta averaged over rows; per class: over that label's column)
+    (the kit's beta, 2 unless its metrics.py says otherwise, from metrics.json or oof_scores.json `beta`)
     each threshold method's result  oof_scores.json `candidates`, `curve`, `at_0.5`, `searched` (validate)
       and the blend weights         oof_scores.json `blend` and `members`
     the time budget                 state.json `session` (start-up, training steps, validation, checkpoint
@@ -64,31 +65,33 @@ def step_lines(text: str) -> list[dict]:
     return out
 
 
-def f2_rows(y: "np.ndarray", pred: "np.ndarray") -> "np.ndarray":
-    """Per-sample F2 (an empty row that predicts nothing scores 1), as kernel_src/metrics.py has it."""
+def f2_rows(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0) -> "np.ndarray":
+    """Per-sample F-beta (an empty row that predicts nothing scores 1), as kernel_src/metrics.py has it."""
     import numpy as np
 
     tp = (y & pred).sum(1).astype(float)
     fp, fn = pred.sum(1) - tp, y.sum(1) - tp
-    den = 5 * tp + 4 * fn + fp
-    return np.where(den > 0, 5 * tp / np.where(den > 0, den, 1), 1.0)
+    b2 = beta * beta
+    den = (1 + b2) * tp + b2 * fn + fp
+    return np.where(den > 0, (1 + b2) * tp / np.where(den > 0, den, 1), 1.0)
 
 
-def _column_scores(y, pred) -> tuple:
-    """Per label over its column: F2, precision, recall."""
+def _column_scores(y, pred, beta: float = 2.0) -> tuple:
+    """Per label over its column: F-beta, precision, recall."""
     import numpy as np
 
     tp = (y & pred).sum(0).astype(float)
     fp, fn = pred.sum(0) - tp, y.sum(0) - tp
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
     recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
-    den = 5 * tp + 4 * fn + fp
-    return np.where(den > 0, 5 * tp / np.where(den > 0, den, 1), 0.0), precision, recall
+    b2 = beta * beta
+    den = (1 + b2) * tp + b2 * fn + fp
+    return np.where(den > 0, (1 + b2) * tp / np.where(den > 0, den, 1), 0.0), precision, recall
 
 
-def oof_scores(folder: Path) -> dict | None:
-    """From a train output's oof.npy/oof.csv/classes.json: F2 against a global threshold, and per class and per
-    group F2/precision/recall at the best one."""
+def oof_scores(folder: Path, beta: float = 2.0) -> dict | None:
+    """From a train output's oof.npy/oof.csv/classes.json: F-beta against a global threshold, and per class and
+    per group F-beta/precision/recall at the best one."""
     import numpy as np
 
     classes, npy, csv = _json(folder / "classes.json"), folder / "oof.npy", folder / "oof.csv"
@@ -107,13 +110,13 @@ def oof_scores(folder: Path) -> dict | None:
     except (OSError, ValueError, KeyError, IndexError):
         return None
     grid = np.round(np.arange(0.02, 1.0, 0.02), 4)
-    curve = [float(f2_rows(y, probs >= t).mean()) for t in grid]
+    curve = [float(f2_rows(y, probs >= t, beta).mean()) for t in grid]
     best = float(grid[int(np.argmax(curve))])
-    f2, precision, recall = _column_scores(y, probs >= best)
+    f2, precision, recall = _column_scores(y, probs >= best, beta)
     names = classes.get("names") or ids
     groups = {}
     for name, cols in (classes.get("groups") or {}).items():
-        g = f2_rows(y[:, cols], probs[:, cols] >= best)
+        g = f2_rows(y[:, cols], probs[:, cols] >= best, beta)
         groups[name] = {"f2": float(g.mean()), "precision": float(precision[cols].mean()),
                         "recall": float(recall[cols].mean())}
     return {"thresholds": grid.tolist(), "f2": curve, "best_threshold": best, "best_f2": max(curve),
@@ -160,14 +163,18 @@ def collect(folder: Path, kernel: str | None = None, version: int | None = None)
             ends.append((session, state.get("step")))
             if isinstance(state.get("session"), dict):
                 budgets.append((session, state["session"]))
-    metrics = _json(folder / "metrics.json")
+    metrics, scores = _json(folder / "metrics.json"), _json(folder / "oof_scores.json")
     submission = folder / "submission.csv"
+    # the kit's F-beta, as its outputs say (outputs from before they said it: F2); the keys say f2 whatever it is
+    said = [d.get("beta") for d in (metrics, scores) if isinstance(d, dict) and isinstance(d.get("beta"), (int, float))]
+    beta = float(said[0]) if said else 2.0
     return {
+        "metric": f"F{beta:g}", "beta": beta,
         "folder": folder, "sessions": sessions, "steps": steps, "ends": ends, "budgets": budgets,
         "history": metrics.get("history") if isinstance(metrics, dict) else None,
         "metrics": metrics if isinstance(metrics, dict) else None,
-        "state": _json(folder / "state.json"), "oof": oof_scores(folder),
-        "scores": _json(folder / "oof_scores.json"), "decision": _json(folder / "thresholds.json"),
+        "state": _json(folder / "state.json"), "oof": oof_scores(folder, beta),
+        "scores": scores, "decision": _json(folder / "thresholds.json"),
         "submission": submission.read_text().splitlines() if submission.is_file() else None,
     }
 
@@ -207,7 +214,7 @@ def plots(data: dict) -> list[tuple[str, str, bytes]]:
     """(file name, caption, PNG bytes) of every plot the data allows."""
     from matplotlib.ticker import MaxNLocator
 
-    out = []
+    out, m = [], data["metric"]
     steps, history = data["steps"], data["history"]
     if steps:
         fig, ax = _figure("training loss per step")
@@ -228,10 +235,10 @@ def plots(data: dict) -> list[tuple[str, str, bytes]]:
         for key, color in (("f2", "tab:green"), ("f2@0.5", "tab:olive")):
             if all(isinstance(h.get(key), (int, float)) for h in history):
                 ax.plot(epochs, [h[key] for h in history], marker="o", color=color,
-                        label=f"F2 ({'searched threshold' if key == 'f2' else 'at 0.5'})")
+                        label=f"{m} ({'searched threshold' if key == 'f2' else 'at 0.5'})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("F2")
+        ax.set_ylabel(m)
         if all(isinstance(h.get("loss"), (int, float)) for h in history):
             twin = ax.twinx()
             twin.plot(epochs, [h["loss"] for h in history], marker="s", color="tab:red", label="valid loss")
@@ -247,28 +254,28 @@ def plots(data: dict) -> list[tuple[str, str, bytes]]:
         out.append(("validation.png", "Validation per epoch (metrics.json history)", _png(fig)))
     oof = data["oof"]
     if oof:
-        fig, ax = _figure("F2 against a global threshold (out of fold)")
+        fig, ax = _figure(f"{m} against a global threshold (out of fold)")
         ax.plot(oof["thresholds"], oof["f2"], color="tab:green")
         ax.axvline(oof["best_threshold"], color="grey", linestyle="--")
         ax.set_xlabel("threshold")
-        ax.set_ylabel("F2")
-        out.append(("threshold.png", f"Best global threshold {oof['best_threshold']:.2f}: F2 {oof['best_f2']:.4f}",
+        ax.set_ylabel(m)
+        out.append(("threshold.png", f"Best global threshold {oof['best_threshold']:.2f}: {m} {oof['best_f2']:.4f}",
                     _png(fig)))
-        out.append(_per_class(oof))
+        out.append(_per_class(oof, m))
     scores = data["scores"]
     if isinstance(scores, dict):
         curve = scores.get("curve") or {}
         if curve.get("thresholds") and len(curve.get("f2") or []) == len(curve["thresholds"]):
-            fig, ax = _figure("F2 of the blend against a global threshold (out of fold)")
+            fig, ax = _figure(f"{m} of the blend against a global threshold (out of fold)")
             ax.plot(curve["thresholds"], curve["f2"], color="tab:green", label="one global threshold")
             searched = (scores.get("searched") or {}).get("f2")
             if isinstance(searched, (int, float)):
                 ax.axhline(searched, color="tab:purple", linestyle="--",
                            label=f"chosen rule {(scores.get('searched') or {}).get('rule')}: {searched:.4f}")
             ax.set_xlabel("threshold")
-            ax.set_ylabel("F2")
+            ax.set_ylabel(m)
             ax.legend(fontsize=8)
-            out.append(("search.png", "Threshold search: F2 against a global threshold, and the chosen rule",
+            out.append(("search.png", f"Threshold search: {m} against a global threshold, and the chosen rule",
                         _png(fig)))
         candidates = scores.get("candidates") or {}
         if candidates:
@@ -277,22 +284,22 @@ def plots(data: dict) -> list[tuple[str, str, bytes]]:
             ax.barh(names, [candidates[n] for n in names],
                     color=["tab:green" if n == (scores.get("searched") or {}).get("rule") else "tab:grey"
                            for n in names])
-            ax.set_xlabel("F2 (out of fold)")
+            ax.set_xlabel(f"{m} (out of fold)")
             lo = min(candidates.values())
             ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(candidates.values()) + 0.02))
             out.append(("thresholds.png", "Threshold search: every candidate rule (green: chosen)", _png(fig)))
         groups = {k: v for k, v in ((scores.get("searched") or {}).get("groups") or {}).items() if isinstance(v, dict)}
         if groups:
-            out.append(_grouped_bars("per group, with the chosen rule", groups, "groups.png"))
+            out.append(_grouped_bars("per group, with the chosen rule", groups, "groups.png", m))
         weights, members = (scores.get("blend") or {}).get("weights"), scores.get("members") or {}
         if members:
             fig, ax = _figure("blend members", 0.8 + 0.35 * len(members))
             names = list(members)
-            ax.barh(names, [members[n].get("f2_global", 0) for n in names], color="tab:blue", label="F2 (global)")
+            ax.barh(names, [members[n].get("f2_global", 0) for n in names], color="tab:blue", label=f"{m} (global)")
             if weights:
                 for i, w in enumerate(weights[:len(names)]):
                     ax.text(0.01, i, f"weight {w:.3f}", va="center", color="white", fontsize=8)
-            ax.set_xlabel("F2 alone (best global threshold)")
+            ax.set_xlabel(f"{m} alone (best global threshold)")
             out.append(("blend.png", f"Blend: {(scores.get('blend') or {}).get('method')}", _png(fig)))
     budgets = data["budgets"]
     if budgets:
@@ -308,26 +315,27 @@ def plots(data: dict) -> list[tuple[str, str, bytes]]:
     return out
 
 
-def _grouped_bars(title: str, groups: dict, name: str) -> tuple[str, str, bytes]:
+def _grouped_bars(title: str, groups: dict, name: str, metric: str) -> tuple[str, str, bytes]:
     import numpy as np
 
     fig, ax = _figure(title, 0.9 + 0.45 * len(groups))
     labels, y = list(groups), np.arange(len(groups))
     for i, (key, color) in enumerate((("f2", "tab:green"), ("precision", "tab:blue"), ("recall", "tab:orange"))):
-        ax.barh(y + (i - 1) * 0.27, [groups[g].get(key, 0) for g in labels], height=0.27, color=color, label=key)
+        ax.barh(y + (i - 1) * 0.27, [groups[g].get(key, 0) for g in labels], height=0.27, color=color,
+                label=metric if key == "f2" else key)
     ax.set_yticks(y, labels)
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
     return name, title[0].upper() + title[1:], _png(fig)
 
 
-def _per_class(oof: dict) -> tuple[str, str, bytes]:
+def _per_class(oof: dict, metric: str) -> tuple[str, str, bytes]:
     order = sorted(range(len(oof["classes"])), key=lambda j: oof["class_f2"][j])
     if len(order) > MAX_BARS:  # the weakest and the strongest
         order = order[:MAX_BARS // 2] + order[-MAX_BARS // 2:]
     groups = {f"{oof['classes'][j]} (n={oof['support'][j]})": {"f2": oof["class_f2"][j],
               "precision": oof["class_precision"][j], "recall": oof["class_recall"][j]} for j in order}
-    name, _, png = _grouped_bars(f"per class at threshold {oof['best_threshold']:.2f}", groups, "classes.png")
+    name, _, png = _grouped_bars(f"per class at threshold {oof['best_threshold']:.2f}", groups, "classes.png", metric)
     return name, f"Per class at the best global threshold, weakest first ({len(oof['classes'])} labels)", png
 
 
@@ -367,7 +375,7 @@ def _budget(budgets: list[tuple[int, dict]]) -> tuple[str, str, bytes]:
 # --------------------------------------------------------------------------------------------- html
 
 def _summary(data: dict) -> list[tuple[str, str]]:
-    rows = []
+    rows, m = [], data["metric"]
     state, metrics, scores = data["state"], data["metrics"], data["scores"]
     if isinstance(state, dict):
         rows.append(("training", f"{'done' if state.get('done') else 'not done'}: step {state.get('step')}/"
@@ -375,7 +383,7 @@ def _summary(data: dict) -> list[tuple[str, str]]:
         # best_metric is half A's F2, which chose the epoch; the recorded CV (metrics.json) is the row below.
         # A state written before the honest CV has no cv_score: its best_metric was the CV.
         if state.get("cv_score") is None and state.get("best_metric") is not None:
-            rows.append(("best F2 (validation fold)", f"{state['best_metric']:.5f} at epoch {state.get('best_epoch')}"))
+            rows.append((f"best {m} (validation fold)", f"{state['best_metric']:.5f} at epoch {state.get('best_epoch')}"))
     if isinstance(metrics, dict) and isinstance(metrics.get("cv_score"), (int, float)):
         rows.append(("CV (train)", f"{metrics['cv_score']:.5f} at epoch {(metrics.get('best') or {}).get('epoch')} "
                                    f"({metrics.get('cv_kind')})"))
@@ -394,20 +402,20 @@ def _summary(data: dict) -> list[tuple[str, str]]:
                                                          f"{scores.get('holdout_rows')} rows no fold trained on"))
         searched, half = scores.get("searched") or {}, scores.get("at_0.5") or {}
         if searched:
-            rows.append(("chosen rule", f"{searched.get('rule')}: F2 {searched.get('f2', 0):.4f}, precision "
+            rows.append(("chosen rule", f"{searched.get('rule')}: {m} {searched.get('f2', 0):.4f}, precision "
                                         f"{searched.get('precision', 0):.4f}, recall {searched.get('recall', 0):.4f}"))
         if half:
-            rows.append(("at threshold 0.5", f"F2 {half.get('f2', 0):.4f}"))
+            rows.append(("at threshold 0.5", f"{m} {half.get('f2', 0):.4f}"))
         blend = scores.get("blend") or {}
         if blend:
             rows.append(("blend", f"{blend.get('method')}, weights {blend.get('weights')}"))
         for method, tried in (scores.get("blends") or {}).items():  # every blend method validate tried
             if isinstance(tried, dict) and isinstance(tried.get("f2"), (int, float)):
-                rows.append((f"blend {method}", f"F2 {tried['f2']:.4f} (global threshold), weights "
+                rows.append((f"blend {method}", f"{m} {tried['f2']:.4f} (global threshold), weights "
                                                 f"{tried.get('weights')}"))
         for group, c in (scores.get("constraints") or {}).items():  # each one_of tried with and without
             if isinstance(c, dict):
-                rows.append((f"exactly one {group}", f"F2 {c.get('with', 0):.4f} with, {c.get('without', 0):.4f} "
+                rows.append((f"exactly one {group}", f"{m} {c.get('with', 0):.4f} with, {c.get('without', 0):.4f} "
                                                      f"without: {'kept' if c.get('kept') else 'dropped'}"))
         rows.append(("rows scored", f"{scores.get('rows')} of {scores.get('rows_total')}"))
     if len(data["sessions"]) > 1:

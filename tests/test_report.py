@@ -145,6 +145,39 @@ def test_validate_and_infer_reports(runs):
     assert (outs["rt-infer"] / "submission.png").is_file() and "submission.csv: 12 rows" in page
 
 
+def test_a_report_names_and_scores_the_kits_fbeta(runs, tmp_path):
+    """The kit's outputs say its beta (metrics.json, oof_scores.json); a kit set to F1 gets F1 curves and labels,
+    the out-of-fold curve scored with that beta, not F2's."""
+    import numpy as np
+
+    from kernel_src import metrics as kit_metrics
+
+    _, outs = runs
+    assert json.loads((outs["rt-train-b"] / "metrics.json").read_text())["beta"] == 2.0
+    assert json.loads((outs["rt-validate"] / "oof_scores.json").read_text())["beta"] == 2.0
+    assert report.collect(outs["rt-train-b"])["metric"] == "F2"
+    folder = tmp_path / "f1-run"
+    shutil.copytree(outs["rt-train-b"], folder)
+    for name in ("report.html", *(p.name for p in folder.glob("*.png"))):
+        (folder / name).unlink(missing_ok=True)
+    saved = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**saved, "beta": 1.0}))
+    data = report.collect(folder)
+    assert data["metric"] == "F1"
+    oof, two = data["oof"], report.collect(outs["rt-train-b"])["oof"]
+    probs, classes = np.load(folder / "oof.npy"), json.loads((folder / "classes.json").read_text())
+    column = {str(label): j for j, label in enumerate(classes["ids"])}
+    y = np.zeros(probs.shape, dtype=bool)
+    for r, line in enumerate((folder / "oof.csv").read_text().splitlines()[1:len(probs) + 1]):
+        for label in line.split(",", 1)[1].split():
+            y[r, column[label]] = True
+    at = oof["best_threshold"]
+    assert oof["best_f2"] == pytest.approx(kit_metrics.fbeta_score(y, probs >= at, beta=1.0))
+    assert oof["f2"] != pytest.approx(two["f2"])  # not F2's curve relabelled
+    page = report.write(folder).read_text()
+    assert f"Best global threshold {at:.2f}: F1 " in page and ": F2 " not in page
+
+
 def test_budget_parts_add_up_to_the_session_limit():
     parts = report.budget_parts({"budget_s": 3600, "elapsed_s": 1000, "loop_started_s": 100, "train_step_s": 700,
                                  "validate_s": 150, "output_save_s": 20})
