@@ -458,8 +458,8 @@ class Run:
         if improved:
             self.best, self.best_epoch = f2_best, self.epoch + 1
         if self.dist.main:
-            self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} {METRIC}@0.5 {f2_half:.4f} "
-                     f"{METRIC} {fit['f2']:.4f} cross-fitted, {fit['f2_in_sample']:.4f} in-sample "
+            self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} "
+                     f"{METRIC}@0.5 {f2_half:.4f} {METRIC} {fit['f2']:.4f} cross-fitted, {fit['f2_in_sample']:.4f} in-sample "
                      f"(threshold {threshold:.2f})")
             if improved:
                 self._write_model("best.pt", self.epoch + 1)
@@ -547,8 +547,8 @@ class Run:
                    if clock.max_steps and clock.steps >= clock.max_steps else "stopped before the session limit")
             self.log(f"[kpack] {why}: step {self.step}/"
                      f"{self.total_steps}, epoch {self.epoch}/{self.kit.epochs}"
-                     + (f", CV {METRIC} {summary['cv_score']:.4f} (epoch {self.best_epoch}, half B of the validation fold)"
-                        if summary["cv_score"] is not None else ""))
+                     + (f", CV {METRIC} {summary['cv_score']:.4f} (epoch {self.best_epoch}, half B of the "
+                        "validation fold)" if summary["cv_score"] is not None else ""))
         return summary
 
     def _stop_workers(self) -> None:

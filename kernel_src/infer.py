@@ -263,8 +263,8 @@ def _decision(ev: EvalSettings, labels: data.Labels, members: list[str],
             left_out = [m for m in members if m not in named]
             if left_out:
                 log(f"[kpack] member(s) {', '.join(left_out)} not in {found[0]}'s blend: left out")
-            log(f"[kpack] rule {saved.get('name')} from {found[0]} (OOF {metrics.NAME} {saved.get('f2', float('nan')):.4f}), "
-                f"blend {mix.get('method')} over {len(named)} member(s)")
+            log(f"[kpack] rule {saved.get('name')} from {found[0]} (OOF {metrics.NAME} "
+                f"{saved.get('f2', float('nan')):.4f}), blend {mix.get('method')} over {len(named)} member(s)")
             return rule, mix.get("method") or "mean", mix.get("weights"), named
         log(f"[kpack] {found[0]} names no blend members: its rule is used, the members are averaged")
         return rule, "mean", None, members

@@ -208,8 +208,8 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
     atomic_write_text(working / infer.THRESHOLDS_FILE, json.dumps(decision, indent=1))
     teacher.write_probs(working / teacher.OOF_FILE, [table.ids[i] for i in np.flatnonzero(covered)],
                         table.labels.ids, teacher.blend_probs(member_probs, method, weights), "oof")
-    log(f"[kpack] OOF rows {scores['rows']}/{scores['rows_total']}: {metrics.NAME} {scores['at_0.5']['f2']:.4f} at 0.5, "
-        f"{result.f2:.4f} with rule {result.name} in-sample, "
+    log(f"[kpack] OOF rows {scores['rows']}/{scores['rows_total']}: {metrics.NAME} {scores['at_0.5']['f2']:.4f} "
+        f"at 0.5, {result.f2:.4f} with rule {result.name} in-sample, "
         f"{scores['cv_score']:.4f} cross-fitted ({method} of {len(names)} member(s))"
         + (f"; the submission on {scores['holdout_rows']} held-out rows {scores['holdout_score']:.4f}"
            if "holdout_score" in scores else ""))

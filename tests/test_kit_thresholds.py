@@ -231,7 +231,8 @@ result = th.search(p, y, method="global", min_labels=(0,))
 t, score = th.best_global(p, y)
 print(json.dumps({"name": metrics.NAME, "t": t, "score": score, "rule": result.f2,
                   "rule_sk": sk(y, result.rule.apply(p), beta=1, average="samples", zero_division=0),
-                  "f1_best": max(f(1, g) for g in th.GRID), "f2_best_t": float(th.GRID[np.argmax([f(2, g) for g in th.GRID])]),
+                  "f1_best": max(f(1, g) for g in th.GRID),
+                  "f2_best_t": float(th.GRID[np.argmax([f(2, g) for g in th.GRID])]),
                   "f1_at_t": f(1, t)}))
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,

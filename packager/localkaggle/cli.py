@@ -157,7 +157,7 @@ def competition() -> None:
               help="folder of data files, copied whole and mounted in kernels as input/competitions/<slug>/ (the "
                    "solution must not be in it)")
 @click.option("--solution", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CSV: id, the target column(s) (f1-samples, f2-samples: one, space-separated labels), Usage (Public/Private)")
+              help="CSV: id, the target column(s) (f1/f2-samples: one, space-separated labels), Usage (Public/Private)")
 @click.option("--metric", type=click.Choice(list(METRICS)), default=DEFAULT_METRIC, show_default=True,
               help="how submissions are scored: use the real competition's")
 @click.option("--code", is_flag=True, help="a code competition: notebook submissions only, internet off")
