@@ -250,20 +250,34 @@ def check_metric(cfg, kind: str, root: Path, backend: "Backend") -> Found:
     if said is None:
         return Found(f"metric: not checked: {shown} does not say the kit's BETA")
     beta = float(said.group(1))
+    warnings = _loss_betas(cfg, kind, root, beta, shown)
     found = backend.competition(cfg.competition)
     named = getattr(found, "evaluation_metric", "") or ""
     kit = f"F{beta:g} per sample"
     if not named:
-        return Found(f"metric: {backend.name} names no metric for {cfg.competition}; the kit maximises {kit}")
+        return Found(f"metric: {backend.name} names no metric for {cfg.competition}; the kit maximises {kit}",
+                     warnings)
     per_sample, named_beta = _read_fbeta(named)
     if per_sample and named_beta in (None, beta):
-        return Found(f"metric: {cfg.competition} is scored by {named!r}, read as the kit's {kit}")
+        return Found(f"metric: {cfg.competition} is scored by {named!r}, read as the kit's {kit}", warnings)
     fix = (f"set BETA = {named_beta:g} there" if per_sample else "score that metric in the kit") + \
         ", or ignore this if the metric's name misleads"
     return Found(f"metric: {cfg.competition} is scored by {named!r}",
                  [f"metric: {cfg.competition} is scored by {named!r}, not by what the kit maximises ({kit}, "
                   f"BETA in {shown}): its CV is not the leaderboard's number, and its thresholds and blend weights "
-                  f"are chosen for {kit}; {fix}"])
+                  f"are chosen for {kit}; {fix}"] + warnings)
+
+
+def _loss_betas(cfg, kind: str, root: Path, beta: float, shown) -> list[str]:
+    """A soft_fbeta loss term whose own beta (kit.stages[i].loss) is not the kit's BETA trains for another metric."""
+    try:
+        kit = _kit_settings(cfg, kind, _kit_module(cfg, kind, root)[0])
+    except UserError:  # check_kit says what
+        return []
+    return [f"kit.stages[{i}].loss: soft_fbeta has beta {term.beta:g}, the kit's BETA ({shown}) is {beta:g}: that "
+            f"stage trains for F{term.beta:g}; set the term's beta: {beta:g}"
+            for i, stage in enumerate(getattr(kit, "stages", [])) for term in stage.loss
+            if term.name == "soft_fbeta" and term.beta != beta]
 
 
 def _read_fbeta(named: str) -> tuple[bool, float | None]:

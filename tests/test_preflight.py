@@ -423,8 +423,8 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
             solution.write_text("id,y,Usage\na,1,Public\nb,0,Public\nc,1,Private\nd,0,Private\n")
         store.create_competition(comps[metric], folder, solution, metric=metric)
 
-    def metric_lines(metric: str, beta: str | None = None) -> list[str]:
-        root = project(tmp_path / metric / (beta or "kit"))
+    def metric_lines(metric: str, beta: str | None = None, extra: str = "") -> list[str]:
+        root = project(tmp_path / metric / (beta or "kit") / str(len(extra)), extra=extra)
         shutil.copy(REPO / "kernel_src" / "metrics.py", root / "kernel_src" / "metrics.py")
         if beta:
             text = (root / "kernel_src" / "metrics.py").read_text()
@@ -438,7 +438,8 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(home),
                                    "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
         assert done.returncode == 0, done.stdout + done.stderr
-        return [line for line in done.stdout.splitlines() if line.split(": ")[1] == "metric"]
+        return [line for line in done.stdout.splitlines()
+                if line.split(": ")[1] == "metric" or "loss: soft_fbeta" in line]
 
     assert metric_lines("f2-samples") == [
         f"ok: metric: {comps['f2-samples']} is scored by 'F2 (mean over rows)', read as the kit's F2 per sample"]
@@ -450,6 +451,9 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
         "misleads"]
     assert metric_lines("f1-samples", beta="1.0") == [
         f"ok: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)', read as the kit's F1 per sample"]
+    soft = metric_lines("f1-samples", beta="1.0", extra="  stages: [{epochs: 1, loss: {soft_fbeta: 1.0}}]\n")
+    assert soft[1:] == ["warning: kit.stages[0].loss: soft_fbeta has beta 2, the kit's BETA (kernel_src/metrics.py) "
+                        "is 1: that stage trains for F2; set the term's beta: 1"]
     auc = metric_lines("auc")
     assert len(auc) == 2 and auc[1].startswith(f"warning: metric: {comps['auc']} is scored by 'AUC (mean over "
                                                "columns)', not by what the kit maximises (F2 per sample,")
