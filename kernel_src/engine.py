@@ -459,8 +459,8 @@ class Run:
             self.best, self.best_epoch = f2_best, self.epoch + 1
         if self.dist.main:
             self.log(f"[kpack] epoch {self.epoch + 1}/{self.kit.epochs} valid loss {loss:.4f} "
-                     f"{METRIC}@0.5 {f2_half:.4f} {METRIC} {fit['f2']:.4f} cross-fitted, {fit['f2_in_sample']:.4f} in-sample "
-                     f"(threshold {threshold:.2f})")
+                     f"{METRIC}@0.5 {f2_half:.4f} {METRIC} {fit['f2']:.4f} cross-fitted, "
+                     f"{fit['f2_in_sample']:.4f} in-sample (threshold {threshold:.2f})")
             if improved:
                 self._write_model("best.pt", self.epoch + 1)
                 atomic.save_npy(self.working / "oof.npy", probs)

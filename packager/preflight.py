@@ -242,7 +242,8 @@ def check_metric(cfg, kind: str, root: Path, backend: "Backend") -> Found:
     """A kit project on a competition scored by another metric than the one the kit maximises (per-sample
     F-beta, BETA in the kit's metrics.py): a warning, since its CV is then not the leaderboard's number and its
     thresholds and blend weights are chosen for F-beta. Kaggle's metric names are free text: read as a guess."""
-    if _kit_module(cfg, kind, root)[0] is None:
+    settings = _kit_module(cfg, kind, root)[0]
+    if settings is None:
         return Found("metric: not checked: the project does not use the kit (its code scores itself)")
     path = _settings_path(cfg, kind, root).with_name("metrics.py")
     shown = path.relative_to(root) if path.is_relative_to(root) else path
@@ -250,7 +251,7 @@ def check_metric(cfg, kind: str, root: Path, backend: "Backend") -> Found:
     if said is None:
         return Found(f"metric: not checked: {shown} does not say the kit's BETA")
     beta = float(said.group(1))
-    warnings = _loss_betas(cfg, kind, root, beta, shown)
+    warnings = _loss_betas(cfg, kind, settings, beta, shown)
     found = backend.competition(cfg.competition)
     named = getattr(found, "evaluation_metric", "") or ""
     kit = f"F{beta:g} per sample"
@@ -268,10 +269,10 @@ def check_metric(cfg, kind: str, root: Path, backend: "Backend") -> Found:
                   f"are chosen for {kit}; {fix}"] + warnings)
 
 
-def _loss_betas(cfg, kind: str, root: Path, beta: float, shown) -> list[str]:
+def _loss_betas(cfg, kind: str, settings: ModuleType, beta: float, shown) -> list[str]:
     """A soft_fbeta loss term whose own beta (kit.stages[i].loss) is not the kit's BETA trains for another metric."""
     try:
-        kit = _kit_settings(cfg, kind, _kit_module(cfg, kind, root)[0])
+        kit = _kit_settings(cfg, kind, settings)
     except UserError:  # check_kit says what
         return []
     return [f"kit.stages[{i}].loss: soft_fbeta has beta {term.beta:g}, the kit's BETA ({shown}) is {beta:g}: that "

@@ -65,15 +65,19 @@ def step_lines(text: str) -> list[dict]:
     return out
 
 
-def f2_rows(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0) -> "np.ndarray":
-    """Per-sample F-beta (an empty row that predicts nothing scores 1), as kernel_src/metrics.py has it."""
+def _fbeta(tp, fp, fn, beta: float, empty: float) -> "np.ndarray":
+    """F-beta from count arrays; `empty` where there is nothing to find and nothing claimed."""
     import numpy as np
 
-    tp = (y & pred).sum(1).astype(float)
-    fp, fn = pred.sum(1) - tp, y.sum(1) - tp
     b2 = beta * beta
     den = (1 + b2) * tp + b2 * fn + fp
-    return np.where(den > 0, (1 + b2) * tp / np.where(den > 0, den, 1), 1.0)
+    return np.where(den > 0, (1 + b2) * tp / np.where(den > 0, den, 1), empty)
+
+
+def f2_rows(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0) -> "np.ndarray":
+    """Per-sample F-beta (an empty row that predicts nothing scores 1), as kernel_src/metrics.py has it."""
+    tp = (y & pred).sum(1).astype(float)
+    return _fbeta(tp, pred.sum(1) - tp, y.sum(1) - tp, beta, 1.0)
 
 
 def _column_scores(y, pred, beta: float = 2.0) -> tuple:
@@ -84,9 +88,7 @@ def _column_scores(y, pred, beta: float = 2.0) -> tuple:
     fp, fn = pred.sum(0) - tp, y.sum(0) - tp
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
     recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
-    b2 = beta * beta
-    den = (1 + b2) * tp + b2 * fn + fp
-    return np.where(den > 0, (1 + b2) * tp / np.where(den > 0, den, 1), 0.0), precision, recall
+    return _fbeta(tp, fp, fn, beta, 0.0), precision, recall
 
 
 def oof_scores(folder: Path, beta: float = 2.0) -> dict | None:
@@ -169,7 +171,7 @@ def collect(folder: Path, kernel: str | None = None, version: int | None = None)
     said = [d.get("beta") for d in (metrics, scores) if isinstance(d, dict) and isinstance(d.get("beta"), (int, float))]
     beta = float(said[0]) if said else 2.0
     return {
-        "metric": f"F{beta:g}", "beta": beta,
+        "metric": f"F{beta:g}",
         "folder": folder, "sessions": sessions, "steps": steps, "ends": ends, "budgets": budgets,
         "history": metrics.get("history") if isinstance(metrics, dict) else None,
         "metrics": metrics if isinstance(metrics, dict) else None,

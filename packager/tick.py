@@ -266,11 +266,15 @@ def scheduled_step(cfg, only=None, retry: bool = False) -> list[MemberState] | N
     try:
         states = step(cfg, only, retry=retry)
     except kaggle_api.KaggleCallError as err:
-        if not err.exhausted or (err.unreachable and kaggle_api.on_local()):
-            raise  # a refusal, or the local Kaggle gone (its sessions with it): nothing a later tick waits out
-        first = not OUTAGE.exists()
-        lasted = time.time() - _outage_began()
-        said = "" if first else f" for {progress.duration(lasted)}, over several ticks"
+        if not watch.Outage.waitable(err):
+            raise  # a refusal, or the local Kaggle gone: nothing a later tick waits out
+        began = _outage_began()
+        said = "" if began is None else f" for {progress.duration(time.time() - began)}, over several ticks"
+        if began is None:  # this tick's is the first failure of the outage
+            began = time.time()
+            OUTAGE.parent.mkdir(parents=True, exist_ok=True)
+            OUTAGE.write_text(f"{began:.0f}\n")
+        lasted = time.time() - began
         if lasted > watch.OFFLINE_WAIT_S:
             raise kaggle_api.KaggleCallError(f"{err} (Kaggle out of reach{said})", err.status, err.unreachable,
                                              err.exhausted) from err
@@ -278,21 +282,19 @@ def scheduled_step(cfg, only=None, retry: bool = False) -> list[MemberState] | N
         print(f"tick: Kaggle out of reach{said} ({cause}); the next tick goes on from here (a tick fails only "
               f"once this has lasted KPACK_OFFLINE_WAIT_S, {progress.duration(watch.OFFLINE_WAIT_S)})", flush=True)
         return None
-    if OUTAGE.exists():
-        print(f"tick: Kaggle answers again, after {progress.duration(time.time() - _outage_began())}", flush=True)
-        OUTAGE.unlink(missing_ok=True)
+    began = _outage_began()
+    if began is not None:
+        print(f"tick: Kaggle answers again, after {progress.duration(time.time() - began)}", flush=True)
+    OUTAGE.unlink(missing_ok=True)
     return states
 
 
-def _outage_began() -> float:
-    """When the outage began: runs/.tick-outage, written now by its first failed tick."""
+def _outage_began() -> float | None:
+    """When the outage began (runs/.tick-outage, written by its first failed tick); None: none, or unreadable."""
     try:
         return float(OUTAGE.read_text())
-    except (OSError, ValueError):  # none yet, or unreadable: this tick starts the count
-        now = time.time()
-        OUTAGE.parent.mkdir(parents=True, exist_ok=True)
-        OUTAGE.write_text(f"{now:.0f}\n")
-        return now
+    except (OSError, ValueError):
+        return None
 
 
 def finished(states: list[MemberState]) -> bool:

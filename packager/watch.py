@@ -143,13 +143,17 @@ class Outage:
     def __init__(self, wait):
         self.wait, self.since = wait, None
 
+    @staticmethod
+    def waitable(err: kaggle_api.KaggleCallError) -> bool:
+        """Whether err is an outage a watch (or a later tick) waits out: retries ran out on something worth
+        retrying, and not the local Kaggle gone (it has stopped, and its sessions with it)."""
+        return err.exhausted and not (err.unreachable and kaggle_api.on_local())
+
     def failed(self, err: kaggle_api.KaggleCallError) -> None:
         """Returns when it is worth polling again; raises err when it is not an outage or has lasted too long."""
         now = time.monotonic()
         self.since = self.since or now
-        # The local Kaggle not answering has stopped, and its sessions with it: waiting would not bring it back.
-        local_down = err.unreachable and kaggle_api.on_local()
-        if not err.exhausted or local_down or now - self.since > OFFLINE_WAIT_S:
+        if not self.waitable(err) or now - self.since > OFFLINE_WAIT_S:
             raise err
         self.wait.tick(f"Kaggle out of reach: {err.unreachable or str(err).removeprefix('kaggle: ')}")
 
