@@ -41,7 +41,7 @@ from torch import nn
 
 from . import (atomic, augment, checkpoint, data, folds, freezing, gpudecode, losses, mining, mixing, models, schedules,
                settings, teacher)
-from .metrics import BETA, NAME as METRIC, fbeta_score
+from .metrics import AVERAGE, BETA, NAME as METRIC, fbeta_score
 from .settings import KitSettings
 from .thresholds import cross_fit_global
 
@@ -486,7 +486,7 @@ class Run:
         best, cv = self._best_record()
         atomic.write_text(self.working / "metrics.json", json.dumps(
             {"cv_score": cv, "cv_score_in_sample": best.get("f2_in_sample") if best else None, "cv_kind": CV_KIND,
-             "beta": BETA,  # every "f2" key below is this F-beta (a report reads it)
+             "beta": BETA, "average": AVERAGE,  # every "f2" key below is this F-beta (a report reads it)
              "best": best, "last": self.history[-1] if self.history else None, "history": self.history},
             indent=1))
         self.written.add("metrics.json")

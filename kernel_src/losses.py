@@ -2,7 +2,7 @@
 
   bce         binary cross-entropy
   focal       BCE * |y - p|^gamma, optionally alpha-balanced: (1 - p_t)^gamma on 0/1 targets (Lin et al. 2017)
-  soft_fbeta  1 - per-sample soft F-beta on sigmoid probabilities (beta 2: iMet's metric), averaged
+  soft_fbeta  1 - soft F-beta on sigmoid probabilities (beta 2: iMet's metric), per sample (or macro, micro)
   forgiving   BCE(x, y) + w * BCE(x * y, y): positives count 1 + w times, negatives once (iMet 2019)
 
 `build(terms)` makes the weighted sum a stage of the config asks for; `smooth(targets, eps)` is label smoothing
@@ -41,13 +41,16 @@ def focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha
     return loss.mean()
 
 
-def soft_fbeta(logits: torch.Tensor, targets: torch.Tensor, beta: float = 2.0, eps: float = 1e-7) -> torch.Tensor:
-    """1 - mean over samples of (1+b^2) tp / ((1+b^2) tp + b^2 fn + fp), with tp/fp/fn from probabilities."""
+def soft_fbeta(logits: torch.Tensor, targets: torch.Tensor, beta: float = 2.0, average: str = "samples",
+               eps: float = 1e-7) -> torch.Tensor:
+    """1 - the soft F-beta (1+b^2) tp / ((1+b^2) tp + b^2 fn + fp), tp/fp/fn from probabilities: per sample and
+    averaged (samples), per label over the batch and averaged (macro), or once over the batch (micro)."""
     p = torch.sigmoid(logits.float())
     y = targets.float()
-    tp = (p * y).sum(1)
-    fp = (p * (1 - y)).sum(1)
-    fn = ((1 - p) * y).sum(1)
+    dims = {"samples": (1,), "macro": (0,), "micro": (0, 1)}[average]
+    tp = (p * y).sum(dims)
+    fp = (p * (1 - y)).sum(dims)
+    fn = ((1 - p) * y).sum(dims)
     b2 = beta * beta
     score = (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp + eps)
     return 1 - score.mean()
@@ -70,7 +73,7 @@ class WeightedSum(nn.Module):
         if term.name == "focal":
             return focal(logits, targets, term.gamma, term.alpha)
         if term.name == "soft_fbeta":
-            return soft_fbeta(logits, targets, term.beta)
+            return soft_fbeta(logits, targets, term.beta, term.average)
         if term.name == "forgiving":
             return forgiving(logits, targets, term.w)
         raise ValueError(f"unknown loss {term.name!r}")

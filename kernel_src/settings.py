@@ -110,6 +110,8 @@ class LossTerm:
     gamma: float = 2.0    # focal
     alpha: float = -1.0   # focal; < 0: no class balancing
     beta: float = 2.0     # soft_fbeta
+    # soft_fbeta: soft counts per sample (samples), per label over the batch (macro) or over every cell (micro)
+    average: Literal["samples", "macro", "micro"] = field(default="samples", metadata=OPTIONAL)
     w: float = 1.0        # forgiving: BCE + w * BCE(logits * y, y)
 
 

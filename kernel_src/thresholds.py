@@ -18,6 +18,11 @@ on two grids), and top-k; it keeps the best. Ties go to the simpler rule, and in
 good thresholds the middle one is taken. `search_one_of` tries each exactly-one-per-group constraint with
 and without, keeping it only where it scores better.
 
+Under a macro or micro average (metrics.AVERAGE) the thresholds come from per-label count tables instead
+(each label's true and false positives at every grid value): the global threshold, per-class thresholds and
+per-group thresholds by coordinate ascent over those tables; the min_labels and top-k fallbacks keep their
+family's thresholds, and every candidate is still scored exactly.
+
 The searches are exact (tests compare them with brute force) and scale to iMet-sized data: the global curve
 comes from per-row histograms over the grid, one class's curve from a cumulative sum over its sorted column
 (the whole auto search: about 40 s for 2e4 rows x 1103 labels in two label groups on two busy CPU cores,
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import fbeta_from_counts, fbeta_score
+from .metrics import AVERAGE, column_counts, fbeta_from_counts, fbeta_score, macro_mean, macro_parts
 
 GRID = np.round(np.arange(0.01, 1.0, 0.01), 6)
 ROW_CHUNK = 2048
@@ -101,7 +106,7 @@ class SearchResult:
     f2: float
     name: str                                        # which candidate won, e.g. "per_class+min1"
     candidates: dict[str, float] = field(default_factory=dict)
-    constraints: dict[str, dict] = field(default_factory=dict)  # one_of group -> F2 with, without, kept
+    constraints: dict[str, dict] = field(default_factory=dict)  # one_of group -> score with, without, kept
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "f2": self.f2, "rule": self.rule.to_dict(),
@@ -111,16 +116,17 @@ class SearchResult:
         return out
 
 
-def score(rule: Rule, probs: np.ndarray, targets: np.ndarray) -> float:
-    return fbeta_score(targets, rule.apply(probs))
+def score(rule: Rule, probs: np.ndarray, targets: np.ndarray, average: str = AVERAGE) -> float:
+    return fbeta_score(targets, rule.apply(probs), average=average)
 
 
 def search(probs: np.ndarray, targets: np.ndarray, *, method: str = "auto", grid: np.ndarray = GRID,
            fixed: float = 0.5, min_labels: tuple[int, ...] = (0, 1), top_k: tuple[int, ...] = (1, 2, 3),
            one_of: tuple[tuple[int, ...], ...] = (), rounds: int = 3,
-           groups: dict[str, list[int]] | None = None) -> SearchResult:
+           groups: dict[str, list[int]] | None = None, average: str = AVERAGE) -> SearchResult:
     """The best rule on (probs, targets) among the candidates `method` allows (see the module docstring).
-    groups: label group -> columns, for the per-group thresholds (tried when two or more hold free labels)."""
+    groups: label group -> columns, for the per-group thresholds (tried when two or more hold free labels);
+    average: how the metric averages F-beta (metrics.AVERAGE)."""
     if method not in METHODS:
         raise ValueError(f"threshold method must be one of {METHODS}, got {method!r}")
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
@@ -131,43 +137,35 @@ def search(probs: np.ndarray, targets: np.ndarray, *, method: str = "auto", grid
     base = Rule.constant(n_labels, fixed, one_of=one_of)
     free = base.free_columns()
     p, y = probs[:, free], targets[:, free]
-    fixed_counts = _fixed_counts(probs, targets, base)
     mins = sorted({int(k) for k in min_labels} | {0})
-    found: dict[str, tuple[str, Rule]] = {"fixed": ("fixed", base)}  # name -> (method family, rule)
-    if method in ("auto", "global", "per_class", "per_group"):  # global: the others' start
-        for k in mins:
-            curve = _global_curve(p, y, fixed_counts, grid, max(0, k - len(one_of)))
-            rule = Rule.constant(n_labels, grid[_plateau_middle(curve)], min_labels=k, one_of=one_of)
-            found["global" if k == 0 else f"global+min{k}"] = ("global", rule)
     fallbacks = sorted({int(k) for k in top_k if 0 < k <= len(free)})
-    start = found["global"][1].thresholds[free] if "global" in found else None  # None: not needed
-    if method in ("auto", "per_class"):
-        per_class = np.array(base.thresholds)
-        per_class[free] = _per_class_ascent(p, y, fixed_counts, grid, start, rounds)
-        for k in mins:
-            found["per_class" if k == 0 else f"per_class+min{k}"] = ("per_class", Rule(per_class, k, 0, one_of))
     column_groups = _free_groups(groups, free)
-    if method in ("auto", "per_group") and len(column_groups) >= 2:
-        per_group = np.array(base.thresholds)
-        per_group[free] = _per_group_ascent(p, y, fixed_counts, grid, start, column_groups, rounds)
-        for k in mins:
-            found["per_group" if k == 0 else f"per_group+min{k}"] = ("per_group", Rule(per_group, k, 0, one_of))
-    for family in ("global", "per_class", "per_group"):  # rows with no label get their top k
-        if family in found:
-            for k in fallbacks:  # global: its own best threshold; the others keep theirs
-                thr = found[family][1].thresholds
-                if family == "global":
-                    thr = np.full(n_labels, grid[_plateau_middle(_global_curve(p, y, fixed_counts, grid, 0, k))])
-                found[f"{family}+fb{k}"] = (family, Rule(thr, fallback=k, one_of=one_of))
+    thresholded = method in ("auto", "global", "per_class", "per_group")  # global: the others' start
+    families: dict[str, np.ndarray] = {}  # method family -> its thresholds
+    own: dict[str, np.ndarray] = {}       # candidate -> thresholds of its own, where its fallback moves them
+    if average == "samples":
+        fixed_counts = _fixed_counts(probs, targets, base)
+        if thresholded:
+            families, own = _row_families(p, y, fixed_counts, grid, base, method, mins, fallbacks, column_groups,
+                                          rounds)
+        curve = lambda q: _global_curve(q, y, fixed_counts, grid, 0)
+    else:
+        fixed_columns = np.setdiff1d(np.arange(n_labels), free)
+        held = column_counts(targets[:, fixed_columns], base.apply(probs)[:, fixed_columns])
+        if thresholded:
+            families = _column_families(_column_tables(p, y, grid), held, grid, base, method, column_groups, rounds,
+                                        average)
+        curve = lambda q: _curve_with(held, _column_tables(q, y, grid), average)
+    found: dict[str, tuple[str, Rule]] = {"fixed": ("fixed", base)}  # name -> (method family, rule)
+    found.update(_family_rules(families, own, base, mins, fallbacks))
     if method in ("auto", "top_k"):
-        for k in sorted({int(k) for k in top_k if 0 < k <= len(free)}):
+        for k in fallbacks:
             found[f"top{k}"] = ("top_k", Rule(base.thresholds, top_k=k, one_of=one_of))
-
     if method in ("auto", "context") and free.size:
-        t, c = _context_search(p, y, fixed_counts, grid)
+        t, c = _context_search(p, grid, curve)
         found["context"] = ("context", Rule.constant(n_labels, t, one_of=one_of, context=c))
     # every candidate is scored exactly, for the record; the fixed rule wins only under "auto" or "fixed"
-    scores = {name: score(rule, probs, targets) for name, (_, rule) in found.items()}
+    scores = {name: score(rule, probs, targets, average) for name, (_, rule) in found.items()}
     allowed = [name for name, (family, _) in found.items() if method in ("auto", family)] or ["fixed"]
     best = max(allowed, key=lambda name: scores[name])  # the first of equals: the simpler rule
     return SearchResult(found[best][1], scores[best], best, scores)
@@ -177,7 +175,7 @@ def search_one_of(probs: np.ndarray, targets: np.ndarray, one_of: dict[str, tupl
                   **kwargs) -> SearchResult:
     """`search` with each exactly-one-per-group constraint in `one_of` (group -> columns) tried with and
     without: from all of them, a group's constraint is dropped when the best rule scores better without it.
-    The result's `constraints` says, per group, the F2 with and without and whether it was kept."""
+    The result's `constraints` says, per group, the score with and without and whether it was kept."""
     kept = list(one_of)
     best = search(probs, targets, one_of=tuple(tuple(one_of[g]) for g in kept), **kwargs)
     record: dict[str, dict] = {}
@@ -192,16 +190,67 @@ def search_one_of(probs: np.ndarray, targets: np.ndarray, one_of: dict[str, tupl
     return best
 
 
-def best_global(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray = GRID) -> tuple[float, float]:
-    """(threshold, F2) of the best single threshold for every label, no fallbacks: a quick yardstick."""
+def best_global(probs: np.ndarray, targets: np.ndarray, grid: np.ndarray = GRID,
+                average: str = AVERAGE) -> tuple[float, float]:
+    """(threshold, score) of the best single threshold for every label, no fallbacks: a quick yardstick."""
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
-    zero, grid = np.zeros(len(probs)), np.sort(np.asarray(grid, dtype=np.float64))
-    curve = _global_curve(probs, targets, (zero, zero, zero), grid, 0)
+    grid = np.sort(np.asarray(grid, dtype=np.float64))
+    if average == "samples":
+        zero = np.zeros(len(probs))
+        curve = _global_curve(probs, targets, (zero, zero, zero), grid, 0)
+    else:
+        none = np.zeros(0)
+        curve = _curve_with((none, none, none), _column_tables(probs, targets, grid), average)
     g = _plateau_middle(curve)
     return float(grid[g]), float(curve[g])
 
 
-# ---- fast exact curves ---------------------------------------------------------------------------------
+def _family_rules(families: dict[str, np.ndarray], own: dict[str, np.ndarray], base: Rule, mins: list[int],
+                  fallbacks: list[int]) -> dict[str, tuple[str, Rule]]:
+    """Each family's thresholds with each at-least-k fallback, then with each top-k fallback for rows with no
+    free label (in that order: ties go to the earlier, simpler rule)."""
+    found = {}
+    for family, thr in families.items():
+        for k in mins:
+            name = family if k == 0 else f"{family}+min{k}"
+            found[name] = (family, Rule(own.get(name, thr), k, 0, base.one_of))
+    for family, thr in families.items():
+        for k in fallbacks:
+            name = f"{family}+fb{k}"
+            found[name] = (family, Rule(own.get(name, thr), fallback=k, one_of=base.one_of))
+    return found
+
+
+def _with_free(base: Rule, values: np.ndarray) -> np.ndarray:
+    """`base`'s thresholds with its free labels' set to `values`."""
+    thr = np.array(base.thresholds)
+    thr[base.free_columns()] = values
+    return thr
+
+
+# ---- fast exact curves, per sample ---------------------------------------------------------------------
+
+def _row_families(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarray, ...], grid: np.ndarray, base: Rule,
+                  method: str, mins: list[int], fallbacks: list[int], column_groups: list[np.ndarray],
+                  rounds: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(family -> thresholds, candidate -> its own thresholds) from the exact row curves: the global threshold is
+    searched again with each fallback, since a fallback moves it; per class and per group start from it."""
+    n_labels, fixed = len(base.thresholds), len(base.one_of)
+    own = {}
+    for k in mins:
+        curve = _global_curve(p, y, fixed_counts, grid, max(0, k - fixed))
+        own["global" if k == 0 else f"global+min{k}"] = np.full(n_labels, grid[_plateau_middle(curve)])
+    for k in fallbacks:
+        own[f"global+fb{k}"] = np.full(n_labels, grid[_plateau_middle(_global_curve(p, y, fixed_counts, grid, 0, k))])
+    families = {"global": own["global"]}
+    start = own["global"][base.free_columns()]
+    if method in ("auto", "per_class"):
+        families["per_class"] = _with_free(base, _per_class_ascent(p, y, fixed_counts, grid, start, rounds))
+    if method in ("auto", "per_group") and len(column_groups) >= 2:
+        families["per_group"] = _with_free(base, _per_group_ascent(p, y, fixed_counts, grid, start, column_groups,
+                                                                   rounds))
+    return families, own
+
 
 def _fixed_counts(probs: np.ndarray, targets: np.ndarray, rule: Rule) -> tuple[np.ndarray, ...]:
     """Per-row tp, fp, fn of the one_of columns, which no threshold changes."""
@@ -217,7 +266,7 @@ def _fixed_counts(probs: np.ndarray, targets: np.ndarray, rule: Rule) -> tuple[n
 
 def _global_curve(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarray, ...], grid: np.ndarray,
                   need: int, fallback: int = 0) -> np.ndarray:
-    """Mean F2 at each grid threshold applied to every free column, with the at-least-`need` fallback (or,
+    """Mean per-sample F-beta at each grid threshold applied to every free column, with the at-least-`need` fallback (or,
     with `fallback` k, the top-k one for rows with no free label)."""
     n_grid = len(grid)
     total = np.zeros(n_grid)
@@ -303,20 +352,77 @@ def _per_group_ascent(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarr
     return thr
 
 
-def _context_search(p: np.ndarray, y: np.ndarray, fixed_counts: tuple[np.ndarray, ...],
-                    grid: np.ndarray) -> tuple[float, float]:
+def _context_search(p: np.ndarray, grid: np.ndarray, global_curve) -> tuple[float, float]:
     """(threshold, fraction) of the best context-aware rule: for each fraction c, the labels at >= c x the
     row's max are on at every threshold (their probability lifted above the grid), so one exact global
-    curve per fraction scores every threshold."""
+    curve per fraction (`global_curve(probabilities)`) scores every threshold."""
     top = p.max(axis=1, keepdims=True)
     best = (-1.0, float(grid[-1]), float(CONTEXT_GRID[-1]))
     for c in CONTEXT_GRID:
-        lifted = np.where(p >= c * top, 2.0, p)
-        curve = _global_curve(lifted, y, fixed_counts, grid, 0)
+        curve = global_curve(np.where(p >= c * top, 2.0, p))
         g = _plateau_middle(curve)
         if curve[g] > best[0] + 1e-12:
             best = (float(curve[g]), float(grid[g]), float(c))
     return best[1], best[2]
+
+
+# ---- per-label count tables, for a macro or micro average ----------------------------------------------
+
+def _column_tables(p: np.ndarray, y: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each label's tp, fp and fn with its threshold at each grid value: three (labels, grid) arrays, from
+    per-label histograms over the grid (a threshold moves only its own label's counts)."""
+    n_grid, n_labels = len(grid), p.shape[1]
+    size = n_labels * (n_grid + 1)
+    hist_all, hist_pos = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    offset = (n_grid + 1) * np.arange(n_labels)
+    for lo in range(0, len(p), ROW_CHUNK):
+        bins = np.searchsorted(grid, p[lo:lo + ROW_CHUNK], side="right") + offset  # p >= grid[g] when bin > g
+        hist_all += np.bincount(bins.ravel(), minlength=size)
+        hist_pos += np.bincount(bins[y[lo:lo + ROW_CHUNK]], minlength=size)
+    above = np.cumsum(hist_all.reshape(n_labels, n_grid + 1)[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    tp = np.cumsum(hist_pos.reshape(n_labels, n_grid + 1)[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    return tp.astype(np.float64), (above - tp).astype(np.float64), (y.sum(axis=0)[:, None] - tp).astype(np.float64)
+
+
+def _curve_with(held: tuple[np.ndarray, ...], moving: tuple[np.ndarray, ...], average: str) -> np.ndarray:
+    """The score at each grid value: `held` the (tp, fp, fn) of the labels no grid value moves, (labels,) each;
+    `moving` those of the labels whose threshold is each grid value in turn, (labels, grid) each."""
+    if average == "micro":
+        return fbeta_from_counts(*(h.sum() + m.sum(axis=0) for h, m in zip(held, moving)))
+    (total_held, n_held), (total, n) = macro_parts(*held), macro_parts(*moving)
+    return macro_mean(total_held + total, n_held + n)
+
+
+def _column_ascent(tables: tuple[np.ndarray, ...], held: tuple[np.ndarray, ...], groups: list[np.ndarray],
+                   start: np.ndarray, rounds: int, average: str) -> np.ndarray:
+    """Coordinate ascent on the count tables over groups of labels, one grid index per group: each set to the
+    best for the whole score, the other labels held at theirs, until nothing moves (or `rounds` passes)."""
+    at = np.array(start, dtype=np.int64)
+    labels = np.arange(len(at))
+    for _ in range(rounds):
+        moved = False
+        for cols in groups:
+            rest = np.setdiff1d(labels, cols)
+            others = tuple(np.concatenate([h, t[rest, at[rest]]]) for h, t in zip(held, tables))
+            g = _plateau_middle(_curve_with(others, tuple(t[cols] for t in tables), average))
+            if np.any(at[cols] != g):
+                moved, at[cols] = True, g
+        if not moved:
+            break
+    return at
+
+
+def _column_families(tables: tuple[np.ndarray, ...], held: tuple[np.ndarray, ...], grid: np.ndarray, base: Rule,
+                     method: str, column_groups: list[np.ndarray], rounds: int, average: str) -> dict[str, np.ndarray]:
+    """Family -> thresholds from the count tables: one global grid value, then per class and per group from it."""
+    n_free = tables[0].shape[0]
+    found = {"global": _column_ascent(tables, held, [np.arange(n_free)], np.zeros(n_free), 1, average)}
+    if method in ("auto", "per_class"):
+        singles = [np.array([j]) for j in range(n_free)]
+        found["per_class"] = _column_ascent(tables, held, singles, found["global"], rounds, average)
+    if method in ("auto", "per_group") and len(column_groups) >= 2:
+        found["per_group"] = _column_ascent(tables, held, column_groups, found["global"], rounds, average)
+    return {family: _with_free(base, grid[at]) for family, at in found.items()}
 
 
 def _plateau_middle(curve: np.ndarray, tol: float = 1e-12) -> int:
@@ -348,20 +454,22 @@ def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[: n // 2]), np.sort(order[n // 2:])
 
 
-def cross_fit_global(probs: np.ndarray, targets: np.ndarray, seed: int, grid: np.ndarray = GRID) -> dict:
+def cross_fit_global(probs: np.ndarray, targets: np.ndarray, seed: int, grid: np.ndarray = GRID,
+                     average: str = AVERAGE) -> dict:
     """The global threshold cross-fitted over the two halves: searched on B and scored on A (`f2_a`), searched on
     A and scored on B (`f2_b`); `f2` is their row-weighted mean (out of sample for the threshold), and
     `f2_in_sample` the usual best threshold searched and scored on every row. `f2_a_alone`: searched and
     scored on A, the only score that sees none of B's labels (what may choose an epoch when B is recorded)."""
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
     a, b = halves(len(probs), seed)
-    threshold, in_sample = best_global(probs, targets, grid)
+    threshold, in_sample = best_global(probs, targets, grid, average)
     if len(a) == 0 or len(b) == 0:
         return {"f2": in_sample, "f2_a": in_sample, "f2_b": in_sample, "f2_in_sample": in_sample,
                 "f2_a_alone": in_sample, "threshold": threshold}
-    t_b, _ = best_global(probs[b], targets[b], grid)
-    t_a, f2_a_alone = best_global(probs[a], targets[a], grid)
-    f2_a, f2_b = fbeta_score(targets[a], probs[a] >= t_b), fbeta_score(targets[b], probs[b] >= t_a)
+    t_b, _ = best_global(probs[b], targets[b], grid, average)
+    t_a, f2_a_alone = best_global(probs[a], targets[a], grid, average)
+    f2_a = fbeta_score(targets[a], probs[a] >= t_b, average=average)
+    f2_b = fbeta_score(targets[b], probs[b] >= t_a, average=average)
     return {"f2": (f2_a * len(a) + f2_b * len(b)) / len(probs), "f2_a": f2_a, "f2_b": f2_b,
             "f2_in_sample": in_sample, "f2_a_alone": f2_a_alone, "threshold": threshold}
 

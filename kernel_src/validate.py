@@ -184,7 +184,7 @@ def run(config: dict, working: Optional[Path] = None, log=print) -> dict:
     scores = {
         # what the ledger records: every row scored by a blend and rule searched on the other splits' rows
         "cv_score": metrics.fbeta_score(y, pred), "cv_kind": CV_KIND, "cv_splits": min(CV_SPLITS, len(y)),
-        "beta": metrics.BETA,  # every "f2" key here is this F-beta (a report reads it)
+        "beta": metrics.BETA, "average": metrics.AVERAGE,  # every "f2" key here is this F-beta (a report reads it)
         "cv_score_in_sample": result.f2,  # the rule searched and scored on the same rows: optimistic
         # kit.data.holdout: the whole submission scored on rows it never saw (the blend's test score's estimate)
         **_holdout(names, held_out, table.targets, method, weights, result.rule),

@@ -25,6 +25,8 @@ from types import ModuleType
 from packager import metadata, shapes
 from packager.errors import UserError
 
+AVERAGES = ("samples", "macro", "micro")  # as kernel_src/metrics.py has them (the project's copy is not imported)
+
 SETTINGS = "settings.py"  # beside the entry, in the package that packs it (kernel_src/, src/mycomp/, ...)
 _loaded: dict[tuple, ModuleType] = {}  # (path, size, mtime) -> the module: one load per build, reloaded when edited
 
@@ -239,56 +241,80 @@ def check_code_competition(cfg, kind: str, backend: "Backend") -> Found:
 
 
 def check_metric(cfg, kind: str, root: Path, backend: "Backend") -> Found:
-    """A kit project on a competition scored by another metric than the one the kit maximises (per-sample
-    F-beta, BETA in the kit's metrics.py): a warning, since its CV is then not the leaderboard's number and its
-    thresholds and blend weights are chosen for F-beta. Kaggle's metric names are free text: read as a guess."""
+    """A kit project on a competition scored by another metric than the one the kit maximises (F-beta with BETA
+    and AVERAGE from the kit's metrics.py): a warning, since its CV is then not the leaderboard's number and its
+    thresholds and blend weights are chosen for another score. Kaggle's metric names are free text: read as a
+    guess. An AVERAGE the kit does not know is an error: the kernel would stop on it."""
     settings = _kit_module(cfg, kind, root)[0]
     if settings is None:
         return Found("metric: not checked: the project does not use the kit (its code scores itself)")
     path = _settings_path(cfg, kind, root).with_name("metrics.py")
     shown = path.relative_to(root) if path.is_relative_to(root) else path
-    said = re.search(r"^BETA\s*=\s*([\d.]+)", path.read_text(), re.M) if path.is_file() else None
+    text = path.read_text() if path.is_file() else ""
+    said = re.search(r"^BETA\s*=\s*([\d.]+)", text, re.M)
     if said is None:
         return Found(f"metric: not checked: {shown} does not say the kit's BETA")
     beta = float(said.group(1))
-    warnings = _loss_betas(cfg, kind, settings, beta, shown)
+    said = re.search(r"^AVERAGE\s*=\s*[\"']([^\"']*)[\"']", text, re.M)
+    average = said.group(1) if said else "samples"  # kits from before AVERAGE: per sample
+    if average not in AVERAGES:
+        raise UserError(f"{shown}: AVERAGE is {average!r}; set one of {', '.join(AVERAGES)}")
+    warnings = _loss_terms(cfg, kind, settings, beta, average, shown)
     found = backend.competition(cfg.competition)
     named = getattr(found, "evaluation_metric", "") or ""
-    kit = f"F{beta:g} per sample"
+    kit = _fscore_name(beta, average)
     if not named:
         return Found(f"metric: {backend.name} names no metric for {cfg.competition}; the kit maximises {kit}",
                      warnings)
-    per_sample, named_beta = _read_fbeta(named)
-    if per_sample and named_beta in (None, beta):
+    named_average, named_beta = _read_fbeta(named)
+    if named_average == average and named_beta in (None, beta):
         return Found(f"metric: {cfg.competition} is scored by {named!r}, read as the kit's {kit}", warnings)
-    fix = (f"set BETA = {named_beta:g} there" if per_sample else "score that metric in the kit") + \
-        ", or ignore this if the metric's name misleads"
+    if named_average is None:
+        fix = "score that metric in the kit"
+    else:
+        fix = "set " + " and ".join(([f"BETA = {named_beta:g}"] if named_beta not in (None, beta) else []) +
+                                    ([f'AVERAGE = "{named_average}"'] if named_average != average else [])) + " there"
     return Found(f"metric: {cfg.competition} is scored by {named!r}",
                  [f"metric: {cfg.competition} is scored by {named!r}, not by what the kit maximises ({kit}, "
-                  f"BETA in {shown}): its CV is not the leaderboard's number, and its thresholds and blend weights "
-                  f"are chosen for {kit}; {fix}"] + warnings)
+                  f"BETA and AVERAGE in {shown}): its CV is not the leaderboard's number, and its thresholds and "
+                  f"blend weights are chosen for {kit}; {fix}, or ignore this if the metric's name misleads"]
+                 + warnings)
 
 
-def _loss_betas(cfg, kind: str, settings: ModuleType, beta: float, shown) -> list[str]:
-    """A soft_fbeta loss term whose own beta (kit.stages[i].loss) is not the kit's BETA trains for another metric."""
+def _fscore_name(beta: float, average: str) -> str:
+    return f"F{beta:g} per sample" if average == "samples" else f"{average} F{beta:g}"
+
+
+def _loss_terms(cfg, kind: str, settings: ModuleType, beta: float, average: str, shown) -> list[str]:
+    """A soft_fbeta loss term (kit.stages[i].loss) whose own beta or average is not the kit's BETA or AVERAGE
+    trains for another metric."""
     try:
         kit = _kit_settings(cfg, kind, settings)
     except UserError:  # check_kit says what
         return []
-    return [f"kit.stages[{i}].loss: soft_fbeta has beta {term.beta:g}, the kit's BETA ({shown}) is {beta:g}: that "
-            f"stage trains for F{term.beta:g}; set the term's beta: {beta:g}"
-            for i, stage in enumerate(getattr(kit, "stages", [])) for term in stage.loss
-            if term.name == "soft_fbeta" and term.beta != beta]
+    found = []
+    for i, stage in enumerate(getattr(kit, "stages", [])):
+        for term in stage.loss:
+            term_average = getattr(term, "average", "samples")  # a kit from before the term's average
+            if term.name == "soft_fbeta" and (term.beta, term_average) != (beta, average):
+                fix = ", ".join(([f"beta: {beta:g}"] if term.beta != beta else []) +
+                                ([f"average: {average}"] if term_average != average else []))
+                found.append(f"kit.stages[{i}].loss: soft_fbeta is {_fscore_name(term.beta, term_average)}, the "
+                             f"kit's metric ({shown}) is {_fscore_name(beta, average)}: that stage trains for "
+                             f"another score; set the term's {fix}")
+    return found
 
 
-def _read_fbeta(named: str) -> tuple[bool, float | None]:
-    """(whether a metric's name reads as an F-score averaged per sample, the beta it names or None): an F-score
-    averaged per class ('macro', 'micro', 'weighted') is not one; 'Mean F-Score' is one without a beta."""
+def _read_fbeta(named: str) -> tuple[str | None, float | None]:
+    """(how a metric's name reads as an averaged F-score: samples, macro or micro, or None for another metric or
+    an average the kit does not score, such as 'weighted'; the beta it names or None): 'Mean F-Score' reads as
+    per sample without a beta."""
     text = named.lower()
     fscore = re.search(r"\bf[-_ ]?(\d+(?:\.\d+)?)\b|\bf[-_ ]?(?:beta|score|measure)|fscore|fbeta", text)
-    if fscore is None or re.search(r"macro|micro|weighted", text):
-        return False, None
-    return True, float(fscore.group(1)) if fscore.group(1) else None
+    if fscore is None or "weighted" in text:
+        return None, None
+    average = next((a for a in ("macro", "micro") if a in text), "samples")
+    return average, float(fscore.group(1)) if fscore.group(1) else None
 
 
 class Unreachable(UserError):

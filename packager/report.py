@@ -7,8 +7,9 @@ with an output. Everything comes from what the kit writes and the session's log,
                                     of a chain, each from its own folder), sessions' ends as vertical lines
     validation curves per epoch     metrics.json `history` (loss, F-beta at 0.5 and at the searched threshold)
     F-beta against threshold,       oof.npy + oof.csv + classes.json (train), scored here with the kit's rule
-      per-class and per-group P/R   (per-sample F-beta averaged over rows; per class: over that label's column)
-    (the kit's beta, 2 unless its metrics.py says otherwise, from metrics.json or oof_scores.json `beta`)
+      per-class and per-group P/R   (the kit's F-beta: per sample, macro or micro; per class: over its column)
+    (the kit's beta and average, F2 per sample unless its metrics.py says otherwise, from metrics.json or
+     oof_scores.json `beta` and `average`)
     each threshold method's result  oof_scores.json `candidates`, `curve`, `at_0.5`, `searched` (validate)
       and the blend weights         oof_scores.json `blend` and `members`
     the time budget                 state.json `session` (start-up, training steps, validation, checkpoint
@@ -27,6 +28,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+AVERAGES = ("samples", "macro", "micro")  # how the kit may average F-beta (kernel_src/metrics.py)
 
 REPORT = "report.html"
 STEP_LINE = re.compile(r"\[kpack\] epoch (\d+)/(\d+) step (\d+)/(\d+) loss ([-\d.eE+naif]+) lr ([-\d.eE+]+)")
@@ -80,6 +83,19 @@ def f2_rows(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0) -> "np.ndarr
     return _fbeta(tp, pred.sum(1) - tp, y.sum(1) - tp, beta, 1.0)
 
 
+def fbeta_score(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0, average: str = "samples") -> float:
+    """The kit's score (kernel_src/metrics.py): per sample, macro (labels no truth or prediction holds left out)
+    or micro."""
+    if average == "samples":
+        return float(f2_rows(y, pred, beta).mean())
+    tp = (y & pred).sum(0).astype(float)
+    fp, fn = pred.sum(0) - tp, y.sum(0) - tp
+    if average == "micro":
+        return float(_fbeta(tp.sum(), fp.sum(), fn.sum(), beta, 1.0))
+    scored = tp + fp + fn > 0
+    return float(_fbeta(tp, fp, fn, beta, 0.0)[scored].mean()) if scored.any() else 1.0
+
+
 def _column_scores(y, pred, beta: float = 2.0) -> tuple:
     """Per label over its column: F-beta, precision, recall."""
     import numpy as np
@@ -91,7 +107,7 @@ def _column_scores(y, pred, beta: float = 2.0) -> tuple:
     return _fbeta(tp, fp, fn, beta, 0.0), precision, recall
 
 
-def oof_scores(folder: Path, beta: float = 2.0) -> dict | None:
+def oof_scores(folder: Path, beta: float = 2.0, average: str = "samples") -> dict | None:
     """From a train output's oof.npy/oof.csv/classes.json: F-beta against a global threshold, and per class and
     per group F-beta/precision/recall at the best one."""
     import numpy as np
@@ -112,14 +128,13 @@ def oof_scores(folder: Path, beta: float = 2.0) -> dict | None:
     except (OSError, ValueError, KeyError, IndexError):
         return None
     grid = np.round(np.arange(0.02, 1.0, 0.02), 4)
-    curve = [float(f2_rows(y, probs >= t, beta).mean()) for t in grid]
+    curve = [fbeta_score(y, probs >= t, beta, average) for t in grid]
     best = float(grid[int(np.argmax(curve))])
     f2, precision, recall = _column_scores(y, probs >= best, beta)
     names = classes.get("names") or ids
     groups = {}
     for name, cols in (classes.get("groups") or {}).items():
-        g = f2_rows(y[:, cols], probs[:, cols] >= best, beta)
-        groups[name] = {"f2": float(g.mean()), "precision": float(precision[cols].mean()),
+        groups[name] = {"f2": fbeta_score(y[:, cols], probs[:, cols] >= best, beta, average), "precision": float(precision[cols].mean()),
                         "recall": float(recall[cols].mean())}
     return {"thresholds": grid.tolist(), "f2": curve, "best_threshold": best, "best_f2": max(curve),
             "classes": [str(n) for n in names], "class_f2": f2.tolist(), "class_precision": precision.tolist(),
@@ -170,12 +185,14 @@ def collect(folder: Path, kernel: str | None = None, version: int | None = None)
     # the kit's F-beta, as its outputs say (outputs from before they said it: F2); the keys say f2 whatever it is
     said = [d.get("beta") for d in (metrics, scores) if isinstance(d, dict) and isinstance(d.get("beta"), (int, float))]
     beta = float(said[0]) if said else 2.0
+    said = [d.get("average") for d in (metrics, scores) if isinstance(d, dict) and d.get("average") in AVERAGES]
+    average = said[0] if said else "samples"
     return {
-        "metric": f"F{beta:g}",
+        "metric": f"F{beta:g}" if average == "samples" else f"{average} F{beta:g}",
         "folder": folder, "sessions": sessions, "steps": steps, "ends": ends, "budgets": budgets,
         "history": metrics.get("history") if isinstance(metrics, dict) else None,
         "metrics": metrics if isinstance(metrics, dict) else None,
-        "state": _json(folder / "state.json"), "oof": oof_scores(folder, beta),
+        "state": _json(folder / "state.json"), "oof": oof_scores(folder, beta, average),
         "scores": scores, "decision": _json(folder / "thresholds.json"),
         "submission": submission.read_text().splitlines() if submission.is_file() else None,
     }

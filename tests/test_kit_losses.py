@@ -110,3 +110,13 @@ def test_weighted_sum_from_config_shorthands():
     assert fn(LOGITS, TARGETS).item() == pytest.approx(expected, rel=1e-6)
     assert fn(LOGITS.half(), TARGETS).dtype == torch.float32
     assert "0.5*bce" in repr(fn)
+
+
+def test_soft_fbeta_macro_and_micro_count_over_the_batch():
+    p, y = torch.sigmoid(LOGITS.float()), TARGETS.float()
+    for average, dims in (("macro", (0,)), ("micro", (0, 1))):
+        tp, fp, fn = (p * y).sum(dims), (p * (1 - y)).sum(dims), ((1 - p) * y).sum(dims)
+        expected = 1 - (5 * tp / (5 * tp + 4 * fn + fp + 1e-7)).mean().item()
+        assert losses.soft_fbeta(LOGITS, TARGETS, beta=2.0, average=average).item() == pytest.approx(expected, rel=1e-5)
+    assert losses.soft_fbeta(LOGITS, TARGETS, average="macro").item() != pytest.approx(
+        losses.soft_fbeta(LOGITS, TARGETS).item())

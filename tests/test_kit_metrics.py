@@ -66,3 +66,29 @@ def test_report_per_group():
     assert out["groups"]["count"]["f2"] == pytest.approx(0.5)
     assert out["f2"] == pytest.approx((metrics.fbeta_rows(y_true[:1], y_pred[:1])[0] + 1) / 2)
     assert "groups" not in metrics.report(y_true, y_pred)
+
+
+@pytest.mark.parametrize("average", ["macro", "micro"])
+def test_macro_and_micro_agree_with_sklearn_and_the_local_kaggle(average):
+    """Macro scores the labels some truth or prediction holds (an all-empty label is left out, one only predicted
+    scores 0), as sklearn does on those columns and as the local Kaggle's f1-macro/f1-micro do on label strings."""
+    from sklearn.metrics import fbeta_score as sk, precision_score, recall_score
+
+    rng = np.random.default_rng(4)
+    y_true, y_pred = rng.random((200, 9)) < 0.2, rng.random((200, 9)) < 0.25
+    y_true[:, 7], y_pred[:, 7] = False, False          # in no truth and no prediction: not in the label set
+    y_true[:, 8] = False                                # only predicted: scores 0
+    present = [j for j in range(9) if j != 7]
+    for beta in (1.0, 2.0):
+        expected = sk(y_true[:, present], y_pred[:, present], beta=beta, average=average, zero_division=0)
+        assert metrics.fbeta_score(y_true, y_pred, beta=beta, average=average) == pytest.approx(expected)
+    assert metrics.precision_recall(y_true, y_pred, average) == (
+        pytest.approx(precision_score(y_true[:, present], y_pred[:, present], average=average, zero_division=0)),
+        pytest.approx(recall_score(y_true[:, present], y_pred[:, present], average=average, zero_division=0)))
+    labels = lambda m: [frozenset(str(j) for j in np.flatnonzero(r)) for r in m]  # noqa: E731
+    assert scoring.fbeta_labels(labels(y_true), labels(y_pred), 1.0, average) == pytest.approx(
+        metrics.fbeta_score(y_true, y_pred, beta=1.0, average=average))
+    nothing = np.zeros((3, 4), dtype=bool)
+    assert metrics.fbeta_score(nothing, nothing, average=average) == 1.0
+    with pytest.raises(ValueError, match="average"):
+        metrics.fbeta_columns(np.ones(2), np.ones(2), np.ones(2), average="weighted")

@@ -243,3 +243,40 @@ print(json.dumps({"name": metrics.NAME, "t": t, "score": score, "rule": result.f
     assert got["score"] == pytest.approx(got["f1_best"]) and got["f1_at_t"] == pytest.approx(got["f1_best"])
     assert got["rule"] == pytest.approx(got["rule_sk"]) and got["rule"] >= got["f1_best"] - 1e-9
     assert got["t"] > got["f2_best_t"]  # F1 weighs precision more than F2 does: a higher threshold wins
+
+
+@pytest.mark.parametrize("average", ["macro", "micro"])
+def test_macro_and_micro_searches_are_exact_and_coordinatewise_optimal(average):
+    """Under a macro or micro average the global threshold is the brute-force best over the grid, per class and
+    per group no single label's (group's) grid value scores better, every candidate's score is exact, and rare
+    labels with low probabilities get their own, lower thresholds (what macro F1 rewards)."""
+    rng = np.random.default_rng(7)
+    y = rng.random((300, 6)) < np.array([0.4, 0.4, 0.3, 0.05, 0.05, 0.1])
+    scale = np.array([1.0, 1.0, 0.9, 0.3, 0.3, 0.5])
+    p = np.clip((0.3 + 0.5 * y) * scale + rng.random(y.shape) * 0.3 * scale, 0, 1)
+    score = lambda rule: fbeta_score(y, rule.apply(p), average=average)  # noqa: E731
+    t, best = th.best_global(p, y, average=average)
+    brute = [fbeta_score(y, p >= g, average=average) for g in th.GRID]
+    assert best == pytest.approx(max(brute)) and fbeta_score(y, p >= t, average=average) == pytest.approx(best)
+    groups = {"common": [0, 1, 2], "rare": [3, 4, 5]}
+    result = th.search(p, y, groups=groups, average=average)
+    for name, value in result.candidates.items():
+        assert value >= 0
+    assert result.f2 == pytest.approx(score(result.rule)) and result.f2 == max(result.candidates.values())
+    per_class = th.search(p, y, method="per_class", min_labels=(0,), average=average)
+    for j in range(6):
+        for g in th.GRID:
+            moved = per_class.rule.thresholds.copy()
+            moved[j] = g
+            assert score(th.Rule(moved)) <= per_class.f2 + 1e-12
+    per_group = th.search(p, y, method="per_group", min_labels=(0,), groups=groups, average=average)
+    for cols in groups.values():
+        for g in th.GRID:
+            moved = per_group.rule.thresholds.copy()
+            moved[cols] = g
+            assert score(th.Rule(moved)) <= per_group.f2 + 1e-12
+    assert per_class.f2 > result.candidates["global"]
+    if average == "macro":
+        assert per_class.rule.thresholds[3:5].max() < per_class.rule.thresholds[:2].min()
+    one_of = th.search(p, y, one_of=((0, 1),), average=average)
+    assert one_of.f2 == pytest.approx(fbeta_score(y, one_of.rule.apply(p), average=average))

@@ -413,7 +413,7 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
     from test_localkaggle_cli import uniq
 
     store, comps = Store(local_kaggle.root), {}
-    for metric in ("f2-samples", "f1-samples", "auc"):
+    for metric in ("f2-samples", "f1-samples", "f1-macro", "auc"):
         comps[metric] = uniq("pf-metric")
         folder, solution = tmp_path / comps[metric] / "data", tmp_path / comps[metric] / "solution.csv"
         folder.mkdir(parents=True)
@@ -423,12 +423,15 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
             solution.write_text("id,y,Usage\na,1,Public\nb,0,Public\nc,1,Private\nd,0,Private\n")
         store.create_competition(comps[metric], folder, solution, metric=metric)
 
-    def metric_lines(metric: str, beta: str | None = None, extra: str = "") -> list[str]:
-        root = project(tmp_path / metric / (beta or "kit") / str(len(extra)), extra=extra)
+    def metric_lines(metric: str, beta: str | None = None, extra: str = "", average: str = "") -> list[str]:
+        root = project(tmp_path / metric / (beta or "kit") / average / str(len(extra)), extra=extra)
         shutil.copy(REPO / "kernel_src" / "metrics.py", root / "kernel_src" / "metrics.py")
         if beta:
             text = (root / "kernel_src" / "metrics.py").read_text()
             (root / "kernel_src" / "metrics.py").write_text(text.replace("BETA = 2.0", f"BETA = {beta}"))
+        if average:
+            text = (root / "kernel_src" / "metrics.py").read_text()
+            (root / "kernel_src" / "metrics.py").write_text(text.replace('AVERAGE = "samples"', f'AVERAGE = "{average}"'))
         text = (root / "kpack.yaml").read_text().replace("competition: mini-comp", f"competition: {comps[metric]}")
         (root / "kpack.yaml").write_text(f"local: {{port: {local_kaggle.port}, root: '{local_kaggle.root}'}}\n" + text)
         home = tmp_path / "home"
@@ -446,14 +449,25 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
     assert metric_lines("f1-samples") == [
         f"ok: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)'",
         f"warning: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)', not by what the kit maximises "
-        "(F2 per sample, BETA in kernel_src/metrics.py): its CV is not the leaderboard's number, and its thresholds "
-        "and blend weights are chosen for F2 per sample; set BETA = 1 there, or ignore this if the metric's name "
-        "misleads"]
+        "(F2 per sample, BETA and AVERAGE in kernel_src/metrics.py): its CV is not the leaderboard's number, and its "
+        "thresholds and blend weights are chosen for F2 per sample; set BETA = 1 there, or ignore this if the "
+        "metric's name misleads"]
     assert metric_lines("f1-samples", beta="1.0") == [
         f"ok: metric: {comps['f1-samples']} is scored by 'F1 (mean over rows)', read as the kit's F1 per sample"]
     soft = metric_lines("f1-samples", beta="1.0", extra="  stages: [{epochs: 1, loss: {soft_fbeta: 1.0}}]\n")
-    assert soft[1:] == ["warning: kit.stages[0].loss: soft_fbeta has beta 2, the kit's BETA (kernel_src/metrics.py) "
-                        "is 1: that stage trains for F2; set the term's beta: 1"]
+    assert soft[1:] == ["warning: kit.stages[0].loss: soft_fbeta is F2 per sample, the kit's metric "
+                        "(kernel_src/metrics.py) is F1 per sample: that stage trains for another score; set the "
+                        "term's beta: 1"]
+    macro = metric_lines("f1-macro", beta="1.0")
+    assert macro[1].endswith('chosen for F1 per sample; set AVERAGE = "macro" there, or ignore this if the metric\'s '
+                             "name misleads")
+    macro = metric_lines("f1-macro", beta="1.0", average="macro",
+                         extra="  stages: [{epochs: 1, loss: {soft_fbeta: {weight: 1, beta: 1}}}]\n")
+    assert macro == [f"ok: metric: {comps['f1-macro']} is scored by 'F1 (macro: mean over labels)', read as the "
+                     "kit's macro F1",
+                     "warning: kit.stages[0].loss: soft_fbeta is F1 per sample, the kit's metric "
+                     "(kernel_src/metrics.py) is macro F1: that stage trains for another score; set the term's "
+                     "average: macro"]
     auc = metric_lines("auc")
     assert len(auc) == 2 and auc[1].startswith(f"warning: metric: {comps['auc']} is scored by 'AUC (mean over "
                                                "columns)', not by what the kit maximises (F2 per sample,")
@@ -461,11 +475,11 @@ def test_a_kit_project_is_warned_when_the_competition_is_scored_by_another_metri
 
 
 @pytest.mark.parametrize("named, read", [
-    ("F2 (mean over rows)", (True, 2.0)), ("Mean F2 Score", (True, 2.0)), ("F-2", (True, 2.0)),
-    ("Mean F-Score", (True, None)), ("MeanFScoreBeta", (True, None)), ("F1 (mean over rows)", (True, 1.0)),
-    ("Mean F0.5 per sample", (True, 0.5)), ("Macro F1", (False, None)), ("Micro-averaged F2", (False, None)),
-    ("AUC", (False, None)), ("Log Loss", (False, None)), ("MAP@5", (False, None))])
-def test_a_metric_name_is_read_as_a_per_sample_fscore_and_its_beta(named, read):
+    ("F2 (mean over rows)", ("samples", 2.0)), ("Mean F2 Score", ("samples", 2.0)), ("F-2", ("samples", 2.0)),
+    ("Mean F-Score", ("samples", None)), ("MeanFScoreBeta", ("samples", None)), ("F1 (mean over rows)", ("samples", 1.0)),
+    ("Mean F0.5 per sample", ("samples", 0.5)), ("Macro F1", ("macro", 1.0)), ("Micro-averaged F2", ("micro", 2.0)),
+    ("Weighted F1", (None, None)), ("AUC", (None, None)), ("Log Loss", (None, None)), ("MAP@5", (None, None))])
+def test_a_metric_name_is_read_as_an_averaged_fscore_and_its_beta(named, read):
     assert preflight._read_fbeta(named) == read
 
 

@@ -251,3 +251,17 @@ def test_kpack_report_builds_the_newest_and_the_ledger_links_to_it(runs, monkeyp
     table = ledger.table(ledger.read()).splitlines()
     assert table[0].split()[-1] == "report"
     assert table[2].endswith(str(outs["rt-train-b"] / report.REPORT)) and table[4].endswith("report.html")
+
+
+@pytest.mark.parametrize("average", ["samples", "macro", "micro"])
+def test_the_report_scores_as_the_kit_does(average):
+    """The report scores out-of-fold curves without importing the kit (its copy may be edited): the same numbers."""
+    import numpy as np
+    from kernel_src import metrics
+
+    rng = np.random.default_rng(2)
+    y, pred = rng.random((120, 7)) < 0.2, rng.random((120, 7)) < 0.3
+    y[:, 6], pred[:, 6] = False, False
+    for beta in (1.0, 2.0):
+        assert report.fbeta_score(y, pred, beta, average) == pytest.approx(
+            metrics.fbeta_score(y, pred, beta=beta, average=average))

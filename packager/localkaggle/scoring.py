@@ -51,6 +51,24 @@ def fbeta(truth: set[str], pred: set[str], beta: float = BETA) -> float:
     return (1 + b2) * precision * recall / (b2 * precision + recall)
 
 
+def fbeta_labels(truths: list[frozenset[str]], preds: list[frozenset[str]], beta: float, average: str) -> float:
+    """F-beta over label sets, `macro`: per label, averaged over the labels any truth or prediction holds (a label
+    only predicted scores 0), or `micro`: from every label's counts together. Nothing anywhere scores 1."""
+    counts: dict[str, list[int]] = {}  # label -> [tp, fp, fn]
+    for truth, pred in zip(truths, preds):
+        for label in truth | pred:
+            c = counts.setdefault(label, [0, 0, 0])
+            c[0 if label in truth and label in pred else 1 if label in pred else 2] += 1
+    if average == "micro":
+        return _fbeta_counts(*(sum(c[i] for c in counts.values()) for i in range(3)), beta)
+    return _mean(_fbeta_counts(*c, beta) for c in counts.values()) if counts else 1.0
+
+
+def _fbeta_counts(tp: int, fp: int, fn: int, beta: float) -> float:
+    b2 = beta * beta
+    return (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp) if tp + fp + fn else 1.0
+
+
 def _number(cell: str) -> float:
     try:
         value = float(cell)
@@ -128,6 +146,10 @@ METRICS: dict[str, Metric] = {
                          lambda t, p: _mean(fbeta(a[0], b[0]) for a, b in zip(t, p)), one_column=True),
     "f1-samples": Metric("F1 (mean over rows)", True, _labels, _labels,
                          lambda t, p: _mean(fbeta(a[0], b[0], beta=1.0) for a, b in zip(t, p)), one_column=True),
+    "f1-macro": Metric("F1 (macro: mean over labels)", True, _labels, _labels,
+                       lambda t, p: fbeta_labels([a[0] for a in t], [b[0] for b in p], 1.0, "macro"), one_column=True),
+    "f1-micro": Metric("F1 (micro: over every label)", True, _labels, _labels,
+                       lambda t, p: fbeta_labels([a[0] for a in t], [b[0] for b in p], 1.0, "micro"), one_column=True),
     "accuracy": Metric("Accuracy", True, str.strip, str.strip, lambda t, p: _mean(a == b for a, b in _cells(t, p))),
     "rmse": Metric("RMSE", False, _number, _number, _rmse),
     "mae": Metric("MAE", False, _number, _number, lambda t, p: _mean(abs(a - b) for a, b in _cells(t, p))),
