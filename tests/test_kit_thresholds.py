@@ -280,3 +280,45 @@ def test_macro_and_micro_searches_are_exact_and_coordinatewise_optimal(average):
         assert per_class.rule.thresholds[3:5].max() < per_class.rule.thresholds[:2].min()
     one_of = th.search(p, y, one_of=((0, 1),), average=average)
     assert one_of.f2 == pytest.approx(fbeta_score(y, one_of.rule.apply(p), average=average))
+
+
+def test_a_kit_whose_average_is_set_to_macro_searches_and_scores_macro_f1(tmp_path):
+    """The one edit the metric check names for a macro-F1 competition: AVERAGE = "macro" (and BETA = 1.0) in a
+    copy of the kit's metrics.py makes the defaults of the search, the global threshold and the cross-fitted CV
+    macro F1 (sklearn's, brute force over the grid); a value the kit does not know stops its import on one line."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    kit = tmp_path / "kernel_src"
+    shutil.copytree(Path(th.__file__).parent, kit, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (kit / "metrics.py").read_text().replace("BETA = 2.0 ", "BETA = 1.0 ", 1)
+    (kit / "metrics.py").write_text(text.replace('AVERAGE = "samples"', 'AVERAGE = "macro"', 1))
+    script = """
+import json, numpy as np
+from sklearn.metrics import f1_score
+from kernel_src import metrics, thresholds as th
+rng = np.random.default_rng(0)
+y = rng.random((400, 8)) < np.linspace(0.05, 0.4, 8)
+y[0] = True
+p = np.clip(0.35 * y + rng.random(y.shape) * 0.65, 0, 1)
+f = lambda pred: f1_score(y, pred, average="macro", zero_division=0)
+result = th.search(p, y, min_labels=(0,))
+t, score = th.best_global(p, y)
+cv = th.cross_fit_global(p, y, seed=3)
+print(json.dumps({"name": metrics.NAME, "score": score, "best": max(f(p >= g) for g in th.GRID),
+                  "rule": result.f2, "rule_sk": f(result.rule.apply(p)), "cv": cv["f2_in_sample"]}))
+"""
+    run = lambda: subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,  # noqa: E731
+                                 timeout=120, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    done = run()
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["name"] == "macro F1"
+    assert got["score"] == pytest.approx(got["best"]) and got["cv"] == pytest.approx(got["best"])
+    assert got["rule"] == pytest.approx(got["rule_sk"]) and got["rule"] >= got["best"] - 1e-9
+    (kit / "metrics.py").write_text(text.replace('AVERAGE = "samples"', 'AVERAGE = "weighted"', 1))
+    done = run()
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == (
+        "ValueError: kernel_src/metrics.py: AVERAGE is 'weighted'; set one of samples, macro, micro")
