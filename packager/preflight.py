@@ -25,7 +25,8 @@ from types import ModuleType
 from packager import metadata, shapes
 from packager.errors import UserError
 
-AVERAGES = ("samples", "macro", "micro")  # as kernel_src/metrics.py has them (the project's copy is not imported)
+# how the kit may average F-beta, as kernel_src/metrics.py has them (the project's copy is not imported)
+AVERAGES = ("samples", "macro", "micro")
 
 SETTINGS = "settings.py"  # beside the entry, in the package that packs it (kernel_src/, src/mycomp/, ...)
 _loaded: dict[tuple, ModuleType] = {}  # (path, size, mtime) -> the module: one load per build, reloaded when edited

@@ -29,7 +29,7 @@ import re
 import sys
 from pathlib import Path
 
-AVERAGES = ("samples", "macro", "micro")  # how the kit may average F-beta (kernel_src/metrics.py)
+from packager import preflight
 
 REPORT = "report.html"
 STEP_LINE = re.compile(r"\[kpack\] epoch (\d+)/(\d+) step (\d+)/(\d+) loss ([-\d.eE+naif]+) lr ([-\d.eE+]+)")
@@ -77,10 +77,15 @@ def _fbeta(tp, fp, fn, beta: float, empty: float) -> "np.ndarray":
     return np.where(den > 0, (1 + b2) * tp / np.where(den > 0, den, 1), empty)
 
 
+def _counts(y: "np.ndarray", pred: "np.ndarray", axis: int) -> tuple:
+    """tp, fp, fn summed along `axis` (1: per row, 0: per label)."""
+    tp = (y & pred).sum(axis).astype(float)
+    return tp, pred.sum(axis) - tp, y.sum(axis) - tp
+
+
 def f2_rows(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0) -> "np.ndarray":
     """Per-sample F-beta (an empty row that predicts nothing scores 1), as kernel_src/metrics.py has it."""
-    tp = (y & pred).sum(1).astype(float)
-    return _fbeta(tp, pred.sum(1) - tp, y.sum(1) - tp, beta, 1.0)
+    return _fbeta(*_counts(y, pred, 1), beta, 1.0)
 
 
 def fbeta_score(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0, average: str = "samples") -> float:
@@ -88,8 +93,7 @@ def fbeta_score(y: "np.ndarray", pred: "np.ndarray", beta: float = 2.0, average:
     or micro."""
     if average == "samples":
         return float(f2_rows(y, pred, beta).mean())
-    tp = (y & pred).sum(0).astype(float)
-    fp, fn = pred.sum(0) - tp, y.sum(0) - tp
+    tp, fp, fn = _counts(y, pred, 0)
     if average == "micro":
         return float(_fbeta(tp.sum(), fp.sum(), fn.sum(), beta, 1.0))
     scored = tp + fp + fn > 0
@@ -100,8 +104,7 @@ def _column_scores(y, pred, beta: float = 2.0) -> tuple:
     """Per label over its column: F-beta, precision, recall."""
     import numpy as np
 
-    tp = (y & pred).sum(0).astype(float)
-    fp, fn = pred.sum(0) - tp, y.sum(0) - tp
+    tp, fp, fn = _counts(y, pred, 0)
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
     recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
     return _fbeta(tp, fp, fn, beta, 0.0), precision, recall
@@ -134,8 +137,8 @@ def oof_scores(folder: Path, beta: float = 2.0, average: str = "samples") -> dic
     names = classes.get("names") or ids
     groups = {}
     for name, cols in (classes.get("groups") or {}).items():
-        groups[name] = {"f2": fbeta_score(y[:, cols], probs[:, cols] >= best, beta, average), "precision": float(precision[cols].mean()),
-                        "recall": float(recall[cols].mean())}
+        groups[name] = {"f2": fbeta_score(y[:, cols], probs[:, cols] >= best, beta, average),
+                        "precision": float(precision[cols].mean()), "recall": float(recall[cols].mean())}
     return {"thresholds": grid.tolist(), "f2": curve, "best_threshold": best, "best_f2": max(curve),
             "classes": [str(n) for n in names], "class_f2": f2.tolist(), "class_precision": precision.tolist(),
             "class_recall": recall.tolist(), "support": y.sum(0).tolist(), "groups": groups}
@@ -185,7 +188,7 @@ def collect(folder: Path, kernel: str | None = None, version: int | None = None)
     # the kit's F-beta, as its outputs say (outputs from before they said it: F2); the keys say f2 whatever it is
     said = [d.get("beta") for d in (metrics, scores) if isinstance(d, dict) and isinstance(d.get("beta"), (int, float))]
     beta = float(said[0]) if said else 2.0
-    said = [d.get("average") for d in (metrics, scores) if isinstance(d, dict) and d.get("average") in AVERAGES]
+    said = [d.get("average") for d in (metrics, scores) if isinstance(d, dict) and d.get("average") in preflight.AVERAGES]
     average = said[0] if said else "samples"
     return {
         "metric": f"F{beta:g}" if average == "samples" else f"{average} F{beta:g}",

@@ -41,14 +41,8 @@ class Score:
 
 def fbeta(truth: set[str], pred: set[str], beta: float = BETA) -> float:
     """F-beta of one row; an empty truth and an empty prediction agree perfectly."""
-    if not truth and not pred:
-        return 1.0
     hits = len(truth & pred)
-    if hits == 0:
-        return 0.0
-    precision, recall = hits / len(pred), hits / len(truth)
-    b2 = beta * beta
-    return (1 + b2) * precision * recall / (b2 * precision + recall)
+    return _fbeta_counts(hits, len(pred) - hits, len(truth) - hits, beta)
 
 
 def fbeta_labels(truths: list[frozenset[str]], preds: list[frozenset[str]], beta: float, average: str) -> float:
