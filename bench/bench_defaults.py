@@ -4,7 +4,8 @@ scenes; and `digits`, the demo's generator).
 Per competition and config: 2 folds (--folds) trained in-process (CPU, 1 torch thread, timm test_resnet from
 scratch, or with --pretrained from weights trained on another kind's competition), then validate (OOF blend,
 searched threshold rule: kit.thresholds defaults), then infer; reported: test F2 of infer's submission on the
-hidden solution (per-row F2, mean over all test rows), validate's honest cv_score and its in-sample
+hidden solution (per-row F2, mean over all test rows; with --beta/--average, that F-beta: the kit is then
+a copy whose metrics.py says so, as a competitor edits it), validate's honest cv_score and its in-sample
 cv_score_in_sample, both CV - test gaps, and test_f2_one / gap_one: fold 0's model alone on the test (the CV
 scores each row with one model, the submission blends the folds).
 With the defaults among several configs, a last summary sets the defaults against the config a tuner would
@@ -12,6 +13,7 @@ keep by its CV (scored on the test) and against the best on the test itself.
 
     .venv/bin/python bench/bench_defaults.py [--n-train 600] [--n-test 300] [--epochs 12] [--folds 2] [--seeds 1,2]
         [--kinds shapes,longtail,noisy,scenes,digits (all five)] [--configs defaults,batch32,lr1e-3,...: the CONFIGS below] [--pretrained]
+        [--beta 2] [--average samples|macro|micro]
 """
 from __future__ import annotations
 
@@ -34,7 +36,26 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import gencomp  # noqa: E402
-from kernel_src import infer, metrics, train, validate  # noqa: E402
+
+KIT = Path(__file__).resolve().parents[1] / "kernel_src"
+
+
+def load_kit(beta: float, average: str, tmp: Path) -> None:
+    """Import the kit as infer, metrics, train, validate here; for another F-beta than the kit's own, from a copy
+    whose metrics.py sets BETA and AVERAGE (import-time constants, the one edit a competitor makes)."""
+    if (beta, average) != (2.0, "samples"):
+        copy = tmp / "kit" / "kernel_src"
+        shutil.copytree(KIT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        text = (copy / "metrics.py").read_text()
+        edited = text.replace("BETA = 2.0", f"BETA = {beta!r}", 1)
+        edited = edited.replace('AVERAGE = "samples"', f"AVERAGE = {average!r}", 1)
+        if edited.count(f"BETA = {beta!r}") != 1 or f"AVERAGE = {average!r}" not in edited:
+            raise SystemExit("bench_defaults: kernel_src/metrics.py no longer reads BETA = 2.0 / AVERAGE = \"samples\"")
+        (copy / "metrics.py").write_text(edited)
+        sys.path.insert(0, str(copy.parent))
+    import importlib
+    for name in ("infer", "metrics", "train", "validate"):
+        globals()[name] = importlib.import_module(f"kernel_src.{name}")
 
 CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function of the image size giving one
     "defaults": {},
@@ -58,6 +79,8 @@ CONFIGS = {  # a mapping of kit sections merged over the defaults, or a function
     "bce": {"stages": [{"loss": "bce"}]}, "bce_smooth": {"stages": [{"loss": "bce", "label_smoothing": 0.1}]},
     "soft_f2": {"stages": [{"loss": {"bce": 1.0, "soft_fbeta": 1.0}}]},
     "focal_g1": {"stages": [{"loss": {"focal": {"weight": 1.0, "gamma": 1.0}}}]},
+    # for --average macro: focal plus a soft macro F1 (soft counts per label over the batch)
+    "soft_f1_macro": {"stages": [{"loss": {"focal": 1.0, "soft_fbeta": {"beta": 1.0, "average": "macro"}}}]},
     "focal_g05": {"stages": [{"loss": {"focal": {"weight": 1.0, "gamma": 0.5}}}]},
 }
 
@@ -79,10 +102,11 @@ def kit(size: int, epochs: int, extra: dict, folds: int, fold: int | None = None
 
 
 def test_f2(submission: Path, comp: gencomp.Competition) -> float:
-    sol = pd.read_csv(comp.solution_csv, dtype=str, keep_default_na=False).set_index("id")
-    sub = pd.read_csv(submission, dtype=str, keep_default_na=False).set_index("id").loc[sol.index]
-    n = len(comp.names)
-    return metrics.fbeta_score(gencomp.hot(sol["attribute_ids"], n), gencomp.hot(sub["attribute_ids"], n))
+    sol = pd.read_csv(comp.solution_csv, dtype=str, keep_default_na=False)
+    sol = sol.set_index(sol.columns[0])
+    sub = pd.read_csv(submission, dtype=str, keep_default_na=False).set_index(sol.index.name).loc[sol.index]
+    n, column = len(comp.names), sol.columns[0]  # attribute_ids (Predicted in HPA's layout)
+    return metrics.fbeta_score(gencomp.hot(sol[column], n), gencomp.hot(sub[column], n))
 
 
 # the kinds of gencomp.py, and `digits`: the demo's generator (packager/democomp.py, 32 px, RGB)
@@ -112,7 +136,7 @@ def mount(tmp: Path, comp: gencomp.Competition, slug: str) -> Path:
 
 # --pretrained: weights learnt on another kind's task stand in for ImageNet's (features, not these labels)
 PRETRAIN_SOURCE = {"shapes": "longtail", "longtail": "shapes", "noisy": "longtail", "digits": "longtail",
-                   "scenes": "shapes"}
+                   "scenes": "shapes", "cells": "shapes"}  # cells: the first conv adapted from 3 channels to 4
 
 
 def pretrained_weights(tmp: Path, kind: str, epochs: int) -> Path:
@@ -130,6 +154,7 @@ def pretrained_weights(tmp: Path, kind: str, epochs: int) -> Path:
 def run_one(tmp: Path, comp: gencomp.Competition, slug: str, size: int, epochs: int, extra: dict,
             folds: int = 2) -> dict:
     root = mount(tmp, comp, slug)
+    extra = {**extra, "data": {**comp.kit_data, **extra.get("data", {})}}  # the layout's columns and channels
     quiet = lambda s: None  # noqa: E731
     runs = tmp / "runs"
     shutil.rmtree(runs, ignore_errors=True)
@@ -187,10 +212,15 @@ def main() -> None:
     ap.add_argument("--pretrained", action="store_true",
                     help="start every run from weights trained on another kind's competition (PRETRAIN_SOURCE)")
     ap.add_argument("--model", default=MODEL, help="a timm architecture, from scratch (or --pretrained)")
+    ap.add_argument("--beta", type=float, default=2.0, help="the metric's beta (kernel_src/metrics.py BETA)")
+    ap.add_argument("--average", default="samples", choices=("samples", "macro", "micro"),
+                    help="how the metric averages F-beta (kernel_src/metrics.py AVERAGE)")
     a = ap.parse_args()
     globals()["MODEL"] = a.model
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="kpack-defaults-"))
+    load_kit(a.beta, a.average, tmp)
+    print(f"scores (test_f2, cv, ...) are the kit's {metrics.NAME}", flush=True)
     results: dict[str, dict[str, dict]] = {}
     started = time.time()
     seeds, names = [int(s) for s in a.seeds.split(",")], a.configs.split(",")

@@ -10,23 +10,28 @@ Kinds:
   scenes    made after the kit's defaults were chosen, to check them out of sample: sky::{day,dusk,night} and
             ground::{grass,sand,water,rock} (exactly one of each: the top and bottom of the image) and eight
             object:: labels, each present on its own with a frequency from 0.45 down to 0.03, 56 px
+  cells     the Human Protein Atlas' layout and task (HPA 2018, scored by macro F1): four grey PNGs per image,
+            `{Id}_{red,green,blue,yellow}.png`; blue nuclei, red and yellow clutter, and the green protein's
+            location::{nucleoplasm,cytosol,...} (1-3 of eight, 0.40 down to 0.04) readable only against the
+            nuclei; train.csv `Id,Target` (label numbers), no labels.csv, sample_submission `Id,Predicted`, 48 px
 
 Layout (as packager/democomp.py): out/data/{train.csv,labels.csv,sample_submission.csv,train/,test/},
 out/solution.csv (id,attribute_ids,Usage; hidden, outside data/), and out/train_clean.csv (the uncorrupted train
-labels, for checking the noise rate). One numpy Generator per seed: the same seed gives byte-identical files.
+labels, for checking the noise rate); `cells` has HPA's names instead, and Competition.kit_data says what
+kit.data needs for it. One numpy Generator per seed: the same seed gives byte-identical files.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-KINDS = ("shapes", "longtail", "noisy", "scenes")  # appended only: a kind's index seeds its generator
-SIZES = {"shapes": 40, "longtail": 32, "noisy": 48, "scenes": 56}
+KINDS = ("shapes", "longtail", "noisy", "scenes", "cells")  # appended only: a kind's index seeds its generator
+SIZES = {"shapes": 40, "longtail": 32, "noisy": 48, "scenes": 56, "cells": 48}
 SHAPES = ["circle", "square", "triangle", "cross", "ring", "bar"]
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240), "yellow": (230, 220, 40),
            "white": (240, 240, 240)}
@@ -41,6 +46,11 @@ OBJECTS = {  # name: (shape drawn, colour, frequency)
     "house": ("square", (170, 60, 40), 0.25), "cloud": ("ring", (245, 245, 245), 0.15),
     "boat": ("bar", (140, 80, 30), 0.10), "flag": ("cross", (220, 30, 30), 0.06),
     "kite": ("triangle", (230, 60, 200), 0.04), "lamp": ("circle", (250, 250, 170), 0.03)}
+LOCATIONS = {"nucleoplasm": 0.40, "cytosol": 0.30, "nucleoli": 0.15, "nuclear_membrane": 0.12,
+             "plasma_membrane": 0.10, "mitochondria": 0.08, "centrosome": 0.05, "aggresome": 0.04}
+CHANNEL_FILES = ("red", "green", "blue", "yellow")
+HPA_DATA = {"id_column": "Id", "labels_column": "Target", "labels_csv": None, "channel_files": list(CHANNEL_FILES),
+            "channels": len(CHANNEL_FILES)}
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,14 @@ class Competition:
     solution_csv: Path
     train_clean_csv: Path
     names: list[str]
+    kit_data: dict = field(default_factory=dict)  # kit.data settings this layout needs (cells: HPA's)
 
 
 def label_names(kind: str) -> list[str]:
     if kind == "longtail":
         return [f"texture::{t}" for t in TEXTURES]
+    if kind == "cells":
+        return [f"location::{name}" for name in LOCATIONS]
     if kind == "scenes":
         return [f"sky::{k}" for k in SKIES] + [f"ground::{g}" for g in GROUNDS] + [f"object::{o}" for o in OBJECTS]
     return [f"shape::{s}" for s in SHAPES] + [f"colour::{c}" for c in COLOURS]
@@ -148,6 +161,50 @@ def _scenes_image(size: int, rng: np.random.Generator) -> tuple[Image.Image, lis
     return image, labels
 
 
+def _cells_image(size: int, rng: np.random.Generator) -> tuple[list[Image.Image], list[int]]:
+    """red, green, blue, yellow planes of one field of cells: the green pattern's place against the blue nuclei
+    is the label; red (filaments) and yellow (a haze around the nuclei) are clutter."""
+    planes = {c: Image.new("L", (size, size), int(rng.integers(0, 20))) for c in CHANNEL_FILES}
+    draw = {c: ImageDraw.Draw(planes[c]) for c in CHANNEL_FILES}
+    cells = []
+    for _ in range(int(rng.integers(1, 3))):
+        r = int(rng.integers(size // 10, size // 6 + 1))
+        x, y = (int(v) for v in rng.integers(2 * r, size - 2 * r + 1, 2))
+        cells.append((x, y, r))
+        draw["yellow"].ellipse((x - 2 * r, y - 2 * r, x + 2 * r, y + 2 * r), fill=int(rng.integers(60, 120)))
+        draw["blue"].ellipse((x - r, y - r, x + r, y + r), fill=int(rng.integers(150, 255)))
+    for _ in range(int(rng.integers(2, 6))):
+        draw["red"].line([tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2)],
+                         fill=int(rng.integers(100, 220)), width=1)
+    labels = [j for j, freq in enumerate(LOCATIONS.values()) if rng.random() < freq][:3] or [0]
+    g, names = draw["green"], list(LOCATIONS)
+    for j in labels:
+        bright = int(rng.integers(140, 256))
+        for x, y, r in cells:
+            box = lambda k: (x - k, y - k, x + k, y + k)  # noqa: E731
+            if names[j] == "nucleoplasm":
+                g.ellipse(box(r), fill=bright)
+            elif names[j] == "cytosol":
+                g.ellipse(box(2 * r), outline=bright, width=max(2, r // 2))
+            elif names[j] == "nucleoli":
+                for dx, dy in rng.integers(-r // 2, r // 2 + 1, (2, 2)):
+                    g.ellipse((x + dx - 1, y + dy - 1, x + dx + 1, y + dy + 1), fill=bright)
+            elif names[j] == "nuclear_membrane":
+                g.ellipse(box(r), outline=bright, width=1)
+            elif names[j] == "plasma_membrane":
+                g.ellipse(box(2 * r + 2), outline=bright, width=1)
+            elif names[j] == "mitochondria":
+                for _ in range(6):
+                    a, d = rng.uniform(0, 2 * np.pi), rng.uniform(1.2 * r, 2 * r)
+                    px, py = x + d * np.cos(a), y + d * np.sin(a)
+                    g.rectangle((px - 1, py, px + 1, py), fill=bright)
+            elif names[j] == "centrosome":
+                g.ellipse((x + r, y - 2, x + r + 3, y + 1), fill=bright)
+            else:  # aggresome: one large bright blob beside the nucleus
+                g.ellipse((x - 2 * r, y - 2 * r, x - r, y - r), fill=bright)
+    return [planes[c] for c in CHANNEL_FILES], labels
+
+
 def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=6)
@@ -167,6 +224,8 @@ def generate(out: Path, kind: str, *, seed: int = 0, n_train: int = 600, n_test:
     rng = np.random.default_rng([seed, KINDS.index(kind)])
     freq = 1.0 / np.arange(1, len(TEXTURES) + 1) ** 1.3  # Zipf: texture 0 common, the tail rare
     freq /= freq.sum()
+    hpa = kind == "cells"
+    id_col, label_col = ("Id", "Target") if hpa else ("id", "attribute_ids")
     data = Path(out) / "data"
     split_rows: dict[str, list[tuple[str, str]]] = {}
     for split, n in (("train", n_train), ("test", n_test)):
@@ -177,10 +236,16 @@ def generate(out: Path, kind: str, *, seed: int = 0, n_train: int = 600, n_test:
                 image, labels = _longtail_image(size, rng, freq)
             elif kind == "scenes":
                 image, labels = _scenes_image(size, rng)
+            elif hpa:
+                image, labels = _cells_image(size, rng)
             else:
                 image, labels = _shapes_image(size, 0.08 if kind == "noisy" else 0.0, rng)
             image_id = hashlib.sha1(f"gencomp:{kind}:{seed}:{split}:{i}".encode()).hexdigest()[:16]
-            (data / split / f"{image_id}.png").write_bytes(_png(image))
+            if hpa:
+                for name, plane in zip(CHANNEL_FILES, image):
+                    (data / split / f"{image_id}_{name}.png").write_bytes(_png(plane))
+            else:
+                (data / split / f"{image_id}.png").write_bytes(_png(image))
             rows.append((image_id, labels))
         split_rows[split] = rows
     train = []
@@ -191,14 +256,17 @@ def generate(out: Path, kind: str, *, seed: int = 0, n_train: int = 600, n_test:
             flip = np.where(hot, rng.random(len(names)) < MISSING, rng.random(len(names)) < SPURIOUS)
             labels = np.flatnonzero(hot ^ flip).tolist()
         train.append((image_id, " ".join(map(str, labels))))
-    _csv(data / "train.csv", "id,attribute_ids", train)
-    _csv(Path(out) / "train_clean.csv", "id,attribute_ids",
+    _csv(data / "train.csv", f"{id_col},{label_col}", train)
+    _csv(Path(out) / "train_clean.csv", f"{id_col},{label_col}",
          [(i, " ".join(map(str, labels))) for i, labels in split_rows["train"]])
-    _csv(data / "labels.csv", "attribute_id,attribute_name", list(enumerate(names)))
+    if not hpa:  # HPA ships no labels file: its label ids are the numbers in Target
+        _csv(data / "labels.csv", "attribute_id,attribute_name", list(enumerate(names)))
     test = split_rows["test"]
-    _csv(data / "sample_submission.csv", "id,attribute_ids", [(i, "0") for i, _ in test])
+    submission = "Predicted" if hpa else label_col
+    _csv(data / "sample_submission.csv", f"{id_col},{submission}", [(i, "0") for i, _ in test])
     public = np.zeros(len(test), bool)
     public[rng.permutation(len(test))[:len(test) // 2]] = True
-    _csv(Path(out) / "solution.csv", "id,attribute_ids,Usage",
+    _csv(Path(out) / "solution.csv", f"{id_col},{submission},Usage",
          [(i, " ".join(map(str, labels)), "Public" if p else "Private") for (i, labels), p in zip(test, public)])
-    return Competition(kind, data, Path(out) / "solution.csv", Path(out) / "train_clean.csv", names)
+    return Competition(kind, data, Path(out) / "solution.csv", Path(out) / "train_clean.csv", names,
+                       dict(HPA_DATA) if hpa else {})

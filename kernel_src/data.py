@@ -29,7 +29,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -75,10 +75,14 @@ class Labels:
         return cls(list(data["ids"]), list(data["names"]), {k: list(v) for k, v in data["groups"].items()})
 
 
+# One image: its file, or (kit.data.channel_files) one grey file per channel, stacked in that order
+ImageRef = Union[Path, tuple[Path, ...]]
+
+
 @dataclass
 class Table:
     ids: list[str]
-    paths: list[Path]
+    paths: list[ImageRef]
     targets: Optional[np.ndarray]   # (N, C) uint8 multi-hot, None for test images
     labels: Labels
 
@@ -155,8 +159,13 @@ def read_train(data: DataSettings, root: Path) -> Table:
         raise ValueError(f"kit.data: {data.train_csv} uses labels missing from {data.labels_csv}: "
                          f"{', '.join(sorted(unknown)[:5])}")
     targets = np.stack([labels.encode(tokens[i]) for i in ids]) if ids else np.zeros((0, len(labels)), np.uint8)
-    paths = [root / data.train_images / f"{i}{data.image_ext}" for i in ids]
-    return Table(ids, paths, targets, labels)
+    return Table(ids, image_refs(data, root / data.train_images, ids), targets, labels)
+
+
+def image_refs(data: DataSettings, folder: Path, ids: list[str]) -> list[ImageRef]:
+    if data.channel_files:
+        return [tuple(folder / f"{i}_{name}{data.image_ext}" for name in data.channel_files) for i in ids]
+    return [folder / f"{i}{data.image_ext}" for i in ids]
 
 
 def read_test(data: DataSettings, root: Path, labels: Optional[Labels] = None,
@@ -166,10 +175,10 @@ def read_test(data: DataSettings, root: Path, labels: Optional[Labels] = None,
     if sample.is_file():
         frame = pd.read_csv(sample, dtype=str, keep_default_na=False)
         ids = frame.iloc[:, 0].str.strip().tolist()
-    else:
-        ids = sorted(p.name[:-len(data.image_ext)] for p in (root / data.test_images).glob(f"*{data.image_ext}"))
-    paths = [root / data.test_images / f"{i}{data.image_ext}" for i in ids]
-    return Table(ids, paths, None, labels or read_labels(data, root))
+    else:  # an image's id is its file name less the extension (and the first channel file's suffix)
+        tail = (f"_{data.channel_files[0]}" if data.channel_files else "") + data.image_ext
+        ids = sorted(p.name[:-len(tail)] for p in (root / data.test_images).glob(f"*{tail}"))
+    return Table(ids, image_refs(data, root / data.test_images, ids), None, labels or read_labels(data, root))
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -196,10 +205,17 @@ def decode_scale(path: Path, reduce_to: Optional[int]) -> int:
     return next((s for s in (8, 4, 2) if short >= s * reduce_to), 1)
 
 
-def load_image(path: Path, channels: int = 3, reduce_to: Optional[int] = None) -> np.ndarray:
-    """uint8 H x W x channels (RGB), whatever the file holds (grey, RGB, RGBA). reduce_to: the size the caller
-    resizes to next; a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
-    scaling: cheaper than decoding in full, then the resize has less to do)."""
+def load_image(path: ImageRef, channels: int = 3, reduce_to: Optional[int] = None) -> np.ndarray:
+    """uint8 H x W x channels (RGB), whatever the file holds (grey, RGB, RGBA); a tuple of files (channel files):
+    each read as grey, stacked in order. reduce_to: the size the caller resizes to next; a JPEG at least twice as
+    large is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: cheaper than decoding in full, then the
+    resize has less to do)."""
+    if isinstance(path, tuple):
+        planes = [load_image(p, 1, reduce_to) for p in path]
+        if len({plane.shape for plane in planes}) > 1:
+            sizes = ", ".join(f"{p.name} {plane.shape[1]}x{plane.shape[0]}" for p, plane in zip(path, planes))
+            raise ValueError(f"channel files of one image differ in size: {sizes}")
+        return np.concatenate(planes, axis=2)
     scale = decode_scale(path, reduce_to)
     flag = _REDUCED[channels, scale] if scale > 1 else cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     image = cv2.imread(str(path), flag)
@@ -213,7 +229,7 @@ def load_image(path: Path, channels: int = 3, reduce_to: Optional[int] = None) -
 class ImageCache:
     """Every image resized once to size x size, in one uint8 memmap under the temp dir (not the output)."""
 
-    def __init__(self, paths: list[Path], size: int, channels: int, directory: Optional[Path] = None,
+    def __init__(self, paths: list[ImageRef], size: int, channels: int, directory: Optional[Path] = None,
                  reduced: bool = True):
         self.reduced = reduced  # reduced-size JPEG decode (kit.data.decode_scale), as ImageDataset does it
         if directory is None:
@@ -231,13 +247,14 @@ class ImageCache:
                 (directory / f"{key}.done").touch()
         self.array = np.memmap(self.file, dtype=np.uint8, mode="r", shape=self.shape)
 
-    def _build(self, paths: list[Path], size: int, channels: int) -> None:
+    def _build(self, paths: list[ImageRef], size: int, channels: int) -> None:
         array = np.memmap(self.file, dtype=np.uint8, mode="w+", shape=self.shape)
 
         def one(i: int) -> None:
             image = load_image(paths[i], channels, size if self.reduced else None)  # as the uncached pipeline
-            resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-            array[i] = resized.reshape(size, size, channels)
+            # cv2.resize takes at most 4 channels at once
+            array[i] = np.concatenate([cv2.resize(image[:, :, c:c + 4], (size, size), interpolation=cv2.INTER_AREA)
+                                       .reshape(size, size, -1) for c in range(0, channels, 4)], axis=2)
 
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # cv2 releases the GIL
             list(pool.map(one, range(len(paths))))
@@ -257,7 +274,7 @@ def sample_generators(seed: int, epoch: int, index: int) -> tuple[np.random.Gene
 class ImageDataset(Dataset):
     """Items are (image uint8 C x H x W, target float32 [C] or empty, index), keyed by (epoch, index) or index."""
 
-    def __init__(self, paths: list[Path], targets: Optional[np.ndarray] = None,
+    def __init__(self, paths: list[ImageRef], targets: Optional[np.ndarray] = None,
                  transform: Optional[Callable] = None, *, seed: int = 0, channels: int = 3,
                  cache: Optional[ImageCache] = None):
         self.paths, self.targets, self.transform = list(paths), targets, transform

@@ -191,7 +191,7 @@ def _network(model: TrainedModel, device: torch.device) -> torch.nn.Module:
     return net.to(device).eval()
 
 
-def _loader(model: TrainedModel, paths: list[Path], ev: EvalSettings, kit: settings.KitSettings, device):
+def _loader(model: TrainedModel, paths: list[data.ImageRef], ev: EvalSettings, kit: settings.KitSettings, device):
     mk = model.kit
     sampler = data.EpochBatchSampler(len(paths), ev.infer.batch_size, mk.seed, shuffle=False, drop_last=False)
     if mk.data.decode == "device":  # decoded as trained: on this device, as the training's validation was
@@ -208,7 +208,7 @@ def _autocast(device: torch.device, kit: settings.KitSettings):
     return torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
 
 
-def predict(model: TrainedModel, paths: list[Path], tta_names: list[str], ev: EvalSettings,
+def predict(model: TrainedModel, paths: list[data.ImageRef], tta_names: list[str], ev: EvalSettings,
             kit: settings.KitSettings) -> np.ndarray:
     """TTA probabilities (rows: `paths`, columns: the model's labels) from one trained model; frees its state."""
     device = models.device_for(0)
@@ -307,7 +307,7 @@ def _time_writing(working: Path, rows: int, labels: data.Labels, rule: Rule, met
 
 
 def make_plan(config: dict, kit: settings.KitSettings, ev: EvalSettings, groups: dict[str, list[TrainedModel]],
-              paths: list[Path], weights: list[float] | None, write_s: float) -> planner.Plan:
+              paths: list[data.ImageRef], weights: list[float] | None, write_s: float) -> planner.Plan:
     """Time PLAN_WARMUP + plan_batches batches of each member's first model with the TTA views, on the test
     images the run reads first, and predict the whole run."""
     device = models.device_for(0)

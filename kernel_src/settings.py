@@ -41,6 +41,7 @@ RUNTIME = {"runtime": True}  # field metadata: may change between sessions witho
 # field metadata of the optional techniques: hashed only when set, so runs without them keep their old hash
 OPTIONAL = {"optional": True}
 DEVICE_PIPELINES = ("none", "light")  # the augmentations kit.data.decode: device offers (gpudecode.py)
+COLOUR_PIPELINES = ("heavy",)  # augment.py's pipelines with a hue shift: 1 or 3 channels only
 
 
 class SettingsError(ValueError):
@@ -60,8 +61,11 @@ class DataSettings:
     train_images: str = "train"             # folder of training images, relative to root
     test_images: str = "test"
     image_ext: str = ".png"
+    # one grey file per channel (Human Protein Atlas: [red, green, blue, yellow]): an image is the files
+    # `{id}_{name}{image_ext}` stacked in this order, and channels is their count
+    channel_files: list[str] = field(default_factory=list, metadata=OPTIONAL)
     image_size: int = 64
-    channels: Literal[1, 3] = 3
+    channels: int = 3                       # 1 (grey) or 3 (RGB); with channel_files, their count
     folds: int = 5
     fold: int = 0                           # the validation fold; -1 trains on everything, no validation
     # a stratified share of the rows no fold trains on: validate scores the whole submission (every member's
@@ -334,6 +338,15 @@ def _check(obj: Any, where: str) -> None:
         need(obj.image_ext.startswith("."), "image_ext", "expected an extension with its dot, e.g. '.png'")
         need(all(n >= 8 for n in obj.train_sizes), "train_sizes", "expected sizes of at least 8")
         need(0 <= obj.holdout <= 0.5, "holdout", "expected 0 (off) or a share of the rows up to 0.5, e.g. 0.1")
+        if obj.channel_files:
+            need(len(set(obj.channel_files)) == len(obj.channel_files) and all(obj.channel_files), "channel_files",
+                 "expected distinct file-name suffixes, e.g. [red, green, blue, yellow]")
+            need(obj.channels == len(obj.channel_files), "channels",
+                 f"expected {len(obj.channel_files)}, one per channel file (channel_files: {obj.channel_files})")
+            need(obj.decode == "workers", "decode", "device decoding reads one file per image; use decode: workers "
+                 "with channel_files")
+        else:
+            need(obj.channels in (1, 3), "channels", "expected 1 (grey) or 3 (RGB); more need channel_files")
         if obj.decode == "device":
             need(obj.image_ext.lower() in (".jpg", ".jpeg"), "decode",
                  f"device decoding reads JPEG files only (image_ext is {obj.image_ext!r}); use decode: workers")
@@ -391,6 +404,10 @@ def _check(obj: Any, where: str) -> None:
         need(obj.log_every_steps >= 1, "log_every_steps", "expected 1 or more")
         for part in ("train", "valid"):
             name = getattr(obj.augment, part)
+            if obj.data.channels not in (1, 3) and name in COLOUR_PIPELINES:
+                raise SettingsError(f"{where}.augment.{part}: {name} shifts hue and saturation, which needs 1 or 3 "
+                                    f"channels (data.channels is {obj.data.channels}); choose none, light, affine "
+                                    "or medium")
             if obj.data.decode == "device" and name not in DEVICE_PIPELINES:
                 raise SettingsError(f"{where}.data.decode: device decoding supports the none and light pipelines; "
                                     f"use decode: workers for {name} ({where}.augment.{part})")

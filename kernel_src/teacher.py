@@ -142,7 +142,7 @@ def pseudo_targets(probs: np.ndarray, weight: float) -> np.ndarray:
 
 @dataclass
 class Taught:
-    paths: list[Path]          # the table's paths, then the pseudo rows' test images
+    paths: list             # data.ImageRef: the table's paths, then the pseudo rows' test images
     rows: np.ndarray           # the training rows, indices into paths
     targets: np.ndarray        # float32 targets of `rows`
     sha256: list[str]          # the files', in (oof, test) order

@@ -76,3 +76,39 @@ def test_noisy_train_labels_are_corrupted_at_the_set_rates(tmp_path):
 def test_unknown_kind_is_refused(tmp_path):
     with pytest.raises(ValueError, match="kind must be one of"):
         gencomp.generate(tmp_path, "stars")
+
+
+def test_cells_is_hpas_layout_and_the_kit_trains_validates_and_infers_it(tmp_path, monkeypatch):
+    """Four grey PNGs per image, `Id,Target` without labels.csv, `Id,Predicted`: kit.data's channel_files and
+    column names read it (Competition.kit_data), the model sees 4 channels, and the submission is HPA's."""
+    import shutil
+
+    from kernel_src import infer, validate
+    from kit_support import final_weights, train_in_process
+    from packager.localkaggle.scoring import score_submission
+
+    comp = gencomp.generate(tmp_path / "c", "cells", seed=0, n_train=24, n_test=8, image_size=24)
+    train_csv = pd.read_csv(comp.data_dir / "train.csv", dtype=str)
+    assert list(train_csv.columns) == ["Id", "Target"] and not (comp.data_dir / "labels.csv").exists()
+    assert sorted(p.name for p in (comp.data_dir / "train").iterdir()) == sorted(
+        f"{i}_{c}.png" for i in train_csv["Id"] for c in gencomp.CHANNEL_FILES)
+    kit = {"data": {**comp.kit_data, "image_size": 24, "folds": 2, "num_workers": 0},
+           "model": {"name": "test_resnet"}, "stages": [{"epochs": 1}], "log_every_steps": 1000}
+    config = lambda fold=None: {"competition": "gen-cells", "kaggle_user": "kpack", "kernels": {},  # noqa: E731
+                                "kit": {**kit, "data": {**kit["data"], **({} if fold is None else {"fold": fold})}}}
+    runs = train_in_process(tmp_path, comp.data_dir, "gen-cells", {"f0": config(0), "f1": config(1)})
+    first_conv = next(v for v in final_weights(runs / "f0").values() if v.ndim == 4)
+    assert first_conv.shape[1] == 4
+    root = tmp_path / "kaggle"
+    (root / "input" / "competitions").mkdir(parents=True)
+    (root / "input" / "competitions" / "gen-cells").symlink_to(comp.data_dir)
+    for name in ("f0", "f1"):
+        shutil.copytree(runs / name, root / "input" / "notebooks" / "kpack" / f"train-{name}")
+    monkeypatch.setenv("KPACK_KAGGLE_ROOT", str(root))
+    assert validate.run(config(), working=root / "input" / "notebooks" / "kpack" / "validate")["rows"] == 24
+    submission = infer.run(config(), working=root / "working")
+    written = pd.read_csv(submission, dtype=str, keep_default_na=False)
+    assert list(written.columns) == ["Id", "Predicted"]
+    assert written["Id"].tolist() == pd.read_csv(comp.data_dir / "sample_submission.csv", dtype=str)["Id"].tolist()
+    score = score_submission(submission.read_bytes(), comp.solution_csv, "f1-macro")
+    assert 0 <= score.public <= 1 and 0 <= score.private <= 1

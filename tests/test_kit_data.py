@@ -292,3 +292,78 @@ def test_decode_scale_is_validated_and_hashed_only_when_off():
     base = settings.training_hash(settings.parse({}))
     assert settings.training_hash(settings.parse({"data": {"decode_scale": "auto"}})) == base
     assert settings.training_hash(settings.parse({"data": {"decode_scale": "off"}})) != base
+
+
+def _channel_files(root, ids, names, shape=(30, 40)):
+    """One grey PNG per (id, channel name), each plane a known ramp plus the channel's own offset."""
+    rng = np.random.default_rng(7)
+    planes = {}
+    for i in ids:
+        for c, name in enumerate(names):
+            planes[i, name] = (rng.integers(0, 200, shape) + c * 10).astype(np.uint8)
+            _write_grey(root / "train" / f"{i}_{name}.png", planes[i, name])
+    return planes
+
+
+def _write_grey(path, plane):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), plane)
+
+
+def test_channel_files_stack_one_grey_file_per_channel_in_their_order(tmp_path):
+    """HPA's layout: `{Id}_{red,green,blue,yellow}.png` make one 4-channel image, channel k from file k; five
+    files too (the cache resizes 4 channels at a time), cached as uncached."""
+    for names in (["red", "green", "blue", "yellow"], ["b1", "b2", "b3", "b4", "b5"]):
+        root = tmp_path / str(len(names))
+        planes = _channel_files(root, ["a", "b"], names)
+        (root / "train.csv").write_text("Id,Target\na,0 2\nb,1\n")
+        kit = settings.parse({"data": {"root": str(root), "labels_csv": None, "id_column": "Id",
+                                       "labels_column": "Target", "channel_files": names, "channels": len(names)}})
+        table = data.read_train(kit.data, root)
+        assert table.paths[1] == tuple(root / "train" / f"b_{n}.png" for n in names)
+        raw = data.load_image(table.paths[1], len(names))
+        assert raw.shape == (30, 40, len(names))
+        for c, name in enumerate(names):
+            assert np.array_equal(raw[:, :, c], planes["b", name]), name
+        plain = data.ImageDataset(table.paths, table.targets, augment.build("none", 16), channels=len(names))
+        cache = data.ImageCache(table.paths, 16, len(names), tmp_path / f"cache{len(names)}")
+        cached = data.ImageDataset(table.paths, table.targets, augment.build("none", 16), cache=cache)
+        assert plain[0][0].shape == (len(names), 16, 16) and torch.equal(plain[0][0], cached[0][0])
+        light = data.ImageDataset(table.paths, table.targets, augment.build("medium", 16), channels=len(names))
+        assert light[1][0].shape == (len(names), 16, 16)
+    # no sample_submission: the test ids are the first channel file's names less its suffix
+    for i in ("t2", "t1"):
+        for name in ("red", "green", "blue", "yellow"):
+            _write_grey(tmp_path / "4" / "test" / f"{i}_{name}.png", np.zeros((8, 8), np.uint8))
+    kit = settings.parse({"data": {"root": str(tmp_path / "4"), "channel_files": ["red", "green", "blue", "yellow"],
+                                   "channels": 4}})
+    assert data.read_test(kit.data, tmp_path / "4", table.labels).ids == ["t1", "t2"]
+
+
+def test_a_missing_or_odd_sized_channel_file_is_one_line(tmp_path):
+    _channel_files(tmp_path, ["a"], ["red", "green"])
+    ref = (tmp_path / "train" / "a_red.png", tmp_path / "train" / "a_green.png")
+    _write_grey(ref[1], np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"^channel files of one image differ in size: a_red.png 40x30, "
+                                         r"a_green.png 10x10$"):
+        data.load_image(ref, 2)
+    ref[1].unlink()
+    with pytest.raises(FileNotFoundError, match=r"^cannot read image .*a_green.png$"):
+        data.load_image(ref, 2)
+
+
+@pytest.mark.parametrize("kit,message", [
+    ({"data": {"channel_files": ["red", "green", "blue", "yellow"]}},
+     r"kit.data.channels: expected 4, one per channel file \(channel_files: \['red', 'green', 'blue', 'yellow'\]\)"
+     r" \(got 3\)"),
+    ({"data": {"channels": 4}}, r"kit.data.channels: expected 1 \(grey\) or 3 \(RGB\); more need channel_files"),
+    ({"data": {"channel_files": ["red", "red"], "channels": 2}}, r"kit.data.channel_files: expected distinct"),
+    ({"data": {"channel_files": ["r", "g"], "channels": 2, "decode": "device", "image_ext": ".jpg"}},
+     r"kit.data.decode: device decoding reads one file per image"),
+    ({"data": {"channel_files": ["r", "g"], "channels": 2}, "augment": {"train": "heavy"}},
+     r"kit.augment.train: heavy shifts hue and saturation, which needs 1 or 3 channels \(data.channels is 2\)"),
+])
+def test_channel_files_settings_are_checked_in_one_line(kit, message):
+    with pytest.raises(settings.SettingsError, match=message):
+        settings.parse(kit)
+    assert "channel_files" not in settings._hashed(settings.parse({}).data)  # older runs keep their hash
