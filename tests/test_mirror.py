@@ -156,8 +156,8 @@ def test_mirror_with_named_columns_and_a_missing_image(tmp_path):
     assert done.stdout.splitlines()[0].endswith(
         "(id image_id, label label: single-label, scored by accuracy); train 32 rows, test 8 (4 public, 4 private), "
         "39 files from train_images/")
-    assert done.stdout.splitlines()[1] == ("note: 1 sampled rows have no file in train_images/; their kernels' "
-                                           "inputs lack it too")
+    assert done.stdout.splitlines()[1] == ("note: 1 files of the sampled rows are not in train_images/; their "
+                                           "kernels' inputs lack them too")
     comp = tmp_path / "r" / "competitions" / "named-mirror"
     assert list(table(comp / "data" / "sample_submission.csv")[0]) == ["image_id", "label"]
     assert list(table(comp / "data" / "train.csv")[0]) == ["image_id", "source", "label"]
@@ -165,6 +165,44 @@ def test_mirror_with_named_columns_and_a_missing_image(tmp_path):
     assert missing.stderr.splitlines() == [
         f"error: {data}: cannot tell the label column (train.csv has columns image_id,source,label); pass "
         "--label-column NAME (one column; the local scorer takes one label column)"]
+
+
+def make_hpa(folder: Path, n: int = 40) -> Path:
+    """A Human-Protein-Atlas-like download: `Id,Target`, four grey PNGs per image (`<Id>_red.png` ...)."""
+    (folder / "train").mkdir(parents=True)
+    (folder / "test").mkdir()
+    rows = []
+    for i in range(n):
+        image_id = f"{i:04d}-ab{i % 7}"
+        rows.append(f"{image_id},{i % 5}{' 7' if i % 3 == 0 else ''}")
+        for channel in ("red", "green", "blue", "yellow"):
+            (folder / "train" / f"{image_id}_{channel}.png").write_bytes(f"\x89PNG {image_id} {channel}".encode())
+    (folder / "train" / "notes.txt").write_text("a stray file")
+    (folder / "test" / "9999-zz_red.png").write_bytes(b"\x89PNG real test")
+    (folder / "train.csv").write_text("Id,Target\n" + "\n".join(rows) + "\n")
+    (folder / "sample_submission.csv").write_text("Id,Predicted\n9999-zz,0\n")
+    return folder
+
+
+def test_mirror_of_one_file_per_channel_takes_every_channel(tmp_path):
+    data = make_hpa(tmp_path / "hpa")
+    (data / "train" / "0003-ab3_yellow.png").unlink()
+    done = mirror(tmp_path / "r", "hpa-mirror", data, "--sample", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].endswith("test 8 (4 public, 4 private), 159 files from train/")
+    assert done.stdout.splitlines()[1].startswith("note: 1 files of the sampled rows are not in train/")
+    comp = tmp_path / "r" / "competitions" / "hpa-mirror" / "data"
+    test_ids = [r["Id"] for r in table(comp.parent / "solution.csv")]
+    assert sorted(p.name for p in (comp / "test").iterdir()) == sorted(
+        f"{i}_{c}.png" for i in test_ids for c in ("red", "green", "blue", "yellow") if f"{i}_{c}" != "0003-ab3_yellow")
+    assert [r["Id"] for r in table(comp / "sample_submission.csv")] == test_ids
+    # train.csv says Target, a submission Predicted: the solution takes the submission's name, and scores one
+    from packager.localkaggle.scoring import score_submission
+    assert list(table(comp.parent / "solution.csv")[0]) == ["Id", "Predicted", "Usage"]
+    assert "(id Id, label Target: multi-label" in done.stdout
+    truth = {r["Id"]: r["Predicted"] for r in table(comp.parent / "solution.csv")}
+    perfect = "Id,Predicted\n" + "".join(f"{i},{truth[i]}\n" for i in test_ids)
+    assert score_submission(perfect.encode(), comp.parent / "solution.csv", "f1-macro").public == 1.0
 
 
 def _add_source(line: str, i: int) -> str:

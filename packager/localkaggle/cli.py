@@ -224,8 +224,8 @@ def competition_mirror(slug: str, data_dir: str, sample: int, seed: int, test_fr
                f"{made.public_rows + made.private_rows} ({made.public_rows} public, {made.private_rows} private)"
                f"{files}")
     if made.missing:
-        click.echo(f"note: {made.missing} sampled rows have no file in {made.folder}/; their kernels' inputs lack "
-                   "it too")
+        click.echo(f"note: {made.missing} files of the sampled rows are not in {made.folder}/; their kernels' "
+                   "inputs lack them too")
     if made.skipped:
         click.echo(f"note: left out of the mirror: {', '.join(made.skipped)} (not named by train.csv's ids)")
 

@@ -47,7 +47,7 @@ class Mirrored:
     public_rows: int
     private_rows: int
     files: int  # data files of the sampled rows (images)
-    missing: int  # sampled rows without one
+    missing: int  # files of the sampled rows that are not there
     folder: str | None  # the real train folder they came from
     skipped: list[str]  # top-level folders of the download left out
 
@@ -73,14 +73,20 @@ def write_table(path: Path, header: list[str], rows: list[list[str]]) -> None:
 # --------------------------------------------------------------------------------------------- columns
 
 def pick_columns(train: Table, sample: Table | None, id_column: str | None, label_column: str | None,
-                 where: Path) -> tuple[str, str]:
-    """The id and label columns: as given, else the sample submission's (id first, one target), else train's
-    only pair of columns."""
+                 where: Path) -> tuple[str, str, str]:
+    """The id and label columns, and the label's name in a submission: as given, else the sample submission's
+    (id first, one target), else train's only pair of columns. A submission may name the label otherwise than
+    train.csv (HPA 2018: `Target` in train, `Predicted` in the submission): then train's one other column is the
+    label and the solution takes the submission's name."""
     wanted = sample.header if sample is not None else train.header
     id_column = id_column or (wanted[0] if wanted else None)
+    answers = [h for h in wanted if h != id_column]
+    answer = answers[0] if sample is not None and len(answers) == 1 and answers[0] not in train.header else None
     if label_column is None:
-        others = [h for h in wanted if h != id_column]
-        label_column = others[0] if len(others) == 1 else None
+        rest = [h for h in train.header if h != id_column]
+        label_column = answers[0] if len(answers) == 1 else None
+        if answer is not None and len(rest) == 1:
+            label_column = rest[0]
         if label_column is None:
             what = f"{SAMPLE_CSV} has columns {','.join(wanted)}" if sample is not None else \
                 f"{TRAIN_CSV} has columns {','.join(train.header)}"
@@ -93,7 +99,7 @@ def pick_columns(train: Table, sample: Table | None, id_column: str | None, labe
     if id_column == label_column:
         raise UserError(f"{where}: the id and label columns are both {id_column!r}; pass --id-column and "
                         "--label-column")
-    return id_column, label_column
+    return id_column, label_column, answer or label_column
 
 
 def label_kind(values: list[str]) -> str:
@@ -148,25 +154,34 @@ def stratified_split(keys: list[str], rows: list[int], count: int, rng: random.R
 
 # --------------------------------------------------------------------------------------------- files
 
-def find_image_folder(data: Path, ids: list[str]) -> tuple[Path | None, str]:
-    """The folder under `data` whose files are named by the ids (`<id>` or `<id>.<ext>`) and the suffix to add
-    to an id ('' when ids carry their extension): the one holding most of them, if that is at least half."""
-    wanted, best = set(ids), (0, None, "")
+def find_image_folder(data: Path, ids: list[str]) -> tuple[Path | None, list[str]]:
+    """The folder under `data` whose files are named by the ids and the suffixes that make an id a file name:
+    [''] when ids carry their extension, ['.png'] for `<id>.png`, or one per channel for one file per channel
+    (`<id>_red.png`, `<id>_green.png`, ... as the Human Protein Atlas): the folder holding most ids, if at
+    least half."""
+    wanted, best = set(ids), (0, None, [""])
     for folder, _, names in os.walk(data):
         if Path(folder) == data:
             continue
-        by_name, by_stem = 0, Counter()
+        by_name, by_stem, by_channel = 0, Counter(), Counter()
         for name in names:
             if name in wanted:
                 by_name += 1
             stem, dot, ext = name.rpartition(".")
             if dot and stem in wanted:
                 by_stem["." + ext] += 1
+            base, underscore, channel = stem.rpartition("_")
+            if dot and underscore and base in wanted:
+                by_channel[f"_{channel}.{ext}"] += 1
         suffix, hits = by_stem.most_common(1)[0] if by_stem else ("", 0)
-        score, choice = (by_name, "") if by_name >= hits else (hits, suffix)
+        channels = by_channel.most_common(1)[0][1] if by_channel else 0
+        if channels > max(by_name, hits):  # every channel most ids have; a stray suffix is left out
+            score, choice = channels, sorted(s for s, n in by_channel.items() if n * 2 >= channels)
+        else:
+            score, choice = (by_name, [""]) if by_name >= hits else (hits, [suffix])
         if score > best[0]:
             best = (score, Path(folder), choice)
-    return (best[1], best[2]) if best[0] * 2 >= len(wanted) else (None, "")
+    return (best[1], best[2]) if best[0] * 2 >= len(wanted) else (None, [""])
 
 
 def test_folder_of(train_folder: str) -> str:
@@ -197,7 +212,7 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
                         "`kaggle competitions download -c SLUG`")
     train = read_table(data / TRAIN_CSV)
     sample_table = read_table(data / SAMPLE_CSV) if (data / SAMPLE_CSV).is_file() else None
-    id_column, label_column = pick_columns(train, sample_table, id_column, label_column, data)
+    id_column, label_column, answer_column = pick_columns(train, sample_table, id_column, label_column, data)
     at_id, at_label = train.column(id_column), train.column(label_column)
     rows = [r for r in train.rows if len(r) == len(train.header)]
     if len(rows) != len(train.rows):
@@ -227,7 +242,7 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
     out_data = out / "data"
     out_data.mkdir(parents=True)
     write_table(out_data / TRAIN_CSV, train.header, kept)
-    write_table(out / "solution.csv", [id_column, label_column, "Usage"],
+    write_table(out / "solution.csv", [id_column, answer_column, "Usage"],
                 [[r[at_id].strip(), r[at_label].strip(), u] for r, u in zip(test, usage)])
     test_ids = [r[at_id].strip() for r in test]
     if sample_table is not None:
@@ -247,7 +262,7 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
                             "makes its test.csv from training rows")
         write_table(out_data / TEST_CSV, real.header, [[r[train.column(h)] for h in real.header] for r in test])
 
-    folder, suffix = find_image_folder(data, ids)
+    folder, suffixes = find_image_folder(data, ids)
     files, missing, skipped = 0, 0, []
     image_parts: set[Path] = set()
     if folder is not None:
@@ -256,12 +271,12 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
         image_parts = {data / rel.parts[0], data / test_rel.parts[0]}
         for target, chunk in ((rel, kept), (test_rel, test)):
             for row in chunk:
-                name = row[at_id].strip() + suffix
-                if (folder / name).is_file():
-                    place(folder / name, out_data / target / name)
-                    files += 1
-                else:
-                    missing += 1
+                for name in (row[at_id].strip() + suffix for suffix in suffixes):
+                    if (folder / name).is_file():
+                        place(folder / name, out_data / target / name)
+                        files += 1
+                    else:
+                        missing += 1
     for entry in sorted(data.iterdir()):
         if entry.name in (TRAIN_CSV, TEST_CSV, SAMPLE_CSV) or entry in image_parts:
             continue
