@@ -159,13 +159,25 @@ def read_train(data: DataSettings, root: Path) -> Table:
         raise ValueError(f"kit.data: {data.train_csv} uses labels missing from {data.labels_csv}: "
                          f"{', '.join(sorted(unknown)[:5])}")
     targets = np.stack([labels.encode(tokens[i]) for i in ids]) if ids else np.zeros((0, len(labels)), np.uint8)
-    return Table(ids, image_refs(data, root / data.train_images, ids), targets, labels)
+    return Table(ids, image_refs(data, root, "train_images", ids, data.train_csv), targets, labels)
 
 
-def image_refs(data: DataSettings, folder: Path, ids: list[str]) -> list[ImageRef]:
+def image_refs(data: DataSettings, root: Path, images: str, ids: list[str], listed_in: str) -> list[ImageRef]:
+    """Each id's image file (or channel files) in the folder `data.<images>` names. The first id's must exist: a
+    layout the settings misread (image_ext, the images folder, channel_files) stops here in one line, not in a
+    loader worker."""
+    folder = root / getattr(data, images)
     if data.channel_files:
-        return [tuple(folder / f"{i}_{name}{data.image_ext}" for name in data.channel_files) for i in ids]
-    return [folder / f"{i}{data.image_ext}" for i in ids]
+        refs = [tuple(folder / f"{i}_{name}{data.image_ext}" for name in data.channel_files) for i in ids]
+    else:
+        refs = [folder / f"{i}{data.image_ext}" for i in ids]
+    gone = [p for p in (refs[0] if refs and isinstance(refs[0], tuple) else refs[:1]) if not p.is_file()]
+    if gone:
+        seen = os.listdir(folder)[:1] if folder.is_dir() else []  # the failure's path only: a listing is fine
+        there = f"{folder.name}/ holds e.g. {seen[0]}" if seen else f"{folder} is missing or empty"
+        raise FileNotFoundError(f"kit.data: no file {folder.name}/{gone[0].name} for {listed_in}'s first id "
+                                f"{ids[0]!r} ({there}); check kit.data.{images}, image_ext and channel_files")
+    return refs
 
 
 def read_test(data: DataSettings, root: Path, labels: Optional[Labels] = None,
@@ -178,7 +190,9 @@ def read_test(data: DataSettings, root: Path, labels: Optional[Labels] = None,
     else:  # an image's id is its file name less the extension (and the first channel file's suffix)
         tail = (f"_{data.channel_files[0]}" if data.channel_files else "") + data.image_ext
         ids = sorted(p.name[:-len(tail)] for p in (root / data.test_images).glob(f"*{tail}"))
-    return Table(ids, image_refs(data, root / data.test_images, ids), None, labels or read_labels(data, root))
+    listed_in = submission_csv if sample.is_file() else data.test_images + "/"
+    return Table(ids, image_refs(data, root, "test_images", ids, listed_in), None,
+                 labels or read_labels(data, root))
 
 
 # ---------------------------------------------------------------------------------------- images

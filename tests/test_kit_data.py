@@ -367,3 +367,39 @@ def test_channel_files_settings_are_checked_in_one_line(kit, message):
     with pytest.raises(settings.SettingsError, match=message):
         settings.parse(kit)
     assert "channel_files" not in settings._hashed(settings.parse({}).data)  # older runs keep their hash
+
+
+def test_a_misread_layout_stops_at_the_table_in_one_line(tmp_path):
+    """Settings that do not match the files (a channel suffix, the extension, the folder) stop when the table is
+    read, naming the file looked for and one that is there, before any loader worker starts."""
+    _channel_files(tmp_path, ["a", "b"], ["red", "green"])
+    (tmp_path / "train.csv").write_text("Id,Target\na,0\nb,1\n")
+    common = {"root": str(tmp_path), "labels_csv": None, "id_column": "Id", "labels_column": "Target"}
+    for changes, line in [
+        ({"channel_files": ["r", "g"], "channels": 2},
+         "kit.data: no file train/a_r.png for train.csv's first id 'a' (train/ holds e.g. "),
+        ({"channel_files": ["red", "green"], "channels": 2, "image_ext": ".jpg"}, "no file train/a_red.jpg"),
+        ({"channel_files": ["red", "green"], "channels": 2, "train_images": "images"},
+         f"no file images/a_red.png for train.csv's first id 'a' ({tmp_path / 'images'} is missing or empty); "
+         "check kit.data.train_images, image_ext and channel_files"),
+    ]:
+        with pytest.raises(FileNotFoundError) as err:
+            data.read_train(settings.parse({"data": {**common, **changes}}).data, tmp_path)
+        assert line in str(err.value) and "\n" not in str(err.value)
+
+
+def _unreadable(index):
+    raise FileNotFoundError(f"cannot read image /x/{index}.png")
+
+
+def test_an_error_a_loader_worker_raises_is_its_own_line():
+    """torch re-raises a worker's exception with the worker's traceback in its message; the kernel's one line
+    is the worker's own message."""
+    from kernel_src import entrypoint
+
+    loader = torch.utils.data.DataLoader(range(3), batch_size=None, num_workers=1, collate_fn=_unreadable)
+    with pytest.raises(FileNotFoundError) as err:
+        next(iter(loader))
+    assert "Original Traceback" in str(err.value)
+    assert entrypoint.own_line(err.value) == "cannot read image /x/0.png"
+    assert entrypoint.own_line(FileNotFoundError("plain")) == "plain"
