@@ -171,7 +171,8 @@ def image_refs(data: DataSettings, root: Path, images: str, ids: list[str], list
         refs = [tuple(folder / f"{i}_{name}{data.image_ext}" for name in data.channel_files) for i in ids]
     else:
         refs = [folder / f"{i}{data.image_ext}" for i in ids]
-    gone = [p for p in (refs[0] if refs and isinstance(refs[0], tuple) else refs[:1]) if not p.is_file()]
+    first = refs[0] if refs else ()
+    gone = [p for p in (first if isinstance(first, tuple) else (first,)) if not p.is_file()]
     if gone:
         seen = os.listdir(folder)[:1] if folder.is_dir() else []  # the failure's path only: a listing is fine
         there = f"{folder.name}/ holds e.g. {seen[0]}" if seen else f"{folder} is missing or empty"
