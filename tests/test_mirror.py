@@ -191,6 +191,17 @@ def test_mirror_of_one_file_per_channel_takes_every_channel(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].endswith("test 8 (4 public, 4 private), 159 files from train/")
     assert done.stdout.splitlines()[1].startswith("note: 1 files of the sampled rows are not in train/")
+    assert done.stdout.splitlines()[2] == (  # what kit.data needs: a config a user copies (HPA 2018's own)
+        "kit: to read this layout, set in kpack.yaml's kit.data: {id_column: Id, labels_column: Target, labels_csv: "
+        "null, channel_files: [blue, green, red, yellow], channels: 4}")
+    import yaml
+
+    from kernel_src import data as kit_data, settings
+    kit = settings.parse({"data": yaml.safe_load(done.stdout.splitlines()[2].split("kit.data: ", 1)[1])}).data
+    comp_data = tmp_path / "r" / "competitions" / "hpa-mirror" / "data"
+    train = kit_data.read_train(kit, comp_data)
+    assert len(train.ids) == 32 and train.labels.ids == [str(k) for k in (0, 1, 2, 3, 4, 7)]
+    assert len(kit_data.read_test(kit, comp_data, train.labels).ids) == 8
     comp = tmp_path / "r" / "competitions" / "hpa-mirror" / "data"
     test_ids = [r["Id"] for r in table(comp.parent / "solution.csv")]
     assert sorted(p.name for p in (comp / "test").iterdir()) == sorted(

@@ -228,6 +228,11 @@ def competition_mirror(slug: str, data_dir: str, sample: int, seed: int, test_fr
                    "inputs lack them too")
     if made.skipped:
         click.echo(f"note: left out of the mirror: {', '.join(made.skipped)} (not named by train.csv's ids)")
+    if made.kit_data:
+        import yaml
+
+        shown = yaml.safe_dump(made.kit_data, default_flow_style=True, sort_keys=False, width=10**6).strip()
+        click.echo(f"kit: to read this layout, set in kpack.yaml's kit.data: {shown}")
 
 
 @local.group()

@@ -50,6 +50,7 @@ class Mirrored:
     missing: int  # files of the sampled rows that are not there
     folder: str | None  # the real train folder they came from
     skipped: list[str]  # top-level folders of the download left out
+    kit_data: dict  # the kit.data settings, unlike the kit's defaults, that read this layout ({}: none)
 
 
 def read_table(path: Path) -> Table:
@@ -284,8 +285,36 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
             place(entry, out_data / entry.name)  # labels.csv and the like: the competition's own metadata
         else:
             skipped.append(entry.name + "/")
+    rel_folder = None if folder is None else str(folder.relative_to(data))
     return Mirrored(id_column, label_column, kind, len(kept), usage.count("Public"), usage.count("Private"), files,
-                    missing, None if folder is None else str(folder.relative_to(data)), skipped)
+                    missing, rel_folder, skipped,
+                    kit_data(kind, id_column, label_column, (data / "labels.csv").is_file(), rel_folder, suffixes))
+
+
+def kit_data(kind: str, id_column: str, label_column: str, has_labels_csv: bool, folder: str | None,
+             suffixes: list[str]) -> dict:
+    """What kit.data (kernel_src/settings.py) needs set to read this layout: the fields whose defaults (iMet's
+    `id,attribute_ids`, labels.csv, train/<id>.png) it does not match. The kit is multi-label: {} otherwise."""
+    if kind != "multi-label":
+        return {}
+    need: dict = {}
+    if id_column != "id":
+        need["id_column"] = id_column
+    if label_column != "attribute_ids":
+        need["labels_column"] = label_column
+    if not has_labels_csv:
+        need["labels_csv"] = None  # the label ids are the tokens train.csv holds
+    if folder is not None:
+        if folder != "train":
+            test = Path(folder).parent / test_folder_of(Path(folder).name)
+            need["train_images"], need["test_images"] = folder, str(test)
+        if len(suffixes) > 1:  # <id>_<channel>.<ext>
+            need["channel_files"] = [suffix[1:].rsplit(".", 1)[0] for suffix in suffixes]
+            need["channels"] = len(suffixes)
+        ext = "." + suffixes[0].rsplit(".", 1)[1] if "." in suffixes[0] else ""
+        if ext and ext != ".png":
+            need["image_ext"] = ext
+    return need
 
 
 # The metric a mirror is scored by when none is named: the likeliest for its label column's kind.
