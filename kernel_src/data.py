@@ -187,11 +187,11 @@ def read_test(data: DataSettings, root: Path, labels: Optional[Labels] = None,
     sample = root / submission_csv
     if sample.is_file():
         frame = pd.read_csv(sample, dtype=str, keep_default_na=False)
-        ids = frame.iloc[:, 0].str.strip().tolist()
+        ids, listed_in = frame.iloc[:, 0].str.strip().tolist(), submission_csv
     else:  # an image's id is its file name less the extension (and the first channel file's suffix)
         tail = (f"_{data.channel_files[0]}" if data.channel_files else "") + data.image_ext
         ids = sorted(p.name[:-len(tail)] for p in (root / data.test_images).glob(f"*{tail}"))
-    listed_in = submission_csv if sample.is_file() else data.test_images + "/"
+        listed_in = data.test_images + "/"
     return Table(ids, image_refs(data, root, "test_images", ids, listed_in), None,
                  labels or read_labels(data, root))
 

@@ -24,11 +24,14 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
 from .settings import SettingsError, TeacherSettings
+
+if TYPE_CHECKING:  # the annotation only: prepare() imports data where it uses it
+    from .data import ImageRef
 
 KINDS = ("oof", "test")
 OOF_FILE, TEST_FILE = "oof_probs.npz", "test_probs.npz"
@@ -142,7 +145,7 @@ def pseudo_targets(probs: np.ndarray, weight: float) -> np.ndarray:
 
 @dataclass
 class Taught:
-    paths: list             # data.ImageRef: the table's paths, then the pseudo rows' test images
+    paths: list[ImageRef]      # the table's paths, then the pseudo rows' test images
     rows: np.ndarray           # the training rows, indices into paths
     targets: np.ndarray        # float32 targets of `rows`
     sha256: list[str]          # the files', in (oof, test) order

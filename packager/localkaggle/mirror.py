@@ -266,6 +266,7 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
     folder, suffixes = find_image_folder(data, ids)
     files, missing, skipped = 0, 0, []
     image_parts: set[Path] = set()
+    rel = test_rel = None  # the train and test image folders, relative to the data folder
     if folder is not None:
         rel = folder.relative_to(data)
         test_rel = rel.parent / test_folder_of(rel.name)
@@ -285,14 +286,13 @@ def build(data: Path, out: Path, sample: int, seed: int, test_fraction: float, i
             place(entry, out_data / entry.name)  # labels.csv and the like: the competition's own metadata
         else:
             skipped.append(entry.name + "/")
-    rel_folder = None if folder is None else str(folder.relative_to(data))
     return Mirrored(id_column, label_column, kind, len(kept), usage.count("Public"), usage.count("Private"), files,
-                    missing, rel_folder, skipped,
-                    kit_data(kind, id_column, label_column, (data / "labels.csv").is_file(), rel_folder, suffixes))
+                    missing, None if rel is None else str(rel), skipped,
+                    kit_data(kind, id_column, label_column, (data / "labels.csv").is_file(), rel, test_rel, suffixes))
 
 
-def kit_data(kind: str, id_column: str, label_column: str, has_labels_csv: bool, folder: str | None,
-             suffixes: list[str]) -> dict:
+def kit_data(kind: str, id_column: str, label_column: str, has_labels_csv: bool, folder: Path | None,
+             test_folder: Path | None, suffixes: list[str]) -> dict:
     """What kit.data (kernel_src/settings.py) needs set to read this layout: the fields whose defaults (iMet's
     `id,attribute_ids`, labels.csv, train/<id>.png) it does not match. The kit is multi-label: {} otherwise."""
     if kind != "multi-label":
@@ -305,9 +305,8 @@ def kit_data(kind: str, id_column: str, label_column: str, has_labels_csv: bool,
     if not has_labels_csv:
         need["labels_csv"] = None  # the label ids are the tokens train.csv holds
     if folder is not None:
-        if folder != "train":
-            test = Path(folder).parent / test_folder_of(Path(folder).name)
-            need["train_images"], need["test_images"] = folder, str(test)
+        if str(folder) != "train":
+            need["train_images"], need["test_images"] = str(folder), str(test_folder)
         if len(suffixes) > 1:  # <id>_<channel>.<ext>
             need["channel_files"] = [suffix[1:].rsplit(".", 1)[0] for suffix in suffixes]
             need["channels"] = len(suffixes)
